@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what xdp-target needs on a fresh Debian machine (run as root).
+#   scripts/setup.sh          base packages + the eBPF toolchain (Debian rustc-web, llvm-22, bpf-linker)
+# Idempotent: every step checks first and does nothing when it is already there.
+set -euo pipefail
+
+BPF_LINKER_VERSION=0.13.0
+APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev iproute2 ethtool)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "must run as root (it installs Debian packages); try: sudo $0"
+    exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    log "Debian packages present"
+fi
+
+# bpf-linker must link against the same LLVM (22) that Debian's rustc-web uses.
+# Without llvm-22's bin dir first in PATH, its build finds LLVM 14 and fails with
+# "unable to find library -lLLVM".
+want="bpf-linker v${BPF_LINKER_VERSION}"
+if command -v bpf-linker >/dev/null 2>&1 && cargo install --list 2>/dev/null | grep -q "^${want}:"; then
+    log "bpf-linker ${BPF_LINKER_VERSION} present"
+else
+    log "building bpf-linker ${BPF_LINKER_VERSION} against LLVM 22 (about 70 s)"
+    PATH=/usr/lib/llvm-22/bin:$PATH cargo install "bpf-linker@${BPF_LINKER_VERSION}" \
+        --locked --no-default-features --features llvm-22
+fi
+log "done"

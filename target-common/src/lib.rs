@@ -1,0 +1,175 @@
+//! The ABI shared by the XDP program (`target-ebpf`) and user space (`target-user`).
+//!
+//! Everything both sides must agree on lives here and only here: map names, map sizes,
+//! the `#[repr(C)]` keys and values, and the counter indices. Each struct has a
+//! compile-time size assertion, because a silent layout change would make user space read
+//! the kernel's maps wrongly without any error.
+//!
+//! Maps (all pinned by user space under `/sys/fs/bpf/xdp-target/<iface>/<NAME>`):
+//!
+//! | name            | type            | key                  | value          |
+//! |-----------------|-----------------|----------------------|----------------|
+//! | `STORAGE_PORTS` | hash            | TCP port (host order, `u16`) | [`PortEntry`] |
+//! | `XSKS`          | xskmap          | rx queue index       | AF_XDP socket  |
+//! | `COUNTERS`      | per-CPU array   | slot (`u32`)         | [`Counters`]   |
+//! | `ACL_V4`        | LPM trie        | prefix + IPv4 addr   | `u8` (unused)  |
+//! | `ACL_V6`        | LPM trie        | prefix + IPv6 addr   | `u8` (unused)  |
+//! | `SETTINGS`      | array (1 entry) | 0                    | [`Settings`]   |
+#![no_std]
+
+/// Names of the maps in the object file, as user space looks them up and pins them.
+pub mod map_names {
+    pub const STORAGE_PORTS: &str = "STORAGE_PORTS";
+    pub const XSKS: &str = "XSKS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const ACL_V4: &str = "ACL_V4";
+    pub const ACL_V6: &str = "ACL_V6";
+    pub const SETTINGS: &str = "SETTINGS";
+    /// Every map, in the order `stats` and the pinning code walk them.
+    pub const ALL: [&str; 6] = [STORAGE_PORTS, XSKS, COUNTERS, ACL_V4, ACL_V6, SETTINGS];
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "xdp_steer";
+
+/// How many distinct storage ports the program can match.
+pub const MAX_STORAGE_PORTS: u32 = 16;
+/// Counter slot for traffic that is not for a storage port (and anything unparsable).
+pub const SLOT_OTHER: u32 = MAX_STORAGE_PORTS;
+/// Entries in `COUNTERS`: one per storage port plus [`SLOT_OTHER`].
+pub const COUNTER_SLOTS: u32 = MAX_STORAGE_PORTS + 1;
+/// Entries in `XSKS`: the highest rx queue index an AF_XDP socket can serve, plus one.
+pub const MAX_QUEUES: u32 = 256;
+/// Entries in each source allow-list trie.
+pub const ACL_MAX_ENTRIES: u32 = 1024;
+
+/// The ports the target serves unless configured otherwise: NVMe/TCP I/O, NVMe/TCP
+/// discovery, iSCSI.
+pub const DEFAULT_STORAGE_PORTS: [u16; 3] = [4420, 8009, 3260];
+
+/// Value of `STORAGE_PORTS`: which counter slot the port uses and what to do with it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    /// Index into `COUNTERS`, below [`MAX_STORAGE_PORTS`].
+    pub slot: u32,
+    /// `PORT_FLAG_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortEntry>() == 8);
+
+/// Redirect this port's packets to the AF_XDP socket of their rx queue. Without it the
+/// packets are counted as `passed` and go to the kernel (count-only mode).
+pub const PORT_FLAG_STEER: u32 = 1;
+
+/// Value of `SETTINGS[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `SETTINGS_FLAG_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 4);
+
+/// Storage-port packets whose source is in neither `ACL_V4` nor `ACL_V6` are dropped.
+pub const SETTINGS_FLAG_ACL: u32 = 1;
+
+/// What the program did with a packet; the index into [`Counters`]' arrays.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Handed to the AF_XDP socket of the packet's rx queue.
+    Redirected = 0,
+    /// Handed to the kernel: not a storage port, unparsable, or a count-only port.
+    Passed = 1,
+    /// A storage-port packet whose rx queue had no AF_XDP socket; it went to the kernel.
+    RedirectFailed = 2,
+    /// A storage-port packet from a source outside the allow-list; dropped.
+    DroppedAcl = 3,
+}
+
+impl Action {
+    pub const COUNT: usize = 4;
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Redirected,
+        Self::Passed,
+        Self::RedirectFailed,
+        Self::DroppedAcl,
+    ];
+
+    /// The name used in `xdp-target stats` output (table and JSON).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Redirected => "redirected",
+            Self::Passed => "passed",
+            Self::RedirectFailed => "redirect_failed",
+            Self::DroppedAcl => "dropped_acl",
+        }
+    }
+}
+
+/// Value of `COUNTERS[slot]`, one copy per CPU; user space sums them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: [u64; Action::COUNT],
+    /// Bytes of the frame's linear part, from the Ethernet header on.
+    pub bytes: [u64; Action::COUNT],
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+
+impl Counters {
+    /// Adds another CPU's copy to this one.
+    pub fn add(&mut self, other: &Self) {
+        for i in 0..Action::COUNT {
+            self.packets[i] = self.packets[i].wrapping_add(other.packets[i]);
+            self.bytes[i] = self.bytes[i].wrapping_add(other.bytes[i]);
+        }
+    }
+}
+
+/// Key data of `ACL_V4` (network byte order), behind the trie's `u32` prefix length.
+pub type AclV4Addr = [u8; 4];
+/// Key data of `ACL_V6` (network byte order), behind the trie's `u32` prefix length.
+pub type AclV6Addr = [u8; 16];
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are #[repr(C)] with only integer fields and no padding (the size
+    // assertions above pin the layouts), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::PortEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_indices_are_dense_and_named_uniquely() {
+        for (i, a) in Action::ALL.iter().enumerate() {
+            assert_eq!(*a as usize, i);
+        }
+        let names = Action::ALL.map(Action::name);
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(n), "duplicate action name {n}");
+        }
+    }
+
+    #[test]
+    fn counters_add_sums_every_field() {
+        let mut a = Counters {
+            packets: [1, 2, 3, 4],
+            bytes: [10, 20, 30, 40],
+        };
+        a.add(&Counters {
+            packets: [1, 1, 1, 1],
+            bytes: [5, 5, 5, u64::MAX],
+        });
+        assert_eq!(a.packets, [2, 3, 4, 5]);
+        assert_eq!(a.bytes, [15, 25, 35, 39]);
+    }
+}

@@ -1,0 +1,119 @@
+//! Running the `xdp-target` binary under test.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::netns::Netns;
+
+/// The `xdp-target` binary: `$XDP_TARGET_BIN`, else the one cargo built beside this test.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XDP_TARGET_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/xdp-target
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("xdp-target"))
+        .expect("test executable below target/<profile>/deps");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build -p target-user` (`cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where `xdp-target serve --xdp IFACE` pins its maps.
+pub fn pin_dir(iface: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/xdp-target").join(iface)
+}
+
+/// A running `xdp-target`, killed on drop if it was not stopped.
+pub struct Target {
+    child: Option<Child>,
+}
+
+impl Target {
+    /// Starts `xdp-target ARGS` in `ns` and waits until `ready` holds (at most 20 s).
+    pub fn start(ns: &Netns, args: &[&str], ready: impl Fn() -> bool) -> io::Result<Self> {
+        let child = ns
+            .command(bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()?;
+        let mut t = Self { child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready() {
+            if let Some(status) = t.child_mut().try_wait()? {
+                return Err(io::Error::other(format!(
+                    "xdp-target exited early: {status}"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other("xdp-target did not become ready in 20 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(t)
+    }
+
+    /// `serve --xdp IFACE EXTRA…`, ready once its counters are pinned.
+    pub fn serve_xdp(ns: &Netns, iface: &str, extra: &[&str]) -> io::Result<Self> {
+        let mut args = vec!["serve", "--xdp", iface];
+        args.extend_from_slice(extra);
+        let counters = pin_dir(iface).join("COUNTERS");
+        Self::start(ns, &args, || counters.exists())
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child present until stop")
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most 20 s); on failure the child is left to
+    /// `Drop`, which kills and reaps it.
+    pub fn stop(mut self) -> io::Result<ExitStatus> {
+        let child = self.child_mut();
+        let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child_mut().try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other("xdp-target ignored SIGTERM for 20 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `xdp-target stats --iface IFACE --json`, parsed.
+pub fn stats_json(iface: &str) -> io::Result<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["stats", "--iface", iface, "--json"])
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "xdp-target stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    serde_json::from_slice(&out.stdout).map_err(io::Error::other)
+}
