@@ -17,6 +17,8 @@
 //! | `SETTINGS`      | array (1 entry) | 0                    | [`Settings`]   |
 #![no_std]
 
+pub mod parse;
+
 /// Names of the maps in the object file, as user space looks them up and pins them.
 pub mod map_names {
     pub const STORAGE_PORTS: &str = "STORAGE_PORTS";
