@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what xdp-target needs on a fresh Debian machine (run as root).
-#   scripts/setup.sh          base packages + the eBPF toolchain (Debian rustc-web, llvm-22, bpf-linker)
+#   scripts/setup.sh    base packages, the eBPF toolchain (Debian rustc-web, llvm-22, bpf-linker)
+#                       and cargo-fuzz
 # Idempotent: every step checks first and does nothing when it is already there.
 set -euo pipefail
 
@@ -37,5 +38,12 @@ else
     log "building bpf-linker ${BPF_LINKER_VERSION} against LLVM 22 (about 70 s)"
     PATH=/usr/lib/llvm-22/bin:$PATH cargo install "bpf-linker@${BPF_LINKER_VERSION}" \
         --locked --no-default-features --features llvm-22
+fi
+# cargo-fuzz runs the fuzz targets (cargo xtask fuzz) on the nightly toolchain.
+if command -v cargo-fuzz >/dev/null 2>&1; then
+    log "cargo-fuzz present"
+else
+    log "building cargo-fuzz (about 60 s)"
+    cargo install cargo-fuzz --locked
 fi
 log "done"

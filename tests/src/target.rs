@@ -3,6 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::netns::Netns;
@@ -32,26 +33,43 @@ pub fn pin_dir(iface: &str) -> PathBuf {
     Path::new("/sys/fs/bpf/xdp-target").join(iface)
 }
 
-/// A running `xdp-target`, killed on drop if it was not stopped.
+/// A running `xdp-target`, killed on drop if it was not stopped. Its log goes to a file
+/// that is printed when the test fails.
 pub struct Target {
     child: Option<Child>,
+    log: PathBuf,
+    /// Pins to remove if the target has to be killed (it unpins itself only on SIGTERM).
+    pins: Option<PathBuf>,
 }
+
+static NEXT_LOG: AtomicU32 = AtomicU32::new(0);
 
 impl Target {
     /// Starts `xdp-target ARGS` in `ns` and waits until `ready` holds (at most 20 s).
     pub fn start(ns: &Netns, args: &[&str], ready: impl Fn() -> bool) -> io::Result<Self> {
+        let log = std::env::temp_dir().join(format!(
+            "xdp-target-test-{}-{}.log",
+            std::process::id(),
+            NEXT_LOG.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = ns
             .command(bin())
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        let mut t = Self { child: Some(child) };
+        let mut t = Self {
+            child: Some(child),
+            log,
+            pins: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready() {
             if let Some(status) = t.child_mut().try_wait()? {
+                let text = std::fs::read_to_string(&t.log).unwrap_or_default();
                 return Err(io::Error::other(format!(
-                    "xdp-target exited early: {status}"
+                    "xdp-target exited early ({status}):\n{text}"
                 )));
             }
             if Instant::now() > deadline {
@@ -67,7 +85,9 @@ impl Target {
         let mut args = vec!["serve", "--xdp", iface];
         args.extend_from_slice(extra);
         let counters = pin_dir(iface).join("COUNTERS");
-        Self::start(ns, &args, || counters.exists())
+        let mut t = Self::start(ns, &args, || counters.exists())?;
+        t.pins = Some(pin_dir(iface));
+        Ok(t)
     }
 
     fn child_mut(&mut self) -> &mut Child {
@@ -100,7 +120,18 @@ impl Drop for Target {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            if let Some(pins) = &self.pins {
+                let _ = std::fs::remove_dir_all(pins);
+            }
         }
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!(
+                "--- xdp-target log ({}) ---\n{text}--- end of log ---",
+                self.log.display()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

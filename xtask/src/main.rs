@@ -34,6 +34,14 @@ enum Task {
     },
     /// Start the target in a network namespace joined by a veth pair to a client namespace.
     Demo,
+    /// Run every fuzz target (fuzz/fuzz_targets) for a while with cargo-fuzz on nightly.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        target: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -43,6 +51,7 @@ fn main() -> Result<()> {
         Task::Lint => lint::run(&root),
         Task::Test { cargo_args } => test(&root, &cargo_args),
         Task::Demo => demo(&root),
+        Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }
 }
 
@@ -88,11 +97,93 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     // The end-to-end tests run the xdp-target binary, so build it before they start.
     run(cargo(root).args(["build", "--package", "target-user", "--bin", "xdp-target"]))?;
     let mut cmd = cargo(root);
-    cmd.args(["test", "--workspace"]);
+    cmd.args(["test", "--workspace", "--all-targets", "--no-fail-fast"]);
     if !cargo_args.is_empty() {
         cmd.arg("--").args(cargo_args);
     }
-    run(&mut cmd)
+    let (passed, failed) = run_counting_tests(&mut cmd)?;
+    // One closing line for the whole run, instead of the last test binary's.
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
+fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed ({status})");
+    }
+    Ok((passed, failed))
+}
+
+/// The number just before `label` in a line like `ok. 5 passed; 0 failed; ...`.
+fn count_before(text: &str, label: &str) -> u64 {
+    text.find(label)
+        .and_then(|end| text[..end].rsplit([' ', '.']).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
+    // `cargo +nightly` needs rustup's proxy, not the toolchain's cargo that runs xtask.
+    let rustup_cargo = || {
+        let mut cmd = Command::new("cargo");
+        cmd.env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .current_dir(root.join("fuzz"));
+        cmd
+    };
+    if !rustup_cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("xtask: installing cargo-fuzz with scripts/setup.sh");
+        run(Command::new("bash").arg(root.join("scripts/setup.sh")))?;
+    }
+    let mut targets = Vec::new();
+    for entry in
+        std::fs::read_dir(root.join("fuzz/fuzz_targets")).context("listing fuzz targets")?
+    {
+        let path = entry?.path();
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+            targets.push(stem.to_string());
+        }
+    }
+    targets.sort();
+    if let Some(t) = only {
+        if !targets.iter().any(|x| x == t) {
+            bail!("no fuzz target {t:?}; there are: {}", targets.join(", "));
+        }
+        targets.retain(|x| x == t);
+    }
+    for t in &targets {
+        eprintln!("xtask: fuzzing {t} for {seconds} s");
+        run(rustup_cargo()
+            .args(["+nightly", "fuzz", "run", t, "--"])
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
+    Ok(())
 }
 
 fn demo(root: &Path) -> Result<()> {
@@ -124,6 +215,11 @@ fn demo(root: &Path) -> Result<()> {
     );
     println!("demo: a client:  ip netns exec {} bash", pair.client.name());
     println!("demo: Ctrl-C stops the target and removes both namespaces");
+    // Ctrl-C reaches the whole foreground group: the target detaches on it, and xtask must
+    // outlive it to delete the namespaces. (The target installs its own SIGINT handler,
+    // which replaces the ignored disposition it inherits.)
+    // SAFETY: setting a signal to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let status = pair
         .target
         .command(&bin)
@@ -135,4 +231,18 @@ fn demo(root: &Path) -> Result<()> {
         bail!("xdp-target exited with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn counts_come_from_cargo_test_result_lines() {
+        let line =
+            "FAILED. 4 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.45s";
+        assert_eq!(count_before(line, " passed"), 4);
+        assert_eq!(count_before(line, " failed"), 2);
+        assert_eq!(count_before("ok. 0 passed; 0 failed;", " passed"), 0);
+    }
 }
