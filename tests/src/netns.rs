@@ -130,12 +130,17 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 impl VethPair {
     /// A pair with names unique to this process and call, so tests can run in parallel.
     pub fn create() -> io::Result<Self> {
+        Self::create_multiqueue(1)
+    }
+
+    /// As [`VethPair::create`], with `queues` rx and tx queues on each end.
+    pub fn create_multiqueue(queues: u32) -> io::Result<Self> {
         let id = format!(
             "xt{:x}{}",
             std::process::id() & 0xfffff,
             NEXT_ID.fetch_add(1, Ordering::Relaxed)
         );
-        Self::create_named(&id)
+        Self::create_with_queues(&id, queues)
     }
 
     /// A pair named after `prefix` (at most 12 bytes, the interface name limit less a suffix):

@@ -176,6 +176,46 @@ fn storage_ports_are_steered_to_the_af_xdp_socket_and_counted() {
 }
 
 #[test]
+fn only_the_rx_queue_with_a_socket_redirects() {
+    require_netns!();
+    // Two queues, a socket on queue 0 only: each SYN lands on the queue of the client's
+    // flow hash, and XSKS is looked up by that queue.
+    let pair = VethPair::create_multiqueue(2).expect("veth pair");
+    let t = Target::serve_xdp(&pair.target, &pair.target_if, &[]).expect("serve");
+    let capture = Capture::start(
+        &pair.target,
+        &pair.target_if,
+        0,
+        pin_dir(&pair.target_if).join("XSKS"),
+    )
+    .expect("AF_XDP socket");
+    let v4 = IpAddr::V4(pair.target_addr);
+    let (mut refused, mut unanswered) = (0u64, 0u64);
+    for _ in 0..24 {
+        match connect(&pair.client, v4, NVME, Duration::from_millis(300)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(_) => unanswered += 1,
+            Ok(_) => panic!("nothing listens on {NVME}"),
+        }
+    }
+    let frames = capture.finish().expect("capture");
+    let stats = stats_json(&pair.target_if).expect("stats");
+    let redirected = port_stat(&stats, NVME, "packets", "redirected");
+    assert_eq!(redirected, frames.len() as u64, "{stats}");
+    // A refused connect is one SYN that found no socket on queue 1 and reached the kernel.
+    assert_eq!(
+        port_stat(&stats, NVME, "packets", "redirect_failed"),
+        refused,
+        "{stats}"
+    );
+    assert!(
+        refused > 0 && unanswered > 0,
+        "24 flows should use both queues: {refused} refused, {unanswered} unanswered"
+    );
+    stop_and_check_cleanup(t, &pair);
+}
+
+#[test]
 fn without_a_socket_storage_traffic_falls_back_to_the_kernel() {
     require_netns!();
     let pair = VethPair::create().expect("veth pair");
