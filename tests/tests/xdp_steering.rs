@@ -60,9 +60,11 @@ fn connect(ns: &Netns, addr: IpAddr, port: u16, timeout: Duration) -> std::io::R
         .expect("namespace thread")
 }
 
-/// A full round trip through a kernel TCP connection from the client namespace.
-fn round_trip(ns: &Netns, addr: IpAddr, port: u16) {
-    let mut s = connect(ns, addr, port, Duration::from_secs(5)).expect("connect");
+/// An echo server on the target side and a full round trip to it through a kernel TCP
+/// connection from the client side.
+fn echo_round_trip(pair: &VethPair, addr: IpAddr, port: u16) {
+    let echo = echo_once(listen(&pair.target, addr, port));
+    let mut s = connect(&pair.client, addr, port, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let msg = b"xdp-target round trip";
@@ -70,6 +72,8 @@ fn round_trip(ns: &Netns, addr: IpAddr, port: u16) {
     let mut back = [0u8; 21];
     s.read_exact(&mut back).expect("echo");
     assert_eq!(&back, msg);
+    drop(s);
+    echo.join().expect("echo server");
 }
 
 /// Asserts that a connect is answered at once with a refusal (the kernel saw the SYN).
@@ -100,18 +104,19 @@ fn stop_and_check_cleanup(t: Target, pair: &VethPair) {
     );
 }
 
+/// `serve --xdp` on the target end, with an AF_XDP socket on rx queue 0 in its XSKS map.
+fn serve_with_socket_on_queue_0(pair: &VethPair) -> (Target, Capture) {
+    let t = Target::serve_xdp(&pair.target, &pair.target_if, &[]).expect("serve");
+    let xsks = pin_dir(&pair.target_if).join("XSKS");
+    let capture = Capture::start(&pair.target, &pair.target_if, 0, xsks).expect("AF_XDP socket");
+    (t, capture)
+}
+
 #[test]
 fn storage_ports_are_steered_to_the_af_xdp_socket_and_counted() {
     require_netns!();
     let pair = VethPair::create().expect("veth pair");
-    let t = Target::serve_xdp(&pair.target, &pair.target_if, &[]).expect("serve");
-    let capture = Capture::start(
-        &pair.target,
-        &pair.target_if,
-        0,
-        pin_dir(&pair.target_if).join("XSKS"),
-    )
-    .expect("AF_XDP socket");
+    let (t, capture) = serve_with_socket_on_queue_0(&pair);
 
     // Kernel clients: their SYNs are steered away from the target's kernel, so they time out.
     let v4 = IpAddr::V4(pair.target_addr);
@@ -124,9 +129,7 @@ fn storage_ports_are_steered_to_the_af_xdp_socket_and_counted() {
         );
     }
     // Traffic on another port completes untouched while the program is attached.
-    let echo = echo_once(listen(&pair.target, v4, ECHO));
-    round_trip(&pair.client, v4, ECHO);
-    echo.join().expect("echo server");
+    echo_round_trip(&pair, v4, ECHO);
 
     let frames = capture.finish().expect("capture");
     let count = |port| {
@@ -181,14 +184,7 @@ fn only_the_rx_queue_with_a_socket_redirects() {
     // Two queues, a socket on queue 0 only: each SYN lands on the queue of the client's
     // flow hash, and XSKS is looked up by that queue.
     let pair = VethPair::create_multiqueue(2).expect("veth pair");
-    let t = Target::serve_xdp(&pair.target, &pair.target_if, &[]).expect("serve");
-    let capture = Capture::start(
-        &pair.target,
-        &pair.target_if,
-        0,
-        pin_dir(&pair.target_if).join("XSKS"),
-    )
-    .expect("AF_XDP socket");
+    let (t, capture) = serve_with_socket_on_queue_0(&pair);
     let v4 = IpAddr::V4(pair.target_addr);
     let (mut refused, mut unanswered) = (0u64, 0u64);
     for _ in 0..24 {
@@ -235,12 +231,44 @@ fn without_a_socket_storage_traffic_falls_back_to_the_kernel() {
     assert_eq!(port_stat(&stats, NVME, "packets", "redirected"), 0);
 
     // A kernel listener on a storage port serves through the fallback.
-    let echo = echo_once(listen(&pair.target, v4, ISCSI));
-    round_trip(&pair.client, v4, ISCSI);
-    echo.join().expect("echo server");
+    echo_round_trip(&pair, v4, ISCSI);
     let stats = stats_json(&pair.target_if).expect("stats");
     assert!(
         port_stat(&stats, ISCSI, "packets", "redirect_failed") >= 4,
+        "{stats}"
+    );
+    stop_and_check_cleanup(t, &pair);
+}
+
+#[test]
+fn generic_skb_mode_attaches_and_counts() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let t =
+        Target::serve_xdp(&pair.target, &pair.target_if, &["--xdp-mode", "skb"]).expect("serve");
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            pair.target.name(),
+            "link",
+            "show",
+            "dev",
+            &pair.target_if,
+        ])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("xdpgeneric"),
+        "expected a generic-mode attach: {text}"
+    );
+    for _ in 0..3 {
+        assert_refused(&pair.client, IpAddr::V4(pair.target_addr), ISCSI);
+    }
+    let stats = stats_json(&pair.target_if).expect("stats");
+    assert_eq!(
+        port_stat(&stats, ISCSI, "packets", "redirect_failed"),
+        3,
         "{stats}"
     );
     stop_and_check_cleanup(t, &pair);
@@ -313,9 +341,7 @@ fn the_allow_list_drops_other_sources_on_storage_ports_only() {
     // Kernel clients: the listener exists, but the SYN never gets there.
     assert!(connect(&pair.client, v4, NVME, Duration::from_millis(300)).is_err());
     // Other ports are not subject to the list.
-    let echo = echo_once(listen(&pair.target, v4, ECHO));
-    round_trip(&pair.client, v4, ECHO);
-    echo.join().expect("echo server");
+    echo_round_trip(&pair, v4, ECHO);
 
     let stats = stats_json(&pair.target_if).expect("stats");
     let dropped = port_stat(&stats, NVME, "packets", "dropped_acl");
@@ -339,9 +365,7 @@ fn the_allow_list_drops_other_sources_on_storage_ports_only() {
         "fd99::2/128",
     ];
     let t = Target::serve_xdp(&pair.target, &pair.target_if, &args).expect("serve");
-    let echo = echo_once(listen(&pair.target, v6, ISCSI));
-    round_trip(&pair.client, v6, ISCSI);
-    echo.join().expect("echo server");
+    echo_round_trip(&pair, v6, ISCSI);
     let stats = stats_json(&pair.target_if).expect("stats");
     assert_eq!(
         port_stat(&stats, ISCSI, "packets", "dropped_acl"),
