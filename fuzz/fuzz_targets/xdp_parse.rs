@@ -10,7 +10,9 @@ use target_common::parse::{
 fuzz_target!(|data: &[u8]| {
     let Some(p) = parse(data) else { return };
     assert!(p.l4_offset <= MAX_L4_OFFSET);
-    let tcp: [u8; TCP_MIN_HDR_LEN] = data.read(p.l4_offset).expect("accepted TCP header is inside the frame");
+    let tcp: [u8; TCP_MIN_HDR_LEN] = data
+        .read(p.l4_offset)
+        .expect("accepted TCP header is inside the frame");
     assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), p.dst_port);
     assert!(usize::from(tcp[12] >> 4) * 4 >= TCP_MIN_HDR_LEN);
     let outer = u16::from_be_bytes([data[12], data[13]]);

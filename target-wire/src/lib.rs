@@ -1,8 +1,32 @@
-//! Checked zero-copy views and `Repr`s of the wire formats: Ethernet/ARP/IPv4/IPv6/TCP,
-//! NVMe SQE/CQE/SGL/status, NVMe/TCP PDUs, iSCSI BHS/AHS/text keys, CRC32C digests.
+//! Checked zero-copy views and `Repr`s of the wire formats: NVMe/TCP PDUs (`nvme_tcp`) and
+//! CRC32C digests (`crc32c`). The NVMe base structures and iSCSI follow with their work.
 //!
-//! No I/O and no `unsafe`: every type here is a view over bytes that are validated once in
-//! `new_checked`. The NVMe/TCP and iSCSI issues fill this crate; until then it is empty, and
-//! nothing in the project claims otherwise.
-#![no_std]
+//! No I/O and no `unsafe`. A view (`Xxx<&[u8]>`) is made with `new_checked`, which validates
+//! lengths once; after that no accessor can panic. `new_unchecked` is only for emitting into
+//! a buffer the caller sized with `buffer_len`. A `Repr` is the parsed, validated form with
+//! `parse`, `buffer_len` and `emit`.
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+
+pub mod crc32c;
+pub mod nvme_tcp;
+
+/// Why bytes are not a valid instance of a wire type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// Shorter than the fixed part, or than a length field says.
+    Truncated,
+    /// A field holds a value the format does not allow.
+    Malformed,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Truncated => "truncated",
+            Self::Malformed => "malformed",
+        })
+    }
+}
+
+pub type Result<T> = core::result::Result<T, Error>;
