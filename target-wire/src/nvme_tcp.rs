@@ -114,21 +114,31 @@ impl PduType {
         }
     }
 
-    /// Whether PDUs of this type may carry data (and so a PDO and a data digest).
-    pub const fn may_carry_data(self) -> bool {
-        matches!(
-            self,
-            Self::CapsuleCmd | Self::H2cData | Self::C2hData | Self::H2cTermReq | Self::C2hTermReq
-        )
+    /// The CH flags a PDU of this type may carry.
+    pub const fn valid_flags(self) -> u8 {
+        use flags::{DDGSTF, HDGSTF, LAST_PDU, SUCCESS};
+        match self {
+            Self::CapsuleCmd => HDGSTF | DDGSTF,
+            Self::CapsuleResp | Self::R2t => HDGSTF,
+            Self::H2cData => HDGSTF | DDGSTF | LAST_PDU,
+            Self::C2hData => HDGSTF | DDGSTF | LAST_PDU | SUCCESS,
+            // No digests on ICReq/ICResp, nor on TermReqs, which must be readable whatever
+            // went wrong.
+            Self::IcReq | Self::IcResp | Self::H2cTermReq | Self::C2hTermReq | Self::Unknown(_) => {
+                0
+            }
+        }
     }
 
-    /// Whether header/data digests apply to this type (never to ICReq/ICResp, nor to
-    /// TermReqs, which must be readable whatever went wrong).
-    pub const fn digests_apply(self) -> bool {
-        !matches!(
-            self,
-            Self::IcReq | Self::IcResp | Self::H2cTermReq | Self::C2hTermReq
-        )
+    /// Whether the PDO field is used (the types whose data may be aligned).
+    pub const fn has_pdo(self) -> bool {
+        matches!(self, Self::CapsuleCmd | Self::H2cData | Self::C2hData)
+    }
+
+    /// Whether the host sends this type (direction bit 0 clear); the controller sends
+    /// the others.
+    pub fn from_host(self) -> bool {
+        u8::from(self) & 1 == 0
     }
 }
 
@@ -239,9 +249,11 @@ impl<T: AsRef<[u8]>> CommonHeader<T> {
         le32(self.buffer.as_ref(), 4)
     }
 
-    /// Checks the common header against the rules every PDU follows and says where the
-    /// header digest, data and data digest are. Whether digests were negotiated, PDO
-    /// alignment (CPDA/HPDA) and size limits are the receiver's business.
+    /// Checks the common header against the rules every PDU of its type follows and says
+    /// where the header digest, data and data digest are. Fields are checked in order
+    /// (type, flags, HLEN, PDO, PLEN) and the first bad one is named, as the spec asks of
+    /// a TermReq's FEI. Whether digests were negotiated, the PDU direction, PDO alignment
+    /// (CPDA/HPDA) and size limits are the receiver's checks.
     pub fn layout(&self) -> core::result::Result<PduLayout, BadField> {
         let t = self.pdu_type();
         let bad = |offset| Err(BadField { offset });
@@ -249,63 +261,70 @@ impl<T: AsRef<[u8]>> CommonHeader<T> {
             return bad(ch_offset::PDU_TYPE);
         };
         let flags = self.flags();
+        if flags & !t.valid_flags() != 0
+            || (t == PduType::C2hData
+                && flags & (flags::LAST_PDU | flags::SUCCESS) == flags::SUCCESS)
+        {
+            return bad(ch_offset::FLAGS);
+        }
         let hlen = usize::from(self.hlen());
-        let plen = self.plen() as usize;
         if hlen != fixed {
             return bad(ch_offset::HLEN);
         }
-        let header_digest = t.digests_apply() && flags & flags::HDGSTF != 0;
-        let data_digest = t.digests_apply() && flags & flags::DDGSTF != 0;
-        if !t.digests_apply() && flags & (flags::HDGSTF | flags::DDGSTF) != 0 {
-            return bad(ch_offset::FLAGS);
-        }
+        let header_digest = flags & flags::HDGSTF != 0;
+        let data_digest = flags & flags::DDGSTF != 0;
         let header_end = hlen + if header_digest { DIGEST_LEN } else { 0 };
+        let plen = self.plen() as usize;
+        let pdo = usize::from(self.pdo());
+        if !t.has_pdo() {
+            if pdo != 0 {
+                return bad(ch_offset::PDO);
+            }
+        } else if pdo == 0 {
+            // PDO 0 means "no data"; data without a PDO is the PDO's fault. (A PLEN
+            // shorter than the header is PLEN's, below.)
+            if plen > header_end {
+                return bad(ch_offset::PDO);
+            }
+        } else if pdo < header_end || pdo > plen {
+            return bad(ch_offset::PDO);
+        }
         if plen < header_end {
             return bad(ch_offset::PLEN);
         }
-        let pdo = usize::from(self.pdo());
-        if plen == header_end {
-            // No data: a data digest flag or a PDO pointing somewhere would be a lie.
-            if data_digest {
-                return bad(ch_offset::FLAGS);
+        let (data_offset, data_len) = match t {
+            PduType::IcReq | PduType::IcResp if plen != IC_LEN => return bad(ch_offset::PLEN),
+            PduType::CapsuleResp | PduType::R2t if plen != header_end => {
+                return bad(ch_offset::PLEN);
             }
-            if pdo != 0 && pdo != header_end {
-                return bad(ch_offset::PDO);
+            PduType::H2cTermReq | PduType::C2hTermReq if plen > TERM_LEN + TERM_MAX_DATA => {
+                return bad(ch_offset::PLEN);
             }
-            return Ok(PduLayout {
-                pdu_type: t,
-                header_len: hlen,
-                header_digest,
-                data_offset: header_end,
-                data_len: 0,
-                data_digest: false,
-                total_len: plen,
-            });
-        }
-        if !t.may_carry_data() {
-            return bad(ch_offset::PLEN);
-        }
-        // TermReqs carry the offending header right after their own; they have no PDO.
-        let data_offset = match t {
-            PduType::H2cTermReq | PduType::C2hTermReq => header_end,
-            _ if pdo < header_end => return bad(ch_offset::PDO),
-            _ => pdo,
+            // TermReqs carry the offending header right after their own.
+            PduType::H2cTermReq | PduType::C2hTermReq => (header_end, plen - header_end),
+            PduType::CapsuleCmd | PduType::H2cData | PduType::C2hData => {
+                let data_offset = if pdo == 0 { header_end } else { pdo };
+                let with_digest = plen - data_offset;
+                if data_digest && with_digest <= DIGEST_LEN {
+                    // A data digest needs data to cover (Linux sets DDGSTF only then).
+                    return bad(ch_offset::PLEN);
+                }
+                let data_len = with_digest - if data_digest { DIGEST_LEN } else { 0 };
+                if data_len == 0 && plen != header_end {
+                    // Padding up to a PDO with nothing after it.
+                    return bad(ch_offset::PLEN);
+                }
+                (data_offset, data_len)
+            }
+            _ => (header_end, 0),
         };
-        let trailer = if data_digest { DIGEST_LEN } else { 0 };
-        if plen < data_offset + trailer {
-            return bad(ch_offset::PLEN);
-        }
-        let data_len = plen - data_offset - trailer;
-        if data_len == 0 {
-            return bad(ch_offset::PLEN);
-        }
         Ok(PduLayout {
             pdu_type: t,
             header_len: hlen,
             header_digest,
             data_offset,
             data_len,
-            data_digest,
+            data_digest: data_digest && data_len > 0,
             total_len: plen,
         })
     }
@@ -408,9 +427,8 @@ pub fn emit_common_header(
     ch.set_pdu_type(pdu_type);
     ch.set_flags(fl);
     ch.set_hlen(u8::try_from(hlen).map_err(|_| Error::Malformed)?);
-    // TermReqs carry their data right after the header and leave PDO reserved (zero).
-    let term = matches!(pdu_type, PduType::H2cTermReq | PduType::C2hTermReq);
-    ch.set_pdo(if data_len == 0 || term {
+    // TermReqs carry their data right after the header and leave PDO zero.
+    ch.set_pdo(if data_len == 0 || !pdu_type.has_pdo() {
         0
     } else {
         u8::try_from(data_offset).map_err(|_| Error::Malformed)?
@@ -755,13 +773,25 @@ mod tests {
         // Data but PDO inside the header.
         assert_eq!(ch([0x04, 0, 72, 8, 80, 0, 0, 0]), bad(3));
         // PDO beyond PLEN.
-        assert_eq!(ch([0x06, 0, 24, 200, 100, 0, 0, 0]), bad(4));
+        assert_eq!(ch([0x06, 0, 24, 200, 100, 0, 0, 0]), bad(3));
+        // SUCCESS without LAST_PDU, and LAST_PDU on a CapsuleCmd.
+        assert_eq!(ch([0x07, 0x08, 24, 24, 100, 0, 0, 0]), bad(1));
+        assert_eq!(ch([0x04, 0x04, 72, 0, 72, 0, 0, 0]), bad(1));
+        // The lowest bad field is named: flags before HLEN.
+        assert_eq!(ch([0x05, 0x02, 99, 0, 24, 0, 0, 0]), bad(1));
+        // A TermReq longer than 24 + 128 bytes.
+        assert_eq!(ch([0x02, 0, 24, 0, 153, 0, 0, 0]), bad(4));
+        // An ICReq that is not 128 bytes.
+        assert_eq!(ch([0x00, 0, 128, 0, 200, 0, 0, 0]), bad(4));
         // Digest flags on an ICReq.
         assert_eq!(ch([0x00, 0x01, 128, 0, 128, 0, 0, 0]), bad(1));
         // Data digest flag without data.
         assert_eq!(ch([0x05, 0x02, 24, 0, 24, 0, 0, 0]), bad(1));
-        // Data on a CapsuleResp.
-        assert_eq!(ch([0x05, 0, 24, 24, 40, 0, 0, 0]), bad(4));
+        // Data on a CapsuleResp (PDO set) or without PDO.
+        assert_eq!(ch([0x05, 0, 24, 24, 40, 0, 0, 0]), bad(3));
+        assert_eq!(ch([0x05, 0, 24, 0, 40, 0, 0, 0]), bad(4));
+        // PDO at PLEN: padding and no data.
+        assert_eq!(ch([0x04, 0, 72, 80, 80, 0, 0, 0]), bad(4));
         // Data digest flag leaving no room for data.
         assert_eq!(ch([0x06, 0x02, 24, 24, 28, 0, 0, 0]), bad(4));
         assert_eq!(
