@@ -1,8 +1,10 @@
 //! NVMe/TCP transport framing (NVMe/TCP Transport Specification 1.0): connection
-//! initialization (`icreq`) and turning a TCP byte stream into validated PDUs (`reader`).
+//! initialization (`icreq`), turning a TCP byte stream into validated PDUs (`reader`) and
+//! building the PDUs a controller sends (`writer`).
 
 pub mod icreq;
 pub mod reader;
+pub mod writer;
 
 use target_wire::nvme_tcp::Fes;
 
