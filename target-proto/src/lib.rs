@@ -2,8 +2,10 @@
 //! over kernel sockets, the user-space TCP stack and RDMA, so this crate depends on
 //! `target-wire` only and never reads a clock or a socket.
 //!
-//! Today: the NVMe/TCP PDU reader and connection negotiation (`nvme_tcp`). The NVMe-oF
-//! controller and iSCSI follow with their issues.
+//! Today: NVMe/TCP framing (`nvme_tcp`: connection negotiation, the PDU reader and writer)
+//! and the subsystem/controller registry of the NVMe-oF controller (`nvme`). Command
+//! handling and iSCSI follow.
 #![forbid(unsafe_code)]
 
+pub mod nvme;
 pub mod nvme_tcp;
