@@ -103,8 +103,12 @@ pub struct PduReader {
     initialized: bool,
     state: State,
     layout: Option<PduLayout>,
+    /// The current PDU's header as far as it arrived; kept until the next PDU starts, so a
+    /// TermReq can quote it.
     buf: [u8; MAX_HEADER],
     have: usize,
+    digest: [u8; DIGEST_LEN],
+    digest_have: usize,
     crc: u32,
 }
 
@@ -117,6 +121,8 @@ impl PduReader {
             layout: None,
             buf: [0; MAX_HEADER],
             have: 0,
+            digest: [0; DIGEST_LEN],
+            digest_have: 0,
             crc: 0,
         }
     }
@@ -140,7 +146,7 @@ impl PduReader {
 
     /// Whether the reader sits between PDUs (no partial PDU buffered).
     pub fn at_pdu_boundary(&self) -> bool {
-        self.state == State::Ch && self.have == 0
+        self.state == State::Ch && (self.have == 0 || self.layout.is_some())
     }
 
     /// Consumes bytes from the front of `input` and returns the next event, or `None` when
@@ -150,6 +156,11 @@ impl PduReader {
             match self.state {
                 State::Dead => return Err(Fatal::Close),
                 State::Ch => {
+                    if self.layout.is_some() {
+                        // A new PDU starts: forget the previous header.
+                        self.layout = None;
+                        self.have = 0;
+                    }
                     if !self.fill(input, CH_LEN) {
                         return Ok(None);
                     }
@@ -171,8 +182,8 @@ impl PduReader {
                             fei: 0,
                         });
                     }
-                    self.have = 0;
                     self.crc = 0;
+                    self.digest_have = 0;
                     let pad = layout.data_offset - layout.header_end();
                     self.state = if layout.data_len == 0 {
                         State::End
@@ -221,16 +232,17 @@ impl PduReader {
                     return Ok(Some(Event::Data(data)));
                 }
                 State::DataDigest => {
-                    if !self.fill(input, DIGEST_LEN) {
+                    let n = (DIGEST_LEN - self.digest_have).min(input.len());
+                    self.digest[self.digest_have..self.digest_have + n]
+                        .copy_from_slice(&input[..n]);
+                    self.digest_have += n;
+                    *input = &input[n..];
+                    if self.digest_have < DIGEST_LEN {
                         return Ok(None);
                     }
-                    let got =
-                        u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
-                    self.have = 0;
                     self.state = State::Ch;
-                    return Ok(Some(Event::End {
-                        data_digest_ok: got == self.crc,
-                    }));
+                    let ok = u32::from_le_bytes(self.digest) == self.crc;
+                    return Ok(Some(Event::End { data_digest_ok: ok }));
                 }
                 State::End => {
                     self.state = State::Ch;
