@@ -1,4 +1,7 @@
-//! The NVMe-oF controller at capsule level: subsystems, namespaces and controllers
-//! (`subsystem`). The admin and I/O command handling follows.
+//! The NVMe-oF controller at capsule level, independent of the transport: subsystems,
+//! namespaces and the controller registry (`subsystem`), command execution per queue
+//! (`controller`) and the admin commands that return data (`admin`).
 
+pub mod admin;
+pub mod controller;
 pub mod subsystem;

@@ -64,6 +64,18 @@ impl Subsystem {
     }
 }
 
+/// A listening port, as the Discovery Log Page reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port {
+    /// PORTID in the discovery log.
+    pub id: u16,
+    /// `None`: every local address (the log then reports the one the host reached).
+    pub addr: Option<std::net::IpAddr>,
+    pub port: u16,
+    /// Serves NVM subsystems (I/O), not only discovery.
+    pub io: bool,
+}
+
 /// Why a Connect is refused, each mapping to a Connect status (NVMe-oF, Connect response).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectError {
@@ -109,6 +121,7 @@ pub struct Registry {
     discovery: Arc<Subsystem>,
     controllers: BTreeMap<u16, ControllerEntry>,
     next_cntlid: u16,
+    ports: Vec<Port>,
 }
 
 /// Controller IDs 1..=FFEFh are valid (FFF0h and up are reserved, FFFFh means "any").
@@ -129,7 +142,17 @@ impl Registry {
             discovery: Arc::new(discovery),
             controllers: BTreeMap::new(),
             next_cntlid: 1,
+            ports: Vec::new(),
         }
+    }
+
+    /// The ports the target listens on, for the Discovery Log Page.
+    pub fn set_ports(&mut self, ports: Vec<Port>) {
+        self.ports = ports;
+    }
+
+    pub fn ports(&self) -> &[Port] {
+        &self.ports
     }
 
     pub fn subsystems(&self) -> &[Arc<Subsystem>] {

@@ -3,6 +3,7 @@
 //! building the PDUs a controller sends (`writer`).
 
 pub mod icreq;
+pub mod queue;
 pub mod reader;
 pub mod writer;
 
@@ -27,3 +28,6 @@ impl Fatal {
         }
     }
 }
+
+#[cfg(test)]
+mod queue_tests;

@@ -1,0 +1,621 @@
+//! Engine tests of an NVMe/TCP queue: a scripted host that follows the sequence Linux's
+//! nvme-tcp host sends, and a memory "disk" executing the block operations.
+
+use std::sync::Mutex;
+
+use target_wire::nvme::cqe::{Cqe, CqeRepr};
+use target_wire::nvme::fabrics::{
+    ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize,
+};
+use target_wire::nvme::identify::IdentifyController;
+use target_wire::nvme::log::{DiscoveryLogHeader, discovery_entry};
+use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
+use target_wire::nvme::sgl::SglRepr;
+use target_wire::nvme::sqe::Sqe;
+use target_wire::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, Status};
+use target_wire::nvme_tcp::{DataRepr, Fes, IcRepr, PduType, TermReqRepr, emit_common_header};
+
+use super::icreq::ControllerParams;
+use super::queue::NvmeTcpQueue;
+use super::reader::{Event, PduReader, ReaderConfig, Role};
+use crate::nvme::controller::{BlockOp, IoOutcome};
+use crate::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem};
+
+const NQN: &str = "nqn.2026-11.io.xdp-target:test";
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:test-host";
+const BLOCKS: u64 = 4096;
+
+fn registry() -> Mutex<Registry> {
+    let mut r = Registry::new(vec![Subsystem {
+        nqn: NQN.into(),
+        serial: "XDPT0001".into(),
+        model: "xdp-target memory".into(),
+        firmware: "0.1.0".into(),
+        namespaces: vec![Namespace {
+            nsid: 1,
+            block_size: 512,
+            blocks: BLOCKS,
+            nguid: [0x11; 16],
+            eui64: [0x22; 8],
+            uuid: [0x33; 16],
+            volatile_write_cache: false,
+            deallocate: true,
+        }],
+        allowed_hosts: None,
+    }]);
+    r.set_ports(vec![Port {
+        id: 1,
+        addr: None,
+        port: 4420,
+        io: true,
+    }]);
+    Mutex::new(r)
+}
+
+/// What the host got back for one command.
+#[derive(Debug)]
+struct Reply {
+    data: Vec<u8>,
+    cqe: Option<CqeRepr>,
+}
+
+/// A scripted NVMe/TCP host driving one queue, with a memory disk behind it.
+struct Host<'r> {
+    q: NvmeTcpQueue,
+    reader: PduReader,
+    registry: &'r Mutex<Registry>,
+    disk: &'r Mutex<Vec<u8>>,
+    digests: bool,
+    cid: u16,
+}
+
+impl<'r> Host<'r> {
+    fn new(registry: &'r Mutex<Registry>, disk: &'r Mutex<Vec<u8>>, digests: bool) -> Self {
+        let config = ReaderConfig {
+            role: Role::Host,
+            header_digest: false,
+            data_digest: false,
+            pda_bytes: 4,
+            max_in_capsule: 0,
+            max_data_pdu: 1 << 20,
+        };
+        let mut h = Self {
+            q: NvmeTcpQueue::new(ControllerParams::default(), None),
+            reader: PduReader::new(config),
+            registry,
+            disk,
+            digests,
+            cid: 0,
+        };
+        let mut icreq = [0u8; 128];
+        IcRepr {
+            pfv: 0,
+            pda: 0,
+            header_digest: digests,
+            data_digest: digests,
+            max: 0,
+        }
+        .emit(PduType::IcReq, &mut icreq)
+        .unwrap();
+        h.send(&icreq);
+        let out = h.take_output();
+        let resp = IcRepr::parse(&out).expect("ICResp");
+        assert_eq!((resp.header_digest, resp.data_digest), (digests, digests));
+        h.reader.initialized(ReaderConfig {
+            header_digest: digests,
+            data_digest: digests,
+            ..config
+        });
+        h
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        // Byte by byte for small PDUs, to exercise reassembly; in one piece otherwise.
+        if bytes.len() < 200 {
+            for b in bytes {
+                self.q.receive(std::slice::from_ref(b), self.registry, 0);
+            }
+        } else {
+            self.q.receive(bytes, self.registry, 0);
+        }
+    }
+
+    fn take_output(&mut self) -> Vec<u8> {
+        let out = self.q.output().to_vec();
+        self.q.consume_output(out.len());
+        out
+    }
+
+    /// Runs queued block operations against the disk.
+    fn run_io(&mut self) {
+        while let Some((slot, io)) = self.q.next_io() {
+            let mut disk = self.disk.lock().unwrap();
+            let buf = self.q.buffer_mut(slot);
+            let outcome = match io.op {
+                BlockOp::Read { offset, len } => {
+                    buf.copy_from_slice(&disk[offset as usize..(offset + len) as usize]);
+                    IoOutcome::Ok
+                }
+                BlockOp::Write { offset, len, .. } => {
+                    disk[offset as usize..(offset + len) as usize].copy_from_slice(buf);
+                    IoOutcome::Ok
+                }
+                BlockOp::WriteZeroes { offset, len, .. } => {
+                    disk[offset as usize..(offset + len) as usize].fill(0);
+                    IoOutcome::Ok
+                }
+                BlockOp::Compare { offset, len } => {
+                    if disk[offset as usize..(offset + len) as usize] == *buf {
+                        IoOutcome::Ok
+                    } else {
+                        IoOutcome::Miscompare
+                    }
+                }
+                BlockOp::Flush => IoOutcome::Ok,
+                BlockOp::Deallocate { ranges } => {
+                    for (o, l) in ranges {
+                        disk[o as usize..(o + l) as usize].fill(0);
+                    }
+                    IoOutcome::Ok
+                }
+            };
+            drop(disk);
+            self.q.io_done(slot, outcome);
+        }
+    }
+
+    /// Sends a command (with `data` in the capsule when `in_capsule`, else via R2T) and
+    /// collects the reply; `host_len` is the SGL length for controller-to-host data.
+    fn command(
+        &mut self,
+        mut sqe: [u8; 64],
+        data: &[u8],
+        in_capsule: bool,
+        host_len: u32,
+    ) -> Reply {
+        self.cid = self.cid.wrapping_add(1);
+        let cid = self.cid;
+        {
+            let mut s = Sqe::new_unchecked(&mut sqe[..]);
+            s.set_cid(cid);
+            let sgl = if in_capsule && !data.is_empty() {
+                SglRepr::InCapsule {
+                    offset: 0,
+                    length: data.len() as u32,
+                }
+            } else {
+                SglRepr::Transport {
+                    length: if data.is_empty() {
+                        host_len
+                    } else {
+                        data.len() as u32
+                    },
+                }
+            };
+            s.set_sgl(&sgl).unwrap();
+        }
+        let n = self.negotiated();
+        let pdu = capsule_pdu(&sqe, if in_capsule { data } else { &[] }, n);
+        self.send(&pdu);
+        let mut reply = Reply {
+            data: Vec::new(),
+            cqe: None,
+        };
+        loop {
+            self.run_io();
+            let out = self.take_output();
+            if out.is_empty() {
+                return reply;
+            }
+            let mut input = out.as_slice();
+            let mut header = Vec::new();
+            while let Some(ev) = self.reader.next(&mut input).expect("valid controller PDUs") {
+                match ev {
+                    Event::Header(h) => header = h.bytes().to_vec(),
+                    Event::Data(d) => reply.data.extend_from_slice(d),
+                    Event::End { data_digest_ok } => {
+                        assert!(data_digest_ok);
+                        match PduType::from(header[0]) {
+                            PduType::CapsuleResp => {
+                                let cqe =
+                                    CqeRepr::parse(&Cqe::new_checked(&header[8..24]).unwrap())
+                                        .unwrap();
+                                assert_eq!(cqe.cid, cid);
+                                reply.cqe = Some(cqe);
+                            }
+                            PduType::R2t => {
+                                let r = DataRepr::parse(&header).unwrap();
+                                assert_eq!(r.cccid, cid);
+                                let chunk =
+                                    &data[r.offset as usize..(r.offset + r.length) as usize];
+                                let h2c = h2c_pdu(cid, r.ttag, r.offset, chunk, n);
+                                self.send(&h2c);
+                            }
+                            PduType::C2hData => {}
+                            PduType::C2hTermReq => {
+                                panic!("TermReq: {:?}", TermReqRepr::parse(&header))
+                            }
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn negotiated(&self) -> bool {
+        self.digests
+    }
+
+    fn admin(
+        &mut self,
+        op: AdminOpcode,
+        cdw10: u32,
+        cdw11: u32,
+        nsid: u32,
+        host_len: u32,
+    ) -> Reply {
+        let mut sqe = [0u8; 64];
+        let mut s = Sqe::new_unchecked(&mut sqe[..]);
+        s.set_opcode(op.into());
+        s.set_nsid(nsid);
+        s.set_cdw10(cdw10);
+        s.set_cdw11(cdw11);
+        self.command(sqe, &[], false, host_len)
+    }
+
+    fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str) -> CqeRepr {
+        let mut sqe = [0u8; 64];
+        ConnectRepr {
+            recfmt: 0,
+            qid,
+            sqsize: 31,
+            cattr: 0,
+            kato: if qid == 0 { 5000 } else { 0 },
+        }
+        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        let mut data = [0u8; 1024];
+        let mut d = ConnectData::new_unchecked(&mut data[..]);
+        d.set_cntlid(cntlid);
+        d.set_subnqn(subnqn).unwrap();
+        d.set_hostnqn(HOST).unwrap();
+        self.command(sqe, &data, true, 0)
+            .cqe
+            .expect("Connect response")
+    }
+
+    fn property_get(&mut self, offset: u32, size: PropertySize) -> u64 {
+        let mut sqe = [0u8; 64];
+        PropertyGetRepr { size, offset }.emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        let cqe = self.command(sqe, &[], false, 0).cqe.unwrap();
+        assert!(cqe.status.is_success(), "{cqe:?}");
+        u64::from(cqe.dw0) | (u64::from(cqe.dw1) << 32)
+    }
+
+    fn enable(&mut self) {
+        let mut sqe = [0u8; 64];
+        // EN, IOSQES 6, IOCQES 4, as Linux writes it.
+        PropertySetRepr {
+            size: PropertySize::Four,
+            offset: 0x14,
+            value: 1 | (6 << 16) | (4 << 20),
+        }
+        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        assert!(
+            self.command(sqe, &[], false, 0)
+                .cqe
+                .unwrap()
+                .status
+                .is_success()
+        );
+        assert_eq!(
+            self.property_get(0x1c, PropertySize::Four) & 1,
+            1,
+            "CSTS.RDY"
+        );
+    }
+
+    fn io(&mut self, op: IoOpcode, slba: u64, blocks: u32, data: &[u8], in_capsule: bool) -> Reply {
+        let mut sqe = [0u8; 64];
+        let mut s = Sqe::new_unchecked(&mut sqe[..]);
+        s.set_opcode(op.into());
+        s.set_nsid(1);
+        s.set_slba(slba);
+        s.set_cdw12(blocks.saturating_sub(1));
+        self.command(sqe, data, in_capsule, blocks * 512)
+    }
+}
+
+fn capsule_pdu(sqe: &[u8; 64], data: &[u8], digests: bool) -> Vec<u8> {
+    let header_end = 72 + if digests { 4 } else { 0 };
+    let total = if data.is_empty() {
+        header_end
+    } else {
+        header_end + data.len() + if digests { 4 } else { 0 }
+    };
+    let mut p = vec![0u8; total];
+    let pdo = if data.is_empty() { 0 } else { header_end as u8 };
+    emit_common_header(
+        &mut p,
+        PduType::CapsuleCmd,
+        0,
+        digests,
+        digests,
+        pdo,
+        data.len(),
+    )
+    .unwrap();
+    p[8..72].copy_from_slice(sqe);
+    finish(&mut p, 72, header_end, data, digests);
+    p
+}
+
+fn h2c_pdu(cid: u16, ttag: u16, offset: u32, data: &[u8], digests: bool) -> Vec<u8> {
+    let header_end = 24 + if digests { 4 } else { 0 };
+    let mut p = vec![0u8; header_end + data.len() + if digests { 4 } else { 0 }];
+    DataRepr {
+        pdu_type: PduType::H2cData,
+        cccid: cid,
+        ttag,
+        offset,
+        length: data.len() as u32,
+    }
+    .emit(
+        target_wire::nvme_tcp::flags::LAST_PDU,
+        digests,
+        digests,
+        &mut p,
+    )
+    .unwrap();
+    finish(&mut p, 24, header_end, data, digests);
+    p
+}
+
+fn finish(p: &mut [u8], hlen: usize, header_end: usize, data: &[u8], digests: bool) {
+    if digests {
+        target_wire::nvme_tcp::put_header_digest(p, hlen).unwrap();
+    }
+    p[header_end..header_end + data.len()].copy_from_slice(data);
+    if digests && !data.is_empty() {
+        let d = target_wire::nvme_tcp::data_digest(data);
+        p[header_end + data.len()..].copy_from_slice(&d);
+    }
+}
+
+fn status(r: &Reply) -> Status {
+    r.cqe.expect("a response capsule").status
+}
+
+/// Connects an admin queue, enables the controller and asks for 4 I/O queues.
+fn admin_session<'r>(
+    registry: &'r Mutex<Registry>,
+    disk: &'r Mutex<Vec<u8>>,
+    digests: bool,
+) -> (Host<'r>, u16) {
+    let mut admin = Host::new(registry, disk, digests);
+    let cqe = admin.connect(0, 0xffff, NQN);
+    assert!(cqe.status.is_success(), "{cqe:?}");
+    let cntlid = cqe.dw0 as u16;
+    let cap = admin.property_get(0x00, PropertySize::Eight);
+    assert_eq!(cap & 0xffff, 127, "MQES");
+    assert_ne!(cap & (1 << 37), 0, "NVM command set");
+    admin.enable();
+    let r = admin.admin(
+        AdminOpcode::SetFeatures,
+        u32::from(u8::from(FeatureId::NumberOfQueues)),
+        3 | (3 << 16),
+        0,
+        0,
+    );
+    assert!(status(&r).is_success());
+    assert_eq!(r.cqe.unwrap().dw0, 3 | (3 << 16));
+    (admin, cntlid)
+}
+
+#[test]
+fn linux_connect_sequence_identify_and_io_with_and_without_digests() {
+    for digests in [false, true] {
+        let registry = registry();
+        let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+        let (mut admin, cntlid) = admin_session(&registry, &disk, digests);
+
+        let id = admin.admin(
+            AdminOpcode::Identify,
+            u32::from(u8::from(Cns::Controller)),
+            0,
+            0,
+            4096,
+        );
+        assert!(status(&id).is_success());
+        assert_eq!(id.data.len(), 4096);
+        let idc = IdentifyController::new_checked(&id.data[..]).unwrap();
+        assert_eq!(idc.cntlid(), cntlid);
+        assert_eq!(idc.subnqn().unwrap(), NQN);
+        assert_eq!(idc.mdts(), 5);
+        assert_eq!(idc.ioccsz(), (64 + 8192) / 16);
+        assert_eq!(idc.nn(), 1);
+
+        let ns = admin.admin(
+            AdminOpcode::Identify,
+            u32::from(u8::from(Cns::Namespace)),
+            0,
+            1,
+            4096,
+        );
+        assert_eq!(u64::from_le_bytes(ns.data[..8].try_into().unwrap()), BLOCKS);
+        let bad = admin.admin(
+            AdminOpcode::Identify,
+            u32::from(u8::from(Cns::Namespace)),
+            0,
+            9,
+            4096,
+        );
+        assert_eq!(status(&bad), Status::invalid_namespace());
+
+        let mut io = Host::new(&registry, &disk, digests);
+        assert!(io.connect(1, cntlid, NQN).status.is_success());
+
+        // A 64 KiB write through R2T/H2CData, a 4 KiB write in the capsule, reads of both.
+        let big: Vec<u8> = (0..65536u32).map(|i| (i * 31 + 7) as u8).collect();
+        assert!(status(&io.io(IoOpcode::Write, 8, 128, &big, false)).is_success());
+        let small = vec![0xa5u8; 4096];
+        assert!(status(&io.io(IoOpcode::Write, 300, 8, &small, true)).is_success());
+        let r = io.io(IoOpcode::Read, 8, 128, &[], false);
+        assert!(status(&r).is_success());
+        assert_eq!(r.data, big);
+        assert_eq!(io.io(IoOpcode::Read, 300, 8, &[], false).data, small);
+        assert_eq!(&disk.lock().unwrap()[8 * 512..8 * 512 + 65536], &big[..]);
+
+        // Compare: equal, then different.
+        assert!(status(&io.io(IoOpcode::Compare, 300, 8, &small, true)).is_success());
+        let c = io.io(IoOpcode::Compare, 300, 8, &[0u8; 4096], true);
+        assert_eq!(status(&c), Status::media(MediaStatus::CompareFailure));
+
+        // Write Zeroes and Flush.
+        assert!(status(&io.io(IoOpcode::WriteZeroes, 300, 8, &[], false)).is_success());
+        assert_eq!(
+            io.io(IoOpcode::Read, 300, 8, &[], false).data,
+            vec![0u8; 4096]
+        );
+        assert!(status(&io.io(IoOpcode::Flush, 0, 0, &[], false)).is_success());
+    }
+}
+
+#[test]
+fn io_errors_get_their_status() {
+    let registry = registry();
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    assert_eq!(
+        status(&io.io(IoOpcode::Read, BLOCKS - 1, 2, &[], false)),
+        Status::lba_out_of_range()
+    );
+    assert_eq!(
+        status(&io.io(IoOpcode::Read, u64::MAX, 1, &[], false)),
+        Status::lba_out_of_range()
+    );
+    assert_eq!(
+        status(&io.io(IoOpcode::Unknown(0x7e), 0, 1, &[], false)),
+        Status::invalid_opcode()
+    );
+    // MDTS is 128 KiB: 512 blocks of 512 bytes is twice that.
+    assert_eq!(
+        status(&io.io(IoOpcode::Read, 0, 512, &[], false)),
+        Status::invalid_field()
+    );
+    let mut sqe = [0u8; 64];
+    let mut s = Sqe::new_unchecked(&mut sqe[..]);
+    s.set_opcode(IoOpcode::Read.into());
+    s.set_nsid(2);
+    assert_eq!(
+        status(&io.command(sqe, &[], false, 512)),
+        Status::invalid_namespace()
+    );
+}
+
+#[test]
+fn connect_refusals() {
+    let registry = registry();
+    let disk = Mutex::new(Vec::new());
+    let mut h = Host::new(&registry, &disk, false);
+    let c = h.connect(0, 0xffff, "nqn.nope");
+    assert_eq!(
+        c.status,
+        Status::command_specific(CommandSpecificStatus::ConnectInvalidParameters)
+    );
+    assert_eq!(c.dw0, (1 << 16) | 256, "IATTR data, IPO SUBNQN");
+
+    // An I/O queue before the controller is enabled, and to a controller that does not exist.
+    let mut a = Host::new(&registry, &disk, false);
+    let cntlid = a.connect(0, 0xffff, NQN).dw0 as u16;
+    let mut io = Host::new(&registry, &disk, false);
+    assert_eq!(
+        io.connect(1, cntlid, NQN).status,
+        Status::generic(GenericStatus::CommandSequenceError)
+    );
+    let mut io = Host::new(&registry, &disk, false);
+    assert_eq!(
+        io.connect(1, cntlid + 100, NQN).status,
+        Status::command_specific(CommandSpecificStatus::ConnectInvalidParameters)
+    );
+    // Admin commands before CC.EN.
+    let r = a.admin(AdminOpcode::Identify, 1, 0, 0, 4096);
+    assert_eq!(
+        status(&r),
+        Status::generic(GenericStatus::CommandSequenceError)
+    );
+}
+
+#[test]
+fn discovery_controller_lists_subsystems() {
+    let registry = registry();
+    let disk = Mutex::new(Vec::new());
+    let mut d = Host::new(&registry, &disk, false);
+    assert!(d.connect(0, 0xffff, DISCOVERY_NQN).status.is_success());
+    d.enable();
+    let id = d.admin(AdminOpcode::Identify, 1, 0, 0, 4096);
+    assert_eq!(
+        IdentifyController::new_checked(&id.data[..])
+            .unwrap()
+            .cntrltype(),
+        2
+    );
+    let numd = (4096 / 4) - 1;
+    let log = d.admin(
+        AdminOpcode::GetLogPage,
+        u32::from(u8::from(LogPageId::Discovery)) | (numd << 16),
+        0,
+        0,
+        4096,
+    );
+    assert!(status(&log).is_success());
+    let h = DiscoveryLogHeader::new_checked(&log.data[..]).unwrap();
+    assert_eq!(h.numrec(), 2, "the subsystem and the discovery subsystem");
+    let e = discovery_entry(&log.data, 0).unwrap();
+    assert_eq!((e.subnqn().unwrap(), e.trsvcid().unwrap()), (NQN, "4420"));
+    // No I/O queues on a discovery controller.
+    let r = d.admin(
+        AdminOpcode::SetFeatures,
+        u32::from(u8::from(FeatureId::NumberOfQueues)),
+        0,
+        0,
+        0,
+    );
+    assert_eq!(status(&r), Status::invalid_field());
+}
+
+#[test]
+fn protocol_violations_end_the_connection_with_a_term_req() {
+    let registry = registry();
+    let disk = Mutex::new(Vec::new());
+    let mut h = Host::new(&registry, &disk, false);
+    // An H2CData for a transfer tag nobody issued.
+    let p = h2c_pdu(1, 77, 0, &[0u8; 512], false);
+    h.q.receive(&p, &registry, 0);
+    assert!(h.q.closing());
+    let out = h.take_output();
+    let t = TermReqRepr::parse(&out).unwrap();
+    assert_eq!((t.fes, t.fei), (Fes::InvalidHeaderField, 10));
+    assert_eq!(&out[24..48], &p[..24], "the offending header comes back");
+}
+
+#[test]
+fn keep_alive_expiry_closes_the_admin_queue_and_its_controller() {
+    let registry = registry();
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (mut admin, cntlid) = admin_session(&registry, &disk, false);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    assert!(admin.q.tick(5000, &registry), "within KATO + grace");
+    assert!(
+        !admin.q.tick(6001, &registry),
+        "KATO 5 s + 1 s grace passed"
+    );
+    admin.q.teardown(&registry);
+    assert!(
+        !io.q.tick(6001, &registry),
+        "the I/O queue follows its controller"
+    );
+}
