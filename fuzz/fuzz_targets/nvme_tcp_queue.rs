@@ -33,6 +33,7 @@ fuzz_target!(|input: &[u8]| {
             uuid: [3; 16],
             volatile_write_cache: opts & 4 != 0,
             deallocate: true,
+            backend: 0,
         }],
         allowed_hosts: None,
     }]));

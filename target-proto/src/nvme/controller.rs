@@ -70,8 +70,14 @@ pub enum BlockOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockIo {
     pub nsid: u32,
+    /// The namespace's [`Namespace::backend`]; for a Flush of every namespace
+    /// ([`ALL_BACKENDS`]) the flush applies to each backend of the subsystem.
+    pub backend: u32,
     pub op: BlockOp,
 }
+
+/// [`BlockIo::backend`] of a Flush with NSID FFFFFFFFh.
+pub const ALL_BACKENDS: u32 = u32::MAX;
 
 /// How a block operation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -601,11 +607,14 @@ fn io_command(sqe: &Sqe<&[u8]>, data: &[u8], subsystem: &Subsystem) -> Plan {
     let nsid = sqe.nsid();
     if op == IoOpcode::Flush {
         // Flush of all namespaces (FFFFFFFFh) is what the volatile cache feature implies.
-        if nsid != u32::MAX && subsystem.namespace(nsid).is_none() {
-            return respond(Status::invalid_namespace());
-        }
+        let backend = match subsystem.namespace(nsid) {
+            Some(ns) => ns.backend,
+            None if nsid == u32::MAX => ALL_BACKENDS,
+            None => return respond(Status::invalid_namespace()),
+        };
         return Plan::Io(BlockIo {
             nsid,
+            backend,
             op: BlockOp::Flush,
         });
     }
@@ -643,7 +652,11 @@ fn io_command(sqe: &Sqe<&[u8]>, data: &[u8], subsystem: &Subsystem) -> Plan {
             if matches!(op, IoOpcode::Write | IoOpcode::Compare) && data.len() as u64 != len {
                 return respond(Status::generic(GenericStatus::DataSglLengthInvalid));
             }
-            Plan::Io(BlockIo { nsid, op: io })
+            Plan::Io(BlockIo {
+                nsid,
+                backend: ns.backend,
+                op: io,
+            })
         }
         IoOpcode::DatasetManagement => {
             let count = usize::from(sqe.dsm_range_count());
@@ -667,6 +680,7 @@ fn io_command(sqe: &Sqe<&[u8]>, data: &[u8], subsystem: &Subsystem) -> Plan {
             }
             Plan::Io(BlockIo {
                 nsid,
+                backend: ns.backend,
                 op: BlockOp::Deallocate { ranges },
             })
         }

@@ -27,6 +27,9 @@ pub struct Namespace {
     pub volatile_write_cache: bool,
     /// The backend can deallocate (DSM deallocate, Write Zeroes with DEAC).
     pub deallocate: bool,
+    /// Opaque to the controller: user space's index of the namespace's backend, carried
+    /// in every [`BlockIo`](super::controller::BlockIo).
+    pub backend: u32,
 }
 
 impl Namespace {
@@ -289,6 +292,7 @@ mod tests {
                 uuid: [3; 16],
                 volatile_write_cache: false,
                 deallocate: true,
+                backend: 0,
             }],
             allowed_hosts: hosts.map(|h| h.iter().map(|s| s.to_string()).collect()),
         }

@@ -2,6 +2,7 @@
 //! initialization (`icreq`), turning a TCP byte stream into validated PDUs (`reader`) and
 //! building the PDUs a controller sends (`writer`).
 
+pub mod host;
 pub mod icreq;
 pub mod queue;
 pub mod reader;

@@ -3,21 +3,20 @@
 
 use std::sync::Mutex;
 
-use target_wire::nvme::cqe::{Cqe, CqeRepr};
+use target_wire::nvme::cqe::CqeRepr;
 use target_wire::nvme::fabrics::{
     ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize,
 };
 use target_wire::nvme::identify::IdentifyController;
 use target_wire::nvme::log::{DiscoveryLogHeader, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
-use target_wire::nvme::sgl::SglRepr;
 use target_wire::nvme::sqe::Sqe;
 use target_wire::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, Status};
-use target_wire::nvme_tcp::{DataRepr, Fes, IcRepr, PduType, TermReqRepr, emit_common_header};
+use target_wire::nvme_tcp::{DataRepr, Fes, PduType, TermReqRepr};
 
+use super::host::{HostError, HostQueue};
 use super::icreq::ControllerParams;
 use super::queue::NvmeTcpQueue;
-use super::reader::{Event, PduReader, ReaderConfig, Role};
 use crate::nvme::controller::{BlockOp, IoOutcome};
 use crate::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem};
 
@@ -40,6 +39,7 @@ fn registry() -> Mutex<Registry> {
             uuid: [0x33; 16],
             volatile_write_cache: false,
             deallocate: true,
+            backend: 0,
         }],
         allowed_hosts: None,
     }]);
@@ -59,71 +59,49 @@ struct Reply {
     cqe: Option<CqeRepr>,
 }
 
-/// A scripted NVMe/TCP host driving one queue, with a memory disk behind it.
+/// The host engine and one controller queue, wired back to back, with a memory disk.
 struct Host<'r> {
     q: NvmeTcpQueue,
-    reader: PduReader,
+    h: HostQueue,
     registry: &'r Mutex<Registry>,
     disk: &'r Mutex<Vec<u8>>,
-    digests: bool,
-    cid: u16,
 }
 
 impl<'r> Host<'r> {
     fn new(registry: &'r Mutex<Registry>, disk: &'r Mutex<Vec<u8>>, digests: bool) -> Self {
-        let config = ReaderConfig {
-            role: Role::Host,
-            header_digest: false,
-            data_digest: false,
-            pda_bytes: 4,
-            max_in_capsule: 0,
-            max_data_pdu: 1 << 20,
-        };
-        let mut h = Self {
+        let mut host = Self {
             q: NvmeTcpQueue::new(ControllerParams::default(), None),
-            reader: PduReader::new(config),
+            h: HostQueue::new(digests, digests),
             registry,
             disk,
-            digests,
-            cid: 0,
         };
-        let mut icreq = [0u8; 128];
-        IcRepr {
-            pfv: 0,
-            pda: 0,
-            header_digest: digests,
-            data_digest: digests,
-            max: 0,
-        }
-        .emit(PduType::IcReq, &mut icreq)
-        .unwrap();
-        h.send(&icreq);
-        let out = h.take_output();
-        let resp = IcRepr::parse(&out).expect("ICResp");
-        assert_eq!((resp.header_digest, resp.data_digest), (digests, digests));
-        h.reader.initialized(ReaderConfig {
-            header_digest: digests,
-            data_digest: digests,
-            ..config
-        });
-        h
+        host.pump().expect("ICReq/ICResp");
+        assert!(host.h.established());
+        assert_eq!(host.h.digests(), (digests, digests));
+        host
     }
 
-    fn send(&mut self, bytes: &[u8]) {
-        // Byte by byte for small PDUs, to exercise reassembly; in one piece otherwise.
-        if bytes.len() < 200 {
-            for b in bytes {
-                self.q.receive(std::slice::from_ref(b), self.registry, 0);
+    /// Moves bytes both ways (host bytes byte by byte when small, to exercise
+    /// reassembly) and runs block I/O until nothing moves.
+    fn pump(&mut self) -> Result<(), HostError> {
+        loop {
+            let to_controller = self.h.output().to_vec();
+            self.h.consume_output(to_controller.len());
+            if to_controller.len() < 200 {
+                for b in &to_controller {
+                    self.q.receive(std::slice::from_ref(b), self.registry, 0);
+                }
+            } else {
+                self.q.receive(&to_controller, self.registry, 0);
             }
-        } else {
-            self.q.receive(bytes, self.registry, 0);
+            self.run_io();
+            let to_host = self.q.output().to_vec();
+            self.q.consume_output(to_host.len());
+            self.h.receive(&to_host)?;
+            if to_controller.is_empty() && to_host.is_empty() {
+                return Ok(());
+            }
         }
-    }
-
-    fn take_output(&mut self) -> Vec<u8> {
-        let out = self.q.output().to_vec();
-        self.q.consume_output(out.len());
-        out
     }
 
     /// Runs queued block operations against the disk.
@@ -131,21 +109,22 @@ impl<'r> Host<'r> {
         while let Some((slot, io)) = self.q.next_io() {
             let mut disk = self.disk.lock().unwrap();
             let buf = self.q.buffer_mut(slot);
+            let range = |o: u64, l: u64| o as usize..(o + l) as usize;
             let outcome = match io.op {
                 BlockOp::Read { offset, len } => {
-                    buf.copy_from_slice(&disk[offset as usize..(offset + len) as usize]);
+                    buf.copy_from_slice(&disk[range(offset, len)]);
                     IoOutcome::Ok
                 }
                 BlockOp::Write { offset, len, .. } => {
-                    disk[offset as usize..(offset + len) as usize].copy_from_slice(buf);
+                    disk[range(offset, len)].copy_from_slice(buf);
                     IoOutcome::Ok
                 }
                 BlockOp::WriteZeroes { offset, len, .. } => {
-                    disk[offset as usize..(offset + len) as usize].fill(0);
+                    disk[range(offset, len)].fill(0);
                     IoOutcome::Ok
                 }
                 BlockOp::Compare { offset, len } => {
-                    if disk[offset as usize..(offset + len) as usize] == *buf {
+                    if disk[range(offset, len)] == *buf {
                         IoOutcome::Ok
                     } else {
                         IoOutcome::Miscompare
@@ -154,7 +133,7 @@ impl<'r> Host<'r> {
                 BlockOp::Flush => IoOutcome::Ok,
                 BlockOp::Deallocate { ranges } => {
                     for (o, l) in ranges {
-                        disk[o as usize..(o + l) as usize].fill(0);
+                        disk[range(o, l)].fill(0);
                     }
                     IoOutcome::Ok
                 }
@@ -164,87 +143,30 @@ impl<'r> Host<'r> {
         }
     }
 
-    /// Sends a command (with `data` in the capsule when `in_capsule`, else via R2T) and
-    /// collects the reply; `host_len` is the SGL length for controller-to-host data.
-    fn command(
-        &mut self,
-        mut sqe: [u8; 64],
-        data: &[u8],
-        in_capsule: bool,
-        host_len: u32,
-    ) -> Reply {
-        self.cid = self.cid.wrapping_add(1);
-        let cid = self.cid;
-        {
-            let mut s = Sqe::new_unchecked(&mut sqe[..]);
-            s.set_cid(cid);
-            let sgl = if in_capsule && !data.is_empty() {
-                SglRepr::InCapsule {
-                    offset: 0,
-                    length: data.len() as u32,
-                }
-            } else {
-                SglRepr::Transport {
-                    length: if data.is_empty() {
-                        host_len
-                    } else {
-                        data.len() as u32
-                    },
-                }
-            };
-            s.set_sgl(&sgl).unwrap();
-        }
-        let n = self.negotiated();
-        let pdu = capsule_pdu(&sqe, if in_capsule { data } else { &[] }, n);
-        self.send(&pdu);
-        let mut reply = Reply {
-            data: Vec::new(),
-            cqe: None,
+    /// Sends a command and collects its reply; `host_len` is the buffer for data from
+    /// the controller.
+    fn command(&mut self, sqe: [u8; 64], data: &[u8], in_capsule: bool, host_len: u32) -> Reply {
+        let read_len = if data.is_empty() {
+            host_len as usize
+        } else {
+            0
         };
-        loop {
-            self.run_io();
-            let out = self.take_output();
-            if out.is_empty() {
-                return reply;
-            }
-            let mut input = out.as_slice();
-            let mut header = Vec::new();
-            while let Some(ev) = self.reader.next(&mut input).expect("valid controller PDUs") {
-                match ev {
-                    Event::Header(h) => header = h.bytes().to_vec(),
-                    Event::Data(d) => reply.data.extend_from_slice(d),
-                    Event::End { data_digest_ok } => {
-                        assert!(data_digest_ok);
-                        match PduType::from(header[0]) {
-                            PduType::CapsuleResp => {
-                                let cqe =
-                                    CqeRepr::parse(&Cqe::new_checked(&header[8..24]).unwrap())
-                                        .unwrap();
-                                assert_eq!(cqe.cid, cid);
-                                reply.cqe = Some(cqe);
-                            }
-                            PduType::R2t => {
-                                let r = DataRepr::parse(&header).unwrap();
-                                assert_eq!(r.cccid, cid);
-                                let chunk =
-                                    &data[r.offset as usize..(r.offset + r.length) as usize];
-                                let h2c = h2c_pdu(cid, r.ttag, r.offset, chunk, n);
-                                self.send(&h2c);
-                            }
-                            PduType::C2hData => {}
-                            PduType::C2hTermReq => {
-                                panic!("TermReq: {:?}", TermReqRepr::parse(&header))
-                            }
-                            other => panic!("unexpected {other:?}"),
-                        }
-                    }
+        let cid = self.h.submit(sqe, data.to_vec(), in_capsule, read_len);
+        self.pump()
+            .expect("the controller answers within the protocol");
+        match self.h.completion() {
+            Some(c) => {
+                assert_eq!(c.cid, cid);
+                Reply {
+                    data: c.data,
+                    cqe: Some(c.cqe),
                 }
             }
+            None => Reply {
+                data: Vec::new(),
+                cqe: None,
+            },
         }
-    }
-
-    fn negotiated(&self) -> bool {
-        self.digests
     }
 
     fn admin(
@@ -324,30 +246,6 @@ impl<'r> Host<'r> {
         s.set_cdw12(blocks.saturating_sub(1));
         self.command(sqe, data, in_capsule, blocks * 512)
     }
-}
-
-fn capsule_pdu(sqe: &[u8; 64], data: &[u8], digests: bool) -> Vec<u8> {
-    let header_end = 72 + if digests { 4 } else { 0 };
-    let total = if data.is_empty() {
-        header_end
-    } else {
-        header_end + data.len() + if digests { 4 } else { 0 }
-    };
-    let mut p = vec![0u8; total];
-    let pdo = if data.is_empty() { 0 } else { header_end as u8 };
-    emit_common_header(
-        &mut p,
-        PduType::CapsuleCmd,
-        0,
-        digests,
-        digests,
-        pdo,
-        data.len(),
-    )
-    .unwrap();
-    p[8..72].copy_from_slice(sqe);
-    finish(&mut p, 72, header_end, data, digests);
-    p
 }
 
 fn h2c_pdu(cid: u16, ttag: u16, offset: u32, data: &[u8], digests: bool) -> Vec<u8> {
@@ -595,7 +493,7 @@ fn protocol_violations_end_the_connection_with_a_term_req() {
     let p = h2c_pdu(1, 77, 0, &[0u8; 512], false);
     h.q.receive(&p, &registry, 0);
     assert!(h.q.closing());
-    let out = h.take_output();
+    let out = h.q.output().to_vec();
     let t = TermReqRepr::parse(&out).unwrap();
     assert_eq!((t.fes, t.fei), (Fes::InvalidHeaderField, 10));
     assert_eq!(&out[24..48], &p[..24], "the offending header comes back");
