@@ -1,6 +1,23 @@
 //! The TOML configuration file (`xdp-target serve --config FILE`).
 //!
 //! ```toml
+//! reactors = 2                      # default: the CPUs this process may run on
+//!
+//! [nvme]
+//! listen = ["0.0.0.0:4420", "0.0.0.0:8009"]
+//! discovery_port = 8009             # listed as discovery-only in the discovery log
+//! header_digest = true              # granted when the host asks
+//! data_digest = true
+//!
+//! [[subsystem]]
+//! nqn = "nqn.2026-11.dev.xdp-target:default"
+//! allow_hosts = []                  # host NQNs; empty = any host
+//! [[subsystem.namespace]]
+//! nsid = 1
+//! backend = "memory"
+//! size = "1GiB"
+//! block_size = 512                  # or 4096
+//!
 //! [xdp]
 //! ports = [4420, 8009, 3260]        # TCP ports the XDP program steers (default shown)
 //! mode = "auto"                     # auto (native, else skb) | native | skb
@@ -29,13 +46,165 @@ pub enum ConfigError {
     Ports(String),
     #[error("xdp.allow_sources: {0:?} is not an address or prefix (like 10.0.0.0/8 or fd00::/8)")]
     Prefix(String),
+    #[error("nvme.listen: {0:?} is not an address:port (like 0.0.0.0:4420 or [::]:4420)")]
+    Listen(String),
+    #[error("subsystem {nqn:?}: {message}")]
+    Subsystem { nqn: String, message: String },
+    #[error("reactors: must be between 1 and 256")]
+    Reactors,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub xdp: XdpConfig,
+    #[serde(default)]
+    pub nvme: NvmeConfig,
+    #[serde(default = "default_subsystems", rename = "subsystem")]
+    pub subsystems: Vec<SubsystemConfig>,
+    /// Reactor threads; by default one per CPU in the process's affinity mask.
+    pub reactors: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            xdp: XdpConfig::default(),
+            nvme: NvmeConfig::default(),
+            subsystems: default_subsystems(),
+            reactors: None,
+        }
+    }
+}
+
+/// The NQN of the subsystem served without a configuration file.
+pub const DEFAULT_NQN: &str = "nqn.2026-11.dev.xdp-target:default";
+/// NQNs are at most 223 bytes (NVMe Base 2.x, 4.5).
+const NQN_MAX: usize = 223;
+
+fn default_subsystems() -> Vec<SubsystemConfig> {
+    vec![SubsystemConfig {
+        nqn: DEFAULT_NQN.into(),
+        serial: None,
+        model: default_model(),
+        allow_hosts: Vec::new(),
+        namespaces: vec![NamespaceConfig {
+            nsid: 1,
+            backend: BackendKind::Memory,
+            size: Size(1 << 30),
+            block_size: 512,
+        }],
+    }]
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NvmeConfig {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default = "default_discovery_port")]
+    pub discovery_port: u16,
+    #[serde(default = "yes")]
+    pub header_digest: bool,
+    #[serde(default = "yes")]
+    pub data_digest: bool,
+}
+
+impl Default for NvmeConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            discovery_port: default_discovery_port(),
+            header_digest: true,
+            data_digest: true,
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:4420".into(), "0.0.0.0:8009".into()]
+}
+
+const fn default_discovery_port() -> u16 {
+    8009
+}
+
+fn default_model() -> String {
+    "xdp-target".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemConfig {
+    pub nqn: String,
+    /// Up to 20 ASCII characters; derived from the NQN when absent.
+    pub serial: Option<String>,
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    #[serde(default, rename = "namespace")]
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub nsid: u32,
+    pub backend: BackendKind,
+    pub size: Size,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+}
+
+const fn default_block_size() -> u32 {
+    512
+}
+
+/// A size in bytes: an integer, or a string with a binary suffix ("512MiB", "1GiB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Self(n)),
+            Raw::Text(t) => parse_size(&t).map(Self).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a size (like 1048576, \"512MiB\" or \"1GiB\")"
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "K" => 10,
+        "MiB" | "M" => 20,
+        "GiB" | "G" => 30,
+        "TiB" | "T" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -126,7 +295,61 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.xdp.validate()
+        self.xdp.validate()?;
+        if self.reactors.is_some_and(|r| r == 0 || r > 256) {
+            return Err(ConfigError::Reactors);
+        }
+        for l in &self.nvme.listen {
+            l.parse::<std::net::SocketAddr>()
+                .map_err(|_| ConfigError::Listen(l.clone()))?;
+        }
+        for (i, s) in self.subsystems.iter().enumerate() {
+            let bad = |message: String| ConfigError::Subsystem {
+                nqn: s.nqn.clone(),
+                message,
+            };
+            if !s.nqn.starts_with("nqn.") || s.nqn.len() > NQN_MAX || !s.nqn.is_ascii() {
+                return Err(bad(format!(
+                    "the NQN must start with \"nqn.\" and be at most {NQN_MAX} ASCII bytes"
+                )));
+            }
+            if self.subsystems[..i].iter().any(|o| o.nqn == s.nqn) {
+                return Err(bad("listed twice".into()));
+            }
+            if s.serial
+                .as_ref()
+                .is_some_and(|x| x.len() > 20 || !x.is_ascii())
+            {
+                return Err(bad("serial: at most 20 ASCII characters".into()));
+            }
+            if s.model.len() > 40 || !s.model.is_ascii() {
+                return Err(bad("model: at most 40 ASCII characters".into()));
+            }
+            for (j, n) in s.namespaces.iter().enumerate() {
+                if n.nsid == 0 || n.nsid >= 0xffff_fffe {
+                    return Err(bad(format!(
+                        "namespace {}: NSIDs run from 1 to FFFFFFFDh",
+                        n.nsid
+                    )));
+                }
+                if s.namespaces[..j].iter().any(|o| o.nsid == n.nsid) {
+                    return Err(bad(format!("namespace {} is listed twice", n.nsid)));
+                }
+                if n.block_size != 512 && n.block_size != 4096 {
+                    return Err(bad(format!(
+                        "namespace {}: block_size must be 512 or 4096",
+                        n.nsid
+                    )));
+                }
+                if n.size.0 == 0 || n.size.0 % u64::from(n.block_size) != 0 {
+                    return Err(bad(format!(
+                        "namespace {}: size must be a non-zero multiple of the block size ({})",
+                        n.nsid, n.block_size
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -172,8 +395,61 @@ mod tests {
     }
 
     #[test]
+    fn subsystems_namespaces_and_listeners() {
+        let c = parse(
+            "reactors = 2\n[nvme]\nlisten = [\"[::]:4420\"]\ndata_digest = false\n\
+             [[subsystem]]\nnqn = \"nqn.2026-11.dev.test:a\"\nallow_hosts = [\"nqn.h\"]\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = \"64MiB\"\nblock_size = 4096\n\
+             [[subsystem.namespace]]\nnsid = 7\nbackend = \"memory\"\nsize = 1048576\n",
+        )
+        .unwrap();
+        assert_eq!(c.reactors, Some(2));
+        assert_eq!(c.nvme.listen, vec!["[::]:4420"]);
+        assert!(!c.nvme.data_digest && c.nvme.header_digest);
+        let s = &c.subsystems[0];
+        assert_eq!(s.allow_hosts, vec!["nqn.h"]);
+        assert_eq!(s.namespaces[0].size, Size(64 << 20));
+        assert_eq!(
+            (
+                s.namespaces[1].nsid,
+                s.namespaces[1].block_size,
+                s.namespaces[1].size
+            ),
+            (7, 512, Size(1 << 20))
+        );
+    }
+
+    #[test]
+    fn subsystem_mistakes_name_the_subsystem_and_field() {
+        let ns = |extra: &str| {
+            format!(
+                "[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\n{extra}"
+            )
+        };
+        let cases = [
+            (ns("size = \"1GB\"\n"), "is not a size"),
+            (ns("size = 1000\n"), "multiple of the block size"),
+            (ns("size = 4096\nblock_size = 1024\n"), "512 or 4096"),
+            (ns("size = 4096\nbackend2 = 1\n"), "unknown field"),
+            (
+                "[[subsystem]]\nnqn = \"iqn.x\"\n".to_string(),
+                "must start with",
+            ),
+            ("[nvme]\nlisten = [\"4420\"]\n".to_string(), "nvme.listen"),
+            ("reactors = 0\n".to_string(), "reactors"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
     fn empty_file_gives_the_defaults() {
         let c = parse("").unwrap();
+        assert_eq!(c.subsystems[0].nqn, DEFAULT_NQN);
+        assert_eq!(c.subsystems[0].namespaces[0].size, Size(1 << 30));
+        assert_eq!(c.nvme.listen, vec!["0.0.0.0:4420", "0.0.0.0:8009"]);
         assert_eq!(c.xdp.ports, vec![4420, 8009, 3260]);
         assert!(c.xdp.steer);
         assert_eq!(c.xdp.mode, XdpMode::Auto);

@@ -1,11 +1,13 @@
 //! `xdp-target`: a storage target for NVMe/TCP and iSCSI with an XDP/AF_XDP fast path.
 //!
-//! What runs today: the XDP steering program with its eBPF-map counters (`serve --xdp`,
-//! `stats`). The storage protocols, the socket transport and the AF_XDP data path are
-//! listed as not done in the README.
+//! What runs today: NVMe/TCP over kernel sockets with memory namespaces (`serve`), and the
+//! XDP steering program with its eBPF-map counters (`serve --xdp`, `stats`). iSCSI, file
+//! backends and the AF_XDP data path are listed as not done in the README.
 
+mod backend;
 mod bpffs;
 mod config;
+mod nvme_server;
 mod stats;
 mod xdp;
 
@@ -31,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the XDP steering program and serve until SIGINT/SIGTERM.
+    /// Serve NVMe/TCP (and with --xdp, attach the XDP steering program) until SIGINT/SIGTERM.
     Serve(ServeArgs),
     /// Print the XDP counters of a running `serve --xdp`.
     Stats {
@@ -91,6 +93,27 @@ fn main() -> ExitCode {
     }
 }
 
+fn attach_xdp(iface: &str, config: &Config) -> anyhow::Result<xdp::Steering> {
+    let steering = xdp::Steering::attach(iface, &config.xdp)?;
+    info!(
+        iface,
+        mode = steering.mode(),
+        ports = ?config.xdp.ports,
+        pins = %steering.pin_dir().display(),
+        "XDP program attached"
+    );
+    if config.xdp.steer {
+        warn!(
+            "the AF_XDP data path is not implemented yet: with no AF_XDP socket bound, storage-port \
+             packets fall back to the kernel (counted as redirect_failed) and the socket transport serves them"
+        );
+    } else {
+        info!("count-only mode: storage-port packets are counted and passed to the kernel");
+    }
+    info!("counters: xdp-target stats --iface {iface}");
+    Ok(steering)
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -105,36 +128,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.xdp.allow_sources.extend(args.allow_source);
     config.validate()?;
 
-    let Some(iface) = args.xdp else {
-        anyhow::bail!(
-            "the socket transport (NVMe/TCP and iSCSI over kernel sockets) is not implemented yet; \
-             only `serve --xdp IFACE` (XDP steering and counters) runs today, see the README's status table"
-        );
-    };
-    // Register the signals before attaching, so a signal during setup still detaches.
+    // Register the signals before anything starts, so a signal during setup still
+    // detaches the XDP program and closes the listeners.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let steering = xdp::Steering::attach(&iface, &config.xdp)?;
-    info!(
-        iface,
-        mode = steering.mode(),
-        ports = ?config.xdp.ports,
-        pins = %steering.pin_dir().display(),
-        "XDP program attached"
-    );
-    if config.xdp.steer {
-        warn!(
-            "the AF_XDP data path is not implemented yet: steered connections are not served; \
-             with no AF_XDP socket bound, storage-port packets fall back to the kernel and count as redirect_failed"
-        );
-    } else {
-        info!("count-only mode: storage-port packets are counted and passed to the kernel");
+    let steering = match &args.xdp {
+        Some(iface) => Some(attach_xdp(iface, &config)?),
+        None => None,
+    };
+    let server = nvme_server::start(&config)?;
+    for s in &config.subsystems {
+        for n in &s.namespaces {
+            info!(nqn = %s.nqn, nsid = n.nsid, bytes = n.size.0, block_size = n.block_size, "namespace (memory)");
+        }
     }
-    info!("counters: xdp-target stats --iface {iface}; stop with Ctrl-C or SIGTERM");
+    info!("stop with Ctrl-C or SIGTERM");
     if let Some(sig) = signals.forever().next() {
         info!(signal = sig, "stopping");
     } else {
         error!("signal iterator ended unexpectedly");
     }
+    server.stop();
     drop(steering);
     Ok(())
 }

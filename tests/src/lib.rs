@@ -4,5 +4,6 @@
 
 pub mod frames;
 pub mod netns;
+pub mod nvme;
 pub mod target;
 pub mod xsk;

@@ -80,9 +80,7 @@ impl Netns {
     /// Runs `f` on a new thread that has entered this namespace and waits for it; sockets
     /// it creates stay in the namespace after the thread ends.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-        self.spawn(f)
-            .join()
-            .map_err(|_| io::Error::other("namespace thread panicked"))?
+        self.handle().run(f)
     }
 
     /// Starts `f` on a new thread that has entered this namespace.
@@ -90,7 +88,33 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<io::Result<T>> {
-        let path = self.path();
+        self.handle().spawn(f)
+    }
+
+    /// A handle that can enter the namespace but does not own it (closures can keep one).
+    pub fn handle(&self) -> NetnsHandle {
+        NetnsHandle { path: self.path() }
+    }
+}
+
+/// Enters a namespace owned by a [`Netns`] elsewhere.
+#[derive(Clone, Debug)]
+pub struct NetnsHandle {
+    path: String,
+}
+
+impl NetnsHandle {
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+        self.spawn(f)
+            .join()
+            .map_err(|_| io::Error::other("namespace thread panicked"))?
+    }
+
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<io::Result<T>> {
+        let path = self.path.clone();
         std::thread::spawn(move || -> io::Result<T> {
             let file = File::open(&path)?;
             // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.

@@ -1,0 +1,195 @@
+//! A blocking NVMe/TCP client for end-to-end tests: the sans-I/O host engine of
+//! `target-proto` over a real TCP connection.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use target_proto::nvme_tcp::host::{Completion, HostQueue};
+use target_wire::nvme::fabrics::{
+    ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize,
+};
+use target_wire::nvme::opcode::{AdminOpcode, IoOpcode};
+use target_wire::nvme::sqe::Sqe;
+
+pub const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000e2e0";
+
+pub struct Client {
+    stream: TcpStream,
+    h: HostQueue,
+    buf: Vec<u8>,
+}
+
+fn other(e: impl std::fmt::Debug) -> io::Error {
+    io::Error::other(format!("{e:?}"))
+}
+
+impl Client {
+    /// Connects the TCP stream (from the current thread's network namespace) and does the
+    /// ICReq/ICResp exchange.
+    pub fn connect(addr: SocketAddr, digests: bool) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut c = Self {
+            stream,
+            h: HostQueue::new(digests, digests),
+            buf: vec![0; 1 << 20],
+        };
+        while !c.h.established() {
+            c.exchange()?;
+        }
+        Ok(c)
+    }
+
+    /// Sends what is queued, then reads once (blocking) and feeds the engine.
+    fn exchange(&mut self) -> io::Result<()> {
+        let out = self.h.output().to_vec();
+        self.stream.write_all(&out)?;
+        self.h.consume_output(out.len());
+        let n = self.stream.read(&mut self.buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the target closed the connection",
+            ));
+        }
+        self.h.receive(&self.buf[..n]).map_err(other)
+    }
+
+    /// Sends a command and waits for its completion.
+    pub fn command(
+        &mut self,
+        sqe: [u8; 64],
+        write: Vec<u8>,
+        in_capsule: bool,
+        read_len: usize,
+    ) -> io::Result<Completion> {
+        let cid = self.h.submit(sqe, write, in_capsule, read_len);
+        loop {
+            if let Some(c) = self.h.completion() {
+                assert_eq!(c.cid, cid, "one command at a time");
+                return Ok(c);
+            }
+            self.exchange()?;
+        }
+    }
+
+    /// Fabrics Connect; returns the completion (DW0 holds the controller ID).
+    pub fn fabrics_connect(
+        &mut self,
+        qid: u16,
+        cntlid: u16,
+        nqn: &str,
+        host: &str,
+    ) -> io::Result<Completion> {
+        let mut sqe = [0u8; 64];
+        ConnectRepr {
+            recfmt: 0,
+            qid,
+            sqsize: 31,
+            cattr: 0,
+            kato: if qid == 0 { 30_000 } else { 0 },
+        }
+        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        let mut data = vec![0u8; 1024];
+        let mut d = ConnectData::new_unchecked(&mut data[..]);
+        d.set_cntlid(cntlid);
+        d.set_subnqn(nqn).map_err(other)?;
+        d.set_hostnqn(host).map_err(other)?;
+        self.command(sqe, data, true, 0)
+    }
+
+    pub fn property_get(&mut self, offset: u32, size: PropertySize) -> io::Result<u64> {
+        let mut sqe = [0u8; 64];
+        PropertyGetRepr { size, offset }.emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        let c = self.command(sqe, Vec::new(), false, 0)?;
+        Ok(u64::from(c.cqe.dw0) | (u64::from(c.cqe.dw1) << 32))
+    }
+
+    /// CC.EN = 1 with the queue entry sizes Linux uses; waits for CSTS.RDY.
+    pub fn enable(&mut self) -> io::Result<()> {
+        let mut sqe = [0u8; 64];
+        PropertySetRepr {
+            size: PropertySize::Four,
+            offset: 0x14,
+            value: 1 | (6 << 16) | (4 << 20),
+        }
+        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        self.command(sqe, Vec::new(), false, 0)?;
+        if self.property_get(0x1c, PropertySize::Four)? & 1 == 1 {
+            Ok(())
+        } else {
+            Err(io::Error::other("CSTS.RDY did not come up"))
+        }
+    }
+
+    /// An admin command with CDW10/CDW11 and `read_len` bytes of data back.
+    pub fn admin(
+        &mut self,
+        op: AdminOpcode,
+        nsid: u32,
+        cdw10: u32,
+        cdw11: u32,
+        read_len: usize,
+    ) -> io::Result<Completion> {
+        let mut sqe = [0u8; 64];
+        let mut s = Sqe::new_unchecked(&mut sqe[..]);
+        s.set_opcode(op.into());
+        s.set_nsid(nsid);
+        s.set_cdw10(cdw10);
+        s.set_cdw11(cdw11);
+        self.command(sqe, Vec::new(), false, read_len)
+    }
+
+    /// Read or Write of `blocks` blocks at `slba` on namespace 1 with `block` bytes per block.
+    pub fn io(
+        &mut self,
+        op: IoOpcode,
+        slba: u64,
+        blocks: u32,
+        block: usize,
+        data: Vec<u8>,
+    ) -> io::Result<Completion> {
+        let mut sqe = [0u8; 64];
+        let mut s = Sqe::new_unchecked(&mut sqe[..]);
+        s.set_opcode(op.into());
+        s.set_nsid(1);
+        s.set_slba(slba);
+        s.set_cdw12(blocks.saturating_sub(1));
+        let read_len = if data.is_empty() && op == IoOpcode::Read {
+            blocks as usize * block
+        } else {
+            0
+        };
+        // Small writes go in the capsule (up to the 8 KiB the target offers), larger ones on R2T.
+        let in_capsule = data.len() <= 8192;
+        self.command(sqe, data, in_capsule, read_len)
+    }
+
+    /// Sends raw bytes (for malformed-input tests) and returns what comes back before the
+    /// target closes the connection.
+    pub fn raw(&mut self, bytes: &[u8]) -> io::Result<Vec<u8>> {
+        self.stream.write_all(bytes)?;
+        let mut got = Vec::new();
+        loop {
+            match self.stream.read(&mut self.buf) {
+                Ok(0) => return Ok(got),
+                Ok(n) => got.extend_from_slice(&self.buf[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset) => return Ok(got),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A per-block pattern that names the block and the pass, so misplaced or stale data shows.
+pub fn pattern(lba: u64, pass: u8, block: usize) -> Vec<u8> {
+    let mut b = vec![0u8; block];
+    for (i, chunk) in b.chunks_mut(16).enumerate() {
+        chunk[..8].copy_from_slice(&lba.to_le_bytes());
+        chunk[8] = pass;
+        chunk[9..16].copy_from_slice(&(i as u64).to_le_bytes()[..7]);
+    }
+    b
+}

@@ -1,0 +1,323 @@
+//! End-to-end NVMe/TCP over kernel sockets: `xdp-target serve` in one namespace, a client
+//! (the host engine of target-proto over a TCP socket) in the other, across a veth pair.
+//! Needs root; skips with a reason without it (and fails in CI, where it must run).
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+
+use target_wire::nvme::identify::{IdentifyController, IdentifyNamespace};
+use target_wire::nvme::log::{DiscoveryLogHeader, SubType, discovery_entry};
+use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
+use target_wire::nvme::status::{CommandSpecificStatus, Status};
+use target_wire::nvme_tcp::{Fes, TermReqRepr};
+use xdp_target_tests::netns::VethPair;
+use xdp_target_tests::nvme::{Client, HOST_NQN, pattern};
+use xdp_target_tests::require_netns;
+use xdp_target_tests::target::Target;
+
+const NQN: &str = "nqn.2026-11.dev.xdp-target:e2e";
+const MIB: u64 = 1 << 20;
+
+/// Writes a config file for one subsystem with a `size`-byte memory namespace.
+fn config(name: &str, size: u64, block: u32, extra_subsystem: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("xdp-target-{}-{name}.toml", std::process::id()));
+    let text = format!(
+        "reactors = 2\n[[subsystem]]\nnqn = \"{NQN}\"\n{extra_subsystem}\n\
+         [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = {size}\nblock_size = {block}\n"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts `serve --config` in the target namespace, ready once 4420 accepts connections.
+fn serve(pair: &VethPair, config: &Path) -> Target {
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
+    let client = pair.client.handle();
+    Target::start(
+        &pair.target,
+        &["serve", "--config", config.to_str().expect("utf-8 path")],
+        move || {
+            client
+                .run(move || TcpStream::connect(addr).is_ok())
+                .unwrap_or(false)
+        },
+    )
+    .expect("serve")
+}
+
+/// Admin connect, enable, two I/O queues granted; returns the admin client and CNTLID.
+fn admin(addr: IpAddr, digests: bool) -> (Client, u16) {
+    let mut a = Client::connect(SocketAddr::new(addr, 4420), digests).expect("connect");
+    let c = a
+        .fabrics_connect(0, 0xffff, NQN, HOST_NQN)
+        .expect("admin connect");
+    assert!(c.cqe.status.is_success(), "{:?}", c.cqe);
+    a.enable().expect("enable");
+    let q = a.admin(
+        AdminOpcode::SetFeatures,
+        0,
+        u32::from(u8::from(FeatureId::NumberOfQueues)),
+        1 | (1 << 16),
+        0,
+    );
+    assert!(q.expect("set features").cqe.status.is_success());
+    (a, c.cqe.dw0 as u16)
+}
+
+fn io_queue(addr: IpAddr, cntlid: u16, qid: u16, digests: bool) -> Client {
+    let mut c = Client::connect(SocketAddr::new(addr, 4420), digests).expect("connect");
+    let r = c
+        .fabrics_connect(qid, cntlid, NQN, HOST_NQN)
+        .expect("io connect");
+    assert!(r.cqe.status.is_success(), "{:?}", r.cqe);
+    c
+}
+
+/// Writes every block of the namespace through two I/O queues (large writes on R2T, 4 KiB
+/// ones in the capsule), reads it all back and checks each block's pattern.
+fn verify_whole_namespace(addr: IpAddr, digests: bool, size: u64, block: usize, pass: u8) {
+    let (mut a, cntlid) = admin(addr, digests);
+    let ns = a
+        .admin(
+            AdminOpcode::Identify,
+            1,
+            u32::from(u8::from(Cns::Namespace)),
+            0,
+            4096,
+        )
+        .expect("id-ns");
+    let id = IdentifyNamespace::new_checked(&ns.data[..]).expect("4096 bytes");
+    assert_eq!(id.nsze(), size / block as u64);
+    let mut qs = [
+        io_queue(addr, cntlid, 1, digests),
+        io_queue(addr, cntlid, 2, digests),
+    ];
+    let blocks = size / block as u64;
+    let per_cmd = (128 * 1024 / block) as u64;
+    let mut lba = 0;
+    let mut n = 0usize;
+    while lba < blocks {
+        // Every eighth command is a single 4 KiB write that travels in the capsule.
+        let count = if n % 8 == 7 {
+            (4096 / block) as u64
+        } else {
+            per_cmd
+        }
+        .min(blocks - lba);
+        let data: Vec<u8> = (lba..lba + count)
+            .flat_map(|l| pattern(l, pass, block))
+            .collect();
+        let r = qs[n % 2]
+            .io(IoOpcode::Write, lba, count as u32, block, data)
+            .expect("write");
+        assert!(r.cqe.status.is_success(), "write at {lba}: {:?}", r.cqe);
+        lba += count;
+        n += 1;
+    }
+    lba = 0;
+    n = 0;
+    while lba < blocks {
+        let count = per_cmd.min(blocks - lba);
+        let r = qs[n % 2]
+            .io(IoOpcode::Read, lba, count as u32, block, Vec::new())
+            .expect("read");
+        assert!(r.cqe.status.is_success(), "read at {lba}: {:?}", r.cqe);
+        for (i, got) in r.data.chunks(block).enumerate() {
+            let l = lba + i as u64;
+            assert!(
+                got == pattern(l, pass, block).as_slice(),
+                "block {l} holds the wrong data"
+            );
+        }
+        lba += count;
+        n += 1;
+    }
+}
+
+#[test]
+fn whole_namespace_write_and_verify_with_and_without_digests() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("verify", 32 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let addr = IpAddr::V4(pair.target_addr);
+    pair.client
+        .run(move || verify_whole_namespace(addr, false, 32 * MIB, 512, 1))
+        .expect("namespace thread");
+    pair.client
+        .run(move || verify_whole_namespace(addr, true, 32 * MIB, 512, 2))
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn four_kib_blocks_over_ipv6() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let path = std::env::temp_dir().join(format!("xdp-target-{}-v6.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "[nvme]\nlisten = [\"[::]:4420\", \"0.0.0.0:4420\"]\n[[subsystem]]\nnqn = \"{NQN}\"\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = {}\nblock_size = 4096\n",
+            8 * MIB
+        ),
+    )
+    .expect("config");
+    let t = serve(&pair, &path);
+    let addr = IpAddr::V6(pair.target_addr6);
+    pair.client
+        .run(move || verify_whole_namespace(addr, false, 8 * MIB, 4096, 3))
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn identify_and_discovery_describe_what_is_configured() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("discovery", 4 * MIB, 512, "serial = \"E2E-SERIAL\"");
+    let t = serve(&pair, &cfg);
+    let addr = IpAddr::V4(pair.target_addr);
+    let target = pair.target_addr.to_string();
+    pair.client
+        .run(move || {
+            let (mut a, cntlid) = admin(addr, false);
+            let id = a
+                .admin(
+                    AdminOpcode::Identify,
+                    0,
+                    u32::from(u8::from(Cns::Controller)),
+                    0,
+                    4096,
+                )
+                .expect("id-ctrl");
+            let c = IdentifyController::new_checked(&id.data[..]).expect("4096 bytes");
+            assert_eq!(
+                (c.cntlid(), c.subnqn().expect("nqn"), c.sn().expect("sn")),
+                (cntlid, NQN, "E2E-SERIAL")
+            );
+
+            // Discovery on 8009 (and the discovery NQN), with a wildcard listener: the log
+            // must name the address the host reached, not 0.0.0.0.
+            let mut d = Client::connect(SocketAddr::new(addr, 8009), false).expect("connect 8009");
+            let r = d
+                .fabrics_connect(0, 0xffff, "nqn.2014-08.org.nvmexpress.discovery", HOST_NQN)
+                .expect("connect");
+            assert!(r.cqe.status.is_success());
+            d.enable().expect("enable");
+            let numd = 4096 / 4 - 1;
+            let log = d.admin(
+                AdminOpcode::GetLogPage,
+                0,
+                u32::from(u8::from(LogPageId::Discovery)) | (numd << 16),
+                0,
+                4096,
+            );
+            let log = log.expect("discovery log").data;
+            let h = DiscoveryLogHeader::new_checked(&log[..]).expect("header");
+            assert!(h.numrec() >= 1);
+            let e = discovery_entry(&log, 0).expect("entry");
+            assert_eq!(e.subtype(), SubType::Nvm);
+            assert_eq!(
+                (e.subnqn().expect("nqn"), e.trsvcid().expect("port")),
+                (NQN, "4420")
+            );
+            assert_eq!(e.traddr().expect("traddr"), target);
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn hosts_off_the_allow_list_and_unknown_subsystems_are_refused() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config(
+        "acl",
+        4 * MIB,
+        512,
+        "allow_hosts = [\"nqn.2014-08.org.nvmexpress:uuid:allowed\"]",
+    );
+    let t = serve(&pair, &cfg);
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
+    pair.client
+        .run(move || {
+            let mut c = Client::connect(addr, false).expect("connect");
+            let r = c.fabrics_connect(0, 0xffff, NQN, HOST_NQN).expect("answer");
+            assert_eq!(
+                r.cqe.status,
+                Status::command_specific(CommandSpecificStatus::ConnectInvalidHost)
+            );
+            let mut c = Client::connect(addr, false).expect("connect");
+            let r = c.fabrics_connect(
+                0,
+                0xffff,
+                "nqn.2026-11.dev.nope:x",
+                "nqn.2014-08.org.nvmexpress:uuid:allowed",
+            );
+            assert_eq!(
+                r.expect("answer").cqe.status,
+                Status::command_specific(CommandSpecificStatus::ConnectInvalidParameters)
+            );
+            let mut c = Client::connect(addr, false).expect("connect");
+            let r = c
+                .fabrics_connect(0, 0xffff, NQN, "nqn.2014-08.org.nvmexpress:uuid:allowed")
+                .expect("answer");
+            assert!(r.cqe.status.is_success());
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn malformed_input_ends_only_that_connection() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("malformed", 4 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let addr = IpAddr::V4(pair.target_addr);
+    pair.client
+        .run(move || {
+            let (_a, cntlid) = admin(addr, false);
+            let mut good = io_queue(addr, cntlid, 1, false);
+            let data = pattern(5, 9, 512);
+            assert!(
+                good.io(IoOpcode::Write, 5, 1, 512, data.clone())
+                    .expect("write")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+
+            // A PDU of an unknown type after a valid ICReq: a C2HTermReq naming the type.
+            let mut bad = Client::connect(SocketAddr::new(addr, 4420), false).expect("connect");
+            let got = bad.raw(&[
+                0x08, 0, 24, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ]);
+            let t = TermReqRepr::parse(&got.expect("answer")).expect("a C2HTermReq");
+            assert_eq!((t.fes, t.fei), (Fes::InvalidHeaderField, 0));
+            // A capsule claiming 1 GiB of in-capsule data.
+            let mut bad = Client::connect(SocketAddr::new(addr, 4420), false).expect("connect");
+            let got = bad.raw(&[0x04, 0, 72, 72, 0, 0, 0, 0x40]).expect("answer");
+            let t = TermReqRepr::parse(&got).expect("a C2HTermReq");
+            assert_eq!(t.fes, Fes::DataTransferLimitExceeded);
+            // Garbage before any ICReq.
+            let mut raw = TcpStream::connect(SocketAddr::new(addr, 4420)).expect("connect");
+            std::io::Write::write_all(&mut raw, &[0xffu8; 300]).expect("send");
+            drop(raw);
+
+            // The first connection is unharmed.
+            let r = good
+                .io(IoOpcode::Read, 5, 1, 512, Vec::new())
+                .expect("read");
+            assert_eq!(r.data, data);
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
