@@ -8,6 +8,7 @@ mod backend;
 mod bpffs;
 mod config;
 mod nvme_server;
+mod perf;
 mod stats;
 mod xdp;
 
@@ -35,6 +36,8 @@ struct Cli {
 enum Command {
     /// Serve NVMe/TCP (and with --xdp, attach the XDP steering program) until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Measure (and with --verify, check) an NVMe/TCP target, like spdk_nvme_perf.
+    Perf(perf::PerfArgs),
     /// Print the XDP counters of a running `serve --xdp`.
     Stats {
         /// The interface the target serves.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Perf(args) => perf::run(&args).map_err(anyhow::Error::from),
         Command::Stats { iface, json, watch } => {
             stats::run(&iface, json, watch).map_err(anyhow::Error::from)
         }

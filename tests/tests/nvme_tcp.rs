@@ -321,3 +321,51 @@ fn malformed_input_ends_only_that_connection() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
 }
+
+#[test]
+fn perf_verify_finds_no_mismatch_with_several_queues_and_digests() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("perf", 16 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let url = format!("nvme-tcp://{}:4420", pair.target_addr);
+    for (workload, bs, digests) in [
+        ("mixed", "4096", false),
+        ("randwrite", "65536", true),
+        ("mixed", "512", true),
+    ] {
+        let mut args = vec![
+            "perf",
+            &url,
+            "--workload",
+            workload,
+            "--bs",
+            bs,
+            "--qd",
+            "8",
+            "--queues",
+            "3",
+        ];
+        args.extend(["--time", "1", "--verify", "--json"]);
+        if digests {
+            args.push("--digests");
+        }
+        let out = pair
+            .client
+            .command(xdp_target_tests::target::bin())
+            .args(&args)
+            .output()
+            .expect("run perf");
+        assert!(
+            out.status.success(),
+            "perf {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(v["mismatches"], 0, "{v}");
+        assert!(v["ios"].as_u64().unwrap_or(0) > 100, "{v}");
+        assert_eq!(v["nqn"], NQN, "found through discovery");
+    }
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}

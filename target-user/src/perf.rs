@@ -1,0 +1,668 @@
+//! `xdp-target perf`: an NVMe/TCP initiator for measuring a target, like spdk_nvme_perf.
+//!
+//! One thread per I/O queue, each keeping `--qd` commands in flight on its own
+//! connection (the host engine of target-proto over a kernel socket). With `--verify`,
+//! every block written carries a pattern naming its LBA and a generation, each queue owns
+//! a disjoint LBA region and never has two commands in flight on the same blocks, so every
+//! read has exactly one right answer: misplaced, stale or torn data is counted.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use target_proto::nvme_tcp::host::{Completion, HostQueue};
+use target_wire::nvme::fabrics::{
+    ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize,
+};
+use target_wire::nvme::identify::IdentifyNamespace;
+use target_wire::nvme::log::{DiscoveryLogHeader, SubType, discovery_entry};
+use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
+use target_wire::nvme::sqe::Sqe;
+
+const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+const DEFAULT_HOST_NQN: &str =
+    "nqn.2014-08.org.nvmexpress:uuid:7e7e7e7e-0000-4000-8000-00000000perf";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Read,
+    Write,
+    Randread,
+    Randwrite,
+    /// Random reads and writes, `--read-pct` percent reads.
+    Mixed,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PerfArgs {
+    /// nvme-tcp://ADDR[:PORT][/NQN]; without an NQN, the first NVM subsystem of the
+    /// discovery log at ADDR:PORT.
+    pub target: String,
+    #[arg(long, value_enum, default_value = "randread")]
+    pub workload: Workload,
+    /// Read share of the mixed workload, in percent.
+    #[arg(long, default_value_t = 70)]
+    pub read_pct: u8,
+    /// Bytes per I/O (a multiple of the namespace's block size).
+    #[arg(long, default_value_t = 4096)]
+    pub bs: usize,
+    /// Commands in flight per queue.
+    #[arg(long, default_value_t = 32)]
+    pub qd: usize,
+    /// I/O queues (one connection and one thread each).
+    #[arg(long, default_value_t = 1)]
+    pub queues: u16,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub time: f64,
+    /// Bytes of the namespace to use (from LBA 0); all of it by default.
+    #[arg(long)]
+    pub size: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub nsid: u32,
+    /// Check every read against what was written (see the module documentation).
+    #[arg(long)]
+    pub verify: bool,
+    /// Ask for header and data digests.
+    #[arg(long)]
+    pub digests: bool,
+    #[arg(long)]
+    pub host_nqn: Option<String>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PerfError {
+    #[error("{0:?} is not a target URL: expected nvme-tcp://ADDR[:PORT][/NQN]")]
+    Url(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connection to {addr} failed: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Target(String),
+    #[error("--bs {bs} is not a non-zero multiple of the namespace's {block}-byte blocks")]
+    BlockSize { bs: usize, block: usize },
+    #[error("{0} mismatches found by --verify")]
+    Verify(u64),
+}
+
+struct Url {
+    addr: SocketAddr,
+    nqn: Option<String>,
+}
+
+fn parse_url(s: &str) -> Result<Url, PerfError> {
+    let bad = || PerfError::Url(s.to_string());
+    let rest = s.strip_prefix("nvme-tcp://").ok_or_else(bad)?;
+    let (hostport, nqn) = match rest.split_once('/') {
+        Some((h, n)) if !n.is_empty() => (h, Some(n.to_string())),
+        Some((h, _)) => (h, None),
+        None => (rest, None),
+    };
+    // ADDR is IPv4, a name, [IPv6] or a bare IPv6 address; the port defaults to 4420.
+    let with_port = if hostport.starts_with('[') {
+        if hostport.ends_with(']') {
+            format!("{hostport}:4420")
+        } else {
+            hostport.to_string()
+        }
+    } else if hostport.matches(':').count() > 1 {
+        format!("[{hostport}]:4420")
+    } else if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:4420")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)?;
+    Ok(Url { addr, nqn })
+}
+
+/// One connection with blocking I/O around the host engine.
+struct Conn {
+    addr: SocketAddr,
+    stream: TcpStream,
+    h: HostQueue,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr, digests: bool) -> Result<Self, PerfError> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|source| PerfError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut c = Self {
+            addr,
+            stream,
+            h: HostQueue::new(digests, digests),
+            buf: vec![0; 1 << 20],
+        };
+        while !c.h.established() {
+            c.exchange()?;
+        }
+        Ok(c)
+    }
+
+    fn io_err(&self, source: io::Error) -> PerfError {
+        PerfError::Io {
+            addr: self.addr,
+            source,
+        }
+    }
+
+    /// Sends what is queued, reads once and feeds the engine.
+    fn exchange(&mut self) -> Result<(), PerfError> {
+        if !self.h.output().is_empty() {
+            let out = self.h.output().to_vec();
+            self.h.consume_output(out.len());
+            self.stream.write_all(&out).map_err(|e| self.io_err(e))?;
+        }
+        let n = self
+            .stream
+            .read(&mut self.buf)
+            .map_err(|e| self.io_err(e))?;
+        if n == 0 {
+            return Err(self.io_err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the target closed the connection",
+            )));
+        }
+        self.h
+            .receive(&self.buf[..n])
+            .map_err(|e| PerfError::Target(format!("protocol error from the target: {e:?}")))
+    }
+
+    fn command(
+        &mut self,
+        sqe: [u8; 64],
+        write: Vec<u8>,
+        in_capsule: bool,
+        read_len: usize,
+    ) -> Result<Completion, PerfError> {
+        let cid = self.h.submit(sqe, write, in_capsule, read_len);
+        loop {
+            if let Some(c) = self.h.completion() {
+                debug_assert_eq!(c.cid, cid);
+                if !c.cqe.status.is_success() {
+                    return Err(PerfError::Target(format!(
+                        "command failed: {:?}",
+                        c.cqe.status
+                    )));
+                }
+                return Ok(c);
+            }
+            self.exchange()?;
+        }
+    }
+
+    fn connect(
+        &mut self,
+        qid: u16,
+        cntlid: u16,
+        nqn: &str,
+        host: &str,
+        sqsize: u16,
+    ) -> Result<u16, PerfError> {
+        let mut sqe = [0u8; 64];
+        ConnectRepr {
+            recfmt: 0,
+            qid,
+            sqsize,
+            cattr: 0,
+            kato: if qid == 0 { 30_000 } else { 0 },
+        }
+        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        let mut data = vec![0u8; 1024];
+        let mut d = ConnectData::new_unchecked(&mut data[..]);
+        d.set_cntlid(cntlid);
+        d.set_subnqn(nqn)
+            .map_err(|_| PerfError::Target(format!("NQN {nqn:?} is too long")))?;
+        d.set_hostnqn(host)
+            .map_err(|_| PerfError::Target(format!("host NQN {host:?} is too long")))?;
+        let c = self
+            .command(sqe, data, true, 0)
+            .map_err(|e| PerfError::Target(format!("Connect to {nqn}: {e}")))?;
+        Ok(c.cqe.dw0 as u16)
+    }
+
+    fn enable(&mut self) -> Result<(), PerfError> {
+        let mut sqe = [0u8; 64];
+        PropertySetRepr {
+            size: PropertySize::Four,
+            offset: 0x14,
+            value: 1 | (6 << 16) | (4 << 20),
+        }
+        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        self.command(sqe, Vec::new(), false, 0)?;
+        for _ in 0..100 {
+            let mut sqe = [0u8; 64];
+            PropertyGetRepr {
+                size: PropertySize::Four,
+                offset: 0x1c,
+            }
+            .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+            if self.command(sqe, Vec::new(), false, 0)?.cqe.dw0 & 1 == 1 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(PerfError::Target(
+            "the controller did not become ready (CSTS.RDY)".into(),
+        ))
+    }
+
+    fn admin(
+        &mut self,
+        op: AdminOpcode,
+        nsid: u32,
+        cdw10: u32,
+        cdw11: u32,
+        read_len: usize,
+    ) -> Result<Completion, PerfError> {
+        let mut sqe = [0u8; 64];
+        let mut s = Sqe::new_unchecked(&mut sqe[..]);
+        s.set_opcode(op.into());
+        s.set_nsid(nsid);
+        s.set_cdw10(cdw10);
+        s.set_cdw11(cdw11);
+        self.command(sqe, Vec::new(), false, read_len)
+    }
+}
+
+/// The first NVM subsystem in the discovery log at `addr`.
+fn discover(addr: SocketAddr, host: &str, digests: bool) -> Result<String, PerfError> {
+    let mut d = Conn::open(addr, digests)?;
+    d.connect(0, 0xffff, DISCOVERY_NQN, host, 31)?;
+    d.enable()?;
+    let numd = 4096 / 4 - 1;
+    let log = d.admin(
+        AdminOpcode::GetLogPage,
+        0,
+        u32::from(u8::from(LogPageId::Discovery)) | (numd << 16),
+        0,
+        4096,
+    )?;
+    let n = DiscoveryLogHeader::new_checked(&log.data[..])
+        .map(|h| h.numrec())
+        .unwrap_or(0);
+    // A 4 KiB read holds the header and the first three entries.
+    for i in 0..usize::try_from(n).unwrap_or(0).min(3) {
+        if let Ok(e) = discovery_entry(&log.data, i)
+            && e.subtype() == SubType::Nvm
+        {
+            return e
+                .subnqn()
+                .map(str::to_string)
+                .map_err(|_| PerfError::Target("bad NQN in the discovery log".into()));
+        }
+    }
+    Err(PerfError::Target(format!(
+        "the discovery log at {addr} lists no NVM subsystem"
+    )))
+}
+
+/// A per-block pattern naming the LBA and the generation written.
+fn fill_pattern(buf: &mut [u8], lba: u64, generation: u32) {
+    for (i, chunk) in buf.chunks_mut(16).enumerate() {
+        chunk[..8].copy_from_slice(&lba.to_le_bytes());
+        chunk[8..12].copy_from_slice(&generation.to_le_bytes());
+        chunk[12..16].copy_from_slice(&(i as u32).to_le_bytes());
+    }
+}
+
+/// xorshift64*: enough randomness for offsets, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+struct Job {
+    workload: Workload,
+    read_pct: u8,
+    qd: usize,
+    blocks_per_io: u64,
+    block: usize,
+    first_lba: u64,
+    region_blocks: u64,
+    verify: bool,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Stats {
+    ios: u64,
+    bytes: u64,
+    latencies_ns: Vec<u64>,
+    mismatches: u64,
+    reads: u64,
+    writes: u64,
+}
+
+struct InFlight {
+    start: Instant,
+    lba: u64,
+    write: bool,
+    generation: u32,
+}
+
+fn run_queue(mut c: Conn, job: &Job, seed: u64) -> Result<Stats, PerfError> {
+    let mut rng = Rng(seed | 1);
+    let mut stats = Stats::default();
+    let slots = job.region_blocks / job.blocks_per_io;
+    let mut generations = if job.verify {
+        vec![0u32; usize::try_from(slots).unwrap_or(0)]
+    } else {
+        Vec::new()
+    };
+    let mut inflight: HashMap<u16, InFlight> = HashMap::with_capacity(job.qd * 2);
+    let mut busy: HashSet<u64> = HashSet::with_capacity(job.qd * 2);
+    let mut seq = 0u64;
+    let bytes = job.blocks_per_io as usize * job.block;
+    loop {
+        let now = Instant::now();
+        while inflight.len() < job.qd && now < job.deadline {
+            let write = match job.workload {
+                Workload::Read | Workload::Randread => false,
+                Workload::Write | Workload::Randwrite => true,
+                Workload::Mixed => rng.next() % 100 >= u64::from(job.read_pct),
+            };
+            let slot = match job.workload {
+                Workload::Read | Workload::Write => {
+                    seq = (seq + 1) % slots;
+                    seq
+                }
+                _ => rng.next() % slots,
+            };
+            if job.verify && busy.contains(&slot) {
+                // Never two commands on the same blocks at once: each read must have one
+                // right answer. Try again after the next completion.
+                break;
+            }
+            let lba = job.first_lba + slot * job.blocks_per_io;
+            let mut sqe = [0u8; 64];
+            let mut s = Sqe::new_unchecked(&mut sqe[..]);
+            s.set_opcode(
+                if write {
+                    IoOpcode::Write
+                } else {
+                    IoOpcode::Read
+                }
+                .into(),
+            );
+            s.set_nsid(1);
+            s.set_slba(lba);
+            s.set_cdw12(u32::try_from(job.blocks_per_io - 1).unwrap_or(0));
+            let mut generation = 0;
+            let data = if write {
+                let mut d = vec![0u8; bytes];
+                if job.verify {
+                    generation = generations[slot as usize].wrapping_add(1).max(1);
+                    for (i, b) in d.chunks_mut(job.block).enumerate() {
+                        fill_pattern(b, lba + i as u64, generation);
+                    }
+                }
+                d
+            } else {
+                Vec::new()
+            };
+            let cid = c.h.submit(
+                sqe,
+                data,
+                write && bytes <= 8192,
+                if write { 0 } else { bytes },
+            );
+            busy.insert(slot);
+            inflight.insert(
+                cid,
+                InFlight {
+                    start: now,
+                    lba,
+                    write,
+                    generation,
+                },
+            );
+        }
+        if inflight.is_empty() {
+            return Ok(stats);
+        }
+        c.exchange()?;
+        while let Some(done) = c.h.completion() {
+            let Some(f) = inflight.remove(&done.cid) else {
+                continue;
+            };
+            let slot = (f.lba - job.first_lba) / job.blocks_per_io;
+            busy.remove(&slot);
+            if !done.cqe.status.is_success() {
+                return Err(PerfError::Target(format!(
+                    "I/O at LBA {} failed: {:?}",
+                    f.lba, done.cqe.status
+                )));
+            }
+            stats
+                .latencies_ns
+                .push(u64::try_from(f.start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            stats.ios += 1;
+            stats.bytes += bytes as u64;
+            if f.write {
+                stats.writes += 1;
+                if job.verify {
+                    generations[slot as usize] = f.generation;
+                }
+            } else {
+                stats.reads += 1;
+                if job.verify {
+                    let g = generations[slot as usize];
+                    if g != 0 {
+                        let mut want = vec![0u8; job.block];
+                        for (i, got) in done.data.chunks(job.block).enumerate() {
+                            fill_pattern(&mut want, f.lba + i as u64, g);
+                            if got != want.as_slice() {
+                                stats.mismatches += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
+    let url = parse_url(&args.target)?;
+    let host = args
+        .host_nqn
+        .clone()
+        .unwrap_or_else(|| DEFAULT_HOST_NQN.to_string());
+    let nqn = match &url.nqn {
+        Some(n) => n.clone(),
+        None => discover(url.addr, &host, args.digests)?,
+    };
+    let qd = args.qd.clamp(1, 126);
+    let sqsize = u16::try_from(qd + 1).unwrap_or(127);
+    let mut admin = Conn::open(url.addr, args.digests)?;
+    let cntlid = admin.connect(0, 0xffff, &nqn, &host, 31)?;
+    admin.enable()?;
+    let want = u32::from(args.queues.max(1) - 1);
+    admin.admin(
+        AdminOpcode::SetFeatures,
+        0,
+        u32::from(u8::from(FeatureId::NumberOfQueues)),
+        want | (want << 16),
+        0,
+    )?;
+    let id = admin.admin(
+        AdminOpcode::Identify,
+        args.nsid,
+        u32::from(u8::from(Cns::Namespace)),
+        0,
+        4096,
+    )?;
+    let ns = IdentifyNamespace::new_checked(&id.data[..])
+        .map_err(|_| PerfError::Target("short Identify Namespace".into()))?;
+    let block = 1usize << ns.current_lbaf().lbads;
+    let ns_bytes = ns.nsze() * block as u64;
+    if args.bs == 0 || !args.bs.is_multiple_of(block) || args.bs > 128 * 1024 {
+        return Err(PerfError::BlockSize { bs: args.bs, block });
+    }
+    let blocks_per_io = (args.bs / block) as u64;
+    let usable = args.size.unwrap_or(ns_bytes).min(ns_bytes) / block as u64;
+    let queues = u64::from(args.queues.max(1));
+    // Each queue owns a region of whole I/Os (needed for --verify; harmless otherwise).
+    let region = (usable / queues) / blocks_per_io * blocks_per_io;
+    if region < blocks_per_io {
+        return Err(PerfError::Target(
+            "the namespace is too small for these queues and --bs".into(),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(args.time.max(0.1));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for q in 0..args.queues.max(1) {
+        let mut c = Conn::open(url.addr, args.digests)?;
+        c.connect(q + 1, cntlid, &nqn, &host, sqsize)?;
+        let job = Job {
+            workload: args.workload,
+            read_pct: args.read_pct,
+            qd,
+            blocks_per_io,
+            block,
+            first_lba: u64::from(q) * region,
+            region_blocks: region,
+            verify: args.verify,
+            deadline,
+        };
+        handles.push(std::thread::spawn(move || {
+            run_queue(c, &job, 0x9e37_79b9_7f4a_7c15 ^ u64::from(q))
+        }));
+    }
+    let mut total = Stats::default();
+    for h in handles {
+        let s = h
+            .join()
+            .map_err(|_| PerfError::Target("a queue thread panicked".into()))??;
+        total.ios += s.ios;
+        total.bytes += s.bytes;
+        total.reads += s.reads;
+        total.writes += s.writes;
+        total.mismatches += s.mismatches;
+        total.latencies_ns.extend(s.latencies_ns);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    total.latencies_ns.sort_unstable();
+    let mean = if total.latencies_ns.is_empty() {
+        0.0
+    } else {
+        total.latencies_ns.iter().map(|&x| x as f64).sum::<f64>()
+            / total.latencies_ns.len() as f64
+            / 1000.0
+    };
+    let iops = total.ios as f64 / secs;
+    let mibs = total.bytes as f64 / secs / (1024.0 * 1024.0);
+    let (p50, p99, p999) = (
+        percentile(&total.latencies_ns, 0.5),
+        percentile(&total.latencies_ns, 0.99),
+        percentile(&total.latencies_ns, 0.999),
+    );
+    if args.json {
+        let v = json!({
+            "target": args.target, "nqn": nqn, "workload": format!("{:?}", args.workload).to_lowercase(),
+            "bs": args.bs, "qd": qd, "queues": args.queues, "seconds": secs, "digests": args.digests,
+            "ios": total.ios, "reads": total.reads, "writes": total.writes,
+            "iops": iops, "mib_s": mibs,
+            "lat_us": { "mean": mean, "p50": p50, "p99": p99, "p999": p999 },
+            "verify": args.verify, "mismatches": total.mismatches,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{nqn} {:?} bs={} qd={qd} queues={} digests={}: {:.0} IOPS, {:.1} MiB/s, latency mean {mean:.1} us, p50 {p50:.1}, p99 {p99:.1}, p99.9 {p999:.1}{}",
+            args.workload,
+            args.bs,
+            args.queues,
+            args.digests,
+            iops,
+            mibs,
+            if args.verify {
+                format!(", verify: {} mismatches", total.mismatches)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if total.mismatches > 0 {
+        return Err(PerfError::Verify(total.mismatches));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("nvme-tcp://10.0.0.1:4421/nqn.x").unwrap();
+        assert_eq!(
+            (u.addr.to_string(), u.nqn.as_deref()),
+            ("10.0.0.1:4421".into(), Some("nqn.x"))
+        );
+        assert_eq!(parse_url("nvme-tcp://10.0.0.1").unwrap().addr.port(), 4420);
+        assert_eq!(
+            parse_url("nvme-tcp://[fd00::1]:4430/")
+                .unwrap()
+                .addr
+                .to_string(),
+            "[fd00::1]:4430"
+        );
+        assert_eq!(
+            parse_url("nvme-tcp://fd00::1").unwrap().addr.to_string(),
+            "[fd00::1]:4420"
+        );
+        assert!(parse_url("iscsi://10.0.0.1").is_err());
+        assert!(parse_url("nvme-tcp://").is_err());
+    }
+
+    #[test]
+    fn patterns_name_lba_and_generation() {
+        let mut a = vec![0u8; 512];
+        let mut b = vec![0u8; 512];
+        fill_pattern(&mut a, 7, 1);
+        fill_pattern(&mut b, 7, 2);
+        assert_ne!(a, b);
+        fill_pattern(&mut b, 8, 1);
+        assert_ne!(a, b);
+        fill_pattern(&mut b, 7, 1);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=1000).map(|x| x * 1000).collect();
+        assert_eq!(percentile(&v, 0.5), 501.0);
+        assert_eq!(percentile(&v, 0.99), 990.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}
