@@ -28,6 +28,10 @@ use crate::config::{BackendKind, Config};
 const READ_CHUNK: usize = 256 * 1024;
 /// How often keep-alive timers and dead controllers are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// After the last event, keep polling without sleeping this long: waking a sleeping CPU
+/// (worse, a virtual one) costs tens of microseconds per request at low queue depth,
+/// while an idle target still sleeps and costs nothing.
+const BUSY_POLL: Duration = Duration::from_micros(200);
 /// MAXH2CDATA offered to hosts.
 const MAX_H2C_DATA: u32 = 128 * 1024;
 
@@ -198,6 +202,10 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             params,
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
+            busy_poll: std::env::var("XDPT_BUSY_POLL_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(BUSY_POLL, Duration::from_micros),
         };
         let stop = Arc::clone(&stop);
         let t = std::thread::Builder::new()
@@ -228,6 +236,7 @@ struct Reactor {
     params: ControllerParams,
     started: Instant,
     buf: Vec<u8>,
+    busy_poll: Duration,
 }
 
 impl Reactor {
@@ -247,12 +256,17 @@ impl Reactor {
         }
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
+        let mut last_event = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+            let timeout = if last_event.elapsed() < self.busy_poll { Duration::ZERO } else { TICK };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!(reactor = self.id, "poll failed: {e}");
                 }
                 continue;
+            }
+            if !events.is_empty() {
+                last_event = Instant::now();
             }
             for ev in &events {
                 let t = ev.token().0;

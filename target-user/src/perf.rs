@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -21,6 +22,8 @@ use target_wire::nvme::log::{DiscoveryLogHeader, SubType, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
 use target_wire::nvme::sqe::Sqe;
 
+/// How long a queue thread polls its socket before sleeping in poll(2).
+const SPIN: Duration = Duration::from_micros(100);
 const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 const DEFAULT_HOST_NQN: &str =
     "nqn.2014-08.org.nvmexpress:uuid:7e7e7e7e-0000-4000-8000-00000000perf";
@@ -139,7 +142,7 @@ impl Conn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|source| PerfError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        stream.set_nonblocking(true).map_err(|source| PerfError::Connect { addr, source })?;
         let mut c = Self {
             addr,
             stream,
@@ -159,26 +162,58 @@ impl Conn {
         }
     }
 
-    /// Sends what is queued, reads once and feeds the engine.
+    /// Sends what is queued, then reads until something arrives and feeds the engine. The
+    /// socket is non-blocking and polled for a short while, as spdk_nvme_perf polls:
+    /// sleeping at once would add a wake-up of the client's CPU to every I/O's latency.
+    /// After [`SPIN`] it sleeps in poll(2), so spinning threads never outnumber the cores
+    /// and starve the target on the same machine.
     fn exchange(&mut self) -> Result<(), PerfError> {
-        if !self.h.output().is_empty() {
-            let out = self.h.output().to_vec();
-            self.h.consume_output(out.len());
-            self.stream.write_all(&out).map_err(|e| self.io_err(e))?;
+        let mut sent = 0;
+        let out_len = self.h.output().len();
+        let started = Instant::now();
+        let give_up = started + Duration::from_secs(30);
+        loop {
+            if sent < out_len {
+                match self.stream.write(&self.h.output()[sent..out_len]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(self.io_err(e)),
+                }
+            }
+            match self.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::ConnectionAborted, "the target closed the connection");
+                    return Err(self.io_err(e));
+                }
+                Ok(n) => {
+                    self.h.consume_output(sent);
+                    return self
+                        .h
+                        .receive(&self.buf[..n])
+                        .map_err(|e| PerfError::Target(format!("protocol error from the target: {e:?}")));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let now = Instant::now();
+                    if now > give_up {
+                        return Err(self.io_err(io::Error::new(io::ErrorKind::TimedOut, "no answer in 30 s")));
+                    }
+                    if now.duration_since(started) < SPIN {
+                        std::hint::spin_loop();
+                    } else {
+                        self.wait(sent < out_len);
+                    }
+                }
+                Err(e) => return Err(self.io_err(e)),
+            }
         }
-        let n = self
-            .stream
-            .read(&mut self.buf)
-            .map_err(|e| self.io_err(e))?;
-        if n == 0 {
-            return Err(self.io_err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the target closed the connection",
-            )));
-        }
-        self.h
-            .receive(&self.buf[..n])
-            .map_err(|e| PerfError::Target(format!("protocol error from the target: {e:?}")))
+    }
+
+    /// Sleeps until the socket is readable (or writable, when output waits), at most 10 ms.
+    fn wait(&self, writing: bool) {
+        let events = libc::POLLIN | if writing { libc::POLLOUT } else { 0 };
+        let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call, bounded timeout.
+        unsafe { libc::poll(&raw mut pfd, 1, 10) };
     }
 
     fn command(

@@ -382,10 +382,9 @@ impl HostQueue {
             }
             let p = &self.pending[&r.cccid];
             let data = &p.write[at..at + n];
-            let digest = data_digest(data);
             self.out.extend_from_slice(data);
             if dd {
-                self.out.extend_from_slice(&digest);
+                self.out.extend_from_slice(&data_digest(data));
             }
             at += n;
         }
