@@ -258,7 +258,11 @@ impl Reactor {
         let mut last_tick = Instant::now();
         let mut last_event = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let timeout = if last_event.elapsed() < self.busy_poll { Duration::ZERO } else { TICK };
+            let timeout = if last_event.elapsed() < self.busy_poll {
+                Duration::ZERO
+            } else {
+                TICK
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!(reactor = self.id, "poll failed: {e}");

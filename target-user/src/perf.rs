@@ -13,14 +13,12 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use target_proto::nvme_tcp::host::{Completion, HostQueue};
-use target_wire::nvme::fabrics::{
-    ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize,
-};
+use target_proto::nvme_tcp::host::{Completion, HostQueue, commands};
+use target_wire::nvme::fabrics::PropertySize;
 use target_wire::nvme::identify::IdentifyNamespace;
 use target_wire::nvme::log::{DiscoveryLogHeader, SubType, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
-use target_wire::nvme::sqe::Sqe;
+use target_wire::nvme::properties::CSTS;
 
 /// How long a queue thread polls its socket before sleeping in poll(2).
 const SPIN: Duration = Duration::from_micros(100);
@@ -142,7 +140,9 @@ impl Conn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|source| PerfError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        stream.set_nonblocking(true).map_err(|source| PerfError::Connect { addr, source })?;
+        stream
+            .set_nonblocking(true)
+            .map_err(|source| PerfError::Connect { addr, source })?;
         let mut c = Self {
             addr,
             stream,
@@ -182,20 +182,23 @@ impl Conn {
             }
             match self.stream.read(&mut self.buf) {
                 Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::ConnectionAborted, "the target closed the connection");
+                    let e = io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the target closed the connection",
+                    );
                     return Err(self.io_err(e));
                 }
                 Ok(n) => {
                     self.h.consume_output(sent);
-                    return self
-                        .h
-                        .receive(&self.buf[..n])
-                        .map_err(|e| PerfError::Target(format!("protocol error from the target: {e:?}")));
+                    return self.h.receive(&self.buf[..n]).map_err(|e| {
+                        PerfError::Target(format!("protocol error from the target: {e:?}"))
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let now = Instant::now();
                     if now > give_up {
-                        return Err(self.io_err(io::Error::new(io::ErrorKind::TimedOut, "no answer in 30 s")));
+                        return Err(self
+                            .io_err(io::Error::new(io::ErrorKind::TimedOut, "no answer in 30 s")));
                     }
                     if now.duration_since(started) < SPIN {
                         std::hint::spin_loop();
@@ -211,7 +214,11 @@ impl Conn {
     /// Sleeps until the socket is readable (or writable, when output waits), at most 10 ms.
     fn wait(&self, writing: bool) {
         let events = libc::POLLIN | if writing { libc::POLLOUT } else { 0 };
-        let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd for the duration of the call, bounded timeout.
         unsafe { libc::poll(&raw mut pfd, 1, 10) };
     }
@@ -247,22 +254,9 @@ impl Conn {
         host: &str,
         sqsize: u16,
     ) -> Result<u16, PerfError> {
-        let mut sqe = [0u8; 64];
-        ConnectRepr {
-            recfmt: 0,
-            qid,
-            sqsize,
-            cattr: 0,
-            kato: if qid == 0 { 30_000 } else { 0 },
-        }
-        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
-        let mut data = vec![0u8; 1024];
-        let mut d = ConnectData::new_unchecked(&mut data[..]);
-        d.set_cntlid(cntlid);
-        d.set_subnqn(nqn)
-            .map_err(|_| PerfError::Target(format!("NQN {nqn:?} is too long")))?;
-        d.set_hostnqn(host)
-            .map_err(|_| PerfError::Target(format!("host NQN {host:?} is too long")))?;
+        let kato = if qid == 0 { 30_000 } else { 0 };
+        let (sqe, data) = commands::connect(qid, cntlid, sqsize, kato, nqn, host)
+            .ok_or_else(|| PerfError::Target(format!("NQN {nqn:?} or {host:?} is too long")))?;
         let c = self
             .command(sqe, data, true, 0)
             .map_err(|e| PerfError::Target(format!("Connect to {nqn}: {e}")))?;
@@ -270,22 +264,10 @@ impl Conn {
     }
 
     fn enable(&mut self) -> Result<(), PerfError> {
-        let mut sqe = [0u8; 64];
-        PropertySetRepr {
-            size: PropertySize::Four,
-            offset: 0x14,
-            value: 1 | (6 << 16) | (4 << 20),
-        }
-        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
-        self.command(sqe, Vec::new(), false, 0)?;
+        self.command(commands::enable(), Vec::new(), false, 0)?;
         for _ in 0..100 {
-            let mut sqe = [0u8; 64];
-            PropertyGetRepr {
-                size: PropertySize::Four,
-                offset: 0x1c,
-            }
-            .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
-            if self.command(sqe, Vec::new(), false, 0)?.cqe.dw0 & 1 == 1 {
+            let csts = commands::property_get(CSTS, PropertySize::Four);
+            if self.command(csts, Vec::new(), false, 0)?.cqe.dw0 & 1 == 1 {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -303,13 +285,12 @@ impl Conn {
         cdw11: u32,
         read_len: usize,
     ) -> Result<Completion, PerfError> {
-        let mut sqe = [0u8; 64];
-        let mut s = Sqe::new_unchecked(&mut sqe[..]);
-        s.set_opcode(op.into());
-        s.set_nsid(nsid);
-        s.set_cdw10(cdw10);
-        s.set_cdw11(cdw11);
-        self.command(sqe, Vec::new(), false, read_len)
+        self.command(
+            commands::admin(op, nsid, cdw10, cdw11),
+            Vec::new(),
+            false,
+            read_len,
+        )
     }
 }
 
@@ -367,6 +348,7 @@ impl Rng {
 }
 
 struct Job {
+    nsid: u32,
     workload: Workload,
     read_pct: u8,
     qd: usize,
@@ -429,19 +411,17 @@ fn run_queue(mut c: Conn, job: &Job, seed: u64) -> Result<Stats, PerfError> {
                 break;
             }
             let lba = job.first_lba + slot * job.blocks_per_io;
-            let mut sqe = [0u8; 64];
-            let mut s = Sqe::new_unchecked(&mut sqe[..]);
-            s.set_opcode(
-                if write {
-                    IoOpcode::Write
-                } else {
-                    IoOpcode::Read
-                }
-                .into(),
+            let op = if write {
+                IoOpcode::Write
+            } else {
+                IoOpcode::Read
+            };
+            let sqe = commands::io(
+                op,
+                job.nsid,
+                lba,
+                u32::try_from(job.blocks_per_io).unwrap_or(1),
             );
-            s.set_nsid(1);
-            s.set_slba(lba);
-            s.set_cdw12(u32::try_from(job.blocks_per_io - 1).unwrap_or(0));
             let mut generation = 0;
             let data = if write {
                 let mut d = vec![0u8; bytes];
@@ -579,6 +559,7 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
         let mut c = Conn::open(url.addr, args.digests)?;
         c.connect(q + 1, cntlid, &nqn, &host, sqsize)?;
         let job = Job {
+            nsid: args.nsid,
             workload: args.workload,
             read_pct: args.read_pct,
             qd,

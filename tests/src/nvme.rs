@@ -5,12 +5,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use target_proto::nvme_tcp::host::{Completion, HostQueue};
-use target_wire::nvme::fabrics::{
-    ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize,
-};
+use target_proto::nvme_tcp::host::{Completion, HostQueue, commands};
+use target_wire::nvme::fabrics::PropertySize;
 use target_wire::nvme::opcode::{AdminOpcode, IoOpcode};
-use target_wire::nvme::sqe::Sqe;
+use target_wire::nvme::properties::CSTS;
 
 pub const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000e2e0";
 
@@ -83,41 +81,21 @@ impl Client {
         nqn: &str,
         host: &str,
     ) -> io::Result<Completion> {
-        let mut sqe = [0u8; 64];
-        ConnectRepr {
-            recfmt: 0,
-            qid,
-            sqsize: 31,
-            cattr: 0,
-            kato: if qid == 0 { 30_000 } else { 0 },
-        }
-        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
-        let mut data = vec![0u8; 1024];
-        let mut d = ConnectData::new_unchecked(&mut data[..]);
-        d.set_cntlid(cntlid);
-        d.set_subnqn(nqn).map_err(other)?;
-        d.set_hostnqn(host).map_err(other)?;
+        let kato = if qid == 0 { 30_000 } else { 0 };
+        let (sqe, data) = commands::connect(qid, cntlid, 31, kato, nqn, host)
+            .ok_or_else(|| other("NQN too long"))?;
         self.command(sqe, data, true, 0)
     }
 
     pub fn property_get(&mut self, offset: u32, size: PropertySize) -> io::Result<u64> {
-        let mut sqe = [0u8; 64];
-        PropertyGetRepr { size, offset }.emit(&mut Sqe::new_unchecked(&mut sqe[..]));
-        let c = self.command(sqe, Vec::new(), false, 0)?;
+        let c = self.command(commands::property_get(offset, size), Vec::new(), false, 0)?;
         Ok(u64::from(c.cqe.dw0) | (u64::from(c.cqe.dw1) << 32))
     }
 
     /// CC.EN = 1 with the queue entry sizes Linux uses; waits for CSTS.RDY.
     pub fn enable(&mut self) -> io::Result<()> {
-        let mut sqe = [0u8; 64];
-        PropertySetRepr {
-            size: PropertySize::Four,
-            offset: 0x14,
-            value: 1 | (6 << 16) | (4 << 20),
-        }
-        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
-        self.command(sqe, Vec::new(), false, 0)?;
-        if self.property_get(0x1c, PropertySize::Four)? & 1 == 1 {
+        self.command(commands::enable(), Vec::new(), false, 0)?;
+        if self.property_get(CSTS, PropertySize::Four)? & 1 == 1 {
             Ok(())
         } else {
             Err(io::Error::other("CSTS.RDY did not come up"))
@@ -133,13 +111,12 @@ impl Client {
         cdw11: u32,
         read_len: usize,
     ) -> io::Result<Completion> {
-        let mut sqe = [0u8; 64];
-        let mut s = Sqe::new_unchecked(&mut sqe[..]);
-        s.set_opcode(op.into());
-        s.set_nsid(nsid);
-        s.set_cdw10(cdw10);
-        s.set_cdw11(cdw11);
-        self.command(sqe, Vec::new(), false, read_len)
+        self.command(
+            commands::admin(op, nsid, cdw10, cdw11),
+            Vec::new(),
+            false,
+            read_len,
+        )
     }
 
     /// Read or Write of `blocks` blocks at `slba` on namespace 1 with `block` bytes per block.
@@ -151,12 +128,6 @@ impl Client {
         block: usize,
         data: Vec<u8>,
     ) -> io::Result<Completion> {
-        let mut sqe = [0u8; 64];
-        let mut s = Sqe::new_unchecked(&mut sqe[..]);
-        s.set_opcode(op.into());
-        s.set_nsid(1);
-        s.set_slba(slba);
-        s.set_cdw12(blocks.saturating_sub(1));
         let read_len = if data.is_empty() && op == IoOpcode::Read {
             blocks as usize * block
         } else {
@@ -164,7 +135,12 @@ impl Client {
         };
         // Small writes go in the capsule (up to the 8 KiB the target offers), larger ones on R2T.
         let in_capsule = data.len() <= 8192;
-        self.command(sqe, data, in_capsule, read_len)
+        self.command(
+            commands::io(op, 1, slba, blocks),
+            data,
+            in_capsule,
+            read_len,
+        )
     }
 
     /// Sends raw bytes (for malformed-input tests) and returns what comes back before the

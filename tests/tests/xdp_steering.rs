@@ -82,10 +82,8 @@ fn assert_refused(ns: &Netns, addr: IpAddr, port: u16) {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 }
 
-fn stop_and_check_cleanup(t: Target, pair: &VethPair) {
-    let status = t.stop().expect("stop");
-    assert!(status.success(), "xdp-target exited with {status}");
-    assert!(!pin_dir(&pair.target_if).exists(), "pins left behind");
+/// `ip link show` of the target's interface.
+fn link_show(pair: &VethPair) -> String {
     let out = std::process::Command::new("ip")
         .args([
             "-n",
@@ -97,7 +95,14 @@ fn stop_and_check_cleanup(t: Target, pair: &VethPair) {
         ])
         .output()
         .expect("ip link");
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stop_and_check_cleanup(t: Target, pair: &VethPair) {
+    let status = t.stop().expect("stop");
+    assert!(status.success(), "xdp-target exited with {status}");
+    assert!(!pin_dir(&pair.target_if).exists(), "pins left behind");
+    let text = link_show(pair);
     assert!(
         !text.contains("prog/xdp"),
         "XDP program still attached: {text}"
@@ -246,18 +251,7 @@ fn generic_skb_mode_attaches_and_counts() {
     let pair = VethPair::create().expect("veth pair");
     let t =
         Target::serve_xdp(&pair.target, &pair.target_if, &["--xdp-mode", "skb"]).expect("serve");
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            pair.target.name(),
-            "link",
-            "show",
-            "dev",
-            &pair.target_if,
-        ])
-        .output()
-        .expect("ip link");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = link_show(&pair);
     assert!(
         text.contains("xdpgeneric"),
         "expected a generic-mode attach: {text}"

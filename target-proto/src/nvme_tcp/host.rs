@@ -391,3 +391,81 @@ impl HostQueue {
         Ok(())
     }
 }
+
+/// The commands a host session sends, as SQEs (and data) ready for [`HostQueue::submit`].
+pub mod commands {
+    use target_wire::nvme::fabrics::{
+        ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize,
+    };
+    use target_wire::nvme::opcode::{AdminOpcode, IoOpcode};
+    use target_wire::nvme::properties::{CC, Cc};
+    use target_wire::nvme::sqe::Sqe;
+
+    /// Fabrics Connect for queue `qid` (0: admin, a new controller when `cntlid` is
+    /// FFFFh) with `sqsize` + 1 entries, and its 1024-byte data; `None` when an NQN does
+    /// not fit its field.
+    pub fn connect(
+        qid: u16,
+        cntlid: u16,
+        sqsize: u16,
+        kato_ms: u32,
+        subnqn: &str,
+        hostnqn: &str,
+    ) -> Option<([u8; 64], Vec<u8>)> {
+        let mut sqe = [0u8; 64];
+        ConnectRepr {
+            recfmt: 0,
+            qid,
+            sqsize,
+            cattr: 0,
+            kato: kato_ms,
+        }
+        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        let mut data = vec![0u8; 1024];
+        let mut d = ConnectData::new_unchecked(&mut data[..]);
+        d.set_cntlid(cntlid);
+        d.set_subnqn(subnqn).ok()?;
+        d.set_hostnqn(hostnqn).ok()?;
+        Some((sqe, data))
+    }
+
+    pub fn property_get(offset: u32, size: PropertySize) -> [u8; 64] {
+        let mut sqe = [0u8; 64];
+        PropertyGetRepr { size, offset }.emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        sqe
+    }
+
+    /// Property Set CC: enabled, with 64-byte SQEs and 16-byte CQEs, as Linux writes it.
+    pub fn enable() -> [u8; 64] {
+        let cc = Cc(0).with_en(true).with_iosqes(6).with_iocqes(4);
+        let mut sqe = [0u8; 64];
+        PropertySetRepr {
+            size: PropertySize::Four,
+            offset: CC,
+            value: u64::from(cc.0),
+        }
+        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
+        sqe
+    }
+
+    pub fn admin(op: AdminOpcode, nsid: u32, cdw10: u32, cdw11: u32) -> [u8; 64] {
+        let mut sqe = [0u8; 64];
+        let mut s = Sqe::new_unchecked(&mut sqe[..]);
+        s.set_opcode(op.into());
+        s.set_nsid(nsid);
+        s.set_cdw10(cdw10);
+        s.set_cdw11(cdw11);
+        sqe
+    }
+
+    /// An NVM I/O command on `blocks` blocks (1-based) at `slba`.
+    pub fn io(op: IoOpcode, nsid: u32, slba: u64, blocks: u32) -> [u8; 64] {
+        let mut sqe = [0u8; 64];
+        let mut s = Sqe::new_unchecked(&mut sqe[..]);
+        s.set_opcode(op.into());
+        s.set_nsid(nsid);
+        s.set_slba(slba);
+        s.set_cdw12(blocks.saturating_sub(1));
+        sqe
+    }
+}

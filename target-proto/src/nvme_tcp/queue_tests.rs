@@ -4,9 +4,7 @@
 use std::sync::Mutex;
 
 use target_wire::nvme::cqe::CqeRepr;
-use target_wire::nvme::fabrics::{
-    ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize,
-};
+use target_wire::nvme::fabrics::PropertySize;
 use target_wire::nvme::identify::IdentifyController;
 use target_wire::nvme::log::{DiscoveryLogHeader, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
@@ -14,7 +12,7 @@ use target_wire::nvme::sqe::Sqe;
 use target_wire::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, Status};
 use target_wire::nvme_tcp::{DataRepr, Fes, PduType, TermReqRepr};
 
-use super::host::{HostError, HostQueue};
+use super::host::{HostError, HostQueue, commands};
 use super::icreq::ControllerParams;
 use super::queue::NvmeTcpQueue;
 use crate::nvme::controller::{BlockOp, IoOutcome};
@@ -177,54 +175,34 @@ impl<'r> Host<'r> {
         nsid: u32,
         host_len: u32,
     ) -> Reply {
-        let mut sqe = [0u8; 64];
-        let mut s = Sqe::new_unchecked(&mut sqe[..]);
-        s.set_opcode(op.into());
-        s.set_nsid(nsid);
-        s.set_cdw10(cdw10);
-        s.set_cdw11(cdw11);
-        self.command(sqe, &[], false, host_len)
+        self.command(
+            commands::admin(op, nsid, cdw10, cdw11),
+            &[],
+            false,
+            host_len,
+        )
     }
 
     fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str) -> CqeRepr {
-        let mut sqe = [0u8; 64];
-        ConnectRepr {
-            recfmt: 0,
-            qid,
-            sqsize: 31,
-            cattr: 0,
-            kato: if qid == 0 { 5000 } else { 0 },
-        }
-        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
-        let mut data = [0u8; 1024];
-        let mut d = ConnectData::new_unchecked(&mut data[..]);
-        d.set_cntlid(cntlid);
-        d.set_subnqn(subnqn).unwrap();
-        d.set_hostnqn(HOST).unwrap();
+        let kato = if qid == 0 { 5000 } else { 0 };
+        let (sqe, data) = commands::connect(qid, cntlid, 31, kato, subnqn, HOST).expect("NQNs fit");
         self.command(sqe, &data, true, 0)
             .cqe
             .expect("Connect response")
     }
 
     fn property_get(&mut self, offset: u32, size: PropertySize) -> u64 {
-        let mut sqe = [0u8; 64];
-        PropertyGetRepr { size, offset }.emit(&mut Sqe::new_unchecked(&mut sqe[..]));
-        let cqe = self.command(sqe, &[], false, 0).cqe.unwrap();
+        let cqe = self
+            .command(commands::property_get(offset, size), &[], false, 0)
+            .cqe
+            .unwrap();
         assert!(cqe.status.is_success(), "{cqe:?}");
         u64::from(cqe.dw0) | (u64::from(cqe.dw1) << 32)
     }
 
     fn enable(&mut self) {
-        let mut sqe = [0u8; 64];
-        // EN, IOSQES 6, IOCQES 4, as Linux writes it.
-        PropertySetRepr {
-            size: PropertySize::Four,
-            offset: 0x14,
-            value: 1 | (6 << 16) | (4 << 20),
-        }
-        .emit(&mut Sqe::new_unchecked(&mut sqe[..]));
         assert!(
-            self.command(sqe, &[], false, 0)
+            self.command(commands::enable(), &[], false, 0)
                 .cqe
                 .unwrap()
                 .status
@@ -238,13 +216,12 @@ impl<'r> Host<'r> {
     }
 
     fn io(&mut self, op: IoOpcode, slba: u64, blocks: u32, data: &[u8], in_capsule: bool) -> Reply {
-        let mut sqe = [0u8; 64];
-        let mut s = Sqe::new_unchecked(&mut sqe[..]);
-        s.set_opcode(op.into());
-        s.set_nsid(1);
-        s.set_slba(slba);
-        s.set_cdw12(blocks.saturating_sub(1));
-        self.command(sqe, data, in_capsule, blocks * 512)
+        self.command(
+            commands::io(op, 1, slba, blocks),
+            data,
+            in_capsule,
+            blocks * 512,
+        )
     }
 }
 
