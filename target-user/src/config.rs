@@ -4,7 +4,7 @@
 //! reactors = 2                      # default: the CPUs this process may run on
 //!
 //! [nvme]
-//! listen = ["0.0.0.0:4420", "0.0.0.0:8009"]
+//! listen = ["0.0.0.0:4420", "0.0.0.0:8009"]   # [] serves nothing (XDP steering only)
 //! discovery_port = 8009             # listed as discovery-only in the discovery log
 //! header_digest = true              # granted when the host asks
 //! data_digest = true

@@ -139,7 +139,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(iface) => Some(attach_xdp(iface, &config)?),
         None => None,
     };
-    let server = nvme_server::start(&config)?;
+    // No listeners: steering and counters only (the XDP tests run it so).
+    let server = if config.nvme.listen.is_empty() {
+        warn!("nvme.listen is empty: no NVMe/TCP is served");
+        None
+    } else {
+        Some(nvme_server::start(&config)?)
+    };
     for s in &config.subsystems {
         for n in &s.namespaces {
             info!(nqn = %s.nqn, nsid = n.nsid, bytes = n.size.0, block_size = n.block_size, "namespace (memory)");
@@ -151,7 +157,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         error!("signal iterator ended unexpectedly");
     }
-    server.stop();
+    if let Some(server) = server {
+        server.stop();
+    }
     drop(steering);
     Ok(())
 }

@@ -80,9 +80,17 @@ impl Target {
         Ok(t)
     }
 
-    /// `serve --xdp IFACE EXTRA…`, ready once its counters are pinned.
+    /// `serve --xdp IFACE EXTRA…` with no NVMe/TCP listeners (steering and counters
+    /// only, so the tests own every port), ready once its counters are pinned.
     pub fn serve_xdp(ns: &Netns, iface: &str, extra: &[&str]) -> io::Result<Self> {
-        let mut args = vec!["serve", "--xdp", iface];
+        let config =
+            std::env::temp_dir().join(format!("xdp-target-steer-only-{}.toml", std::process::id()));
+        std::fs::write(&config, "[nvme]\nlisten = []\n")?;
+        let config = config
+            .to_str()
+            .ok_or_else(|| io::Error::other("non-UTF-8 temp dir"))?
+            .to_string();
+        let mut args = vec!["serve", "--config", &config, "--xdp", iface];
         args.extend_from_slice(extra);
         let counters = pin_dir(iface).join("COUNTERS");
         let mut t = Self::start(ns, &args, || counters.exists())?;
