@@ -189,3 +189,90 @@ mod tests {
         assert_eq!(m.execute(&wrap, &mut b), IoOutcome::WriteError);
     }
 }
+
+/// A regular file or a block device. The reactors reach it through io_uring (see
+/// `nvme_server`), never with a blocking call: reads and writes go through the page
+/// cache, which is a volatile write cache and advertised as one; Flush is fdatasync, a
+/// FUA write is RWF_DSYNC, Write Zeroes and deallocation are fallocate (zero range,
+/// punch hole).
+pub struct FileBackend {
+    pub file: std::fs::File,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileBackendError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Size { path: String, message: String },
+}
+
+impl FileBackend {
+    /// Opens (creating a regular file when missing) `path`. A new file gets `size` bytes;
+    /// an existing one keeps its size (it must hold at least `size` when given); a block
+    /// device is used whole.
+    pub fn open(path: &str, size: Option<u64>) -> Result<Self, FileBackendError> {
+        use std::os::unix::fs::FileTypeExt;
+        let err = |source| FileBackendError::Open {
+            path: path.to_string(),
+            source,
+        };
+        let bad = |message: String| FileBackendError::Size {
+            path: path.to_string(),
+            message,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(size.is_some())
+            .truncate(false)
+            .open(path)
+            .map_err(err)?;
+        let meta = file.metadata().map_err(err)?;
+        let size = if meta.file_type().is_block_device() {
+            use std::io::Seek;
+            let mut f = &file;
+            f.seek(std::io::SeekFrom::End(0)).map_err(err)?
+        } else {
+            match (meta.len(), size) {
+                (0, Some(want)) => {
+                    file.set_len(want).map_err(err)?;
+                    want
+                }
+                (have, Some(want)) if have < want => {
+                    return Err(bad(format!(
+                        "holds {have} bytes, less than the configured {want}"
+                    )));
+                }
+                (_, Some(want)) => want,
+                (0, None) => return Err(bad("is empty: give the namespace a size".into())),
+                (have, None) => have,
+            }
+        };
+        Ok(Self { file, size })
+    }
+}
+
+/// A namespace's backend.
+pub enum Backend {
+    Memory(MemoryBackend),
+    File(FileBackend),
+}
+
+impl Backend {
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::Memory(m) => m.size,
+            Self::File(f) => f.size,
+        }
+    }
+
+    /// Whether writes are cached until a Flush (advertised as a volatile write cache).
+    pub fn volatile_cache(&self) -> bool {
+        matches!(self, Self::File(_))
+    }
+}

@@ -14,8 +14,8 @@
 //! allow_hosts = []                  # host NQNs; empty = any host
 //! [[subsystem.namespace]]
 //! nsid = 1
-//! backend = "memory"
-//! size = "1GiB"
+//! backend = "memory"               # or "file" with path = "/var/lib/disk.img" or "/dev/sdX"
+//! size = "1GiB"                     # a file: its size when created (default: the file's)
 //! block_size = 512                  # or 4096
 //!
 //! [xdp]
@@ -92,7 +92,8 @@ fn default_subsystems() -> Vec<SubsystemConfig> {
         namespaces: vec![NamespaceConfig {
             nsid: 1,
             backend: BackendKind::Memory,
-            size: Size(1 << 30),
+            size: Some(Size(1 << 30)),
+            path: None,
             block_size: 512,
         }],
     }]
@@ -152,6 +153,8 @@ pub struct SubsystemConfig {
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Memory,
+    /// A regular file (created with `size` when missing) or a block device (`path`).
+    File,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -159,7 +162,10 @@ pub enum BackendKind {
 pub struct NamespaceConfig {
     pub nsid: u32,
     pub backend: BackendKind,
-    pub size: Size,
+    /// Required for memory; for a file, its size when it is created (default: the file's).
+    pub size: Option<Size>,
+    /// The file or block device of a `file` backend.
+    pub path: Option<String>,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
 }
@@ -341,7 +347,30 @@ impl Config {
                         n.nsid
                     )));
                 }
-                if n.size.0 == 0 || n.size.0 % u64::from(n.block_size) != 0 {
+                match (n.backend, &n.size, &n.path) {
+                    (BackendKind::Memory, None, _) => {
+                        return Err(bad(format!(
+                            "namespace {}: a memory backend needs a size",
+                            n.nsid
+                        )));
+                    }
+                    (BackendKind::Memory, _, Some(_)) => {
+                        return Err(bad(format!(
+                            "namespace {}: path is for file backends",
+                            n.nsid
+                        )));
+                    }
+                    (BackendKind::File, _, None) => {
+                        return Err(bad(format!(
+                            "namespace {}: a file backend needs a path",
+                            n.nsid
+                        )));
+                    }
+                    _ => {}
+                }
+                if n.size
+                    .is_some_and(|s| s.0 == 0 || s.0 % u64::from(n.block_size) != 0)
+                {
                     return Err(bad(format!(
                         "namespace {}: size must be a non-zero multiple of the block size ({})",
                         n.nsid, n.block_size
@@ -408,14 +437,14 @@ mod tests {
         assert!(!c.nvme.data_digest && c.nvme.header_digest);
         let s = &c.subsystems[0];
         assert_eq!(s.allow_hosts, vec!["nqn.h"]);
-        assert_eq!(s.namespaces[0].size, Size(64 << 20));
+        assert_eq!(s.namespaces[0].size, Some(Size(64 << 20)));
         assert_eq!(
             (
                 s.namespaces[1].nsid,
                 s.namespaces[1].block_size,
                 s.namespaces[1].size
             ),
-            (7, 512, Size(1 << 20))
+            (7, 512, Some(Size(1 << 20)))
         );
     }
 
@@ -448,7 +477,7 @@ mod tests {
     fn empty_file_gives_the_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.subsystems[0].nqn, DEFAULT_NQN);
-        assert_eq!(c.subsystems[0].namespaces[0].size, Size(1 << 30));
+        assert_eq!(c.subsystems[0].namespaces[0].size, Some(Size(1 << 30)));
         assert_eq!(c.nvme.listen, vec!["0.0.0.0:4420", "0.0.0.0:8009"]);
         assert_eq!(c.xdp.ports, vec![4420, 8009, 3260]);
         assert!(c.xdp.steer);

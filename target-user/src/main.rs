@@ -148,7 +148,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     for s in &config.subsystems {
         for n in &s.namespaces {
-            info!(nqn = %s.nqn, nsid = n.nsid, bytes = n.size.0, block_size = n.block_size, "namespace (memory)");
+            info!(nqn = %s.nqn, nsid = n.nsid, backend = ?n.backend, path = ?n.path, block_size = n.block_size, "namespace");
         }
     }
     info!("stop with Ctrl-C or SIGTERM");

@@ -13,15 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use io_uring::{IoUring, opcode, squeue, types};
 use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use target_proto::nvme::controller::{ALL_BACKENDS, IoOutcome};
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use target_proto::nvme::controller::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
 use target_proto::nvme::subsystem::{Namespace, Port, Registry, Subsystem};
 use target_proto::nvme_tcp::icreq::ControllerParams;
 use target_proto::nvme_tcp::queue::NvmeTcpQueue;
 use tracing::{debug, info, warn};
 
-use crate::backend::MemoryBackend;
+use crate::backend::{Backend, FileBackend, FileBackendError, MemoryBackend};
 use crate::config::{BackendKind, Config};
 
 /// Bytes read from a socket at a time.
@@ -41,7 +45,16 @@ pub enum ServeError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("cannot start a reactor: {0}")]
     Reactor(io::Error),
+    #[error("namespace backend: {0}")]
+    Backend(#[from] FileBackendError),
+    #[error("cannot set up io_uring for the file backends: {0} (kernel 5.6 or later is needed)")]
+    Uring(io::Error),
 }
+
+/// Submission queue entries per reactor ring; a full ring is submitted and reused.
+const RING_ENTRIES: u32 = 1024;
+/// Token of the reactor's io_uring in its epoll set.
+const RING_TOKEN: Token = Token(usize::MAX);
 
 /// The running socket transport; [`Server::stop`] ends it.
 pub struct Server {
@@ -59,29 +72,35 @@ impl Server {
 }
 
 /// Subsystems as the controller sees them, and the backends their namespaces point at.
-fn build(config: &Config) -> (Vec<Subsystem>, Vec<Arc<MemoryBackend>>) {
+fn build(config: &Config) -> Result<(Vec<Subsystem>, Vec<Arc<Backend>>), ServeError> {
     let mut backends = Vec::new();
     let mut subsystems = Vec::new();
     for s in &config.subsystems {
         let mut namespaces = Vec::new();
         for n in &s.namespaces {
             let backend = match n.backend {
-                BackendKind::Memory => MemoryBackend::new(n.size.0),
+                BackendKind::Memory => {
+                    Backend::Memory(MemoryBackend::new(n.size.map_or(0, |s| s.0)))
+                }
+                BackendKind::File => {
+                    let path = n.path.as_deref().unwrap_or_default();
+                    Backend::File(FileBackend::open(path, n.size.map(|s| s.0))?)
+                }
             };
             let id = u32::try_from(backends.len()).expect("fewer than 2^32 namespaces");
-            backends.push(Arc::new(backend));
             let ident = identity(&s.nqn, n.nsid);
             namespaces.push(Namespace {
                 nsid: n.nsid,
                 block_size: n.block_size,
-                blocks: n.size.0 / u64::from(n.block_size),
+                blocks: backend.size() / u64::from(n.block_size),
                 nguid: ident,
                 eui64: ident[..8].try_into().expect("8 bytes"),
                 uuid: uuid_v8(ident),
-                volatile_write_cache: false,
+                volatile_write_cache: backend.volatile_cache(),
                 deallocate: true,
                 backend: id,
             });
+            backends.push(Arc::new(backend));
         }
         namespaces.sort_by_key(|n| n.nsid);
         let serial = s.serial.clone().unwrap_or_else(|| {
@@ -97,7 +116,7 @@ fn build(config: &Config) -> (Vec<Subsystem>, Vec<Arc<MemoryBackend>>) {
             allowed_hosts: (!s.allow_hosts.is_empty()).then(|| s.allow_hosts.clone()),
         });
     }
-    (subsystems, backends)
+    Ok((subsystems, backends))
 }
 
 /// 16 stable bytes for a namespace (NGUID, EUI-64, UUID), from its subsystem and NSID, so
@@ -150,7 +169,8 @@ fn listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 /// Binds every listener for every reactor, then starts the reactors.
 pub fn start(config: &Config) -> Result<Server, ServeError> {
-    let (subsystems, backends) = build(config);
+    let (subsystems, backends) = build(config)?;
+    let needs_ring = backends.iter().any(|b| matches!(**b, Backend::File(_)));
     let mut registry = Registry::new(subsystems);
     let addrs: Vec<SocketAddr> = config
         .nvme
@@ -191,6 +211,11 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             listeners.push(l);
         }
         let poll = Poll::new().map_err(ServeError::Reactor)?;
+        let ring = if needs_ring {
+            Some(IoUring::new(RING_ENTRIES).map_err(ServeError::Uring)?)
+        } else {
+            None
+        };
         let reactor = Reactor {
             id: r,
             poll,
@@ -199,6 +224,8 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             free: Vec::new(),
             registry: Arc::clone(&registry),
             backends: backends.clone(),
+            ring,
+            pending: HashMap::new(),
             params,
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
@@ -222,6 +249,21 @@ struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
     q: NvmeTcpQueue,
+    /// io_uring operations still using this connection's buffers.
+    inflight: usize,
+    /// Closed, but kept until `inflight` is zero (the kernel still holds its buffers).
+    dead: bool,
+}
+
+/// What a slot's io_uring operations are doing, until the last one completes.
+struct SlotIo {
+    remaining: u32,
+    failed: bool,
+    read: bool,
+    /// Bytes the data operation must move.
+    len: usize,
+    /// Compare reads the media here and compares with the host's data.
+    scratch: Option<Vec<u8>>,
 }
 
 struct Reactor {
@@ -232,7 +274,11 @@ struct Reactor {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     registry: Arc<Mutex<Registry>>,
-    backends: Vec<Arc<MemoryBackend>>,
+    backends: Vec<Arc<Backend>>,
+    /// For file backends: this reactor's ring, and its operations by user data
+    /// (connection index << 16 | slot).
+    ring: Option<IoUring>,
+    pending: HashMap<u64, SlotIo>,
     params: ControllerParams,
     started: Instant,
     buf: Vec<u8>,
@@ -254,6 +300,16 @@ impl Reactor {
                 warn!(reactor = self.id, "cannot watch a listener: {e}");
             }
         }
+        if let Some(ring) = &self.ring {
+            let fd = ring.as_raw_fd();
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&fd), RING_TOKEN, Interest::READABLE)
+            {
+                warn!(reactor = self.id, "cannot watch the io_uring: {e}");
+            }
+        }
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         let mut last_event = Instant::now();
@@ -273,11 +329,23 @@ impl Reactor {
                 last_event = Instant::now();
             }
             for ev in &events {
-                let t = ev.token().0;
-                if t < self.listeners.len() {
-                    self.accept(t);
+                let t = ev.token();
+                if t == RING_TOKEN {
+                    continue;
+                }
+                if t.0 < self.listeners.len() {
+                    self.accept(t.0);
                 } else {
-                    self.service(t - self.listeners.len());
+                    self.service(t.0 - self.listeners.len());
+                }
+            }
+            if self.ring.is_some() {
+                self.reap();
+                if let Some(ring) = &mut self.ring
+                    && !ring.submission().is_empty()
+                    && let Err(e) = ring.submit()
+                {
+                    warn!(reactor = self.id, "io_uring submit failed: {e}");
                 }
             }
             if last_tick.elapsed() >= TICK {
@@ -315,6 +383,8 @@ impl Reactor {
                         stream,
                         peer,
                         q: NvmeTcpQueue::new(self.params, local),
+                        inflight: 0,
+                        dead: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -329,11 +399,19 @@ impl Reactor {
 
     fn service(&mut self, i: usize) {
         let now = self.now_ms();
-        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+        if self
+            .conns
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_none_or(|c| c.dead)
+        {
             return;
-        };
+        }
         let mut eof = false;
         loop {
+            let Some(c) = self.conns[i].as_mut() else {
+                return;
+            };
             match c.stream.read(&mut self.buf) {
                 Ok(0) => {
                     eof = true;
@@ -341,8 +419,9 @@ impl Reactor {
                 }
                 Ok(n) => {
                     c.q.receive(&self.buf[..n], &self.registry, now);
-                    run_io(&mut c.q, &self.backends);
-                    if c.q.closing() {
+                    let closing = c.q.closing();
+                    self.run_io(i);
+                    if closing {
                         break;
                     }
                 }
@@ -354,6 +433,9 @@ impl Reactor {
                 }
             }
         }
+        let Some(c) = self.conns[i].as_mut() else {
+            return;
+        };
         let flushed = flush(c);
         if eof {
             self.close(i, "the host closed the connection");
@@ -370,7 +452,7 @@ impl Reactor {
     fn tick(&mut self) {
         let now = self.now_ms();
         for i in 0..self.conns.len() {
-            let Some(c) = self.conns[i].as_mut() else {
+            let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
                 continue;
             };
             if !c.q.tick(now, &self.registry) {
@@ -385,30 +467,279 @@ impl Reactor {
     }
 
     fn close(&mut self, i: usize, why: &str) {
-        let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) else {
+        let Some(c) = self
+            .conns
+            .get_mut(i)
+            .and_then(Option::as_mut)
+            .filter(|c| !c.dead)
+        else {
             return;
         };
         c.q.teardown(&self.registry);
         let _ = self.poll.registry().deregister(&mut c.stream);
         info!(reactor = self.id, peer = %c.peer, qid = ?c.q.controller().qid(), "connection closed: {why}");
-        self.free.push(i);
+        c.dead = true;
+        self.release(i);
+    }
+
+    /// Frees a dead connection once the kernel no longer holds its buffers.
+    fn release(&mut self, i: usize) {
+        if self.conns[i]
+            .as_ref()
+            .is_some_and(|c| c.dead && c.inflight == 0)
+        {
+            self.conns[i] = None;
+            self.free.push(i);
+        }
+    }
+
+    /// Runs the queued block operations of connection `i`: memory in place, files by
+    /// io_uring (completed later in [`Self::reap`]).
+    fn run_io(&mut self, i: usize) {
+        let Some(c) = self.conns[i].as_mut() else {
+            return;
+        };
+        while let Some((slot, io)) = c.q.next_io() {
+            let k = key(i, slot);
+            let outcome = match self.backends.get(io.backend as usize).map(|b| &**b) {
+                Some(Backend::Memory(m)) => Some(m.execute(&io.op, c.q.buffer_mut(slot))),
+                Some(Backend::File(f)) => {
+                    let p = submit_file_io(
+                        &mut self.ring,
+                        f.file.as_raw_fd(),
+                        &io,
+                        c.q.buffer_mut(slot),
+                        k,
+                    );
+                    self.pending.insert(k, p);
+                    None
+                }
+                None if io.backend == ALL_BACKENDS => {
+                    // Flush of every namespace: sync every file (memory has no cache).
+                    let fds: Vec<i32> = self
+                        .backends
+                        .iter()
+                        .filter_map(|b| match &**b {
+                            Backend::File(f) => Some(f.file.as_raw_fd()),
+                            Backend::Memory(_) => None,
+                        })
+                        .collect();
+                    for fd in &fds {
+                        let e = opcode::Fsync::new(types::Fd(*fd))
+                            .flags(types::FsyncFlags::DATASYNC)
+                            .build();
+                        push(&mut self.ring, e.user_data(k));
+                    }
+                    if fds.is_empty() {
+                        Some(IoOutcome::Ok)
+                    } else {
+                        let remaining = u32::try_from(fds.len()).unwrap_or(u32::MAX);
+                        self.pending.insert(
+                            k,
+                            SlotIo {
+                                remaining,
+                                failed: false,
+                                read: false,
+                                len: 0,
+                                scratch: None,
+                            },
+                        );
+                        None
+                    }
+                }
+                None => Some(IoOutcome::WriteError),
+            };
+            match outcome {
+                Some(o) => c.q.io_done(slot, o),
+                None => c.inflight += 1,
+            }
+        }
+    }
+
+    /// Completes the io_uring operations that finished.
+    fn reap(&mut self) {
+        let Some(ring) = &mut self.ring else { return };
+        let mut finished = Vec::new();
+        for cqe in ring.completion() {
+            let k = cqe.user_data();
+            let Some(p) = self.pending.get_mut(&k) else {
+                continue;
+            };
+            let res = cqe.result();
+            if res < 0 || (p.len > 0 && usize::try_from(res).ok() != Some(p.len)) {
+                p.failed = true;
+            }
+            p.remaining -= 1;
+            if p.remaining == 0 {
+                finished.push(k);
+            }
+        }
+        for k in finished {
+            let Some(p) = self.pending.remove(&k) else {
+                continue;
+            };
+            let (i, slot) = ((k >> 16) as usize, (k & 0xffff) as usize);
+            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            c.inflight -= 1;
+            if !c.dead {
+                let outcome = match (p.failed, p.scratch) {
+                    (true, _) if p.read => IoOutcome::ReadError,
+                    (true, _) => IoOutcome::WriteError,
+                    (false, Some(media)) => {
+                        if media == c.q.buffer_mut(slot) {
+                            IoOutcome::Ok
+                        } else {
+                            IoOutcome::Miscompare
+                        }
+                    }
+                    (false, None) => IoOutcome::Ok,
+                };
+                c.q.io_done(slot, outcome);
+                if !flush(c) {
+                    self.close(i, "send failed");
+                }
+            }
+            self.release(i);
+        }
     }
 }
 
-/// Runs queued block operations; the memory backend completes them in place.
-fn run_io(q: &mut NvmeTcpQueue, backends: &[Arc<MemoryBackend>]) {
-    while let Some((slot, io)) = q.next_io() {
-        let outcome = if io.backend == ALL_BACKENDS {
-            // Flush of every namespace: memory has nothing to flush.
-            IoOutcome::Ok
-        } else {
-            match backends.get(io.backend as usize) {
-                Some(b) => b.execute(&io.op, q.buffer_mut(slot)),
-                None => IoOutcome::WriteError,
-            }
-        };
-        q.io_done(slot, outcome);
+fn key(conn: usize, slot: usize) -> u64 {
+    ((conn as u64) << 16) | (slot as u64 & 0xffff)
+}
+
+/// Queues an SQE, submitting the ring first when it is full.
+fn push(ring: &mut Option<IoUring>, e: squeue::Entry) {
+    let Some(ring) = ring else { return };
+    loop {
+        // SAFETY: every buffer an entry points to outlives the operation: it is a slot
+        // buffer of a connection that is not freed while it has operations in flight
+        // (`Conn::inflight`, `Reactor::release`), and the engine leaves a slot's buffer
+        // alone while its block operation runs; a Compare's scratch buffer lives in
+        // `Reactor::pending` until the operation completes.
+        if unsafe { ring.submission().push(&e) }.is_ok() {
+            return;
+        }
+        if ring.submit().is_err() {
+            return;
+        }
     }
+}
+
+/// Turns one block operation on a file into io_uring entries.
+fn submit_file_io(
+    ring: &mut Option<IoUring>,
+    fd: i32,
+    io: &BlockIo,
+    buf: &mut [u8],
+    k: u64,
+) -> SlotIo {
+    let fd = types::Fd(fd);
+    let mut p = SlotIo {
+        remaining: 1,
+        failed: false,
+        read: false,
+        len: 0,
+        scratch: None,
+    };
+    let len32 = |l: u64| u32::try_from(l).unwrap_or(u32::MAX);
+    match &io.op {
+        BlockOp::Read { offset, len } => {
+            p.read = true;
+            p.len = *len as usize;
+            push(
+                ring,
+                opcode::Read::new(fd, buf.as_mut_ptr(), len32(*len))
+                    .offset(*offset)
+                    .build()
+                    .user_data(k),
+            );
+        }
+        BlockOp::Write { offset, len, fua } => {
+            p.len = *len as usize;
+            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            let e = opcode::Write::new(fd, buf.as_ptr(), len32(*len))
+                .offset(*offset)
+                .rw_flags(flags)
+                .build();
+            push(ring, e.user_data(k));
+        }
+        BlockOp::Compare { offset, len } => {
+            p.read = true;
+            p.len = *len as usize;
+            let mut scratch = vec![0u8; *len as usize];
+            push(
+                ring,
+                opcode::Read::new(fd, scratch.as_mut_ptr(), len32(*len))
+                    .offset(*offset)
+                    .build()
+                    .user_data(k),
+            );
+            p.scratch = Some(scratch);
+        }
+        BlockOp::Flush => {
+            push(
+                ring,
+                opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data(k),
+            );
+        }
+        BlockOp::WriteZeroes {
+            offset,
+            len,
+            deallocate,
+            fua,
+        } => {
+            let mode = libc::FALLOC_FL_KEEP_SIZE
+                | if *deallocate {
+                    libc::FALLOC_FL_PUNCH_HOLE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE
+                };
+            let e = opcode::Fallocate::new(fd, *len)
+                .offset(*offset)
+                .mode(mode)
+                .build();
+            if *fua {
+                // The sync must follow the zeroing: link them.
+                push(ring, e.flags(squeue::Flags::IO_LINK).user_data(k));
+                push(
+                    ring,
+                    opcode::Fsync::new(fd)
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build()
+                        .user_data(k),
+                );
+                p.remaining = 2;
+            } else {
+                push(ring, e.user_data(k));
+            }
+        }
+        BlockOp::Deallocate { ranges } => {
+            for (offset, len) in ranges {
+                let mode = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE;
+                push(
+                    ring,
+                    opcode::Fallocate::new(fd, *len)
+                        .offset(*offset)
+                        .mode(mode)
+                        .build()
+                        .user_data(k),
+                );
+            }
+            p.remaining = u32::try_from(ranges.len()).unwrap_or(u32::MAX);
+            if p.remaining == 0 {
+                // Nothing to deallocate: complete through the ring all the same.
+                push(ring, opcode::Nop::new().build().user_data(k));
+                p.remaining = 1;
+            }
+        }
+    }
+    p
 }
 
 /// Writes what the queue has to send until done or the socket is full; false on error.
@@ -440,7 +771,7 @@ mod tests {
 
     #[test]
     fn default_config_builds_one_gib_namespace() {
-        let (subs, backends) = build(&Config::default());
+        let (subs, backends) = build(&Config::default()).unwrap();
         assert_eq!(subs.len(), 1);
         assert_eq!(subs[0].namespaces[0].blocks, 2 * 1024 * 1024);
         assert_eq!(backends.len(), 1);

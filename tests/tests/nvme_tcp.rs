@@ -369,3 +369,126 @@ fn perf_verify_finds_no_mismatch_with_several_queues_and_digests() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
 }
+
+#[test]
+fn a_file_namespace_keeps_its_data_across_restarts() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let dir = std::env::temp_dir().join(format!("xdp-target-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let image = dir.join("disk.img");
+    let _ = std::fs::remove_file(&image);
+    let cfg = dir.join("file.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "reactors = 2\n[[subsystem]]\nnqn = \"{NQN}\"\n[[subsystem.namespace]]\nnsid = 1\nbackend = \"file\"\n\
+             path = \"{}\"\nsize = {}\n",
+            image.display(),
+            8 * MIB
+        ),
+    )
+    .expect("config");
+    let addr = IpAddr::V4(pair.target_addr);
+    let t = serve(&pair, &cfg);
+    pair.client
+        .run(move || {
+            let (_a, cntlid) = admin(addr, false);
+            let mut q = io_queue(addr, cntlid, 1, false);
+            // In-capsule and R2T writes, a FUA write, a Flush, Write Zeroes, Compare.
+            let small = pattern(10, 1, 512);
+            assert!(
+                q.io(IoOpcode::Write, 10, 1, 512, small.clone())
+                    .expect("write")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+            let big: Vec<u8> = (100..356).flat_map(|l| pattern(l, 1, 512)).collect();
+            assert!(
+                q.io(IoOpcode::Write, 100, 256, 512, big.clone())
+                    .expect("write")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+            assert!(
+                q.io(IoOpcode::Flush, 0, 0, 512, Vec::new())
+                    .expect("flush")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+            assert!(
+                q.io(IoOpcode::WriteZeroes, 200, 8, 512, Vec::new())
+                    .expect("zeroes")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+            let r = q
+                .io(IoOpcode::Read, 100, 256, 512, Vec::new())
+                .expect("read");
+            let mut want = big.clone();
+            want[100 * 512..108 * 512].fill(0);
+            assert!(r.data == want, "read back after Write Zeroes");
+            let c = q
+                .io(IoOpcode::Compare, 10, 1, 512, small.clone())
+                .expect("compare");
+            assert!(c.cqe.status.is_success(), "{:?}", c.cqe);
+            let c = q
+                .io(IoOpcode::Compare, 10, 1, 512, vec![0u8; 512])
+                .expect("compare");
+            assert!(!c.cqe.status.is_success(), "a miscompare must fail");
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+
+    // On disk, exactly what was written.
+    let disk = std::fs::read(&image).expect("backing file");
+    assert_eq!(disk.len() as u64, 8 * MIB);
+    assert!(disk[10 * 512..11 * 512] == pattern(10, 1, 512)[..]);
+    assert!(disk[100 * 512..101 * 512] == pattern(100, 1, 512)[..]);
+    assert!(disk[200 * 512..208 * 512].iter().all(|&b| b == 0));
+
+    // A restarted target serves the same data, and perf --verify passes on the file.
+    let t = serve(&pair, &cfg);
+    pair.client
+        .run(move || {
+            let (_a, cntlid) = admin(addr, true);
+            let mut q = io_queue(addr, cntlid, 1, true);
+            let r = q.io(IoOpcode::Read, 10, 1, 512, Vec::new()).expect("read");
+            assert!(r.data == pattern(10, 1, 512), "data survived the restart");
+        })
+        .expect("namespace thread");
+    let url = format!("nvme-tcp://{}:4420", pair.target_addr);
+    let args = [
+        "perf",
+        &url,
+        "--workload",
+        "mixed",
+        "--qd",
+        "16",
+        "--queues",
+        "2",
+        "--time",
+        "1",
+        "--verify",
+        "--json",
+    ];
+    let out = pair
+        .client
+        .command(xdp_target_tests::target::bin())
+        .args(args)
+        .output()
+        .expect("perf");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["mismatches"], 0, "{v}");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_dir_all(dir);
+}

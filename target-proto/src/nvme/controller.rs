@@ -537,22 +537,12 @@ impl QueueController {
                 self.admin.async_event_config = dw11;
                 Plan::Respond(Response::ok())
             }
-            FeatureId::VolatileWriteCache if !attached.discovery => {
-                if attached
-                    .subsystem
-                    .namespaces
-                    .iter()
-                    .any(|n| n.volatile_write_cache)
-                {
-                    self.admin.volatile_write_cache = dw11 & 1 != 0;
-                    Plan::Respond(Response::ok())
-                } else {
-                    // No cache to switch: say so rather than pretend.
-                    respond(Status::command_specific(
-                        CommandSpecificStatus::FeatureNotChangeable,
-                    ))
-                }
-            }
+            // The cache (a backend's page cache) cannot be switched off: I/O queues would
+            // not learn of it. Hosts get durability from Flush and FUA, as Linux does with
+            // any write-back device.
+            FeatureId::VolatileWriteCache if !attached.discovery => respond(
+                Status::command_specific(CommandSpecificStatus::FeatureNotChangeable),
+            ),
             _ => respond(Status::invalid_field()),
         }
     }
@@ -565,14 +555,13 @@ impl QueueController {
             }
             FeatureId::KeepAliveTimer => self.kato_ms,
             FeatureId::AsyncEventConfiguration => self.admin.async_event_config,
-            FeatureId::VolatileWriteCache if !attached.discovery => {
-                let present = attached
+            FeatureId::VolatileWriteCache if !attached.discovery => u32::from(
+                attached
                     .subsystem
                     .namespaces
                     .iter()
-                    .any(|n| n.volatile_write_cache);
-                u32::from(present && self.admin.volatile_write_cache)
-            }
+                    .any(|n| n.volatile_write_cache),
+            ),
             FeatureId::Arbitration | FeatureId::PowerManagement | FeatureId::ErrorRecovery => 0,
             _ => return respond(Status::invalid_field()),
         };
