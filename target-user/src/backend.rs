@@ -191,13 +191,17 @@ mod tests {
 }
 
 /// A regular file or a block device. The reactors reach it through io_uring (see
-/// `nvme_server`), never with a blocking call: reads and writes go through the page
-/// cache, which is a volatile write cache and advertised as one; Flush is fdatasync, a
-/// FUA write is RWF_DSYNC, Write Zeroes and deallocation are fallocate (zero range,
-/// punch hole).
+/// `nvme_server`), never with a blocking call. It is opened with O_DIRECT when the file
+/// system takes direct I/O at the namespace's block size (command buffers are
+/// page-aligned), else buffered through the page cache. Either way there is a volatile
+/// write cache (the page cache, or the device's own), advertised as such: Flush is
+/// fdatasync, a FUA write is RWF_DSYNC, Write Zeroes and deallocation are fallocate (zero
+/// range, punch hole).
 pub struct FileBackend {
     pub file: std::fs::File,
     pub size: u64,
+    /// Opened with O_DIRECT.
+    pub direct: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +219,7 @@ impl FileBackend {
     /// Opens (creating a regular file when missing) `path`. A new file gets `size` bytes;
     /// an existing one keeps its size (it must hold at least `size` when given); a block
     /// device is used whole.
-    pub fn open(path: &str, size: Option<u64>) -> Result<Self, FileBackendError> {
+    pub fn open(path: &str, size: Option<u64>, block_size: u32) -> Result<Self, FileBackendError> {
         use std::os::unix::fs::FileTypeExt;
         let err = |source| FileBackendError::Open {
             path: path.to_string(),
@@ -253,8 +257,37 @@ impl FileBackend {
                 (have, None) => have,
             }
         };
-        Ok(Self { file, size })
+        match probe_direct(path, block_size) {
+            Some(direct) => Ok(Self {
+                file: direct,
+                size,
+                direct: true,
+            }),
+            None => Ok(Self {
+                file,
+                size,
+                direct: false,
+            }),
+        }
     }
+}
+
+/// Opens `path` with O_DIRECT and reads one block at offset 0 into a page-aligned
+/// buffer: if that works, direct I/O works at this block size. tmpfs, and devices whose
+/// sectors are larger than the block size, refuse it.
+fn probe_direct(path: &str, block_size: u32) -> Option<std::fs::File> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    let block = block_size as usize;
+    let mut buf = vec![0u8; block + 4096];
+    let start = buf.as_ptr().align_offset(4096).min(4096);
+    f.read_at(&mut buf[start..start + block], 0).ok()?;
+    Some(f)
 }
 
 /// A namespace's backend.

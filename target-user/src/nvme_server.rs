@@ -84,7 +84,14 @@ fn build(config: &Config) -> Result<(Vec<Subsystem>, Vec<Arc<Backend>>), ServeEr
                 }
                 BackendKind::File => {
                     let path = n.path.as_deref().unwrap_or_default();
-                    Backend::File(FileBackend::open(path, n.size.map(|s| s.0))?)
+                    let f = FileBackend::open(path, n.size.map(|s| s.0), n.block_size)?;
+                    let mode = if f.direct {
+                        "O_DIRECT"
+                    } else {
+                        "buffered: no O_DIRECT at this block size"
+                    };
+                    info!(path, bytes = f.size, "file namespace ({mode})");
+                    Backend::File(f)
                 }
             };
             let id = u32::try_from(backends.len()).expect("fewer than 2^32 namespaces");
@@ -262,8 +269,9 @@ struct SlotIo {
     read: bool,
     /// Bytes the data operation must move.
     len: usize,
-    /// Compare reads the media here and compares with the host's data.
-    scratch: Option<Vec<u8>>,
+    /// Compare reads the media here (from the page-aligned offset) and compares with the
+    /// host's data.
+    scratch: Option<(Vec<u8>, usize)>,
 }
 
 struct Reactor {
@@ -587,8 +595,9 @@ impl Reactor {
                 let outcome = match (p.failed, p.scratch) {
                     (true, _) if p.read => IoOutcome::ReadError,
                     (true, _) => IoOutcome::WriteError,
-                    (false, Some(media)) => {
-                        if media == c.q.buffer_mut(slot) {
+                    (false, Some((media, start))) => {
+                        let host = c.q.buffer_mut(slot);
+                        if media[start..start + host.len()] == *host {
                             IoOutcome::Ok
                         } else {
                             IoOutcome::Miscompare
@@ -669,15 +678,18 @@ fn submit_file_io(
         BlockOp::Compare { offset, len } => {
             p.read = true;
             p.len = *len as usize;
-            let mut scratch = vec![0u8; *len as usize];
+            // Page-aligned, for O_DIRECT.
+            let mut scratch = vec![0u8; *len as usize + 4096];
+            let start = scratch.as_ptr().align_offset(4096).min(4096);
+            let ptr = scratch[start..].as_mut_ptr();
             push(
                 ring,
-                opcode::Read::new(fd, scratch.as_mut_ptr(), len32(*len))
+                opcode::Read::new(fd, ptr, len32(*len))
                     .offset(*offset)
                     .build()
                     .user_data(k),
             );
-            p.scratch = Some(scratch);
+            p.scratch = Some((scratch, start));
         }
         BlockOp::Flush => {
             push(

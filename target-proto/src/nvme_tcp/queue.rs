@@ -53,12 +53,51 @@ enum SlotState {
     Held,
 }
 
+/// Alignment of command buffers: a page, which O_DIRECT I/O needs.
+pub const BUFFER_ALIGN: usize = 4096;
+
+/// A command's data buffer, page-aligned for O_DIRECT. Its backing store is allocated once
+/// (the largest transfer plus a page) and reused; the aligned window is found with
+/// `align_offset`, so no unsafe code is needed here.
+#[derive(Debug, Default)]
+struct AlignedBuf {
+    backing: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Makes the buffer `len` bytes long; the contents are whatever the last command left,
+    /// to be overwritten by this one (host data, or the backend's read).
+    fn set_len(&mut self, len: usize) {
+        if self.backing.len() < self.start + len {
+            // Grow to the largest transfer seen (in powers of two), not to MDTS at once:
+            // a queue of 4 KiB I/O keeps 8 KiB per slot.
+            self.backing = vec![0u8; len.next_power_of_two().max(BUFFER_ALIGN) + BUFFER_ALIGN];
+            self.start = self
+                .backing
+                .as_ptr()
+                .align_offset(BUFFER_ALIGN)
+                .min(BUFFER_ALIGN);
+        }
+        self.len = len;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.backing[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.backing[self.start..self.start + self.len]
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     state: SlotState,
     sqe: [u8; 64],
     /// Host data (writes) or controller data (reads), reused between commands.
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     /// Bytes of host data expected (SGL length) and received so far.
     expected: usize,
     received: usize,
@@ -72,7 +111,7 @@ impl Slot {
         Self {
             state: SlotState::Free,
             sqe: [0; 64],
-            buf: Vec::new(),
+            buf: AlignedBuf::default(),
             expected: 0,
             received: 0,
             digest_failed: false,
@@ -167,7 +206,7 @@ impl NvmeTcpQueue {
 
     /// The data buffer of a slot whose block operation is running (sized for it).
     pub fn buffer_mut(&mut self, slot: usize) -> &mut [u8] {
-        &mut self.slots[slot].buf
+        self.slots[slot].buf.as_mut_slice()
     }
 
     /// A block operation finished.
@@ -252,7 +291,7 @@ impl NvmeTcpQueue {
                     let end = s.received + d.len();
                     // The reader bounded the PDU's data; the slot's window was checked
                     // against it when the header arrived.
-                    s.buf[s.received..end].copy_from_slice(d);
+                    s.buf.as_mut_slice()[s.received..end].copy_from_slice(d);
                     s.received = end;
                 }
                 Ok(())
@@ -339,8 +378,7 @@ impl NvmeTcpQueue {
         );
         s.expected = if host_data { length } else { 0 };
         // Controller-to-host data is sized when the response is known.
-        s.buf.clear();
-        s.buf.resize(s.expected, 0);
+        s.buf.set_len(s.expected);
         if in_capsule {
             if !host_data {
                 return self.reject(cid, GenericStatus::DataSglLengthInvalid);
@@ -427,7 +465,7 @@ impl NvmeTcpQueue {
         let sqe = Sqe::new_unchecked(&sqe_bytes[..]);
         let plan = self
             .controller
-            .execute(&sqe, &s.buf[..s.received], registry, now_ms);
+            .execute(&sqe, &s.buf.as_slice()[..s.received], registry, now_ms);
         match plan {
             Plan::Respond(r) => self.respond(i, r),
             Plan::RespondAndClose(r) => {
@@ -439,8 +477,7 @@ impl NvmeTcpQueue {
                 let s = &mut self.slots[i];
                 // A read lands in the buffer; Compare keeps the host's data there.
                 if let BlockOp::Read { len, .. } = io.op {
-                    s.buf.clear();
-                    s.buf.resize(len as usize, 0);
+                    s.buf.set_len(len as usize);
                 }
                 s.io = Some(io);
                 s.state = SlotState::InIo;
@@ -465,7 +502,10 @@ impl NvmeTcpQueue {
         let data: &[u8] = match &r.data {
             ResponseData::None => &[],
             ResponseData::Owned(v) => &v[..v.len().min(host_len)],
-            ResponseData::InBuffer(len) => &s.buf[..(*len).min(host_len).min(s.buf.len())],
+            ResponseData::InBuffer(len) => {
+                let b = s.buf.as_slice();
+                &b[..(*len).min(host_len).min(b.len())]
+            }
         };
         let success = r.status.is_success();
         let success_flag =
