@@ -248,6 +248,22 @@ impl QueueController {
             IoOutcome::ReadError => Status::media(MediaStatus::UnrecoveredReadError),
             IoOutcome::WriteError => Status::media(MediaStatus::WriteFault),
         };
+        if let (Some(a), IoOutcome::Ok) = (&self.attached, outcome) {
+            let add = |c: &std::sync::atomic::AtomicU64, n: u64| {
+                c.fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            };
+            match io.op {
+                BlockOp::Read { len, .. } | BlockOp::Compare { len, .. } => {
+                    add(&a.stats.read_commands, 1);
+                    add(&a.stats.bytes_read, len);
+                }
+                BlockOp::Write { len, .. } => {
+                    add(&a.stats.write_commands, 1);
+                    add(&a.stats.bytes_written, len);
+                }
+                _ => {}
+            }
+        }
         let mut r = Response::status(status);
         if let (BlockOp::Read { len, .. }, IoOutcome::Ok) = (&io.op, outcome) {
             r.data = ResponseData::InBuffer(*len as usize);

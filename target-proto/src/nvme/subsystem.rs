@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 /// The NQN of the discovery subsystem (NVMe Base 2.x, section 4.7).
 pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
@@ -105,11 +106,24 @@ pub struct Attached {
     pub subsystem: Arc<Subsystem>,
     /// The discovery controller rather than an NVM controller.
     pub discovery: bool,
+    /// Shared by the controller's queues: I/O queues count, the admin queue reports.
+    pub stats: Arc<ControllerStats>,
+}
+
+/// What the SMART / Health log reports of a controller's I/O, counted by its I/O queues
+/// (relaxed atomics: no lock on the I/O path).
+#[derive(Debug, Default)]
+pub struct ControllerStats {
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub read_commands: AtomicU64,
+    pub write_commands: AtomicU64,
 }
 
 #[derive(Debug)]
 struct ControllerEntry {
     subsystem: Arc<Subsystem>,
+    stats: Arc<ControllerStats>,
     host_nqn: String,
     ready: bool,
     /// I/O queues the host may create (from Set Features Number of Queues).
@@ -182,10 +196,12 @@ impl Registry {
             (Arc::clone(s), false)
         };
         let cntlid = self.allocate_cntlid().ok_or(ConnectError::Busy)?;
+        let stats = Arc::new(ControllerStats::default());
         self.controllers.insert(
             cntlid,
             ControllerEntry {
                 subsystem: Arc::clone(&subsystem),
+                stats: Arc::clone(&stats),
                 host_nqn: host_nqn.to_string(),
                 ready: false,
                 io_queues: 0,
@@ -196,6 +212,7 @@ impl Registry {
             cntlid,
             subsystem,
             discovery,
+            stats,
         })
     }
 
@@ -237,6 +254,7 @@ impl Registry {
             cntlid,
             subsystem: Arc::clone(&c.subsystem),
             discovery: false,
+            stats: Arc::clone(&c.stats),
         })
     }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use target_wire::nvme::cqe::CqeRepr;
 use target_wire::nvme::fabrics::PropertySize;
 use target_wire::nvme::identify::IdentifyController;
-use target_wire::nvme::log::{DiscoveryLogHeader, discovery_entry};
+use target_wire::nvme::log::{DiscoveryLogHeader, SmartLog, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
 use target_wire::nvme::sqe::Sqe;
 use target_wire::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, Status};
@@ -345,6 +345,26 @@ fn linux_connect_sequence_identify_and_io_with_and_without_digests() {
         assert!(status(&io.io(IoOpcode::Compare, 300, 8, &small, true)).is_success());
         let c = io.io(IoOpcode::Compare, 300, 8, &[0u8; 4096], true);
         assert_eq!(status(&c), Status::media(MediaStatus::CompareFailure));
+
+        // SMART counts this controller's successful reads and writes (so far: writes of
+        // 64 KiB and 4 KiB, 2 reads, and 1 of the 2 compares, the other miscompared).
+        let log = admin.admin(
+            AdminOpcode::GetLogPage,
+            u32::from(u8::from(LogPageId::SmartHealth)) | (127 << 16),
+            0,
+            0,
+            512,
+        );
+        let smart = SmartLog::new_checked(&log.data[..]).unwrap();
+        assert_eq!(
+            (smart.host_write_commands(), smart.host_read_commands()),
+            (2, 3)
+        );
+        assert_eq!(
+            smart.data_units_written(),
+            1,
+            "69632 bytes is 136 units of 512: one thousand, rounded up"
+        );
 
         // Write Zeroes and Flush.
         assert!(status(&io.io(IoOpcode::WriteZeroes, 300, 8, &[], false)).is_success());
