@@ -492,3 +492,55 @@ fn a_file_namespace_keeps_its_data_across_restarts() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn connection_storms_leave_the_target_serving() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("storm", 4 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let addr = IpAddr::V4(pair.target_addr);
+    pair.client
+        .run(move || {
+            let sock = SocketAddr::new(addr, 4420);
+            for i in 0..300u32 {
+                match i % 3 {
+                    // Connect and vanish at once.
+                    0 => drop(TcpStream::connect(sock).expect("connect")),
+                    // Half a PDU header, then vanish.
+                    1 => {
+                        let mut s = TcpStream::connect(sock).expect("connect");
+                        let _ = std::io::Write::write_all(&mut s, &[0u8, 0, 128, 0, 128]);
+                    }
+                    // A whole admin Connect, then vanish without Disconnect.
+                    _ => {
+                        let mut c = Client::connect(sock, false).expect("connect");
+                        let r = c
+                            .fabrics_connect(0, 0xffff, NQN, HOST_NQN)
+                            .expect("admin connect");
+                        assert!(r.cqe.status.is_success());
+                    }
+                }
+            }
+            // Still serving, and data still right.
+            let (_a, cntlid) = admin(addr, false);
+            let mut q = io_queue(addr, cntlid, 1, false);
+            let data = pattern(3, 7, 512);
+            assert!(
+                q.io(IoOpcode::Write, 3, 1, 512, data.clone())
+                    .expect("write")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+            assert_eq!(
+                q.io(IoOpcode::Read, 3, 1, 512, Vec::new())
+                    .expect("read")
+                    .data,
+                data
+            );
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
