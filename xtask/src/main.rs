@@ -1,10 +1,12 @@
-//! Project tasks: `cargo xtask <build-ebpf|lint|test|demo>`.
+//! Project tasks: `cargo xtask <build-ebpf|lint|test|demo|lab|fuzz|bench>`.
 
+mod bench;
 #[expect(
     dead_code,
     reason = "`inputs` is for build.rs, which shares this module"
 )]
 mod ebpf_build;
+mod lab;
 mod lint;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,20 @@ enum Task {
     },
     /// Start the target in a network namespace joined by a veth pair to a client namespace.
     Demo,
+    /// Real Linux NVMe/TCP initiator (Debian kernel, nvme-cli) in a QEMU guest against the
+    /// target, in a network namespace (as root).
+    Lab {
+        /// QEMU accelerator.
+        #[arg(long, value_enum, default_value_t = lab::Accel::Tcg)]
+        accel: lab::Accel,
+    },
+    /// NVMe/TCP figures: 4K randread QD1/QD32, 4K randwrite QD32, 128K seqread QD8, with
+    /// the target's CPU time per I/O (target on CPU 0, perf on CPU 1, a veth pair).
+    Bench {
+        /// Seconds per job.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Run every fuzz target (fuzz/fuzz_targets) for a while with cargo-fuzz on nightly.
     Fuzz {
         /// Seconds per target.
@@ -51,6 +67,8 @@ fn main() -> Result<()> {
         Task::Lint => lint::run(&root),
         Task::Test { cargo_args } => test(&root, &cargo_args),
         Task::Demo => demo(&root),
+        Task::Lab { accel } => lab::run(&root, accel),
+        Task::Bench { seconds } => bench::run(&root, seconds),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }
 }
@@ -233,7 +251,12 @@ fn demo(root: &Path) -> Result<()> {
         bin.display(),
         pair.target_if
     );
-    println!("demo: a client:  ip netns exec {} bash", pair.client.name());
+    println!(
+        "demo: a client:  ip netns exec {} {} perf nvme-tcp://{} --verify --time 5",
+        pair.client.name(),
+        bin.display(),
+        pair.target_addr
+    );
     println!("demo: Ctrl-C stops the target and removes both namespaces");
     // Ctrl-C reaches the whole foreground group: the target detaches on it, and xtask must
     // outlive it to delete the namespaces. (The target installs its own SIGINT handler,

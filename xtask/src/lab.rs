@@ -1,0 +1,1314 @@
+//! `cargo xtask lab`: the real Linux NVMe/TCP initiator (Debian 12's kernel and nvme-cli, in a
+//! QEMU guest) against `xdp-target serve` over kernel sockets.
+//!
+//! - **Guest image**, built once into `target/lab-cache/<key>/` (`vmlinuz`, `initrd.img`,
+//!   `root.img`), where the key hashes everything the image is made of: the debootstrap
+//!   suite, mirror and package list, the kernel package and its version, the initrd's init
+//!   and the guest's `/sbin/lab-init`. Root is a debootstrap minbase with Debian's kernel
+//!   modules; the initrd is busybox-static plus the modules that mount `/dev/vda`
+//!   (virtio_pci, virtio_blk, crc32c_generic, ext4, and what modules.dep says they need).
+//!   The root disk is opened with `snapshot=on`, so the cached image is never written.
+//! - **Test steps** are not in the image: each run writes them (`lib.sh`, `main.sh`) into a
+//!   tar that the guest reads from a second disk, `/dev/vdb`. Editing them does not rebuild
+//!   the image.
+//! - **Network**: namespace `xdpt-lab` holds tap `tap0` (10.77.0.1/24), the target and QEMU;
+//!   the guest's eth0 is 10.77.0.2/24. Nothing else is touched; the namespace (and the tap
+//!   with it) is deleted afterwards, also on failure.
+//! - **Protocol on the serial console**: the guest prints `LAB: PASS name | detail`,
+//!   `LAB: FAIL name | detail` followed by `LAB: OUT ...` lines, `LAB: DMESG ...`,
+//!   `LAB: RESTART-TARGET` (the host restarts the target; the guest waits for the kernel to
+//!   reconnect) and `LAB: DONE`. Everything the guest printed is kept in
+//!   `target/lab-cache/run/console.log`, the target's log in `target/lab-cache/run/target.log`.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use xdp_target_tests::netns::{Netns, ip};
+
+const NETNS: &str = "xdpt-lab";
+const TAP: &str = "tap0";
+const HOST_ADDR: &str = "10.77.0.1";
+const GUEST_ADDR: &str = "10.77.0.2";
+const NQN: &str = "nqn.2026-11.dev.xdp-target:default";
+const IO_PORT: u16 = 4420;
+const DISCOVERY_PORT: u16 = 8009;
+/// The namespace is small so that whole-device passes stay short under TCG.
+const NS_BYTES: u64 = 256 << 20;
+const NS_BLOCK: u64 = 512;
+
+const SUITE: &str = "bookworm";
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const GUEST_PACKAGES: &str = "kmod,iproute2,nvme-cli,e2fsprogs,procps,util-linux,fio";
+/// The initrd loads these (and their dependencies, from modules.dep) to mount /dev/vda.
+const INITRD_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+/// Sparse size of the root disk; debootstrap minbase plus all kernel modules is ~800 MB.
+const ROOT_IMG_SIZE: &str = "2G";
+/// Bump when the way the image is assembled changes in a way the other inputs do not show.
+const IMAGE_LAYOUT: &str = "1";
+
+/// The whole guest run, boot to power-off; a healthy run takes well under half of it.
+const GUEST_DEADLINE: Duration = Duration::from_secs(480);
+/// The guest's first `LAB:` line comes about 5 s after QEMU starts under TCG.
+const BOOT_DEADLINE: Duration = Duration::from_secs(90);
+const TARGET_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Which QEMU accelerator to use. TCG is the default: it works everywhere, and on this
+/// project's (nested) machines KVM is present but a guest under it never reaches its console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Accel {
+    Tcg,
+    Kvm,
+}
+
+pub(crate) fn run(root: &Path, accel: Accel) -> Result<()> {
+    let started = Instant::now();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask lab needs root (network namespaces, tap, debootstrap); try sudo");
+    }
+    ensure_tools(root)?;
+    let cache = root.join("target/lab-cache");
+    let image = ensure_image(&cache)?;
+    super::build_ebpf(root)?;
+    super::run(super::cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "target-user",
+        "--bin",
+        "xdp-target",
+    ]))?;
+    let bin = root.join("target/release/xdp-target");
+
+    let run_dir = cache.join("run");
+    if run_dir.exists() {
+        fs::remove_dir_all(&run_dir).context("clearing target/lab-cache/run")?;
+    }
+    fs::create_dir_all(&run_dir)?;
+    let steps_tar = write_guest_steps(&run_dir)?;
+    let config = run_dir.join("target.toml");
+    fs::write(&config, target_config(&run_dir)).context("writing the target config")?;
+
+    let accel = resolve_accel(accel);
+    println!("lab: accelerator {accel}");
+
+    // From here on there are processes and a namespace to clean up: Ctrl-C reaches the
+    // whole foreground group, so QEMU and the target stop on it, and xtask ignores it to
+    // report and delete the namespace. (Both install their own SIGINT handlers.)
+    // SAFETY: setting a signal to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let mut tally = Tally::default();
+    let mut lab = Lab::create(&run_dir, &bin, &config)?;
+    let result = lab.session(&image, &steps_tar, accel, &mut tally);
+    drop(lab);
+    if let Err(e) = result {
+        tally.fail("lab", &format!("{e:#}"));
+    }
+
+    println!(
+        "lab: logs in {} (console.log, target.log, qemu.log); {} s in all",
+        run_dir.display(),
+        started.elapsed().as_secs()
+    );
+    println!("lab: {} passed, {} failed", tally.passed, tally.failed);
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 || tally.passed == 0 {
+        // Not an Err: the count must stay the last line, and everything is cleaned up.
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u32,
+    failed: u32,
+}
+
+impl Tally {
+    fn pass(&mut self, step: &str) {
+        self.passed += 1;
+        println!("lab: PASS {step}");
+    }
+
+    fn fail(&mut self, step: &str, why: &str) {
+        self.failed += 1;
+        println!("lab: FAIL {step} | {why}");
+    }
+}
+
+/// Installs the lab's Debian packages with `scripts/setup.sh --lab` when a tool is missing.
+fn ensure_tools(root: &Path) -> Result<()> {
+    let tools = [
+        "qemu-system-x86_64",
+        "debootstrap",
+        "cpio",
+        "mkfs.ext4",
+        "depmod",
+        "xz",
+        "zstd",
+        "ss",
+    ];
+    let mut missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
+    if !is_static_busybox() {
+        missing.push("busybox-static");
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "xtask: missing {}: running scripts/setup.sh --lab",
+            missing.join(", ")
+        );
+        super::run(
+            Command::new("bash")
+                .arg(root.join("scripts/setup.sh"))
+                .arg("--lab"),
+        )?;
+    }
+    Ok(())
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|dir| dir.join(tool).is_file())
+}
+
+fn is_static_busybox() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "busybox-static"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn resolve_accel(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The guest image
+
+struct Image {
+    vmlinuz: PathBuf,
+    initrd: PathBuf,
+    root: PathBuf,
+}
+
+impl Image {
+    fn in_dir(dir: &Path) -> Self {
+        Self {
+            vmlinuz: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            root: dir.join("root.img"),
+        }
+    }
+}
+
+/// Returns the cached image for the current inputs, building it first when it is missing.
+fn ensure_image(cache: &Path) -> Result<Image> {
+    let mirror = apt_mirror();
+    let kernel_pkg = kernel_package()?;
+    let kernel_version = package_version(&kernel_pkg)?;
+    let inputs = format!(
+        "layout={IMAGE_LAYOUT}\nsuite={SUITE}\nmirror={mirror}\npackages={GUEST_PACKAGES}\n\
+         kernel={kernel_pkg} {kernel_version}\ninitrd-modules={}\nroot-size={ROOT_IMG_SIZE}\n\
+         --- initrd init\n{INITRD_INIT}\n--- lab-init\n{LAB_INIT}\n",
+        INITRD_MODULES.join(",")
+    );
+    let key = sha256_hex(inputs.as_bytes())?[..16].to_string();
+    let dir = cache.join(&key);
+    let image = Image::in_dir(&dir);
+    if dir.join("complete").exists() {
+        println!(
+            "lab: guest image {key} (cached: {kernel_pkg} {kernel_version}, {SUITE} + nvme-cli)"
+        );
+        return Ok(image);
+    }
+    println!(
+        "lab: building guest image {key} ({kernel_pkg} {kernel_version}, {SUITE} from {mirror})"
+    );
+    let t = Instant::now();
+    let work = cache.join(format!("{key}.building"));
+    remove_tree(&work)?;
+    fs::create_dir_all(&work)?;
+    let built = build_image(&work, &mirror, &kernel_pkg);
+    if let Err(e) = built {
+        let _ = remove_tree(&work);
+        return Err(e.context("building the guest image"));
+    }
+    fs::write(work.join("inputs.txt"), &inputs)?;
+    fs::write(work.join("complete"), "")?;
+    remove_tree(&dir)?;
+    fs::rename(&work, &dir).context("moving the built image into the cache")?;
+    println!(
+        "lab: guest image built in {} s into {}",
+        t.elapsed().as_secs(),
+        dir.display()
+    );
+    Ok(image)
+}
+
+fn build_image(work: &Path, mirror: &str, kernel_pkg: &str) -> Result<()> {
+    let rootfs = work.join("rootfs");
+    println!("lab:   debootstrap --variant=minbase {SUITE} (30-60 s)");
+    let log = File::create(work.join("debootstrap.log"))?;
+    let status = Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            &format!("--include={GUEST_PACKAGES}"),
+            SUITE,
+        ])
+        .arg(&rootfs)
+        .arg(mirror)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .context("starting debootstrap")?;
+    if !status.success() {
+        bail!(
+            "debootstrap failed ({status}); see {}",
+            work.join("debootstrap.log").display()
+        );
+    }
+
+    println!("lab:   kernel {kernel_pkg}");
+    super::run(
+        Command::new("apt-get")
+            .args(["download", "-q", kernel_pkg])
+            .current_dir(work),
+    )?;
+    let deb = fs::read_dir(work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{kernel_pkg}_")) && n.ends_with(".deb"))
+        })
+        .context("apt-get download left no .deb")?;
+    let kx = work.join("kernel");
+    super::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kx))?;
+    let kver = only_entry(&kx.join("lib/modules"))?;
+    // The rootfs is usrmerged (/lib -> usr/lib): copy into usr/lib, never over the symlink.
+    super::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(kx.join("lib/modules"))
+            .arg(rootfs.join("usr/lib/")),
+    )?;
+    super::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(kx.join("boot/."))
+            .arg(rootfs.join("boot/")),
+    )?;
+    super::run(
+        Command::new("chroot")
+            .arg(&rootfs)
+            .args(["depmod", "-a", &kver]),
+    )?;
+    fs::copy(
+        kx.join(format!("boot/vmlinuz-{kver}")),
+        work.join("vmlinuz"),
+    )
+    .context("copying vmlinuz")?;
+
+    // The guest side: its init, a hostname, no apt caches.
+    let lab_init = rootfs.join("sbin/lab-init");
+    fs::write(&lab_init, LAB_INIT)?;
+    fs::set_permissions(&lab_init, fs::Permissions::from_mode(0o755))?;
+    fs::write(rootfs.join("etc/hostname"), "xdpt-lab-guest\n")?;
+    remove_tree(&rootfs.join("var/cache/apt/archives"))?;
+    fs::create_dir_all(rootfs.join("var/cache/apt/archives/partial"))?;
+
+    println!("lab:   initrd");
+    build_initrd(work, &rootfs.join("usr/lib/modules").join(&kver))?;
+
+    println!("lab:   root.img (mkfs.ext4 -d)");
+    super::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "xdpt-lab", "-d"])
+            .arg(&rootfs)
+            .arg(work.join("root.img"))
+            .arg(ROOT_IMG_SIZE),
+    )?;
+    remove_tree(&rootfs)?;
+    remove_tree(&kx)?;
+    fs::remove_file(&deb)?;
+    Ok(())
+}
+
+/// The initrd: busybox-static, the modules that mount /dev/vda (uncompressed, since
+/// busybox insmod may not read .ko.xz), their load order, and INITRD_INIT.
+fn build_initrd(work: &Path, modules: &Path) -> Result<()> {
+    let dir = work.join("initrd");
+    for sub in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "lib/modules",
+        "dev",
+        "proc",
+        "sys",
+        "newroot",
+    ] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    fs::copy("/bin/busybox", dir.join("bin/busybox")).context("copying /bin/busybox")?;
+    let dep = fs::read_to_string(modules.join("modules.dep")).context("reading modules.dep")?;
+    let order = module_load_order(&dep, &INITRD_MODULES)?;
+    let mut names = Vec::new();
+    for rel in &order {
+        let name = module_name(rel);
+        let file = format!("{name}.ko");
+        let src = modules.join(rel);
+        let out = File::create(dir.join("lib/modules").join(&file))?;
+        let tool = match rel.rsplit('.').next() {
+            Some("xz") => Some("xz"),
+            Some("zst") => Some("zstd"),
+            Some("gz") => Some("gzip"),
+            _ => None,
+        };
+        match tool {
+            Some(t) => super::run(Command::new(t).arg("-dc").arg(&src).stdout(out))?,
+            None => {
+                drop(out);
+                fs::copy(&src, dir.join("lib/modules").join(&file))?;
+            }
+        }
+        names.push(file);
+    }
+    fs::write(dir.join("load-order"), names.join("\n") + "\n")?;
+    let init = dir.join("init");
+    fs::write(&init, INITRD_INIT)?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    // newc cpio, gzip-compressed: what the kernel unpacks into its initramfs.
+    let out = File::create(work.join("initrd.img"))?;
+    super::run(
+        Command::new("sh")
+            .args([
+                "-c",
+                "find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1",
+            ])
+            .current_dir(&dir)
+            .stdout(out),
+    )?;
+    remove_tree(&dir)?;
+    Ok(())
+}
+
+/// `kernel/fs/ext4/ext4.ko.xz` -> `ext4`.
+fn module_name(rel: &str) -> String {
+    let base = rel.rsplit('/').next().unwrap_or(rel);
+    let stem = base.split(".ko").next().unwrap_or(base);
+    stem.replace('-', "_")
+}
+
+/// The modules.dep paths to insmod, dependencies first, for `wanted` (names with `_` or `-`).
+fn module_load_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>> {
+    let mut deps = std::collections::HashMap::new();
+    for line in modules_dep.lines() {
+        if let Some((module, rest)) = line.split_once(':') {
+            let list: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+            deps.insert(module_name(module), (module.to_string(), list));
+        }
+    }
+    fn visit(
+        name: &str,
+        deps: &std::collections::HashMap<String, (String, Vec<String>)>,
+        out: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<()> {
+        let Some((path, list)) = deps.get(name) else {
+            bail!("module {name} is not in modules.dep (built in, or missing from this kernel?)");
+        };
+        if depth > 64 {
+            bail!("module dependency loop at {name}");
+        }
+        if out.contains(path) {
+            return Ok(());
+        }
+        // modules.dep lists every (transitive) dependency; resolving each one's own first
+        // gives a valid order whatever order depmod printed them in.
+        for d in list {
+            visit(&module_name(d), deps, out, depth + 1)?;
+        }
+        out.push(path.clone());
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for w in wanted {
+        visit(&w.replace('-', "_"), &deps, &mut out, 0)?;
+    }
+    Ok(out)
+}
+
+fn only_entry(dir: &Path) -> Result<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    if names.len() != 1 {
+        bail!("expected one kernel in {}, found {names:?}", dir.display());
+    }
+    Ok(names.remove(0))
+}
+
+/// The Debian mirror the machine's apt uses (deb822 or one-line format).
+fn apt_mirror() -> String {
+    let deb822 = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    let from_deb822 = deb822
+        .lines()
+        .filter_map(|l| l.strip_prefix("URIs:"))
+        .flat_map(str::split_whitespace)
+        .find(|u| !u.contains("security"));
+    if let Some(u) = from_deb822 {
+        return u.trim_end_matches('/').to_string();
+    }
+    let list = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    list.lines()
+        .map(str::split_whitespace)
+        .filter_map(|mut w| match (w.next(), w.next()) {
+            (Some("deb"), Some(u)) if !u.contains("security") && u.starts_with("http") => {
+                Some(u.trim_end_matches('/').to_string())
+            }
+            _ => None,
+        })
+        .next()
+        .unwrap_or_else(|| DEFAULT_MIRROR.to_string())
+}
+
+/// The versioned image package that `linux-image-amd64` depends on.
+fn kernel_package() -> Result<String> {
+    let query = || {
+        Command::new("apt-cache")
+            .args(["depends", "linux-image-amd64"])
+            .output()
+    };
+    let mut out = query().context("running apt-cache")?;
+    if !out.status.success() {
+        super::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        out = query()?;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
+        .context("apt-cache depends linux-image-amd64 names no linux-image-* package")
+}
+
+fn package_version(pkg: &str) -> Result<String> {
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", pkg])
+        .output()
+        .context("running apt-cache show")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(|v| v.trim().to_string())
+        .with_context(|| format!("apt-cache show {pkg} gives no version"))
+}
+
+fn sha256_hex(data: &[u8]) -> Result<String> {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting sha256sum")?;
+    child
+        .stdin
+        .take()
+        .context("sha256sum stdin")?
+        .write_all(data)?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().next().unwrap_or("");
+    if !out.status.success() || hex.len() != 64 {
+        bail!("sha256sum failed");
+    }
+    Ok(hex.to_string())
+}
+
+/// Removes a directory tree, first unmounting anything a failed debootstrap left inside it
+/// (proc, sys), so that removal never walks into a live filesystem.
+fn remove_tree(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let abs = fs::canonicalize(dir)?;
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut inside: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| Path::new(m).starts_with(&abs))
+        .collect();
+    inside.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in inside {
+        super::run(Command::new("umount").args(["-l", m]))?;
+    }
+    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// One run: namespace, target, guest
+
+/// The namespace, the tap and the processes in it; all stopped and deleted on drop.
+struct Lab {
+    target: Option<Child>,
+    qemu: Option<Child>,
+    run_dir: PathBuf,
+    bin: PathBuf,
+    config: PathBuf,
+    // Dropped last, after Drop::drop has stopped the processes.
+    ns: Netns,
+}
+
+impl Lab {
+    fn create(run_dir: &Path, bin: &Path, config: &Path) -> Result<Self> {
+        let ns = Netns::create(NETNS).context("creating the lab namespace")?;
+        let lab = Self {
+            target: None,
+            qemu: None,
+            run_dir: run_dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            config: config.to_path_buf(),
+            ns,
+        };
+        ip(&["-n", NETNS, "tuntap", "add", "dev", TAP, "mode", "tap"])?;
+        ip(&[
+            "-n",
+            NETNS,
+            "addr",
+            "add",
+            &format!("{HOST_ADDR}/24"),
+            "dev",
+            TAP,
+        ])?;
+        ip(&["-n", NETNS, "link", "set", TAP, "up"])?;
+        Ok(lab)
+    }
+
+    fn session(
+        &mut self,
+        image: &Image,
+        steps_tar: &Path,
+        accel: &str,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let step = format!("target serves {NQN} on {HOST_ADDR}:{IO_PORT} and :{DISCOVERY_PORT}");
+        match self.start_target() {
+            Ok(()) => tally.pass(&step),
+            Err(e) => {
+                tally.fail(&step, &format!("{e:#}"));
+                return Ok(());
+            }
+        }
+        self.run_guest(image, steps_tar, accel, tally)
+    }
+
+    fn start_target(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.run_dir.join("target.log"))?;
+        let child = self
+            .ns
+            .command(&self.bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting xdp-target")?;
+        let target = self.target.insert(child);
+        let deadline = Instant::now() + TARGET_START_TIMEOUT;
+        loop {
+            if let Some(status) = target.try_wait()? {
+                bail!(
+                    "xdp-target exited ({status}): {}",
+                    tail(&self.run_dir.join("target.log"), 5)
+                );
+            }
+            let out = self.ns.command("ss").args(["-Hltn"]).output()?;
+            let listening = String::from_utf8_lossy(&out.stdout).into_owned();
+            let has = |port: u16| {
+                listening.contains(&format!("{HOST_ADDR}:{port} "))
+                    || listening.contains(&format!("0.0.0.0:{port} "))
+            };
+            if has(IO_PORT) && has(DISCOVERY_PORT) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not listening after {} s", TARGET_START_TIMEOUT.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the target with SIGTERM (SIGKILL after 10 s); returns how it exited.
+    fn stop_target(&mut self) -> Result<String> {
+        let Some(mut child) = self.target.take() else {
+            return Ok("not running".into());
+        };
+        let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.to_string());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                return Ok("did not stop on SIGTERM within 10 s; killed".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn run_guest(
+        &mut self,
+        image: &Image,
+        steps_tar: &Path,
+        accel: &str,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let qemu_log = File::create(self.run_dir.join("qemu.log"))?;
+        let mut console = File::create(self.run_dir.join("console.log"))?;
+        let mut child = self
+            .ns
+            .command("qemu-system-x86_64")
+            .args(["-accel", accel, "-m", "2048", "-smp", "2"])
+            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&image.vmlinuz)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .args([
+                "-append",
+                "console=ttyS0 root=/dev/vda rw panic=-1 quiet net.ifnames=0",
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,snapshot=on",
+                image.root.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                steps_tar.display()
+            ))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
+                "-device",
+                "virtio-net-pci,netdev=n0",
+                "-serial",
+                "stdio",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(qemu_log)
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        let stdout = child.stdout.take().context("qemu stdout")?;
+        self.qemu = Some(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { break };
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                if tx.send(text).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let t0 = Instant::now();
+        let deadline = t0 + GUEST_DEADLINE;
+        let mut done = false;
+        let mut dmesg = Vec::new();
+        let mut failed_here = false;
+        let mut booted = false;
+        loop {
+            let now = Instant::now();
+            let by = if booted { deadline } else { t0 + BOOT_DEADLINE };
+            let line = match rx.recv_timeout(by.saturating_duration_since(now)) {
+                Ok(l) => l,
+                Err(mpsc::RecvTimeoutError::Timeout) if !booted => {
+                    tally.fail(
+                        "guest boots",
+                        &format!(
+                            "no LAB: line on the console {} s after QEMU started \
+                             ({accel}; see qemu.log, console.log); killed",
+                            BOOT_DEADLINE.as_secs()
+                        ),
+                    );
+                    failed_here = true;
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    tally.fail(
+                        "guest finishes",
+                        &format!("still running after {} s; killed", GUEST_DEADLINE.as_secs()),
+                    );
+                    failed_here = true;
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            writeln!(console, "{line}")?;
+            let Some(msg) = line.find("LAB: ").map(|i| &line[i + 5..]) else {
+                continue;
+            };
+            booted = true;
+            if let Some(rest) = msg.strip_prefix("PASS ") {
+                tally.pass(rest);
+            } else if let Some(rest) = msg.strip_prefix("FAIL ") {
+                tally.fail_guest(rest);
+            } else if let Some(rest) = msg.strip_prefix("OUT ") {
+                println!("lab:     {rest}");
+            } else if let Some(rest) = msg.strip_prefix("DMESG ") {
+                dmesg.push(rest.to_string());
+            } else if let Some(rest) = msg.strip_prefix("INFO ") {
+                println!("lab: {rest}");
+            } else if msg == "RESTART-TARGET" {
+                let step = "host restarts the target (SIGTERM, start again)";
+                let restarted = self
+                    .stop_target()
+                    .and_then(|how| self.start_target().map(|()| how));
+                match restarted {
+                    Ok(how) => tally.pass(&format!("{step} | old one exited: {how}")),
+                    Err(e) => tally.fail(step, &format!("{e:#}")),
+                }
+            } else if msg == "DONE" {
+                done = true;
+            }
+        }
+        if let Some(mut q) = self.qemu.take() {
+            // After DONE the guest powers off by itself; give it a moment, then make sure.
+            let grace = if done { 10 } else { 0 };
+            let stop_by = Instant::now() + Duration::from_secs(grace);
+            while q.try_wait()?.is_none() && Instant::now() < stop_by {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = q.kill();
+            let _ = q.wait();
+        }
+        if !done && !failed_here {
+            tally.fail(
+                "guest finishes",
+                &format!(
+                    "the guest stopped without LAB: DONE; last console lines:\n{}",
+                    tail(&self.run_dir.join("console.log"), 15)
+                ),
+            );
+        }
+        println!("lab: guest ran {} s", t0.elapsed().as_secs());
+        if tally.failed > 0 && !dmesg.is_empty() {
+            println!("lab: guest dmesg (nvme, tcp):");
+            for l in &dmesg {
+                println!("lab:     {l}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Tally {
+    fn fail_guest(&mut self, rest: &str) {
+        self.failed += 1;
+        println!("lab: FAIL {rest}");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut q) = self.qemu.take() {
+            let _ = q.kill();
+            let _ = q.wait();
+        }
+        if let Err(e) = self.stop_target() {
+            eprintln!("lab: stopping the target: {e:#}");
+        }
+        // The tap goes with the namespace; deleting it first keeps that explicit.
+        if let Err(e) = ip(&["-n", NETNS, "link", "del", TAP]) {
+            eprintln!("lab: deleting {TAP}: {e}");
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The namespace lives in a file in the run folder, so the restart step can check that
+/// data written (and flushed) before it is still there after it.
+fn target_config(run_dir: &Path) -> String {
+    let image = run_dir.join("ns1.img");
+    let image = image.display();
+    format!(
+        r#"# Written by cargo xtask lab.
+[nvme]
+listen = ["{HOST_ADDR}:{IO_PORT}", "{HOST_ADDR}:{DISCOVERY_PORT}"]
+discovery_port = {DISCOVERY_PORT}
+header_digest = true
+data_digest = true
+
+[[subsystem]]
+nqn = "{NQN}"
+[[subsystem.namespace]]
+nsid = 1
+backend = "file"
+path = "{image}"
+size = {NS_BYTES}
+block_size = {NS_BLOCK}
+"#
+    )
+}
+
+/// Writes lib.sh and main.sh into a tar for the guest's /dev/vdb.
+fn write_guest_steps(run_dir: &Path) -> Result<PathBuf> {
+    let dir = run_dir.join("guest");
+    fs::create_dir_all(&dir)?;
+    let vars = format!(
+        "TARGET={HOST_ADDR}\nGUEST={GUEST_ADDR}\nNQN={NQN}\nIO_PORT={IO_PORT}\n\
+         DISC_PORT={DISCOVERY_PORT}\nNS_BYTES={NS_BYTES}\nNS_BLOCKS={}\n",
+        NS_BYTES / NS_BLOCK
+    );
+    fs::write(dir.join("lib.sh"), format!("{vars}{GUEST_LIB}"))?;
+    fs::write(dir.join("main.sh"), GUEST_MAIN)?;
+    let tar = run_dir.join("steps.tar");
+    super::run(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&dir)
+            .args(["lib.sh", "main.sh"]),
+    )?;
+    Ok(tar)
+}
+
+// ---------------------------------------------------------------------------------------
+// Guest-side scripts
+
+/// The initrd's /init (busybox sh): load the disk modules, mount /dev/vda, switch_root.
+const INITRD_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /load-order); do
+    insmod /lib/modules/$m || echo "initrd: insmod $m failed"
+done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if ! mount -t ext4 -o rw /dev/vda /newroot; then
+    echo "LAB: FAIL initrd | cannot mount /dev/vda"
+    echo o > /proc/sysrq-trigger
+fi
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot /sbin/lab-init
+echo "LAB: FAIL initrd | switch_root failed"
+"#;
+
+/// The guest's PID 1 after switch_root: mounts, then the run's steps from /dev/vdb.
+const LAB_INIT: &str = r#"#!/bin/bash
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /run/lab
+if tar -xf /dev/vdb -C /run/lab && [ -f /run/lab/main.sh ]; then
+    bash /run/lab/main.sh
+else
+    echo "LAB: FAIL guest setup | no lab steps on /dev/vdb"
+fi
+echo "LAB: DONE"
+sync
+echo o > /proc/sysrq-trigger
+sleep 60
+"#;
+
+/// Step functions (sourced by main.sh and by each step's subshell); xtask prepends the
+/// variables TARGET, GUEST, NQN, IO_PORT, DISC_PORT, NS_BYTES and NS_BLOCKS.
+const GUEST_LIB: &str = r#"
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+MNT=/mnt/lab
+
+# A one-line detail for the step's PASS/FAIL line.
+note() { echo "$*" | tr -s '\t\n' '  ' > /tmp/lab-note; }
+
+# The controller device (/dev/nvmeN) of our subsystem over TCP.
+ctrl_dev() {
+    local c
+    for c in /sys/class/nvme/nvme*; do
+        [ -e "$c/subsysnqn" ] || continue
+        if [ "$(cat "$c/subsysnqn")" = "$NQN" ] && [ "$(cat "$c/transport")" = tcp ]; then
+            echo "/dev/${c##*/}"
+            return 0
+        fi
+    done
+    echo "no NVMe/TCP controller for $NQN" >&2
+    return 1
+}
+
+# The namespace's block device, waiting up to 10 s for it to appear.
+ns_dev() {
+    local i d
+    for i in $(seq 1 100); do
+        for d in /dev/nvme[0-9]*n1; do
+            [ -b "$d" ] && { echo "$d"; return 0; }
+        done
+        sleep 0.1
+    done
+    echo "no /dev/nvme*n1 block device appeared" >&2
+    return 1
+}
+
+wait_gone() {
+    local i
+    for i in $(seq 1 100); do
+        ls /dev/nvme[0-9]*n1 >/dev/null 2>&1 || return 0
+        sleep 0.1
+    done
+    echo "namespace device still present after disconnect" >&2
+    return 1
+}
+
+ctrl_state() {
+    local c
+    c=$(ctrl_dev 2>/dev/null) || { echo none; return; }
+    cat "/sys/class/nvme/${c#/dev/}/state" 2>/dev/null || echo none
+}
+
+s_network() {
+    modprobe virtio_net
+    ip link set lo up
+    ip addr add "$GUEST/24" dev eth0
+    ip link set eth0 up
+    local i
+    for i in $(seq 1 50); do
+        [ "$(cat /sys/class/net/eth0/operstate)" = up ] && break
+        sleep 0.1
+    done
+    ip -br addr show eth0
+    [ "$(cat /sys/class/net/eth0/operstate)" = up ] || { echo "eth0 is not up"; return 1; }
+    note "eth0 $GUEST/24"
+}
+
+s_modules() {
+    modprobe configfs && mount -t configfs none /sys/kernel/config
+    modprobe nvme-tcp || return 1
+    [ -c /dev/nvme-fabrics ] || { echo "/dev/nvme-fabrics missing"; return 1; }
+    mkdir -p /etc/nvme
+    [ -s /etc/nvme/hostnqn ] || nvme gen-hostnqn > /etc/nvme/hostnqn
+    note "nvme-tcp loaded on $(uname -r); nvme-cli $(nvme version | head -n 1 | awk '{print $3}'); host $(cat /etc/nvme/hostnqn)"
+}
+
+s_discover() {
+    local out
+    out=$(nvme discover -t tcp -a "$TARGET" -s "$DISC_PORT" 2>&1)
+    local rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || return 1
+    echo "$out" | grep -q "subnqn: *$NQN\$" || { echo "subsystem $NQN not listed"; return 1; }
+    echo "$out" | grep -q "trsvcid: *$IO_PORT\b" || { echo "port $IO_PORT not listed"; return 1; }
+    note "$(echo "$out" | grep -c '^=====Discovery Log Entry') entries, $NQN at $TARGET:$IO_PORT listed"
+}
+
+# connect [extra nvme connect options...]
+s_connect() {
+    nvme connect -t tcp -a "$TARGET" -s "$IO_PORT" -n "$NQN" "$@" || return 1
+    local dev ctrl
+    dev=$(ns_dev) || return 1
+    ctrl=$(ctrl_dev) || return 1
+    note "$ctrl, $dev ($(cat /sys/class/nvme/${ctrl#/dev/}/state))${*:+ with $*}"
+}
+
+s_list() {
+    local out dev
+    dev=$(ns_dev) || return 1
+    out=$(nvme list 2>&1) || { echo "$out"; return 1; }
+    echo "$out"
+    echo "$out" | grep -q "^$dev " || { echo "$dev not in nvme list"; return 1; }
+    note "$(echo "$out" | grep "^$dev " | tr -s ' ')"
+}
+
+s_id_ctrl() {
+    local out ctrl
+    ctrl=$(ctrl_dev) || return 1
+    out=$(nvme id-ctrl "$ctrl" 2>&1) || { echo "$out"; return 1; }
+    echo "$out" | grep -q "^subnqn *: $NQN" || { echo "$out"; echo "subnqn is not $NQN"; return 1; }
+    note "mn '$(echo "$out" | sed -n 's/^mn *: *//p' | tr -s ' ')'," \
+        "fr $(echo "$out" | sed -n 's/^fr *: *//p' | tr -d ' ')," \
+        "mdts $(echo "$out" | sed -n 's/^mdts *: *//p'), ioccsz $(echo "$out" | sed -n 's/^ioccsz *: *//p')"
+}
+
+s_id_ns() {
+    local out dev nsze
+    dev=$(ns_dev) || return 1
+    out=$(nvme id-ns "$dev" 2>&1) || { echo "$out"; return 1; }
+    nsze=$(echo "$out" | sed -n 's/^nsze *: *//p')
+    [ "$((nsze))" -eq "$NS_BLOCKS" ] || { echo "$out"; echo "nsze $nsze, expected $NS_BLOCKS"; return 1; }
+    note "nsze $nsze ($NS_BLOCKS blocks), $(echo "$out" | grep 'in use' | tr -s ' ')"
+}
+
+s_smart_log() {
+    local out ctrl
+    ctrl=$(ctrl_dev) || return 1
+    out=$(nvme smart-log "$ctrl" 2>&1) || { echo "$out"; return 1; }
+    note "$(echo "$out" | grep -iE '^(critical_warning|data.units.read|data.units.written)' | tr -s ' \t' ' ' | paste -sd, -)"
+}
+
+s_error_log() {
+    local out ctrl
+    ctrl=$(ctrl_dev) || return 1
+    out=$(nvme error-log "$ctrl" 2>&1) || { echo "$out"; return 1; }
+    note "$(echo "$out" | grep -c 'error_count') entries read"
+}
+
+# direct_read [bytes]: a direct-I/O read of the namespace (whole by default).
+s_direct_read() {
+    local dev out bytes count
+    dev=$(ns_dev) || return 1
+    bytes=${1:-$NS_BYTES}
+    count=$((bytes / 1048576))
+    out=$(dd if="$dev" of=/dev/null bs=1M count="$count" iflag=direct 2>&1) || { echo "$out"; return 1; }
+    echo "$out" | grep -q "^$bytes bytes" || { echo "$out"; echo "expected $bytes bytes"; return 1; }
+    note "$(echo "$out" | tail -n 1)"
+}
+
+s_mkfs() {
+    local dev
+    dev=$(ns_dev) || return 1
+    mkfs.ext4 -q -F "$dev" || return 1
+    note "ext4 on $dev"
+}
+
+s_fs_write() {
+    local dev i
+    dev=$(ns_dev) || return 1
+    mkdir -p "$MNT"
+    mount "$dev" "$MNT" || return 1
+    head -c 24M /dev/urandom > "$MNT/big" || return 1
+    mkdir -p "$MNT/small"
+    for i in $(seq 1 200); do head -c $((i * 97)) /dev/urandom > "$MNT/small/$i"; done
+    (cd "$MNT" && find . -type f | sort | xargs sha256sum) > /tmp/lab-sums || return 1
+    sync || return 1
+    note "$(wc -l < /tmp/lab-sums) files ($(du -sh "$MNT" | cut -f1)) written and synced"
+}
+
+s_fs_verify() {
+    local dev out
+    dev=$(ns_dev) || return 1
+    umount "$MNT" || return 1
+    echo 3 > /proc/sys/vm/drop_caches
+    mount "$dev" "$MNT" || return 1
+    out=$(cd "$MNT" && sha256sum --quiet -c /tmp/lab-sums 2>&1) || { echo "$out"; return 1; }
+    note "$(wc -l < /tmp/lab-sums) checksums match after drop_caches, umount, mount"
+}
+
+s_fstrim() {
+    local out
+    out=$(fstrim -v "$MNT" 2>&1) || { echo "$out"; return 1; }
+    note "$out"
+}
+
+s_blkdiscard() {
+    local dev out
+    dev=$(ns_dev) || return 1
+    umount "$MNT" || return 1
+    echo "discard_max_bytes $(cat /sys/block/${dev#/dev/}/queue/discard_max_bytes)"
+    # -f: util-linux 2.38 refuses a device with a filesystem signature without it.
+    out=$(blkdiscard -f -v "$dev" 2>&1) || { echo "$out"; return 1; }
+    note "$(echo "$out" | grep -i discarded)"
+}
+
+# fio_verify SIZE: random 4k writes over SIZE, then read back and check crc32c.
+s_fio_verify() {
+    local dev out size=${1:-64M}
+    dev=$(ns_dev) || return 1
+    out=$(fio --name=lab-verify --filename="$dev" --rw=randwrite --bs=4k --direct=1 \
+        --ioengine=libaio --iodepth=16 --size="$size" --verify=crc32c --verify_fatal=1 \
+        --do_verify=1 2>&1)
+    local rc=$?
+    if [ $rc -ne 0 ] || echo "$out" | grep -qE 'err= *[1-9]|verify: bad'; then
+        echo "$out" | tail -n 25
+        return 1
+    fi
+    note "$size: $(echo "$out" | grep -E '^ *write: IOPS' | tr -s ' ' | sed 's/^ //'); $(echo "$out" | grep -E '^ *read: IOPS' | tr -s ' ' | sed 's/^ //' | cut -d, -f1) verify"
+}
+
+s_disconnect() {
+    local out
+    out=$(nvme disconnect -n "$NQN" 2>&1) || { echo "$out"; return 1; }
+    echo "$out" | grep -q "disconnected 1 controller" || { echo "$out"; return 1; }
+    wait_gone || return 1
+    note "$out"
+}
+
+# 4 MiB of random data at offset 0, written direct and fsynced (the kernel sends Flush,
+# since the namespace advertises a volatile write cache); its checksum is kept.
+s_write_marker() {
+    local dev
+    dev=$(ns_dev) || return 1
+    head -c 4194304 /dev/urandom > /tmp/marker || return 1
+    dd if=/tmp/marker of="$dev" bs=1M oflag=direct conv=fsync status=none || return 1
+    sha256sum < /tmp/marker | cut -d' ' -f1 > /tmp/marker.sha
+    note "sha256 $(cut -c1-16 /tmp/marker.sha)"
+}
+
+# The marker reads back the same: the data survived the target's restart.
+s_check_marker() {
+    local dev got
+    dev=$(ns_dev) || return 1
+    got=$(dd if="$dev" bs=1M count=4 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$(cat /tmp/marker.sha)" ] || { echo "sha256 $got, wrote $(cat /tmp/marker.sha)"; return 1; }
+    note "sha256 $(echo "$got" | cut -c1-16) matches"
+}
+
+# The host restarts the target while the controller stays connected: the kernel must see
+# the connection drop and reconnect on its own (reconnect-delay 1 s).
+s_reconnect_after_restart() {
+    local i state seen_down=""
+    ctrl_dev >/dev/null || return 1
+    echo "LAB: RESTART-TARGET" > /dev/console
+    for i in $(seq 1 300); do
+        state=$(ctrl_state)
+        [ "$state" != live ] && seen_down=$state && break
+        sleep 0.1
+    done
+    [ -n "$seen_down" ] || { echo "controller stayed live for 30 s: the restart was not noticed"; return 1; }
+    echo "controller went $state"
+    for i in $(seq 1 900); do
+        state=$(ctrl_state)
+        if [ "$state" = live ]; then
+            note "controller went $seen_down, live again $((i / 10)) s later"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "controller is $state 90 s after the target restart"
+    return 1
+}
+"#;
+
+/// The step sequence. Each step runs in its own bash with a timeout; output is shown only
+/// when it fails.
+const GUEST_MAIN: &str = r#"#!/bin/bash
+source /run/lab/lib.sh
+
+step() {
+    local name=$1 t=$2 out rc note=""
+    shift 2
+    rm -f /tmp/lab-note
+    out=$(timeout -k 10 "$t" bash -c 'source /run/lab/lib.sh; "$@"' step "$@" 2>&1)
+    rc=$?
+    [ -s /tmp/lab-note ] && note=" | $(cat /tmp/lab-note)"
+    if [ $rc -eq 0 ]; then
+        echo "LAB: PASS $name$note"
+    else
+        [ $rc -eq 124 ] && note=" | timed out after $t s"
+        echo "LAB: FAIL $name (exit $rc)$note"
+        printf '%s\n' "$out" | tail -n 30 | sed 's/^/LAB: OUT /'
+    fi
+}
+
+echo "LAB: INFO guest up: $(uname -r), $(nproc) CPUs"
+step "guest network: eth0 $GUEST/24" 30 s_network
+step "modprobe nvme-tcp, hostnqn" 30 s_modules
+step "nvme discover -t tcp -a $TARGET -s $DISC_PORT lists $NQN" 60 s_discover
+step "nvme connect (no digests)" 60 s_connect
+step "nvme list shows the namespace" 30 s_list
+step "nvme id-ctrl" 30 s_id_ctrl
+step "nvme id-ns" 30 s_id_ns
+step "nvme smart-log" 30 s_smart_log
+step "nvme error-log" 30 s_error_log
+step "dd direct read of the whole namespace" 120 s_direct_read
+step "mkfs.ext4" 60 s_mkfs
+step "mount, write files, sync" 120 s_fs_write
+step "drop_caches, umount, mount, checksums match" 120 s_fs_verify
+step "fstrim on the mount" 60 s_fstrim
+step "umount, blkdiscard" 60 s_blkdiscard
+step "fio randwrite 4k direct, verify crc32c" 180 s_fio_verify 64M
+step "nvme disconnect" 30 s_disconnect
+step "nvme connect --hdr-digest --data-digest" 60 s_connect --hdr-digest --data-digest
+step "dd direct read of the whole namespace (digests)" 120 s_direct_read
+step "fio verify crc32c (digests)" 120 s_fio_verify 16M
+step "nvme disconnect (digests)" 30 s_disconnect
+step "nvme connect --reconnect-delay 1 --ctrl-loss-tmo 120" 60 s_connect --reconnect-delay=1 --ctrl-loss-tmo=120
+step "write 4 MiB marker, fsync (Flush)" 60 s_write_marker
+step "kernel reconnects after the target restarts" 150 s_reconnect_after_restart
+step "marker still there after the restart (file namespace)" 60 s_check_marker
+step "dd direct read after reconnect" 60 s_direct_read 33554432
+step "fio verify crc32c after reconnect" 120 s_fio_verify 16M
+step "nvme disconnect (after restart)" 30 s_disconnect
+step "fresh nvme connect to the restarted target" 60 s_connect
+step "nvme disconnect (fresh)" 30 s_disconnect
+
+dmesg | grep -iE 'nvme|tcp' | sed 's/^/LAB: DMESG /'
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::{module_load_order, module_name};
+
+    #[test]
+    fn module_names_drop_path_suffix_and_dashes() {
+        assert_eq!(module_name("kernel/fs/ext4/ext4.ko.xz"), "ext4");
+        assert_eq!(
+            module_name("kernel/arch/x86/crypto/crc32c-intel.ko"),
+            "crc32c_intel"
+        );
+    }
+
+    #[test]
+    fn load_order_puts_dependencies_first_without_duplicates() {
+        let dep = "kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz\n\
+                   kernel/fs/jbd2/jbd2.ko.xz: kernel/fs/mbcache.ko.xz\n\
+                   kernel/fs/mbcache.ko.xz:\n\
+                   kernel/lib/crc16.ko.xz:\n\
+                   kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+                   kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
+                   kernel/drivers/virtio/virtio_ring.ko:\n";
+        let order = module_load_order(dep, &["virtio_blk", "ext4"]).expect("resolves");
+        let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
+        assert_eq!(
+            names,
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_blk",
+                "crc16",
+                "mbcache",
+                "jbd2",
+                "ext4"
+            ]
+        );
+        assert!(module_load_order(dep, &["nvme_tcp"]).is_err());
+    }
+}
