@@ -174,6 +174,7 @@ pub fn get_log_page(
 ) -> Response {
     let page = match (sqe.log_id(), attached.discovery) {
         (LogPageId::Discovery, true) => discovery_log(registry, local),
+        (LogPageId::SupportedLogPages, discovery) => supported_log_pages(discovery),
         (LogPageId::ErrorInformation, _) => vec![0u8; ERROR_LOG_ENTRY_LEN],
         (LogPageId::SmartHealth, false) => smart_log(attached),
         (LogPageId::FirmwareSlot, false) => {
@@ -204,6 +205,32 @@ pub fn get_log_page(
     let avail = (page.len() - offset).min(len);
     out[..avail].copy_from_slice(&page[offset..offset + avail]);
     Response::ok().with_data(out)
+}
+
+/// Supported Log Pages (LID 00h): a 4-byte entry per LID, bit 0 (LSUPP) set for the ones
+/// this controller returns.
+fn supported_log_pages(discovery: bool) -> Vec<u8> {
+    let mut b = vec![0u8; 1024];
+    let lids: &[LogPageId] = if discovery {
+        &[
+            LogPageId::SupportedLogPages,
+            LogPageId::ErrorInformation,
+            LogPageId::Discovery,
+        ]
+    } else {
+        &[
+            LogPageId::SupportedLogPages,
+            LogPageId::ErrorInformation,
+            LogPageId::SmartHealth,
+            LogPageId::FirmwareSlot,
+            LogPageId::ChangedNamespaceList,
+            LogPageId::CommandsEffects,
+        ]
+    };
+    for &lid in lids {
+        b[usize::from(u8::from(lid)) * 4] = 1;
+    }
+    b
 }
 
 /// SMART / Health: the controller's I/O counters. Nothing here is a sensor: temperature,

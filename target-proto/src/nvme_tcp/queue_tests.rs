@@ -366,6 +366,18 @@ fn linux_connect_sequence_identify_and_io_with_and_without_digests() {
             "69632 bytes is 136 units of 512: one thousand, rounded up"
         );
 
+        // Supported Log Pages says which of them exist.
+        let log = admin.admin(
+            AdminOpcode::GetLogPage,
+            u32::from(u8::from(LogPageId::SupportedLogPages)) | (255 << 16),
+            0,
+            0,
+            1024,
+        );
+        assert!(status(&log).is_success());
+        let lsupp = |lid: usize| log.data[lid * 4] & 1 == 1;
+        assert!(lsupp(0x00) && lsupp(0x02) && lsupp(0x05) && !lsupp(0x70) && !lsupp(0x06));
+
         // Write Zeroes and Flush.
         assert!(status(&io.io(IoOpcode::WriteZeroes, 300, 8, &[], false)).is_success());
         assert_eq!(
