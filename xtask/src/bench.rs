@@ -72,16 +72,7 @@ impl Drop for Served {
 }
 
 pub(crate) fn run(root: &Path, seconds: u64) -> Result<()> {
-    super::build_ebpf(root)?;
-    super::run(super::cargo(root).args([
-        "build",
-        "--release",
-        "--package",
-        "target-user",
-        "--bin",
-        "xdp-target",
-    ]))?;
-    let bin = root.join("target/release/xdp-target");
+    let bin = super::release_binary(root)?;
     let pair = VethPair::create_named("xdpt-bench").context("creating the bench namespaces")?;
     let child = pair
         .target

@@ -75,16 +75,7 @@ pub(crate) fn run(root: &Path, accel: Accel) -> Result<()> {
     ensure_tools(root)?;
     let cache = root.join("target/lab-cache");
     let image = ensure_image(&cache)?;
-    super::build_ebpf(root)?;
-    super::run(super::cargo(root).args([
-        "build",
-        "--release",
-        "--package",
-        "target-user",
-        "--bin",
-        "xdp-target",
-    ]))?;
-    let bin = root.join("target/release/xdp-target");
+    let bin = super::release_binary(root)?;
 
     let run_dir = cache.join("run");
     if run_dir.exists() {

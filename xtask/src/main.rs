@@ -224,8 +224,8 @@ fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn demo(root: &Path) -> Result<()> {
-    use xdp_target_tests::netns::VethPair;
+/// Builds the XDP object and the release `xdp-target`, and returns the binary's path.
+pub(crate) fn release_binary(root: &Path) -> Result<PathBuf> {
     build_ebpf(root)?;
     run(cargo(root).args([
         "build",
@@ -235,7 +235,12 @@ fn demo(root: &Path) -> Result<()> {
         "--bin",
         "xdp-target",
     ]))?;
-    let bin = root.join("target/release/xdp-target");
+    Ok(root.join("target/release/xdp-target"))
+}
+
+fn demo(root: &Path) -> Result<()> {
+    use xdp_target_tests::netns::VethPair;
+    let bin = release_binary(root)?;
     let pair = VethPair::create_named("xdpt-demo").context("creating the demo namespaces")?;
     println!(
         "demo: target namespace {} ({} {}), client namespace {} ({} {})",
