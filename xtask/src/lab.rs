@@ -44,7 +44,9 @@ const NS_BLOCK: u64 = 512;
 
 const SUITE: &str = "bookworm";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-const GUEST_PACKAGES: &str = "kmod,iproute2,nvme-cli,e2fsprogs,procps,util-linux,fio";
+/// open-iscsi is there for the iSCSI steps, rdma-core and the verbs tools for NVMe/RDMA
+/// over soft-RoCE (rdma_rxe), both to come.
+const GUEST_PACKAGES: &str = "kmod,iproute2,nvme-cli,e2fsprogs,procps,util-linux,fio,open-iscsi,rdma-core,ibverbs-providers,ibverbs-utils";
 /// The initrd loads these (and their dependencies, from modules.dep) to mount /dev/vda.
 const INITRD_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
 /// Sparse size of the root disk; debootstrap minbase plus all kernel modules is ~800 MB.
@@ -1020,6 +1022,17 @@ s_modules() {
     note "nvme-tcp loaded on $(uname -r); nvme-cli $(nvme version | head -n 1 | awk '{print $3}'); host $(cat /etc/nvme/hostnqn)"
 }
 
+# Soft-RoCE comes up on eth0 (for the NVMe/RDMA steps to come), then goes again.
+s_rdma_ready() {
+    modprobe rdma_rxe || return 1
+    rdma link add rxe0 type rxe netdev eth0 || return 1
+    local dev
+    dev=$(ibv_devices 2>&1 | grep -o rxe0 | head -n 1)
+    rdma link delete rxe0
+    [ "$dev" = rxe0 ] || { echo "ibv_devices does not list rxe0"; return 1; }
+    note "rdma_rxe loaded, rxe0 on eth0 listed by ibv_devices"
+}
+
 s_discover() {
     local out
     out=$(nvme discover -t tcp -a "$TARGET" -s "$DISC_PORT" 2>&1)
@@ -1232,6 +1245,7 @@ step() {
 echo "LAB: INFO guest up: $(uname -r), $(nproc) CPUs"
 step "guest network: eth0 $GUEST/24" 30 s_network
 step "modprobe nvme-tcp, hostnqn" 30 s_modules
+step "soft-RoCE ready (rdma_rxe on eth0)" 30 s_rdma_ready
 step "nvme discover -t tcp -a $TARGET -s $DISC_PORT lists $NQN" 60 s_discover
 step "nvme connect (no digests)" 60 s_connect
 step "nvme list shows the namespace" 30 s_list
