@@ -82,6 +82,18 @@ impl Client {
         host: &str,
     ) -> io::Result<Completion> {
         let kato = if qid == 0 { 30_000 } else { 0 };
+        self.fabrics_connect_kato(qid, cntlid, nqn, host, kato)
+    }
+
+    /// Fabrics Connect with a keep-alive timeout (admin queue), in milliseconds.
+    pub fn fabrics_connect_kato(
+        &mut self,
+        qid: u16,
+        cntlid: u16,
+        nqn: &str,
+        host: &str,
+        kato: u32,
+    ) -> io::Result<Completion> {
         let (sqe, data) = commands::connect(qid, cntlid, 31, kato, nqn, host)
             .ok_or_else(|| other("NQN too long"))?;
         self.command(sqe, data, true, 0)

@@ -544,3 +544,63 @@ fn connection_storms_leave_the_target_serving() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
 }
+
+#[test]
+fn a_silent_host_loses_its_controller_at_keep_alive_expiry() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("kato", 4 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let addr = IpAddr::V4(pair.target_addr);
+    pair.client
+        .run(move || {
+            let sock = SocketAddr::new(addr, 4420);
+            // KATO 1 s, then silence: no Keep Alive, no admin command.
+            let mut a = Client::connect(sock, false).expect("connect");
+            let c = a
+                .fabrics_connect_kato(0, 0xffff, NQN, HOST_NQN, 1000)
+                .expect("admin connect");
+            assert!(c.cqe.status.is_success());
+            let cntlid = c.cqe.dw0 as u16;
+            a.enable().expect("enable");
+            let q = a.admin(
+                AdminOpcode::SetFeatures,
+                0,
+                u32::from(u8::from(FeatureId::NumberOfQueues)),
+                0,
+                0,
+            );
+            assert!(q.expect("set features").cqe.status.is_success());
+            let mut io = io_queue(addr, cntlid, 1, false);
+            // KATO + the 1 s grace + the 100 ms tick: both connections must be gone by 4 s.
+            std::thread::sleep(std::time::Duration::from_secs(4));
+            assert!(
+                a.property_get(0x1c, target_wire::nvme::fabrics::PropertySize::Four)
+                    .is_err(),
+                "admin queue closed"
+            );
+            assert!(
+                io.io(IoOpcode::Read, 0, 1, 512, Vec::new()).is_err(),
+                "I/O queue closed with its controller"
+            );
+            // Its controller ID is gone: a new I/O queue cannot attach to it.
+            let mut late = Client::connect(sock, false).expect("connect");
+            let r = late
+                .fabrics_connect(1, cntlid, NQN, HOST_NQN)
+                .expect("answer");
+            assert!(!r.cqe.status.is_success());
+            // The target still serves everyone else.
+            let (_a2, cntlid2) = admin(addr, false);
+            let mut q2 = io_queue(addr, cntlid2, 1, false);
+            assert!(
+                q2.io(IoOpcode::Read, 0, 1, 512, Vec::new())
+                    .expect("read")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
