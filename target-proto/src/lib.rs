@@ -2,10 +2,10 @@
 //! over kernel sockets, the user-space TCP stack and RDMA, so this crate depends on
 //! `target-wire` only and never reads a clock or a socket.
 //!
-//! Today: NVMe/TCP framing (`nvme_tcp`: connection negotiation, the PDU reader and writer)
-//! and the subsystem/controller registry of the NVMe-oF controller (`nvme`). Command
-//! handling and iSCSI follow.
+//! `block` holds what every engine asks of a backend; `nvme` and `nvme_tcp` the NVMe-oF
+//! controller and its TCP framing; `scsi` and `iscsi` the SCSI logical units and iSCSI.
 #![forbid(unsafe_code)]
 
+pub mod block;
 pub mod nvme;
 pub mod nvme_tcp;

@@ -19,6 +19,8 @@ use target_wire::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatu
 
 use std::net::IpAddr;
 
+pub use crate::block::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
+
 use super::admin::{self, TransportLimits};
 use super::subsystem::{Attached, ConnectError, Namespace, Registry, Subsystem};
 
@@ -44,52 +46,6 @@ const CONNECT_DATA_HOSTNQN_OFFSET: u16 = 512;
 
 /// NVMe 2.0.
 pub(crate) const VERSION: u32 = 0x0002_0000;
-
-/// A block operation for the backend of namespace `nsid`; offsets and lengths in bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BlockOp {
-    /// Read `len` bytes at `offset` into the command's buffer.
-    Read { offset: u64, len: u64 },
-    /// Write the command's buffer; with `fua`, durable before completion.
-    Write { offset: u64, len: u64, fua: bool },
-    /// Make every completed write durable.
-    Flush,
-    /// Zero the range; with `deallocate` the backend may unmap it.
-    WriteZeroes {
-        offset: u64,
-        len: u64,
-        deallocate: bool,
-        fua: bool,
-    },
-    /// Deallocate these ranges (reads of them return zeroes afterwards).
-    Deallocate { ranges: Vec<(u64, u64)> },
-    /// Compare the media with the command's buffer.
-    Compare { offset: u64, len: u64 },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlockIo {
-    pub nsid: u32,
-    /// The namespace's [`Namespace::backend`]; for a Flush of every namespace
-    /// ([`ALL_BACKENDS`]) the flush applies to each backend of the subsystem.
-    pub backend: u32,
-    pub op: BlockOp,
-}
-
-/// [`BlockIo::backend`] of a Flush with NSID FFFFFFFFh.
-pub const ALL_BACKENDS: u32 = u32::MAX;
-
-/// How a block operation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoOutcome {
-    Ok,
-    /// Compare found a difference.
-    Miscompare,
-    /// The backend failed reading.
-    ReadError,
-    /// The backend failed writing (or flushing).
-    WriteError,
-}
 
 /// Data that goes to the host with the response.
 #[derive(Clone, Debug, PartialEq, Eq)]

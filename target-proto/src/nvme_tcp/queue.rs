@@ -53,44 +53,7 @@ enum SlotState {
     Held,
 }
 
-/// Alignment of command buffers: a page, which O_DIRECT I/O needs.
-pub const BUFFER_ALIGN: usize = 4096;
-
-/// A command's data buffer, page-aligned for O_DIRECT. Its backing store is allocated once
-/// (the largest transfer plus a page) and reused; the aligned window is found with
-/// `align_offset`, so no unsafe code is needed here.
-#[derive(Debug, Default)]
-struct AlignedBuf {
-    backing: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// Makes the buffer `len` bytes long; the contents are whatever the last command left,
-    /// to be overwritten by this one (host data, or the backend's read).
-    fn set_len(&mut self, len: usize) {
-        if self.backing.len() < self.start + len {
-            // Grow to the largest transfer seen (in powers of two), not to MDTS at once:
-            // a queue of 4 KiB I/O keeps 8 KiB per slot.
-            self.backing = vec![0u8; len.next_power_of_two().max(BUFFER_ALIGN) + BUFFER_ALIGN];
-            self.start = self
-                .backing
-                .as_ptr()
-                .align_offset(BUFFER_ALIGN)
-                .min(BUFFER_ALIGN);
-        }
-        self.len = len;
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.backing[self.start..self.start + self.len]
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.backing[self.start..self.start + self.len]
-    }
-}
+pub use crate::block::{AlignedBuf, BUFFER_ALIGN};
 
 #[derive(Debug)]
 struct Slot {
