@@ -1,6 +1,6 @@
 //! Checked zero-copy views and `Repr`s of the wire formats: NVMe SQE/CQE/SGL/status and the
 //! data structures the target returns (`nvme`), NVMe/TCP PDUs (`nvme_tcp`), CRC32C digests
-//! (`crc32c`). iSCSI follows with its issue.
+//! (`crc32c`), iSCSI PDUs and text keys (`iscsi`).
 //!
 //! No I/O and no `unsafe`. A view (`Xxx<&[u8]>`) is made with `new_checked`, which validates
 //! lengths once; after that no accessor can panic. `new_unchecked` is only for emitting into
@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crc32c;
+pub mod iscsi;
 pub mod nvme;
 pub mod nvme_tcp;
 
