@@ -7,5 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod block;
+pub mod iscsi;
 pub mod nvme;
 pub mod nvme_tcp;
