@@ -9,14 +9,28 @@
 //! header_digest = true              # granted when the host asks
 //! data_digest = true
 //!
+//! [iscsi]
+//! listen = ["0.0.0.0:3260"]         # [] serves no iSCSI
+//! header_digest = true              # CRC32C granted when the initiator asks
+//! data_digest = true
+//! nop_interval = 5                  # seconds of silence before a NOP-In ping (0: never)
+//! nop_timeout = 15                  # seconds a ping may go unanswered
+//! # discovery_chap = { user = "disc", secret = "0123456789ab" }
+//!
 //! [[subsystem]]
 //! nqn = "nqn.2026-11.dev.xdp-target:default"
 //! allow_hosts = []                  # host NQNs; empty = any host
+//! iqn = "iqn.2026-11.dev.xdp-target:default"  # also an iSCSI target: namespace N is LUN N-1
+//! allow_initiators = []             # initiator IQNs; empty = any initiator
+//! # chap = { user = "alice", secret = "12-to-16-chars" }      # CHAP required at login
+//! # mutual_chap = { user = "target", secret = "another-secret" }
 //! [[subsystem.namespace]]
 //! nsid = 1
 //! backend = "memory"               # or "file" with path = "/var/lib/disk.img" or "/dev/sdX"
 //! size = "1GiB"                     # a file: its size when created (default: the file's)
 //! block_size = 512                  # or 4096
+//! nvme = true                       # export over NVMe/TCP (default true)
+//! iscsi = true                      # export as an iSCSI LUN when the subsystem has an iqn
 //!
 //! [xdp]
 //! ports = [4420, 8009, 3260]        # TCP ports the XDP program steers (default shown)
@@ -48,6 +62,8 @@ pub enum ConfigError {
     Prefix(String),
     #[error("nvme.listen: {0:?} is not an address:port (like 0.0.0.0:4420 or [::]:4420)")]
     Listen(String),
+    #[error("iscsi.listen: {0:?} is not an address:port (like 0.0.0.0:3260 or [::]:3260)")]
+    IscsiListen(String),
     #[error("subsystem {nqn:?}: {message}")]
     Subsystem { nqn: String, message: String },
     #[error("reactors: must be between 1 and 256")]
@@ -61,6 +77,8 @@ pub struct Config {
     pub xdp: XdpConfig,
     #[serde(default)]
     pub nvme: NvmeConfig,
+    #[serde(default)]
+    pub iscsi: IscsiConfig,
     #[serde(default = "default_subsystems", rename = "subsystem")]
     pub subsystems: Vec<SubsystemConfig>,
     /// Reactor threads; by default one per CPU in the process's affinity mask.
@@ -72,6 +90,7 @@ impl Default for Config {
         Self {
             xdp: XdpConfig::default(),
             nvme: NvmeConfig::default(),
+            iscsi: IscsiConfig::default(),
             subsystems: default_subsystems(),
             reactors: None,
         }
@@ -80,6 +99,8 @@ impl Default for Config {
 
 /// The NQN of the subsystem served without a configuration file.
 pub const DEFAULT_NQN: &str = "nqn.2026-11.dev.xdp-target:default";
+/// The iSCSI name of the default target.
+pub const DEFAULT_IQN: &str = "iqn.2026-11.dev.xdp-target:default";
 /// NQNs are at most 223 bytes (NVMe Base 2.x, 4.5).
 const NQN_MAX: usize = 223;
 
@@ -89,12 +110,18 @@ fn default_subsystems() -> Vec<SubsystemConfig> {
         serial: None,
         model: default_model(),
         allow_hosts: Vec::new(),
+        iqn: Some(DEFAULT_IQN.into()),
+        allow_initiators: Vec::new(),
+        chap: None,
+        mutual_chap: None,
         namespaces: vec![NamespaceConfig {
             nsid: 1,
             backend: BackendKind::Memory,
             size: Some(Size(1 << 30)),
             path: None,
             block_size: 512,
+            nvme: true,
+            iscsi: true,
         }],
     }]
 }
@@ -123,6 +150,59 @@ impl Default for NvmeConfig {
     }
 }
 
+/// iSCSI serving: portals, digests, pings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiConfig {
+    #[serde(default = "default_iscsi_listen")]
+    pub listen: Vec<String>,
+    #[serde(default = "yes")]
+    pub header_digest: bool,
+    #[serde(default = "yes")]
+    pub data_digest: bool,
+    /// Seconds of silence before the target pings with a NOP-In (0: never).
+    #[serde(default = "default_nop_interval")]
+    pub nop_interval: u64,
+    /// Seconds a ping may stay unanswered before the connection is dropped.
+    #[serde(default = "default_nop_timeout")]
+    pub nop_timeout: u64,
+    /// CHAP required of discovery sessions.
+    pub discovery_chap: Option<ChapCredentials>,
+}
+
+impl Default for IscsiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_iscsi_listen(),
+            header_digest: true,
+            data_digest: true,
+            nop_interval: default_nop_interval(),
+            nop_timeout: default_nop_timeout(),
+            discovery_chap: None,
+        }
+    }
+}
+
+fn default_iscsi_listen() -> Vec<String> {
+    vec!["0.0.0.0:3260".into()]
+}
+
+const fn default_nop_interval() -> u64 {
+    5
+}
+
+const fn default_nop_timeout() -> u64 {
+    15
+}
+
+/// A CHAP user name and secret.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChapCredentials {
+    pub user: String,
+    pub secret: String,
+}
+
 fn default_listen() -> Vec<String> {
     vec!["0.0.0.0:4420".into(), "0.0.0.0:8009".into()]
 }
@@ -145,6 +225,14 @@ pub struct SubsystemConfig {
     pub model: String,
     #[serde(default)]
     pub allow_hosts: Vec<String>,
+    /// Also an iSCSI target of this name; its namespaces are LUNs (NSID - 1).
+    pub iqn: Option<String>,
+    #[serde(default)]
+    pub allow_initiators: Vec<String>,
+    /// CHAP required of initiators (RFC 7143 section 12.1.3).
+    pub chap: Option<ChapCredentials>,
+    /// The target's credentials when an initiator asks for mutual CHAP.
+    pub mutual_chap: Option<ChapCredentials>,
     #[serde(default, rename = "namespace")]
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -168,6 +256,12 @@ pub struct NamespaceConfig {
     pub path: Option<String>,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// Exported over NVMe/TCP.
+    #[serde(default = "yes")]
+    pub nvme: bool,
+    /// Exported as an iSCSI LUN (when the subsystem has an `iqn`).
+    #[serde(default = "yes")]
+    pub iscsi: bool,
 }
 
 const fn default_block_size() -> u32 {
@@ -309,11 +403,51 @@ impl Config {
             l.parse::<std::net::SocketAddr>()
                 .map_err(|_| ConfigError::Listen(l.clone()))?;
         }
+        for l in &self.iscsi.listen {
+            l.parse::<std::net::SocketAddr>()
+                .map_err(|_| ConfigError::IscsiListen(l.clone()))?;
+        }
         for (i, s) in self.subsystems.iter().enumerate() {
             let bad = |message: String| ConfigError::Subsystem {
                 nqn: s.nqn.clone(),
                 message,
             };
+            if let Some(iqn) = &s.iqn {
+                if !(iqn.starts_with("iqn.") || iqn.starts_with("eui.") || iqn.starts_with("naa."))
+                    || iqn.len() > 223
+                    || !iqn.is_ascii()
+                {
+                    return Err(bad(format!(
+                        "iqn {iqn:?}: an iSCSI name starts with \"iqn.\", \"eui.\" or \"naa.\" and has at most 223 ASCII bytes"
+                    )));
+                }
+                if self.subsystems[..i]
+                    .iter()
+                    .any(|o| o.iqn.as_ref() == Some(iqn))
+                {
+                    return Err(bad(format!("iqn {iqn:?} is used twice")));
+                }
+            }
+            for c in s
+                .chap
+                .iter()
+                .chain(&s.mutual_chap)
+                .chain(&self.iscsi.discovery_chap)
+            {
+                // RFC 7143 section 12.1.3: CHAP secrets of at least 12 bytes (96 bits); Linux's
+                // iscsid and libiscsi accept at most 256.
+                if c.secret.len() < 12 || c.secret.len() > 256 || c.user.is_empty() {
+                    return Err(bad(
+                        "chap: a user name and a secret of 12 to 256 bytes are needed".into(),
+                    ));
+                }
+            }
+            if s.mutual_chap.is_some() && s.chap.is_none() {
+                return Err(bad("mutual_chap needs chap".into()));
+            }
+            if s.chap.is_some() && s.iqn.is_none() {
+                return Err(bad("chap applies to iSCSI: set iqn too".into()));
+            }
             if !s.nqn.starts_with("nqn.") || s.nqn.len() > NQN_MAX || !s.nqn.is_ascii() {
                 return Err(bad(format!(
                     "the NQN must start with \"nqn.\" and be at most {NQN_MAX} ASCII bytes"

@@ -7,8 +7,8 @@
 mod backend;
 mod bpffs;
 mod config;
-mod nvme_server;
 mod perf;
+mod server;
 mod stats;
 mod xdp;
 
@@ -144,7 +144,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         warn!("nvme.listen is empty: no NVMe/TCP is served");
         None
     } else {
-        Some(nvme_server::start(&config)?)
+        Some(server::start(&config)?)
     };
     for s in &config.subsystems {
         for n in &s.namespaces {

@@ -85,7 +85,7 @@ impl Target {
     pub fn serve_xdp(ns: &Netns, iface: &str, extra: &[&str]) -> io::Result<Self> {
         let config =
             std::env::temp_dir().join(format!("xdp-target-steer-only-{}.toml", std::process::id()));
-        std::fs::write(&config, "[nvme]\nlisten = []\n")?;
+        std::fs::write(&config, "[nvme]\nlisten = []\n[iscsi]\nlisten = []\n")?;
         let config = config
             .to_str()
             .ok_or_else(|| io::Error::other("non-UTF-8 temp dir"))?

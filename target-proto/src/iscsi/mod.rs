@@ -1,4 +1,188 @@
-//! iSCSI target (RFC 7143) at error recovery level 0: login with CHAP, operational
-//! negotiation, discovery sessions, and the full feature phase of one-connection sessions.
+//! iSCSI target (RFC 7143) at error recovery level 0.
+//!
+//! - [`params`]: operational key negotiation (section 13) and the result functions.
+//! - [`chap`]: CHAP and mutual CHAP in the security stage (section 12.1.3).
+//! - [`conn`]: one TCP connection's engine: login (section 6), then the full feature phase
+//!   of a one-connection session: SCSI commands with immediate, unsolicited and solicited
+//!   data (R2T), Data-In with status collapse, CmdSN windows, NOP, task management, text
+//!   (SendTargets), logout.
+//! - This module: the targets, portals and the [`Registry`] of live sessions, the only state
+//!   the connections share (TSIH allocation and session reinstatement, section 6.3.5).
+//!
+//! Sessions have one connection (MaxConnections=1): a second connection to a session is
+//! refused at login, so every task of a session lives in one connection's engine.
+
 pub mod chap;
+pub mod conn;
+pub mod host;
 pub mod params;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::scsi::ScsiTarget;
+use chap::ChapConfig;
+
+/// One iSCSI target node: a name and its logical units.
+pub struct TargetNode {
+    pub iqn: String,
+    pub alias: Option<String>,
+    pub scsi: Arc<ScsiTarget>,
+    /// Initiator names allowed to log in; `None` allows any.
+    pub allowed_initiators: Option<Vec<String>>,
+    /// CHAP required of initiators logging in to this target.
+    pub chap: Option<ChapConfig>,
+}
+
+impl TargetNode {
+    pub fn allows(&self, initiator: &str) -> bool {
+        self.allowed_initiators
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|i| i == initiator))
+    }
+}
+
+/// An address the target listens on, reported by SendTargets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Portal {
+    /// `None` for a wildcard listener: the address the initiator reached is reported.
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+}
+
+/// The portal group every portal belongs to (TargetPortalGroupTag).
+pub const PORTAL_GROUP: u16 = 1;
+
+/// A live session as the registry knows it.
+#[derive(Debug)]
+struct SessionEntry {
+    initiator: String,
+    isid: [u8; 6],
+    target: String,
+    tsih: u16,
+    /// Set when a newer login reinstates this session: its connection ends itself.
+    killed: Arc<AtomicBool>,
+}
+
+/// What a new session gets from the registry.
+#[derive(Debug)]
+pub struct SessionGrant {
+    pub tsih: u16,
+    /// Unique per session while the target runs: the I_T nexus identifier.
+    pub nexus_id: u64,
+    pub killed: Arc<AtomicBool>,
+    /// A session with the same initiator, ISID and target was ended (reinstatement).
+    pub reinstated: bool,
+}
+
+/// Targets, portals and live sessions, shared by all connections behind a mutex; touched
+/// at login and logout only.
+pub struct Registry {
+    targets: Vec<Arc<TargetNode>>,
+    portals: Vec<Portal>,
+    /// CHAP required for discovery sessions.
+    pub discovery_chap: Option<ChapConfig>,
+    sessions: Vec<SessionEntry>,
+    next_tsih: u16,
+    next_nexus: u64,
+}
+
+impl Registry {
+    pub fn new(targets: Vec<TargetNode>, portals: Vec<Portal>) -> Self {
+        Self {
+            targets: targets.into_iter().map(Arc::new).collect(),
+            portals,
+            discovery_chap: None,
+            sessions: Vec::new(),
+            next_tsih: 1,
+            next_nexus: 1,
+        }
+    }
+
+    pub fn targets(&self) -> &[Arc<TargetNode>] {
+        &self.targets
+    }
+
+    pub fn portals(&self) -> &[Portal] {
+        &self.portals
+    }
+
+    pub fn target(&self, iqn: &str) -> Option<Arc<TargetNode>> {
+        // iSCSI names compare case-insensitively after stringprep; IQNs are lower case.
+        self.targets
+            .iter()
+            .find(|t| t.iqn.eq_ignore_ascii_case(iqn))
+            .cloned()
+    }
+
+    /// Opens a session; one with the same initiator name, ISID and target is ended
+    /// (session reinstatement, RFC 7143 section 6.3.5).
+    pub fn open_session(&mut self, initiator: &str, isid: [u8; 6], target: &str) -> SessionGrant {
+        let mut reinstated = false;
+        self.sessions.retain(|s| {
+            let same = s.initiator == initiator && s.isid == isid && s.target == target;
+            if same {
+                s.killed.store(true, Ordering::Relaxed);
+                reinstated = true;
+            }
+            !same
+        });
+        let mut tsih = self.next_tsih;
+        while tsih == 0 || self.sessions.iter().any(|s| s.tsih == tsih) {
+            tsih = tsih.wrapping_add(1);
+        }
+        self.next_tsih = tsih.wrapping_add(1);
+        let nexus_id = self.next_nexus;
+        self.next_nexus += 1;
+        let killed = Arc::new(AtomicBool::new(false));
+        self.sessions.push(SessionEntry {
+            initiator: initiator.to_string(),
+            isid,
+            target: target.to_string(),
+            tsih,
+            killed: Arc::clone(&killed),
+        });
+        SessionGrant {
+            tsih,
+            nexus_id,
+            killed,
+            reinstated,
+        }
+    }
+
+    /// Whether a session with this TSIH lives (a login naming it adds a connection).
+    pub fn session_exists(&self, tsih: u16) -> bool {
+        self.sessions.iter().any(|s| s.tsih == tsih)
+    }
+
+    pub fn close_session(&mut self, tsih: u16) {
+        self.sessions.retain(|s| s.tsih != tsih);
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reinstatement_kills_the_old_session() {
+        let mut r = Registry::new(Vec::new(), Vec::new());
+        let a = r.open_session("iqn.i", [1; 6], "iqn.t");
+        let b = r.open_session("iqn.i", [2; 6], "iqn.t");
+        assert_ne!(a.tsih, b.tsih);
+        assert!(!a.reinstated && !b.reinstated);
+        let c = r.open_session("iqn.i", [1; 6], "iqn.t");
+        assert!(c.reinstated);
+        assert!(a.killed.load(Ordering::Relaxed));
+        assert!(!b.killed.load(Ordering::Relaxed));
+        assert!(!r.session_exists(a.tsih) || a.tsih == c.tsih);
+        assert_eq!(r.session_count(), 2);
+        r.close_session(b.tsih);
+        assert!(!r.session_exists(b.tsih));
+    }
+}

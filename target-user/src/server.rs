@@ -1,10 +1,12 @@
-//! NVMe/TCP over kernel sockets: the socket transport of ARCHITECTURE.md.
+//! NVMe/TCP and iSCSI over kernel sockets: the socket transport of ARCHITECTURE.md.
 //!
 //! One reactor thread per core, each with its own epoll instance (mio), its own listening
 //! socket per address (SO_REUSEPORT, so the kernel spreads new connections across
 //! reactors) and the connections it accepted. A reactor never blocks: sockets are
 //! non-blocking and the memory backend completes in place. Nothing is shared on the I/O
-//! path; the controller registry (a mutex) is touched only at Connect, CC.EN and teardown.
+//! path; the NVMe controller registry and the iSCSI session registry (mutexes) are touched
+//! only at Connect/login, CC.EN and teardown. Both protocols share the namespaces: an iSCSI
+//! LUN and an NVMe namespace can be the same backend.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -19,14 +21,19 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use target_proto::iscsi::chap::{ChapConfig, ChapSecret};
+use target_proto::iscsi::conn::{ConnEvent, ConnParams, IscsiConn, Timers};
+use target_proto::iscsi::params::TargetLimits;
+use target_proto::iscsi::{Portal, Registry as IscsiRegistry, TargetNode};
 use target_proto::nvme::controller::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
 use target_proto::nvme::subsystem::{Namespace, Port, Registry, Subsystem};
 use target_proto::nvme_tcp::icreq::ControllerParams;
 use target_proto::nvme_tcp::queue::NvmeTcpQueue;
+use target_proto::scsi::{LunConfig, ScsiTarget};
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, FileBackend, FileBackendError, MemoryBackend};
-use crate::config::{BackendKind, Config};
+use crate::config::{BackendKind, ChapCredentials, Config};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 256 * 1024;
@@ -71,12 +78,30 @@ impl Server {
     }
 }
 
-/// Subsystems as the controller sees them, and the backends their namespaces point at.
-fn build(config: &Config) -> Result<(Vec<Subsystem>, Vec<Arc<Backend>>), ServeError> {
+/// What the configuration builds: NVMe subsystems, iSCSI targets and the backends both
+/// point at.
+struct Built {
+    subsystems: Vec<Subsystem>,
+    targets: Vec<TargetNode>,
+    backends: Vec<Arc<Backend>>,
+}
+
+fn chap(c: &ChapCredentials) -> ChapSecret {
+    ChapSecret {
+        name: c.user.clone(),
+        secret: c.secret.as_bytes().to_vec(),
+    }
+}
+
+/// Subsystems as the controller sees them, iSCSI targets, and the backends their
+/// namespaces point at.
+fn build(config: &Config) -> Result<Built, ServeError> {
     let mut backends = Vec::new();
     let mut subsystems = Vec::new();
+    let mut targets = Vec::new();
     for s in &config.subsystems {
         let mut namespaces = Vec::new();
+        let mut luns = Vec::new();
         for n in &s.namespaces {
             let backend = match n.backend {
                 BackendKind::Memory => {
@@ -96,6 +121,25 @@ fn build(config: &Config) -> Result<(Vec<Subsystem>, Vec<Arc<Backend>>), ServeEr
             };
             let id = u32::try_from(backends.len()).expect("fewer than 2^32 namespaces");
             let ident = identity(&s.nqn, n.nsid);
+            if s.iqn.is_some() && n.iscsi {
+                luns.push(LunConfig {
+                    lun: u64::from(n.nsid - 1),
+                    block_size: n.block_size,
+                    blocks: backend.size() / u64::from(n.block_size),
+                    backend: id,
+                    volatile_write_cache: backend.volatile_cache(),
+                    thin: true,
+                    read_only: false,
+                    identity: ident,
+                    vendor: "XDPT".into(),
+                    product: s.model.chars().take(16).collect(),
+                    revision: env!("CARGO_PKG_VERSION").chars().take(4).collect(),
+                });
+            }
+            if !n.nvme {
+                backends.push(Arc::new(backend));
+                continue;
+            }
             namespaces.push(Namespace {
                 nsid: n.nsid,
                 block_size: n.block_size,
@@ -110,6 +154,19 @@ fn build(config: &Config) -> Result<(Vec<Subsystem>, Vec<Arc<Backend>>), ServeEr
             backends.push(Arc::new(backend));
         }
         namespaces.sort_by_key(|n| n.nsid);
+        if let Some(iqn) = &s.iqn {
+            targets.push(TargetNode {
+                iqn: iqn.clone(),
+                alias: None,
+                scsi: Arc::new(ScsiTarget::new(luns)),
+                allowed_initiators: (!s.allow_initiators.is_empty())
+                    .then(|| s.allow_initiators.clone()),
+                chap: s.chap.as_ref().map(|c| ChapConfig {
+                    initiator: chap(c),
+                    target: s.mutual_chap.as_ref().map(chap),
+                }),
+            });
+        }
         let serial = s.serial.clone().unwrap_or_else(|| {
             let h = identity(&s.nqn, 0);
             h[..10].iter().map(|b| format!("{b:02x}")).collect()
@@ -123,7 +180,11 @@ fn build(config: &Config) -> Result<(Vec<Subsystem>, Vec<Arc<Backend>>), ServeEr
             allowed_hosts: (!s.allow_hosts.is_empty()).then(|| s.allow_hosts.clone()),
         });
     }
-    Ok((subsystems, backends))
+    Ok(Built {
+        subsystems,
+        targets,
+        backends,
+    })
 }
 
 /// 16 stable bytes for a namespace (NGUID, EUI-64, UUID), from its subsystem and NSID, so
@@ -175,16 +236,29 @@ fn listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 }
 
 /// Binds every listener for every reactor, then starts the reactors.
+/// Which protocol a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Nvme,
+    Iscsi,
+}
+
+fn parse_addrs(list: &[String]) -> Vec<SocketAddr> {
+    list.iter()
+        .map(|l| l.parse().expect("validated by Config::validate"))
+        .collect()
+}
+
 pub fn start(config: &Config) -> Result<Server, ServeError> {
-    let (subsystems, backends) = build(config)?;
+    let Built {
+        subsystems,
+        targets,
+        backends,
+    } = build(config)?;
     let needs_ring = backends.iter().any(|b| matches!(**b, Backend::File(_)));
     let mut registry = Registry::new(subsystems);
-    let addrs: Vec<SocketAddr> = config
-        .nvme
-        .listen
-        .iter()
-        .map(|l| l.parse().expect("validated by Config::validate"))
-        .collect();
+    let addrs = parse_addrs(&config.nvme.listen);
+    let iscsi_addrs = parse_addrs(&config.iscsi.listen);
     registry.set_ports(
         addrs
             .iter()
@@ -198,6 +272,38 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             .collect(),
     );
     let registry = Arc::new(Mutex::new(registry));
+    let mut iscsi_registry = IscsiRegistry::new(
+        targets,
+        iscsi_addrs
+            .iter()
+            .map(|a| Portal {
+                addr: (!a.ip().is_unspecified()).then_some(a.ip()),
+                port: a.port(),
+            })
+            .collect(),
+    );
+    iscsi_registry.discovery_chap = config.iscsi.discovery_chap.as_ref().map(|c| ChapConfig {
+        initiator: chap(c),
+        target: None,
+    });
+    let iscsi_registry = Arc::new(Mutex::new(iscsi_registry));
+    let iscsi_params = ConnParams {
+        limits: TargetLimits {
+            allow_header_digest: config.iscsi.header_digest,
+            allow_data_digest: config.iscsi.data_digest,
+            ..TargetLimits::default()
+        },
+        timers: Timers {
+            nop_interval_ms: config.iscsi.nop_interval * 1000,
+            nop_timeout_ms: config.iscsi.nop_timeout * 1000,
+            ..Timers::default()
+        },
+    };
+    let all: Vec<(SocketAddr, Proto)> = addrs
+        .iter()
+        .map(|&a| (a, Proto::Nvme))
+        .chain(iscsi_addrs.iter().map(|&a| (a, Proto::Iscsi)))
+        .collect();
     let params = ControllerParams {
         allow_header_digest: config.nvme.header_digest,
         allow_data_digest: config.nvme.data_digest,
@@ -209,13 +315,13 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
     let mut threads = Vec::with_capacity(n);
     let mut listening = Vec::new();
     for r in 0..n {
-        let mut listeners = Vec::with_capacity(addrs.len());
-        for &a in &addrs {
+        let mut listeners = Vec::with_capacity(all.len());
+        for &(a, proto) in &all {
             let l = listener(a)?;
             if r == 0 {
-                listening.push(l.local_addr().unwrap_or(a));
+                listening.push((proto, l.local_addr().unwrap_or(a)));
             }
-            listeners.push(l);
+            listeners.push((l, proto));
         }
         let poll = Poll::new().map_err(ServeError::Reactor)?;
         let ring = if needs_ring {
@@ -230,6 +336,9 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             conns: Vec::new(),
             free: Vec::new(),
             registry: Arc::clone(&registry),
+            iscsi_registry: Arc::clone(&iscsi_registry),
+            iscsi_params,
+            urandom: std::fs::File::open("/dev/urandom").ok(),
             backends: backends.clone(),
             ring,
             pending: HashMap::new(),
@@ -248,14 +357,134 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             .map_err(ServeError::Reactor)?;
         threads.push(t);
     }
-    info!(reactors = n, listen = ?listening, "NVMe/TCP serving over kernel sockets");
+    let nvme: Vec<_> = listening
+        .iter()
+        .filter(|l| l.0 == Proto::Nvme)
+        .map(|l| l.1)
+        .collect();
+    let iscsi: Vec<_> = listening
+        .iter()
+        .filter(|l| l.0 == Proto::Iscsi)
+        .map(|l| l.1)
+        .collect();
+    info!(reactors = n, nvme = ?nvme, iscsi = ?iscsi, "serving over kernel sockets");
     Ok(Server { stop, threads })
+}
+
+/// A connection's protocol engine.
+enum Engine {
+    Nvme(NvmeTcpQueue),
+    Iscsi(Box<IscsiConn>),
+}
+
+impl Engine {
+    fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now: u64) {
+        match self {
+            Self::Nvme(q) => q.receive(input, registry, now),
+            Self::Iscsi(c) => c.receive(input, now),
+        }
+    }
+
+    fn output(&self) -> &[u8] {
+        match self {
+            Self::Nvme(q) => q.output(),
+            Self::Iscsi(c) => c.output(),
+        }
+    }
+
+    fn consume_output(&mut self, n: usize) {
+        match self {
+            Self::Nvme(q) => q.consume_output(n),
+            Self::Iscsi(c) => c.consume_output(n),
+        }
+    }
+
+    fn closing(&self) -> bool {
+        match self {
+            Self::Nvme(q) => q.closing(),
+            Self::Iscsi(c) => c.closing(),
+        }
+    }
+
+    fn next_io(&mut self) -> Option<(usize, BlockIo)> {
+        match self {
+            Self::Nvme(q) => q.next_io(),
+            Self::Iscsi(c) => c.next_io(),
+        }
+    }
+
+    fn buffer_mut(&mut self, slot: usize) -> &mut [u8] {
+        match self {
+            Self::Nvme(q) => q.buffer_mut(slot),
+            Self::Iscsi(c) => c.buffer_mut(slot),
+        }
+    }
+
+    fn io_done(&mut self, slot: usize, outcome: IoOutcome) {
+        match self {
+            Self::Nvme(q) => q.io_done(slot, outcome),
+            Self::Iscsi(c) => c.io_done(slot, outcome),
+        }
+    }
+
+    /// False when the connection must end; `why` says why.
+    fn tick(&mut self, now: u64, registry: &Mutex<Registry>) -> Result<(), &'static str> {
+        match self {
+            Self::Nvme(q) if !q.tick(now, registry) => Err(if q.controller().qid() == Some(0) {
+                "keep-alive timeout expired"
+            } else {
+                "its controller is gone"
+            }),
+            Self::Iscsi(c) if !c.tick(now) => {
+                Err("NOP-In ping unanswered, login timeout or session reinstated")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn teardown(&mut self, registry: &Mutex<Registry>) {
+        match self {
+            Self::Nvme(q) => q.teardown(registry),
+            Self::Iscsi(c) => c.teardown(),
+        }
+    }
+
+    /// Logs what the iSCSI engine reported.
+    fn log_events(&mut self, peer: SocketAddr) {
+        let Self::Iscsi(c) = self else { return };
+        for e in c.take_events() {
+            match e {
+                ConnEvent::LoggedIn {
+                    initiator,
+                    target,
+                    tsih,
+                    reinstated,
+                } => info!(%peer, initiator, ?target, tsih, reinstated, "iSCSI login"),
+                ConnEvent::LoginFailed { status, why } => {
+                    warn!(%peer, status = format!("{status:04x}"), "iSCSI login refused: {why}");
+                }
+                ConnEvent::ProtocolError(why) => warn!(%peer, "iSCSI protocol error: {why}"),
+                ConnEvent::LoggedOut => debug!(%peer, "iSCSI logout"),
+                ConnEvent::NopTimeout => {
+                    warn!(%peer, "iSCSI initiator stopped answering NOP-In pings")
+                }
+                ConnEvent::Reinstated => info!(%peer, "iSCSI session reinstated by a new login"),
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Nvme(q) => format!("NVMe qid {:?}", q.controller().qid()),
+            Self::Iscsi(_) => "iSCSI".into(),
+        }
+    }
 }
 
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
-    q: NvmeTcpQueue,
+    q: Engine,
     /// io_uring operations still using this connection's buffers.
     inflight: usize,
     /// Closed, but kept until `inflight` is zero (the kernel still holds its buffers).
@@ -277,11 +506,14 @@ struct SlotIo {
 struct Reactor {
     id: usize,
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Proto)>,
     /// Connections by token (token = listeners + index); `None` where one closed.
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     registry: Arc<Mutex<Registry>>,
+    iscsi_registry: Arc<Mutex<IscsiRegistry>>,
+    iscsi_params: ConnParams,
+    urandom: Option<std::fs::File>,
     backends: Vec<Arc<Backend>>,
     /// For file backends: this reactor's ring, and its operations by user data
     /// (connection index << 16 | slot).
@@ -299,7 +531,7 @@ impl Reactor {
     }
 
     fn run(mut self, stop: &AtomicBool) {
-        for (i, l) in self.listeners.iter_mut().enumerate() {
+        for (i, (l, _)) in self.listeners.iter_mut().enumerate() {
             if let Err(e) = self
                 .poll
                 .registry()
@@ -368,7 +600,7 @@ impl Reactor {
 
     fn accept(&mut self, l: usize) {
         loop {
-            match self.listeners[l].accept() {
+            match self.listeners[l].0.accept() {
                 Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().ok().map(|a| a.ip());
@@ -387,10 +619,25 @@ impl Reactor {
                         continue;
                     }
                     debug!(reactor = self.id, %peer, "connection accepted");
+                    let q = match self.listeners[l].1 {
+                        Proto::Nvme => Engine::Nvme(NvmeTcpQueue::new(self.params, local)),
+                        Proto::Iscsi => {
+                            let mut random = [0u8; 17];
+                            if let Some(u) = &mut self.urandom {
+                                let _ = u.read_exact(&mut random);
+                            }
+                            Engine::Iscsi(Box::new(IscsiConn::new(
+                                self.iscsi_params,
+                                Arc::clone(&self.iscsi_registry),
+                                local,
+                                random,
+                            )))
+                        }
+                    };
                     self.conns[i] = Some(Conn {
                         stream,
                         peer,
-                        q: NvmeTcpQueue::new(self.params, local),
+                        q,
                         inflight: 0,
                         dead: false,
                     });
@@ -427,6 +674,7 @@ impl Reactor {
                 }
                 Ok(n) => {
                     c.q.receive(&self.buf[..n], &self.registry, now);
+                    c.q.log_events(c.peer);
                     let closing = c.q.closing();
                     self.run_io(i);
                     if closing {
@@ -452,7 +700,7 @@ impl Reactor {
         } else if c.q.closing() && c.q.output().is_empty() {
             self.close(
                 i,
-                "the queue ended (disconnect, keep-alive expiry or protocol error)",
+                "the protocol ended it (disconnect, logout, keep-alive expiry or protocol error)",
             );
         }
     }
@@ -463,13 +711,12 @@ impl Reactor {
             let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
                 continue;
             };
-            if !c.q.tick(now, &self.registry) {
-                let why = if c.q.controller().qid() == Some(0) {
-                    "keep-alive timeout expired"
-                } else {
-                    "its controller is gone"
-                };
+            let r = c.q.tick(now, &self.registry);
+            c.q.log_events(c.peer);
+            if let Err(why) = r {
                 self.close(i, why);
+            } else if !flush(c) {
+                self.close(i, "send failed");
             }
         }
     }
@@ -485,7 +732,7 @@ impl Reactor {
         };
         c.q.teardown(&self.registry);
         let _ = self.poll.registry().deregister(&mut c.stream);
-        info!(reactor = self.id, peer = %c.peer, qid = ?c.q.controller().qid(), "connection closed: {why}");
+        info!(reactor = self.id, peer = %c.peer, engine = c.q.describe(), "connection closed: {why}");
         c.dead = true;
         self.release(i);
     }
@@ -606,8 +853,14 @@ impl Reactor {
                     (false, None) => IoOutcome::Ok,
                 };
                 c.q.io_done(slot, outcome);
-                if !flush(c) {
-                    self.close(i, "send failed");
+                // A multi-step command (iSCSI COMPARE AND WRITE, WRITE SAME) may go on.
+                self.run_io(i);
+                if let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) {
+                    if !flush(c) {
+                        self.close(i, "send failed");
+                    } else if c.q.closing() && c.q.output().is_empty() {
+                        self.close(i, "the protocol ended it");
+                    }
                 }
             }
             self.release(i);
@@ -783,8 +1036,18 @@ mod tests {
 
     #[test]
     fn default_config_builds_one_gib_namespace() {
-        let (subs, backends) = build(&Config::default()).unwrap();
+        let Built {
+            subsystems: subs,
+            targets,
+            backends,
+        } = build(&Config::default()).unwrap();
         assert_eq!(subs.len(), 1);
+        assert_eq!(targets.len(), 1);
+        assert_eq!(
+            targets[0].scsi.luns().len(),
+            1,
+            "the namespace is also LUN 0"
+        );
         assert_eq!(subs[0].namespaces[0].blocks, 2 * 1024 * 1024);
         assert_eq!(backends.len(), 1);
         assert_eq!(subs[0].serial.len(), 20);
