@@ -9,3 +9,4 @@
 pub mod block;
 pub mod nvme;
 pub mod nvme_tcp;
+pub mod scsi;
