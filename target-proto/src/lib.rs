@@ -10,3 +10,4 @@ pub mod block;
 pub mod iscsi;
 pub mod nvme;
 pub mod nvme_tcp;
+pub mod scsi;

@@ -1,0 +1,179 @@
+//! Logical unit state shared by every I_T nexus: the I_T nexuses seen, their unit
+//! attention queues (SAM-5 5.14), mode parameters, the SPC-2 RESERVE(6) reservation
+//! (SPC-2 7.21), PREVENT ALLOW MEDIUM REMOVAL state (SBC-3 5.13) and persistent
+//! reservations (`pr`).
+//!
+//! Access control: which commands an I_T nexus that does not hold a reservation may run
+//! follows SPC-2 5.5.1 for RESERVE(6) (only INQUIRY, REPORT LUNS, REQUEST SENSE, REPORT
+//! SUPPORTED OPERATION CODES and RELEASE(6) pass) and SPC-4 5.12.1 table 61 with SBC-3
+//! 4.17 table 10 for persistent reservations.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::cdb::op;
+use super::mode::ModeParams;
+use super::pr::{PrState, ResType};
+use super::sense::Asc;
+use super::{MAX_PENDING_UAS, Nexus};
+
+/// An I_T nexus as persistent reservations know it: the ports, not the session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Ports {
+    pub initiator: String,
+    pub target: String,
+    pub relative_port: u16,
+}
+
+impl Ports {
+    pub fn of(n: &Nexus) -> Self {
+        Self {
+            initiator: n.initiator_port.clone(),
+            target: n.target_port.clone(),
+            relative_port: n.relative_port,
+        }
+    }
+
+    pub fn is(&self, n: &Nexus) -> bool {
+        self.initiator == n.initiator_port && self.target == n.target_port
+    }
+}
+
+/// How a command stands against reservations it does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Allowed whatever the reservation (INQUIRY, REPORT LUNS, PR IN, ...).
+    Always,
+    /// Reads the medium (allowed under Write Exclusive types).
+    Read,
+    /// Changes the medium or logical unit state.
+    Write,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LuState {
+    pub mode: ModeParams,
+    nexuses: HashMap<u64, Ports>,
+    uas: HashMap<u64, VecDeque<Asc>>,
+    /// The I_T nexus (session id) holding the RESERVE(6) reservation.
+    pub reserve6: Option<u64>,
+    /// I_T nexuses with PREVENT set.
+    pub prevent: HashSet<u64>,
+    pub pr: PrState,
+}
+
+impl LuState {
+    /// Notes an I_T nexus on its first command; unit attentions reach only nexuses seen.
+    /// No power-on unit attention is queued for a new nexus.
+    pub fn seen(&mut self, n: &Nexus) {
+        self.nexuses.entry(n.id).or_insert_with(|| Ports::of(n));
+    }
+
+    pub fn take_ua(&mut self, nexus: u64) -> Option<Asc> {
+        let q = self.uas.get_mut(&nexus)?;
+        let ua = q.pop_front();
+        if q.is_empty() {
+            self.uas.remove(&nexus);
+        }
+        ua
+    }
+
+    pub fn queue_ua(&mut self, nexus: u64, asc: Asc) {
+        let q = self.uas.entry(nexus).or_default();
+        if q.contains(&asc) {
+            return;
+        }
+        if q.len() >= MAX_PENDING_UAS {
+            q.pop_front();
+        }
+        q.push_back(asc);
+    }
+
+    /// Queues `asc` for every nexus seen except `except`.
+    pub fn queue_ua_all(&mut self, asc: Asc, except: Option<u64>) {
+        let ids: Vec<u64> = self
+            .nexuses
+            .keys()
+            .copied()
+            .filter(|id| Some(*id) != except)
+            .collect();
+        for id in ids {
+            self.queue_ua(id, asc);
+        }
+    }
+
+    /// Queues `asc` for every live nexus with these ports, except `except`.
+    pub fn queue_ua_ports(&mut self, ports: &Ports, asc: Asc, except: u64) {
+        let ids: Vec<u64> = self
+            .nexuses
+            .iter()
+            .filter(|(id, p)| {
+                **id != except && p.initiator == ports.initiator && p.target == ports.target
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.queue_ua(id, asc);
+        }
+    }
+
+    /// Logical unit reset (SAM-5 6.6; SPC-2 5.5.1; SPC-4 7.5.1): reservations made with
+    /// RESERVE(6) and PREVENT state go, mode parameters return to their defaults (nothing
+    /// is saved), and every I_T nexus gets a unit attention. Persistent reservations stay.
+    pub fn reset(&mut self, asc: Asc) {
+        self.reserve6 = None;
+        self.prevent.clear();
+        self.mode = ModeParams::default();
+        self.queue_ua_all(asc, None);
+    }
+
+    pub fn nexus_lost(&mut self, id: u64) {
+        self.nexuses.remove(&id);
+        self.uas.remove(&id);
+        self.prevent.remove(&id);
+        if self.reserve6 == Some(id) {
+            self.reserve6 = None;
+        }
+    }
+
+    /// Whether `n` may run a command with this opcode and access class now.
+    pub fn conflicts(&self, n: &Nexus, opcode: u8, access: Access) -> bool {
+        if let Some(holder) = self.reserve6
+            && holder != n.id
+        {
+            return !matches!(
+                opcode,
+                op::INQUIRY
+                    | op::REPORT_LUNS
+                    | op::REQUEST_SENSE
+                    | op::RELEASE_6
+                    | op::MAINTENANCE_IN
+            );
+        }
+        if matches!(opcode, op::RESERVE_6 | op::RELEASE_6) {
+            // SPC-4 5.12.3 (via SPC-3 5.6.3): with any registration, both conflict.
+            return !self.pr.regs.is_empty();
+        }
+        let Some(res) = &self.pr.reservation else {
+            return false;
+        };
+        if self.pr.is_holder(n) {
+            return false;
+        }
+        let registered = self.pr.registration(n).is_some();
+        match access {
+            Access::Always => false,
+            Access::Read => match res.kind {
+                ResType::WriteExclusive
+                | ResType::WriteExclusiveRegistrantsOnly
+                | ResType::WriteExclusiveAllRegistrants => false,
+                ResType::ExclusiveAccess => true,
+                ResType::ExclusiveAccessRegistrantsOnly
+                | ResType::ExclusiveAccessAllRegistrants => !registered,
+            },
+            Access::Write => match res.kind {
+                ResType::WriteExclusive | ResType::ExclusiveAccess => true,
+                _ => !registered,
+            },
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! SCSI logical units for the iSCSI target: a subset of SPC-4 (primary commands,
+//! reservations, mode pages, unit attentions) and SBC-3 (block commands) that Linux's
+//! `sd` and libiscsi's compliance suite use.
+//!
+//! [`ScsiTarget::command`] parses a CDB (SAM-5 5.2 and the command's SPC-4/SBC-3 section)
+//! into a [`Task`]; the transport collects the data-out the task asks for, then drives
+//! [`Task::step`], which either answers at once ([`Step::Done`]) or asks for block I/O on
+//! the command's buffer ([`Step::Io`]) and continues with its outcome. Nothing here reads
+//! a socket or a file, and no input panics: bad CDBs, parameter lists and outcomes all
+//! become CHECK CONDITION with sense data (`sense`).
+//!
+//! State shared by all I_T nexuses of a logical unit (`lu`): mode parameters (one set per
+//! logical unit, SPC-4 7.5.1), unit attention queues per I_T nexus (SAM-5 5.14), the
+//! SPC-2 RESERVE(6) reservation and persistent reservations (SPC-4 5.12, `pr`).
+//! Invariants: every [`BlockIo`] a task returns lies inside its logical unit; a data-in
+//! length never exceeds the CDB's ALLOCATION LENGTH or the transfer length.
+
+mod cdb;
+mod inquiry;
+mod lu;
+mod mode;
+mod opcodes;
+mod pr;
+pub mod sense;
+mod task;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use crate::block::{AlignedBuf, BlockIo, BlockOp, IoOutcome};
+pub use sense::{Asc, FieldPointer, Sense, key, status};
+pub use task::{Completion, Step, Task};
+
+use lu::LuState;
+
+/// Largest data transfer of one READ/WRITE in bytes at 512-byte blocks: the block limits
+/// VPD page's MAXIMUM TRANSFER LENGTH is this over the block size, but never under
+/// [`MIN_MAX_TRANSFER_BLOCKS`] (see [`LunConfig::max_transfer_blocks`]).
+pub const MAX_TRANSFER_BYTES: usize = 128 * 1024;
+/// libiscsi's suite reads and writes 1..=256 blocks per command whatever the block limits
+/// say, so 4096-byte logical units accept 256 blocks (1 MiB) per command.
+pub const MIN_MAX_TRANSFER_BLOCKS: u32 = 256;
+/// WRITE SAME writes its pattern in chunks of this many bytes.
+pub const WRITE_SAME_CHUNK_BYTES: usize = 128 * 1024;
+/// UNMAP limits reported in the block limits VPD page.
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Largest WRITE SAME range in blocks (block limits MAXIMUM WRITE SAME LENGTH).
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 24;
+/// Persistent reservation registrations one logical unit holds at most.
+pub const MAX_REGISTRATIONS: usize = 64;
+/// Unit attentions queued per I_T nexus at most (older ones are dropped first).
+pub const MAX_PENDING_UAS: usize = 8;
+
+/// What a logical unit is; built by user space from the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LunConfig {
+    /// LUN number (0..=255 is enough; REPORT LUNS uses peripheral device addressing).
+    pub lun: u64,
+    /// 512 or 4096.
+    pub block_size: u32,
+    pub blocks: u64,
+    /// Copied into every [`BlockIo::backend`]; [`BlockIo::nsid`] is the LUN.
+    pub backend: u32,
+    /// Advertise WCE=1 in the caching mode page; SYNCHRONIZE CACHE becomes a Flush.
+    pub volatile_write_cache: bool,
+    /// UNMAP and WRITE SAME with UNMAP deallocate; unmapped blocks read zero.
+    pub thin: bool,
+    /// Writes fail with DATA PROTECT, WRITE PROTECTED; MODE SENSE reports WP.
+    pub read_only: bool,
+    /// Stable per LUN: the NAA designator in VPD 83h and the serial number in VPD 80h.
+    pub identity: [u8; 16],
+    /// Up to 8 ASCII characters (padded with spaces).
+    pub vendor: String,
+    /// Up to 16 ASCII characters.
+    pub product: String,
+    /// Up to 4 ASCII characters.
+    pub revision: String,
+}
+
+impl LunConfig {
+    /// Bytes of the logical unit.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.blocks.saturating_mul(u64::from(self.block_size))
+    }
+
+    /// MAXIMUM TRANSFER LENGTH in blocks.
+    pub fn max_transfer_blocks(&self) -> u32 {
+        (MAX_TRANSFER_BYTES as u32 / self.block_size.max(1)).max(MIN_MAX_TRANSFER_BLOCKS)
+    }
+
+    /// The largest data-in or data-out of one command in bytes (a transport sizes its
+    /// buffers with it; COMPARE AND WRITE fits both halves in it).
+    pub fn max_transfer_bytes(&self) -> usize {
+        self.max_transfer_blocks() as usize * self.block_size as usize
+    }
+
+    /// MAXIMUM COMPARE AND WRITE LENGTH: both halves fit in one maximum transfer.
+    pub fn max_compare_and_write_blocks(&self) -> u8 {
+        (self.max_transfer_blocks() / 2).clamp(1, 255) as u8
+    }
+}
+
+/// One logical unit, shared by every session of its target.
+#[derive(Debug)]
+pub struct LogicalUnit {
+    cfg: LunConfig,
+    state: Mutex<LuState>,
+}
+
+impl LogicalUnit {
+    pub fn new(cfg: LunConfig) -> Self {
+        Self {
+            cfg,
+            state: Mutex::new(LuState::default()),
+        }
+    }
+
+    pub fn config(&self) -> &LunConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LuState> {
+        // A panic while holding the lock cannot leave the state half-changed in a way that
+        // matters more than stopping every session; keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An I_T nexus: one iSCSI session. `id` is unique per session while it lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nexus {
+    pub id: u64,
+    /// The initiator port name, e.g. "iqn.x,i,0x23d000000001" (the TransportID for PR).
+    pub initiator_port: String,
+    /// The target port name, e.g. "iqn.target,t,0x0001".
+    pub target_port: String,
+    pub relative_port: u16,
+}
+
+/// Task management functions (SAM-5 7) as far as they change logical unit state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskManagement {
+    AbortTask,
+    AbortTaskSet,
+    ClearAca,
+    ClearTaskSet,
+    LunReset,
+    TargetWarmReset,
+    TargetColdReset,
+}
+
+/// All logical units of one iSCSI target, shared by its sessions.
+#[derive(Debug)]
+pub struct ScsiTarget {
+    luns: Vec<Arc<LogicalUnit>>,
+}
+
+impl ScsiTarget {
+    /// Builds the logical units; a repeated LUN number keeps the first.
+    pub fn new(mut luns: Vec<LunConfig>) -> Self {
+        luns.sort_by_key(|c| c.lun);
+        luns.dedup_by_key(|c| c.lun);
+        Self {
+            luns: luns
+                .into_iter()
+                .map(|c| Arc::new(LogicalUnit::new(c)))
+                .collect(),
+        }
+    }
+
+    pub fn luns(&self) -> &[Arc<LogicalUnit>] {
+        &self.luns
+    }
+
+    fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
+        self.luns
+            .binary_search_by_key(&lun, |l| l.cfg.lun)
+            .ok()
+            .and_then(|i| self.luns.get(i))
+    }
+
+    /// Starts a command addressed to `lun`. Never panics: a bad CDB gives a task whose
+    /// first step is CHECK CONDITION. A LUN that does not exist answers INQUIRY with
+    /// peripheral qualifier 011b, REPORT LUNS and REQUEST SENSE normally, and anything
+    /// else with LOGICAL UNIT NOT SUPPORTED.
+    pub fn command(&self, nexus: &Nexus, lun: u64, cdb: &[u8]) -> Task {
+        Task::new(self, self.lu(lun).cloned(), nexus, cdb)
+    }
+
+    /// Applies a task management function's effects on logical unit state; the transport
+    /// aborts its own tasks. The task set type is one per I_T nexus (control mode page
+    /// TST 001b), so ABORT TASK SET and CLEAR TASK SET touch the issuing nexus only.
+    pub fn task_management(&self, nexus: &Nexus, function: TaskManagement, lun: Option<u64>) {
+        match function {
+            TaskManagement::AbortTask
+            | TaskManagement::AbortTaskSet
+            | TaskManagement::ClearAca
+            | TaskManagement::ClearTaskSet => {}
+            TaskManagement::LunReset => {
+                if let Some(lu) = lun.and_then(|l| self.lu(l)) {
+                    lu.lock().reset(Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+                }
+            }
+            // SAM-5 6.6/6.7: a target reset is a logical unit reset of every logical unit;
+            // a cold reset also reports power on.
+            TaskManagement::TargetWarmReset => {
+                for lu in &self.luns {
+                    lu.lock().reset(Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+                }
+            }
+            TaskManagement::TargetColdReset => {
+                for lu in &self.luns {
+                    lu.lock().reset(Asc::POWER_ON_OCCURRED);
+                }
+            }
+        }
+        let _ = nexus;
+    }
+
+    /// The I_T nexus ended: its RESERVE(6) reservation, PREVENT state and pending unit
+    /// attentions go; persistent reservation registrations stay (SPC-4 5.12.6).
+    pub fn nexus_lost(&self, nexus: &Nexus) {
+        for lu in &self.luns {
+            lu.lock().nexus_lost(nexus.id);
+        }
+    }
+}
