@@ -658,7 +658,7 @@ fn prepare(
 ) -> Prep {
     let cdb = Cdb(bytes);
     let opcode = cdb.opcode();
-    let Some(len) = cdb_len(opcode) else {
+    let Some(len) = cdb_len(opcode).filter(|_| !bytes.is_empty()) else {
         return Err(Sense::illegal(Asc::INVALID_COMMAND_OPERATION_CODE).into());
     };
     if bytes.len() < len {
