@@ -864,3 +864,48 @@ fn io_errors_and_stray_steps() {
     let _ = task.step(&mut buf, None);
     assert!(matches!(task.step(&mut buf, None), Step::Done(_)));
 }
+
+/// What the fuzz target does, with a fixed pseudo-random stream over the known opcodes:
+/// no panic, all I/O inside the disk, every task finishes.
+#[test]
+fn random_cdbs_smoke() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut thin = cfg(0);
+    thin.blocks = 64;
+    let mut ro = cfg(1);
+    ro.blocks = 64;
+    ro.read_only = true;
+    ro.thin = false;
+    ro.block_size = 4096;
+    let mut h = Harness::new(vec![thin, ro]);
+    let nexuses: Vec<Nexus> = (1..=3).map(nexus).collect();
+    for i in 0..20_000 {
+        let n = &nexuses[(next() % 3) as usize];
+        if i % 997 == 0 {
+            h.target
+                .task_management(n, TaskManagement::LunReset, Some(next() % 2));
+        }
+        let ci = &opcodes::COMMANDS[(next() % opcodes::COMMANDS.len() as u64) as usize];
+        let mut cdb = ci.usage.to_vec();
+        for (k, b) in cdb.iter_mut().enumerate().skip(1) {
+            let r = next() as u8;
+            // Mostly small values so that ranges are often inside the disk.
+            *b = if k == 1 && ci.service_action.is_some() {
+                *b
+            } else if next() % 4 == 0 {
+                r
+            } else {
+                r & 0x03
+            };
+        }
+        let len = (next() % 2048) as usize;
+        let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let _ = h.run(n, next() % 3, &cdb, &data);
+    }
+}
