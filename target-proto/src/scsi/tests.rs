@@ -909,3 +909,34 @@ fn random_cdbs_smoke() {
         let _ = h.run(n, next() % 3, &cdb, &data);
     }
 }
+
+#[test]
+fn software_write_protect_and_loej() {
+    let mut h = Harness::one();
+    let n = nexus(1);
+    let o = h.run(&n, 0, &[0x1a, 0x08, 0x4a, 0, 0xff, 0], &[]);
+    assert_eq!(o.data[4 + 4] & 0x08, 0x08); // SWP is changeable
+    let o = h.run(&n, 0, &[0x1a, 0x08, 0x0a, 0, 0xff, 0], &[]);
+    let mut p = vec![0, 0, 0, 0];
+    p.extend_from_slice(&o.data[4..]);
+    p[4 + 4] |= 0x08;
+    assert!(
+        h.run(&n, 0, &[0x15, 0x10, 0, 0, p.len() as u8, 0], &p)
+            .good()
+    );
+    let o = h.run(&n, 0, &write10(0, 1, 0), &[0; BS]);
+    assert!(o.check(key::DATA_PROTECT, Asc::SOFTWARE_WRITE_PROTECTED));
+    assert!(h.run(&n, 0, &read10(0, 1), &[]).good());
+    let o = h.run(&n, 0, &[0x1a, 0x08, 0x3f, 0, 0xff, 0], &[]);
+    assert_eq!(o.data[2] & 0x80, 0x80);
+    p[4 + 4] &= !0x08;
+    assert!(
+        h.run(&n, 0, &[0x15, 0x10, 0, 0, p.len() as u8, 0], &p)
+            .good()
+    );
+    assert!(h.run(&n, 0, &write10(0, 1, 0), &[0; BS]).good());
+    // START STOP UNIT: START accepted, LOEJ refused (not removable).
+    assert!(h.run(&n, 0, &[0x1b, 1, 0, 0, 0x01, 0], &[]).good());
+    let o = h.run(&n, 0, &[0x1b, 1, 0, 0, 0x02, 0], &[]);
+    assert!(o.check(key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB));
+}
