@@ -14,6 +14,13 @@
 //! SPC-2 RESERVE(6) reservation and persistent reservations (SPC-4 5.12, `pr`).
 //! Invariants: every [`BlockIo`] a task returns lies inside its logical unit; a data-in
 //! length never exceeds the CDB's ALLOCATION LENGTH or the transfer length.
+//!
+//! For the transport: a task that fails before its data-out (a unit attention, a
+//! reservation conflict, a bad CDB) reports `data_out_len() == 0`, so no R2T need be sent
+//! for it; unsolicited data the initiator already sent is discarded. A write whose data-out
+//! is shorter than the CDB's transfer length fails with INVALID FIELD IN CDB, as Linux's
+//! target does. libiscsi's reservation helpers always move 512 bytes per block, so its
+//! suite wants a 512-byte logical unit.
 
 mod cdb;
 mod inquiry;

@@ -2,7 +2,8 @@
 //! page (SBC-3 6.5.5), the control page (SPC-4 7.5.8) and the informational exceptions
 //! control page (SPC-4 7.5.12), with the mode parameter header and block descriptor
 //! (SPC-4 7.5.5/7.5.6). One set per logical unit; nothing can be saved, so PC=11b
-//! (saved values) and SP=1 are refused. Only D_SENSE is changeable.
+//! (saved values) and SP=1 are refused. D_SENSE and SWP (software write protect) are
+//! changeable.
 
 use super::LunConfig;
 use super::cdb::{Cdb, be_at};
@@ -13,6 +14,8 @@ use super::sense::{Asc, Reject, Sense};
 pub(crate) struct ModeParams {
     /// Control page D_SENSE: descriptor-format sense data.
     pub d_sense: bool,
+    /// Control page SWP: the medium is write protected until cleared (or reset).
+    pub swp: bool,
 }
 
 pub(crate) const PAGE_CACHING: u8 = 0x08;
@@ -45,12 +48,18 @@ fn page(code: u8, pc: Pc, cfg: &LunConfig, p: ModeParams) -> Vec<u8> {
             b[0] = PAGE_CONTROL;
             b[1] = 0x0a;
             match pc {
-                Pc::Changeable => b[2] = 0x04,
+                Pc::Changeable => {
+                    b[2] = 0x04;
+                    b[4] = 0x08;
+                }
                 Pc::Current | Pc::Default => {
                     // TST 001b: one task set per I_T nexus. QErr 00b, TAS 0.
                     b[2] = 0x20;
                     if pc == Pc::Current && p.d_sense {
                         b[2] |= 0x04;
+                    }
+                    if pc == Pc::Current && p.swp {
+                        b[4] |= 0x08;
                     }
                     // BUSY TIMEOUT PERIOD: unlimited.
                     b[8] = 0xff;
@@ -128,7 +137,7 @@ pub(crate) fn sense(
         }
     }
     // Device-specific parameter (SBC-3 6.5.1): WP, DPOFUA.
-    let dsp = if cfg.read_only { 0x80 } else { 0 } | 0x10;
+    let dsp = if cfg.read_only || p.swp { 0x80 } else { 0 } | 0x10;
     let mut d = Vec::with_capacity(8 + bd.len() + pages.len());
     if ten {
         let total = 8 + bd.len() + pages.len();
@@ -203,6 +212,7 @@ pub(crate) fn select(
         }
         if code == PAGE_CONTROL {
             next.d_sense = new[2] & 0x04 != 0;
+            next.swp = new[4] & 0x08 != 0;
         }
         i += current.len();
     }

@@ -44,6 +44,7 @@ impl Asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Self = Self(0x26, 0x00);
     pub const INVALID_RELEASE_OF_PERSISTENT_RESERVATION: Self = Self(0x26, 0x04);
     pub const WRITE_PROTECTED: Self = Self(0x27, 0x00);
+    pub const SOFTWARE_WRITE_PROTECTED: Self = Self(0x27, 0x02);
     pub const POWER_ON_OCCURRED: Self = Self(0x29, 0x01);
     pub const BUS_DEVICE_RESET_FUNCTION_OCCURRED: Self = Self(0x29, 0x03);
     pub const MODE_PARAMETERS_CHANGED: Self = Self(0x2a, 0x01);

@@ -504,14 +504,16 @@ impl Task {
         let Some(block) = buf.as_slice().get(..bs) else {
             return self.finish(self.check(Sense::invalid_cdb(0, None)));
         };
-        if block.iter().all(|b| *b == 0) {
-            // Zeroes need no buffer; with UNMAP on a thin unit they may be deallocated,
-            // which reads back as zeroes (LBPRZ=1).
+        // With UNMAP on a thin unit the range is deallocated and reads back as zeroes
+        // (LBPRZ=1) whatever the data block holds, as Linux's target and libiscsi's
+        // WriteSame*.UnmapUntilEnd expect. Zeroes need no buffer either way.
+        let deallocate = unmap && thin;
+        if deallocate || block.iter().all(|b| *b == 0) {
             self.state = State::AwaitDone;
             return self.io(BlockOp::WriteZeroes {
                 offset,
                 len,
-                deallocate: unmap && thin,
+                deallocate,
                 fua: false,
             });
         }
@@ -626,11 +628,22 @@ fn range(cfg: &LunConfig, lba: u64, blocks: u64) -> Result<(u64, u64), Reject> {
     Ok((lba * bs, blocks * bs))
 }
 
-fn write_protect(cfg: &LunConfig) -> Result<(), Reject> {
-    if cfg.read_only {
-        return Err(Sense::new(key::DATA_PROTECT, Asc::WRITE_PROTECTED).into());
-    }
-    Ok(())
+/// Write protection: the configuration's (WRITE PROTECTED) or the control mode page's
+/// SWP (SOFTWARE WRITE PROTECTED, SPC-4 7.5.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protect {
+    None,
+    ReadOnly,
+    Software,
+}
+
+fn write_protect(p: Protect) -> Result<(), Reject> {
+    let asc = match p {
+        Protect::None => return Ok(()),
+        Protect::ReadOnly => Asc::WRITE_PROTECTED,
+        Protect::Software => Asc::SOFTWARE_WRITE_PROTECTED,
+    };
+    Err(Sense::new(key::DATA_PROTECT, asc).into())
 }
 
 /// LBA, block count and where the count is in the CDB, for the READ/WRITE/VERIFY families.
@@ -658,7 +671,7 @@ fn prepare(
 ) -> Prep {
     let cdb = Cdb(bytes);
     let opcode = cdb.opcode();
-    let Some(len) = cdb_len(opcode) else {
+    let Some(len) = cdb_len(opcode).filter(|_| !bytes.is_empty()) else {
         return Err(Sense::illegal(Asc::INVALID_COMMAND_OPERATION_CODE).into());
     };
     if bytes.len() < len {
@@ -680,6 +693,13 @@ fn prepare(
         // NACA: ACA is not supported (SAM-5 5.9.1.1).
         return Err(Sense::invalid_cdb((len - 1) as u16, Some(2)).into());
     }
+    let protect = if cfg.read_only {
+        Protect::ReadOnly
+    } else if st.mode.swp {
+        Protect::Software
+    } else {
+        Protect::None
+    };
     if st.conflicts(n, opcode, access(opcode)) {
         if opcode == op::RELEASE_6 && st.pr.regs.is_empty() {
             // Another nexus's RESERVE(6): RELEASE(6) does nothing (SPC-2 7.19).
@@ -728,18 +748,18 @@ fn prepare(
             _ => Err(Sense::invalid_cdb(1, Some(4)).into()),
         },
         op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => read(cfg, cdb),
-        op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => write(cfg, cdb, false),
+        op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => write(cfg, cdb, false, protect),
         op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_12 | op::WRITE_AND_VERIFY_16 => {
-            write(cfg, cdb, true)
+            write(cfg, cdb, true, protect)
         }
         op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => verify(cfg, cdb),
-        op::COMPARE_AND_WRITE => compare_and_write(cfg, cdb),
-        op::WRITE_SAME_10 | op::WRITE_SAME_16 => write_same(cfg, cdb),
+        op::COMPARE_AND_WRITE => compare_and_write(cfg, cdb, protect),
+        op::WRITE_SAME_10 | op::WRITE_SAME_16 => write_same(cfg, cdb, protect),
         op::UNMAP => {
             if cdb.bit(1, 0x01) {
                 return Err(Sense::invalid_cdb(1, Some(0)).into()); // ANCHOR
             }
-            write_protect(cfg)?;
+            write_protect(protect)?;
             let len = usize::from(cdb.be16(7));
             if len > MAX_PARAM_LIST {
                 return Err(Sense::invalid_cdb(7, None).into());
@@ -826,7 +846,11 @@ fn prepare(
             ))
         }
         op::START_STOP_UNIT => {
-            // No medium to load or eject and no power conditions to change: accepted.
+            // SBC-3 5.25: the medium is not removable (RMB=0), so LOEJ cannot be honoured;
+            // START and power conditions have nothing to change and are accepted.
+            if cdb.bit(4, 0x02) {
+                return Err(Sense::invalid_cdb(4, Some(1)).into());
+            }
             Ok(Prepared::good())
         }
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => {
@@ -889,7 +913,7 @@ fn read(cfg: &LunConfig, cdb: Cdb<'_>) -> Prep {
     })
 }
 
-fn write(cfg: &LunConfig, cdb: Cdb<'_>, and_verify: bool) -> Prep {
+fn write(cfg: &LunConfig, cdb: Cdb<'_>, and_verify: bool, protect: Protect) -> Prep {
     no_protection(cdb)?;
     let (lba, blocks, at) = lba_and_count(cdb);
     let verify = if and_verify {
@@ -904,7 +928,7 @@ fn write(cfg: &LunConfig, cdb: Cdb<'_>, and_verify: bool) -> Prep {
     };
     let (offset, len) = range(cfg, lba, blocks)?;
     transfer_limit(cfg, blocks, at)?;
-    write_protect(cfg)?;
+    write_protect(protect)?;
     if len == 0 {
         return Ok(Prepared::good());
     }
@@ -944,7 +968,7 @@ fn verify(cfg: &LunConfig, cdb: Cdb<'_>) -> Prep {
     ))
 }
 
-fn compare_and_write(cfg: &LunConfig, cdb: Cdb<'_>) -> Prep {
+fn compare_and_write(cfg: &LunConfig, cdb: Cdb<'_>, protect: Protect) -> Prep {
     no_protection(cdb)?;
     let lba = cdb.be64(2);
     let blocks = u64::from(cdb.u8(13));
@@ -952,7 +976,7 @@ fn compare_and_write(cfg: &LunConfig, cdb: Cdb<'_>) -> Prep {
         return Err(Sense::invalid_cdb(13, None).into());
     }
     let (offset, len) = range(cfg, lba, blocks)?;
-    write_protect(cfg)?;
+    write_protect(protect)?;
     if len == 0 {
         return Ok(Prepared::good());
     }
@@ -966,7 +990,7 @@ fn compare_and_write(cfg: &LunConfig, cdb: Cdb<'_>) -> Prep {
     ))
 }
 
-fn write_same(cfg: &LunConfig, cdb: Cdb<'_>) -> Prep {
+fn write_same(cfg: &LunConfig, cdb: Cdb<'_>, protect: Protect) -> Prep {
     no_protection(cdb)?;
     let ten = cdb.opcode() == op::WRITE_SAME_10;
     let (lba, blocks, at) = if ten {
@@ -995,7 +1019,7 @@ fn write_same(cfg: &LunConfig, cdb: Cdb<'_>) -> Prep {
     if blocks == 0 || blocks > MAX_WRITE_SAME_BLOCKS {
         return Err(Sense::invalid_cdb(at, None).into());
     }
-    write_protect(cfg)?;
+    write_protect(protect)?;
     Ok(Prepared::with_data_out(
         State::WriteSame { offset, len, unmap },
         cfg.block_size as usize,
