@@ -373,7 +373,7 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
 
 /// A connection's protocol engine.
 enum Engine {
-    Nvme(NvmeTcpQueue),
+    Nvme(Box<NvmeTcpQueue>),
     Iscsi(Box<IscsiConn>),
 }
 
@@ -430,15 +430,22 @@ impl Engine {
     /// False when the connection must end; `why` says why.
     fn tick(&mut self, now: u64, registry: &Mutex<Registry>) -> Result<(), &'static str> {
         match self {
-            Self::Nvme(q) if !q.tick(now, registry) => Err(if q.controller().qid() == Some(0) {
-                "keep-alive timeout expired"
-            } else {
-                "its controller is gone"
-            }),
-            Self::Iscsi(c) if !c.tick(now) => {
-                Err("NOP-In ping unanswered, login timeout or session reinstated")
+            Self::Nvme(q) => {
+                if q.tick(now, registry) {
+                    Ok(())
+                } else if q.controller().qid() == Some(0) {
+                    Err("keep-alive timeout expired")
+                } else {
+                    Err("its controller is gone")
+                }
             }
-            _ => Ok(()),
+            Self::Iscsi(c) => {
+                if c.tick(now) {
+                    Ok(())
+                } else {
+                    Err("NOP-In ping unanswered, login timeout or session reinstated")
+                }
+            }
         }
     }
 
@@ -466,7 +473,7 @@ impl Engine {
                 ConnEvent::ProtocolError(why) => warn!(%peer, "iSCSI protocol error: {why}"),
                 ConnEvent::LoggedOut => debug!(%peer, "iSCSI logout"),
                 ConnEvent::NopTimeout => {
-                    warn!(%peer, "iSCSI initiator stopped answering NOP-In pings")
+                    warn!(%peer, "iSCSI initiator stopped answering NOP-In pings");
                 }
                 ConnEvent::Reinstated => info!(%peer, "iSCSI session reinstated by a new login"),
             }
@@ -620,7 +627,9 @@ impl Reactor {
                     }
                     debug!(reactor = self.id, %peer, "connection accepted");
                     let q = match self.listeners[l].1 {
-                        Proto::Nvme => Engine::Nvme(NvmeTcpQueue::new(self.params, local)),
+                        Proto::Nvme => {
+                            Engine::Nvme(Box::new(NvmeTcpQueue::new(self.params, local)))
+                        }
                         Proto::Iscsi => {
                             let mut random = [0u8; 17];
                             if let Some(u) = &mut self.urandom {

@@ -724,6 +724,7 @@ pub fn sn_le(a: u32, b: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(not(feature = "std"))]
     extern crate std;
     use super::*;
     use std::vec;

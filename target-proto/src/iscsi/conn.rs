@@ -35,7 +35,7 @@ use super::chap::{CHALLENGE_LEN, Chap};
 use super::params::{self, Negotiated, Negotiation, TargetLimits, answer};
 use super::{PORTAL_GROUP, Registry, TargetNode};
 use crate::block::{AlignedBuf, BlockIo, IoOutcome};
-use crate::scsi::{self, Nexus, ScsiTarget, Step, TaskManagement};
+use crate::scsi::{self, Asc, Nexus, ScsiTarget, Sense, Step, TaskManagement, key};
 
 /// Commands a session may have queued (the CmdSN window).
 pub const QUEUE_DEPTH: usize = 128;
@@ -51,6 +51,12 @@ const MAX_HELD: usize = QUEUE_DEPTH;
 const RESERVED_TAG: u32 = 0xffff_ffff;
 /// Extended CDB AHS type (section 11.3.2).
 const AHS_EXTENDED_CDB: u8 = 1;
+const COMPARE_AND_WRITE: u8 = 0x89;
+
+/// SPC-4 additional sense codes the transport itself reports.
+const DATA_PHASE_ERROR: Asc = Asc(0x4b, 0x00);
+const INVALID_FIELD_IN_INFORMATION_UNIT: Asc = Asc(0x0e, 0x03);
+
 /// The largest CDB accepted (16 bytes in the BHS plus an extended CDB AHS).
 const MAX_CDB: usize = 260;
 
@@ -213,20 +219,24 @@ impl TaskSlot {
         data: &[u8],
         data_sn: u32,
         final_bit: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), DataError> {
         let end = offset.saturating_add(data.len());
         if end > self.edtl {
-            return Err("Data-Out beyond the expected length".into());
+            return Err(DataError::Fatal(
+                "Data-Out beyond the expected length".into(),
+            ));
         }
         if unsolicited {
             if !self.unsolicited_open || end > self.unsolicited_limit {
-                return Err("unsolicited data beyond FirstBurstLength".into());
+                return Err(DataError::Fatal(
+                    "unsolicited data beyond FirstBurstLength".into(),
+                ));
             }
             if data_sn != self.unsolicited_sn {
-                return Err(format!(
+                return Err(DataError::Sequence(format!(
                     "DataSN {data_sn}, expected {}",
                     self.unsolicited_sn
-                ));
+                )));
             }
             self.unsolicited_sn += 1;
             if final_bit {
@@ -237,10 +247,13 @@ impl TaskSlot {
                 .r2ts
                 .iter()
                 .position(|r| offset >= r.offset && end <= r.offset + r.len)
-                .ok_or_else(|| "Data-Out outside its R2T".to_string())?;
+                .ok_or_else(|| DataError::Fatal("Data-Out outside its R2T".into()))?;
             let r2t = &mut self.r2ts[r];
             if data_sn != r2t.next_data_sn {
-                return Err(format!("DataSN {data_sn}, expected {}", r2t.next_data_sn));
+                return Err(DataError::Sequence(format!(
+                    "DataSN {data_sn}, expected {}",
+                    r2t.next_data_sn
+                )));
             }
             r2t.next_data_sn += 1;
             r2t.received += data.len();
@@ -260,6 +273,14 @@ impl TaskSlot {
     fn data_complete(&self) -> bool {
         !self.unsolicited_open && self.r2ts.is_empty() && self.filled >= self.need
     }
+}
+
+/// Why a Data-Out was not accepted.
+enum DataError {
+    /// Out of sequence (DataSN): the command fails.
+    Sequence(String),
+    /// Outside what was asked for: a protocol error that ends the connection.
+    Fatal(String),
 }
 
 /// A task management response waiting for aborted tasks' I/O to finish.
@@ -601,10 +622,19 @@ impl IscsiConn {
         }
         if sn == self.exp_cmd_sn {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            self.execute(bhs, ahs, data);
+            if self.held.get(&sn).is_some_and(Vec::is_empty) {
+                // Aborted (ABORT TASK) before it arrived.
+                self.held.remove(&sn);
+            } else {
+                self.execute(bhs, ahs, data);
+            }
             // Commands that were waiting for this one.
             while let Some(pdu) = self.held.remove(&self.exp_cmd_sn) {
                 self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                if pdu.len() < BHS_LEN {
+                    // Aborted before it arrived.
+                    continue;
+                }
                 let (b, rest) = pdu.split_at(BHS_LEN);
                 let ahs_len = Bhs::new_unchecked(b).ahs_len().min(rest.len());
                 let (a, d) = rest.split_at(ahs_len);
@@ -1121,13 +1151,16 @@ impl IscsiConn {
         let h = Bhs::new_unchecked(bhs);
         let itt = h.itt();
         let ttt = h.u32_at(field::TTT);
-        if let Some(p) = self.text.take() {
-            if ttt == p.ttt && itt == p.itt && data.is_empty() {
-                self.text = Some(p);
-                self.send_text_piece();
-                return;
-            }
-            // A new request ends the old exchange (section 11.10.4).
+        // An empty request with our TTT asks for the next piece; anything else ends the
+        // old exchange (section 11.10.4).
+        if let Some(p) = self.text.take()
+            && ttt == p.ttt
+            && itt == p.itt
+            && data.is_empty()
+        {
+            self.text = Some(p);
+            self.send_text_piece();
+            return;
         }
         let mut out = Vec::new();
         let mut neg = self.neg;
@@ -1252,10 +1285,16 @@ impl IscsiConn {
                         self.abort_slot(i);
                         tmf::FUNCTION_COMPLETE
                     }
-                    // Section 11.6.1: a task that completed already counts as done.
+                    // Section 11.6.1: a task never received (its CmdSN still in the
+                    // window, before the TMF's) is considered received and aborted; a
+                    // task that already completed does not exist.
                     None => {
                         let ref_sn = h.u32_at(field::REF_CMD_SN);
-                        if sn_lt(ref_sn, self.exp_cmd_sn) {
+                        let in_window =
+                            sn_le(self.exp_cmd_sn, ref_sn) && sn_le(ref_sn, self.max_cmd_sn());
+                        if in_window && sn_lt(ref_sn, h.cmd_sn()) {
+                            // Held or still to come: it is done without running.
+                            self.held.insert(ref_sn, Vec::new());
                             tmf::FUNCTION_COMPLETE
                         } else {
                             tmf::TASK_DOES_NOT_EXIST
@@ -1416,7 +1455,14 @@ impl IscsiConn {
         let lun_raw = h.lun();
         let lun = decode_lun(lun_raw).unwrap_or(u64::MAX);
         let mut task = scsi.command(&nexus, lun, &cdb[..cdb_len]);
-        let want = task.data_out_len();
+        let mut want = task.data_out_len();
+        if cdb[0] == COMPARE_AND_WRITE && cdb[13] == 0 && write && edtl > 0 {
+            // SBC-4 lets NUMBER OF LOGICAL BLOCKS 0 be a no-op, but this initiator sends
+            // data for it: the field cannot mean what the initiator meant (libiscsi's
+            // CompareAndWrite tests send 256 blocks this way and expect the refusal).
+            task = scsi::Task::failed(Sense::invalid_cdb(13, None));
+            want = 0;
+        }
         let edtl_out = if write { edtl } else { 0 };
         let mut need = want.min(edtl_out);
         let mut bad_length = false;
@@ -1534,15 +1580,38 @@ impl IscsiConn {
                 // window) or aborted: dropped with it.
                 return;
             }
+            if usize::try_from(ttt)
+                .ok()
+                .and_then(|i| self.slots.get(i))
+                .is_some_and(|s| s.state == SlotState::Free)
+            {
+                // Data for a command that already failed or was aborted.
+                return;
+            }
             self.send_reject(bhs, reject::INVALID_PDU_FIELD);
             return;
         };
         let unsolicited = ttt == RESERVED_TAG;
-        if let Err(why) =
-            self.slots[slot].accept_data(unsolicited, offset, data, data_sn, final_bit)
-        {
-            self.protocol_error(&hdr, reject::PROTOCOL_ERROR, why);
-            return;
+        match self.slots[slot].accept_data(unsolicited, offset, data, data_sn, final_bit) {
+            Ok(()) => {}
+            Err(DataError::Fatal(why)) => {
+                self.protocol_error(&hdr, reject::PROTOCOL_ERROR, why);
+                return;
+            }
+            Err(DataError::Sequence(why)) => {
+                // ERL 0 cannot recover the sequence, but the connection can go on: the
+                // command fails (ABORTED COMMAND, DATA PHASE ERROR) and the rest of its
+                // data is dropped. Dropping the connection instead would make the
+                // initiator log in again with other parameters (libiscsi's
+                // iSCSIDataSnInvalid test counts on the session surviving).
+                self.events.push(ConnEvent::ProtocolError(format!(
+                    "{why}: the command fails, the connection stays"
+                )));
+                self.slots[slot].r2ts.clear();
+                let sense = Sense::new(key::ABORTED_COMMAND, DATA_PHASE_ERROR).to_bytes(false);
+                self.complete(slot, scsi::status::CHECK_CONDITION, &sense, 0);
+                return;
+            }
         }
         self.solicit(slot);
         self.check_complete(slot);
@@ -1564,7 +1633,7 @@ impl IscsiConn {
             }
             if self.slots[slot].bad_length {
                 // SPC-4: the iSCSI EDTL cuts a block: INVALID FIELD IN INFORMATION UNIT.
-                let sense = fixed_sense(0x05, 0x0e, 0x03);
+                let sense = Sense::illegal(INVALID_FIELD_IN_INFORMATION_UNIT).to_bytes(false);
                 self.complete(slot, scsi::status::CHECK_CONDITION, &sense, 0);
                 continue;
             }
@@ -1711,7 +1780,7 @@ pub fn encode_lun(lun: u64) -> [u8; 8] {
 fn shrink_write(cdb: &[u8], bytes: usize, scsi: &ScsiTarget, lun: u64) -> Option<Vec<u8>> {
     let lu = scsi.luns().iter().find(|l| l.config().lun == lun)?;
     let bs = lu.config().block_size as usize;
-    if bs == 0 || bytes % bs != 0 {
+    if bs == 0 || !bytes.is_multiple_of(bs) {
         return None;
     }
     let blocks = bytes / bs;
@@ -1731,17 +1800,6 @@ fn shrink_write(cdb: &[u8], bytes: usize, scsi: &ScsiTarget, lun: u64) -> Option
         _ => return None,
     }
     Some(c)
-}
-
-/// Fixed-format sense data (SPC-4 section 4.5.3) with a key and ASC/ASCQ.
-fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
-    let mut s = vec![0u8; 18];
-    s[0] = 0x70;
-    s[2] = key;
-    s[7] = 10;
-    s[12] = asc;
-    s[13] = ascq;
-    s
 }
 
 fn lock(r: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {

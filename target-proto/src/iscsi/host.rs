@@ -191,17 +191,15 @@ impl IscsiHost {
 
     fn login(&mut self, csg: u8, nsg: u8, transit: bool, keys: &[u8]) {
         let mut b = [0u8; BHS_LEN];
+        b[field::ISID..field::ISID + 6].copy_from_slice(&self.opts.isid);
         let mut h = Bhs::new_unchecked(&mut b[..]);
-        h.init(Opcode::LoginRequest);
+        h.set_byte(0, u8::from(Opcode::LoginRequest));
         h.set_immediate(true);
         let mut f = (csg << 2) | nsg;
         if transit {
             f |= flags::T;
         }
         h.set_flags(f);
-        let mut b = b;
-        b[field::ISID..field::ISID + 6].copy_from_slice(&self.opts.isid);
-        let mut h = Bhs::new_unchecked(&mut b[..]);
         h.set_u16(field::TSIH, self.tsih);
         h.set_itt(0);
         h.set_u32(field::CMD_SN, self.cmd_sn);

@@ -118,12 +118,15 @@ impl LuState {
 
     /// Logical unit reset (SAM-5 6.6; SPC-2 5.5.1; SPC-4 7.5.1): reservations made with
     /// RESERVE(6) and PREVENT state go, mode parameters return to their defaults (nothing
-    /// is saved), and every I_T nexus gets a unit attention. Persistent reservations stay.
-    pub fn reset(&mut self, asc: Asc) {
+    /// is saved), and every other I_T nexus gets a unit attention: the one that asked for
+    /// the reset learns of it from the task management response (tgt does the same, and
+    /// libiscsi's Reserve6.LUNReset counts on the issuer's next command succeeding).
+    /// Persistent reservations stay.
+    pub fn reset(&mut self, asc: Asc, issuer: Option<u64>) {
         self.reserve6 = None;
         self.prevent.clear();
         self.mode = ModeParams::default();
-        self.queue_ua_all(asc, None);
+        self.queue_ua_all(asc, issuer);
     }
 
     pub fn nexus_lost(&mut self, id: u64) {

@@ -41,10 +41,11 @@ pub use task::{Completion, Step, Task};
 
 use lu::LuState;
 
-/// Largest data transfer of one READ/WRITE in bytes at 512-byte blocks: the block limits
+/// Largest data transfer of one READ/WRITE in bytes at 512-byte blocks (LIO's fileio default,
+/// 8192 sectors; libiscsi's suite writes 2048 blocks at once whatever the limits say): the block limits
 /// VPD page's MAXIMUM TRANSFER LENGTH is this over the block size, but never under
 /// [`MIN_MAX_TRANSFER_BLOCKS`] (see [`LunConfig::max_transfer_blocks`]).
-pub const MAX_TRANSFER_BYTES: usize = 128 * 1024;
+pub const MAX_TRANSFER_BYTES: usize = 4 * 1024 * 1024;
 /// libiscsi's suite reads and writes 1..=256 blocks per command whatever the block limits
 /// say, so 4096-byte logical units accept 256 blocks (1 MiB) per command.
 pub const MIN_MAX_TRANSFER_BLOCKS: u32 = 256;
@@ -53,8 +54,11 @@ pub const WRITE_SAME_CHUNK_BYTES: usize = 128 * 1024;
 /// UNMAP limits reported in the block limits VPD page.
 pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-/// Largest WRITE SAME range in blocks (block limits MAXIMUM WRITE SAME LENGTH).
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 24;
+/// Largest WRITE SAME range in blocks (block limits MAXIMUM WRITE SAME LENGTH): 16 MiB of
+/// 512-byte blocks per command. Below 65536 on purpose: with a larger limit libiscsi's
+/// WriteSame16.Unmap test first WRITEs 65536 blocks in one command, beyond the maximum
+/// transfer length.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 15;
 /// Persistent reservation registrations one logical unit holds at most.
 pub const MAX_REGISTRATIONS: usize = 64;
 /// Unit attentions queued per I_T nexus at most (older ones are dropped first).
@@ -209,23 +213,24 @@ impl ScsiTarget {
             | TaskManagement::ClearTaskSet => {}
             TaskManagement::LunReset => {
                 if let Some(lu) = lun.and_then(|l| self.lu(l)) {
-                    lu.lock().reset(Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+                    lu.lock()
+                        .reset(Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, Some(nexus.id));
                 }
             }
             // SAM-5 6.6/6.7: a target reset is a logical unit reset of every logical unit;
             // a cold reset also reports power on.
             TaskManagement::TargetWarmReset => {
                 for lu in &self.luns {
-                    lu.lock().reset(Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+                    lu.lock()
+                        .reset(Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, Some(nexus.id));
                 }
             }
             TaskManagement::TargetColdReset => {
                 for lu in &self.luns {
-                    lu.lock().reset(Asc::POWER_ON_OCCURRED);
+                    lu.lock().reset(Asc::POWER_ON_OCCURRED, None);
                 }
             }
         }
-        let _ = nexus;
     }
 
     /// The I_T nexus ended: its RESERVE(6) reservation, PREVENT state and pending unit

@@ -202,6 +202,18 @@ impl Task {
         }
     }
 
+    /// A task that only answers CHECK CONDITION with `sense`: for errors the transport
+    /// finds in what the initiator sent around the CDB.
+    pub fn failed(sense: Sense) -> Self {
+        Self {
+            lu: None,
+            data_out_len: 0,
+            data_in: false,
+            descriptor_sense: false,
+            state: State::Fail(Reject::Check(sense)),
+        }
+    }
+
     /// Bytes of data-out the CDB calls for; 0 for commands without data-out and for
     /// commands that already failed (their first step answers without data).
     pub fn data_out_len(&self) -> usize {
