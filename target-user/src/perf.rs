@@ -1,7 +1,10 @@
-//! `xdp-target perf`: an NVMe/TCP initiator for measuring a target, like spdk_nvme_perf.
+//! `xdp-target perf`: an NVMe/TCP and iSCSI initiator for measuring a target, like
+//! spdk_nvme_perf.
 //!
 //! One thread per I/O queue, each keeping `--qd` commands in flight on its own
-//! connection (the host engine of target-proto over a kernel socket). With `--verify`,
+//! connection (the host engines of target-proto over a kernel socket: an NVMe I/O queue,
+//! or an iSCSI session per queue). Both protocols run the same workload loop, so their
+//! figures compare like for like. With `--verify`,
 //! every block written carries a pattern naming its LBA and a generation, each queue owns
 //! a disjoint LBA region and never has two commands in flight on the same blocks, so every
 //! read has exactly one right answer: misplaced, stale or torn data is counted.
@@ -13,6 +16,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use target_proto::iscsi::conn::encode_lun;
+use target_proto::iscsi::host::{IscsiHost, LoginOptions};
 use target_proto::nvme_tcp::host::{Completion, HostQueue, commands};
 use target_wire::nvme::fabrics::PropertySize;
 use target_wire::nvme::identify::IdentifyNamespace;
@@ -23,6 +28,7 @@ use target_wire::nvme::properties::CSTS;
 /// How long a queue thread polls its socket before sleeping in poll(2).
 const SPIN: Duration = Duration::from_micros(100);
 const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+const DEFAULT_INITIATOR: &str = "iqn.2026-11.dev.xdp-target:perf";
 const DEFAULT_HOST_NQN: &str =
     "nqn.2014-08.org.nvmexpress:uuid:7e7e7e7e-0000-4000-8000-00000000perf";
 
@@ -38,8 +44,9 @@ pub enum Workload {
 
 #[derive(clap::Args, Debug)]
 pub struct PerfArgs {
-    /// nvme-tcp://ADDR[:PORT][/NQN]; without an NQN, the first NVM subsystem of the
-    /// discovery log at ADDR:PORT.
+    /// nvme-tcp://ADDR[:PORT][/NQN]: without an NQN, the first NVM subsystem of the
+    /// discovery log at ADDR:PORT. Or iscsi://ADDR[:PORT][/IQN/LUN]: without an IQN, the
+    /// first target SendTargets lists, LUN 0.
     pub target: String,
     #[arg(long, value_enum, default_value = "randread")]
     pub workload: Workload,
@@ -78,7 +85,9 @@ pub struct PerfArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PerfError {
-    #[error("{0:?} is not a target URL: expected nvme-tcp://ADDR[:PORT][/NQN]")]
+    #[error(
+        "{0:?} is not a target URL: expected nvme-tcp://ADDR[:PORT][/NQN] or iscsi://ADDR[:PORT][/IQN/LUN]"
+    )]
     Url(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: SocketAddr, source: io::Error },
@@ -92,67 +101,219 @@ pub enum PerfError {
     Verify(u64),
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Proto {
+    Nvme,
+    Iscsi,
+}
+
+#[derive(Debug)]
 struct Url {
+    proto: Proto,
     addr: SocketAddr,
-    nqn: Option<String>,
+    /// The NQN (NVMe) or IQN (iSCSI).
+    name: Option<String>,
+    lun: u64,
 }
 
 fn parse_url(s: &str) -> Result<Url, PerfError> {
     let bad = || PerfError::Url(s.to_string());
-    let rest = s.strip_prefix("nvme-tcp://").ok_or_else(bad)?;
-    let (hostport, nqn) = match rest.split_once('/') {
-        Some((h, n)) if !n.is_empty() => (h, Some(n.to_string())),
-        Some((h, _)) => (h, None),
-        None => (rest, None),
+    let (proto, rest, default_port) = if let Some(r) = s.strip_prefix("nvme-tcp://") {
+        (Proto::Nvme, r, 4420)
+    } else if let Some(r) = s.strip_prefix("iscsi://") {
+        (Proto::Iscsi, r, 3260)
+    } else {
+        return Err(bad());
     };
-    // ADDR is IPv4, a name, [IPv6] or a bare IPv6 address; the port defaults to 4420.
+    let (hostport, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, p),
+        None => (rest, ""),
+    };
+    let (name, lun) = match proto {
+        Proto::Nvme => ((!path.is_empty()).then(|| path.to_string()), 0),
+        // IQN/LUN, as libiscsi writes it; IQNs hold ':' but no '/'.
+        Proto::Iscsi => match path.rsplit_once('/') {
+            Some((iqn, lun)) if !iqn.is_empty() => {
+                (Some(iqn.to_string()), lun.parse().map_err(|_| bad())?)
+            }
+            _ if path.is_empty() => (None, 0),
+            _ => (Some(path.to_string()), 0),
+        },
+    };
+    // ADDR is IPv4, a name, [IPv6] or a bare IPv6 address.
     let with_port = if hostport.starts_with('[') {
         if hostport.ends_with(']') {
-            format!("{hostport}:4420")
+            format!("{hostport}:{default_port}")
         } else {
             hostport.to_string()
         }
     } else if hostport.matches(':').count() > 1 {
-        format!("[{hostport}]:4420")
+        format!("[{hostport}]:{default_port}")
     } else if hostport.contains(':') {
         hostport.to_string()
     } else {
-        format!("{hostport}:4420")
+        format!("{hostport}:{default_port}")
     };
     let addr = with_port
         .to_socket_addrs()
         .map_err(|_| bad())?
         .next()
         .ok_or_else(bad)?;
-    Ok(Url { addr, nqn })
+    Ok(Url {
+        proto,
+        addr,
+        name,
+        lun,
+    })
 }
 
-/// One connection with blocking I/O around the host engine.
-struct Conn {
+/// A host engine behind a socket: bytes out, bytes in.
+trait Engine {
+    fn output(&self) -> &[u8];
+    fn consume_output(&mut self, n: usize);
+    fn receive(&mut self, input: &[u8]) -> Result<(), String>;
+}
+
+impl Engine for HostQueue {
+    fn output(&self) -> &[u8] {
+        HostQueue::output(self)
+    }
+    fn consume_output(&mut self, n: usize) {
+        HostQueue::consume_output(self, n);
+    }
+    fn receive(&mut self, input: &[u8]) -> Result<(), String> {
+        HostQueue::receive(self, input).map_err(|e| format!("{e:?}"))
+    }
+}
+
+impl Engine for IscsiHost {
+    fn output(&self) -> &[u8] {
+        IscsiHost::output(self)
+    }
+    fn consume_output(&mut self, n: usize) {
+        IscsiHost::consume_output(self, n);
+    }
+    fn receive(&mut self, input: &[u8]) -> Result<(), String> {
+        IscsiHost::receive(self, input).map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// A finished I/O of either protocol.
+struct Done {
+    tag: u32,
+    /// `None` when it succeeded, else what the target said.
+    error: Option<String>,
+    data: Vec<u8>,
+}
+
+/// What the workload loop needs of a queue.
+trait IoQueue {
+    /// Queues a read (`data` empty) or a write of `blocks` at `lba`; its tag.
+    fn submit_io(
+        &mut self,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        data: Vec<u8>,
+        read_len: usize,
+    ) -> u32;
+    /// Room for another command (the iSCSI CmdSN window).
+    fn can_submit(&self) -> bool;
+    fn exchange(&mut self) -> Result<(), PerfError>;
+    fn done(&mut self) -> Option<Done>;
+}
+
+impl IoQueue for Conn<HostQueue> {
+    fn submit_io(
+        &mut self,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        data: Vec<u8>,
+        read_len: usize,
+    ) -> u32 {
+        let op = if write {
+            IoOpcode::Write
+        } else {
+            IoOpcode::Read
+        };
+        let in_capsule = write && data.len() <= 8192;
+        let sqe = commands::io(op, self.nsid, lba, blocks);
+        u32::from(self.h.submit(sqe, data, in_capsule, read_len))
+    }
+    fn can_submit(&self) -> bool {
+        true
+    }
+    fn exchange(&mut self) -> Result<(), PerfError> {
+        Conn::exchange(self)
+    }
+    fn done(&mut self) -> Option<Done> {
+        self.h.completion().map(|c| Done {
+            tag: u32::from(c.cid),
+            error: (!c.cqe.status.is_success()).then(|| format!("{:?}", c.cqe.status)),
+            data: c.data,
+        })
+    }
+}
+
+impl IoQueue for Conn<IscsiHost> {
+    fn submit_io(
+        &mut self,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        data: Vec<u8>,
+        read_len: usize,
+    ) -> u32 {
+        let mut cdb = [0u8; 16];
+        cdb[0] = if write { 0x8a } else { 0x88 }; // WRITE(16) / READ(16)
+        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+        cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        self.h.command(encode_lun(self.lun), &cdb, data, read_len)
+    }
+    fn can_submit(&self) -> bool {
+        self.h.can_submit()
+    }
+    fn exchange(&mut self) -> Result<(), PerfError> {
+        Conn::exchange(self)
+    }
+    fn done(&mut self) -> Option<Done> {
+        self.h.completion().map(|c| Done {
+            tag: c.itt,
+            error: (c.status != 0)
+                .then(|| format!("SCSI status {:#x}, sense {:02x?}", c.status, c.sense)),
+            data: c.data,
+        })
+    }
+}
+
+/// One connection with blocking I/O around a host engine.
+struct Conn<E> {
     addr: SocketAddr,
     stream: TcpStream,
-    h: HostQueue,
+    h: E,
     buf: Vec<u8>,
+    /// The namespace (NVMe) or LUN (iSCSI) the I/O goes to.
+    nsid: u32,
+    lun: u64,
 }
 
-impl Conn {
-    fn open(addr: SocketAddr, digests: bool) -> Result<Self, PerfError> {
+impl<E: Engine> Conn<E> {
+    fn with(addr: SocketAddr, h: E) -> Result<Self, PerfError> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|source| PerfError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
         stream
             .set_nonblocking(true)
             .map_err(|source| PerfError::Connect { addr, source })?;
-        let mut c = Self {
+        Ok(Self {
             addr,
             stream,
-            h: HostQueue::new(digests, digests),
+            h,
             buf: vec![0; 1 << 20],
-        };
-        while !c.h.established() {
-            c.exchange()?;
-        }
-        Ok(c)
+            nsid: 1,
+            lun: 0,
+        })
     }
 
     fn io_err(&self, source: io::Error) -> PerfError {
@@ -191,7 +352,7 @@ impl Conn {
                 Ok(n) => {
                     self.h.consume_output(sent);
                     return self.h.receive(&self.buf[..n]).map_err(|e| {
-                        PerfError::Target(format!("protocol error from the target: {e:?}"))
+                        PerfError::Target(format!("protocol error from the target: {e}"))
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -221,6 +382,16 @@ impl Conn {
         };
         // SAFETY: one valid pollfd for the duration of the call, bounded timeout.
         unsafe { libc::poll(&raw mut pfd, 1, 10) };
+    }
+}
+
+impl Conn<HostQueue> {
+    fn open(addr: SocketAddr, digests: bool) -> Result<Self, PerfError> {
+        let mut c = Self::with(addr, HostQueue::new(digests, digests))?;
+        while !c.h.established() {
+            c.exchange()?;
+        }
+        Ok(c)
     }
 
     fn command(
@@ -294,6 +465,73 @@ impl Conn {
     }
 }
 
+impl Conn<IscsiHost> {
+    /// Logs in (`target` None: a discovery session); queue `q` gets its own ISID, so
+    /// each queue is a session of its own.
+    fn login(
+        addr: SocketAddr,
+        initiator: &str,
+        target: Option<&str>,
+        q: u16,
+        digests: bool,
+    ) -> Result<Self, PerfError> {
+        let mut o = LoginOptions::new(initiator, target);
+        o.isid[4..6].copy_from_slice(&q.to_be_bytes());
+        o.header_digest = digests;
+        o.data_digest = digests;
+        let mut c = Self::with(addr, IscsiHost::new(o))?;
+        while !c.h.logged_in() {
+            c.exchange()
+                .map_err(|e| PerfError::Target(format!("iSCSI login: {e}")))?;
+        }
+        Ok(c)
+    }
+
+    /// Runs one SCSI command to completion; a unit attention is retried (it reports an
+    /// event, such as a reset, not a failure of this command).
+    fn scsi(&mut self, cdb: &[u8], read_len: usize) -> Result<Vec<u8>, PerfError> {
+        for _ in 0..4 {
+            self.h
+                .command(encode_lun(self.lun), cdb, Vec::new(), read_len);
+            let c = loop {
+                if let Some(c) = self.h.completion() {
+                    break c;
+                }
+                self.exchange()?;
+            };
+            match (c.status, c.sense.get(2).map(|k| k & 0x0f)) {
+                (0, _) => return Ok(c.data),
+                (2, Some(6)) => continue,
+                (st, _) => {
+                    return Err(PerfError::Target(format!(
+                        "SCSI command {:#04x} failed: status {st:#x}, sense {:02x?}",
+                        cdb[0], c.sense
+                    )));
+                }
+            }
+        }
+        Err(PerfError::Target("unit attentions without end".into()))
+    }
+}
+
+/// The first target SendTargets lists at `addr`.
+fn iscsi_discover(addr: SocketAddr, initiator: &str, digests: bool) -> Result<String, PerfError> {
+    let mut d = Conn::<IscsiHost>::login(addr, initiator, None, 0, digests)?;
+    d.h.send_targets("All");
+    loop {
+        if let Some(r) = d.h.text_result() {
+            return r
+                .iter()
+                .find(|(k, _)| k == "TargetName")
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| {
+                    PerfError::Target(format!("SendTargets at {addr} lists no target"))
+                });
+        }
+        d.exchange()?;
+    }
+}
+
 /// The first NVM subsystem in the discovery log at `addr`.
 fn discover(addr: SocketAddr, host: &str, digests: bool) -> Result<String, PerfError> {
     let mut d = Conn::open(addr, digests)?;
@@ -348,7 +586,6 @@ impl Rng {
 }
 
 struct Job {
-    nsid: u32,
     workload: Workload,
     read_pct: u8,
     qd: usize,
@@ -377,7 +614,7 @@ struct InFlight {
     generation: u32,
 }
 
-fn run_queue(mut c: Conn, job: &Job, seed: u64) -> Result<Stats, PerfError> {
+fn run_queue(c: &mut dyn IoQueue, job: &Job, seed: u64) -> Result<Stats, PerfError> {
     let mut rng = Rng(seed | 1);
     let mut stats = Stats::default();
     let slots = job.region_blocks / job.blocks_per_io;
@@ -386,13 +623,13 @@ fn run_queue(mut c: Conn, job: &Job, seed: u64) -> Result<Stats, PerfError> {
     } else {
         Vec::new()
     };
-    let mut inflight: HashMap<u16, InFlight> = HashMap::with_capacity(job.qd * 2);
+    let mut inflight: HashMap<u32, InFlight> = HashMap::with_capacity(job.qd * 2);
     let mut busy: HashSet<u64> = HashSet::with_capacity(job.qd * 2);
     let mut seq = 0u64;
     let bytes = job.blocks_per_io as usize * job.block;
     loop {
         let now = Instant::now();
-        while inflight.len() < job.qd && now < job.deadline {
+        while inflight.len() < job.qd && now < job.deadline && c.can_submit() {
             let write = match job.workload {
                 Workload::Read | Workload::Randread => false,
                 Workload::Write | Workload::Randwrite => true,
@@ -411,17 +648,6 @@ fn run_queue(mut c: Conn, job: &Job, seed: u64) -> Result<Stats, PerfError> {
                 break;
             }
             let lba = job.first_lba + slot * job.blocks_per_io;
-            let op = if write {
-                IoOpcode::Write
-            } else {
-                IoOpcode::Read
-            };
-            let sqe = commands::io(
-                op,
-                job.nsid,
-                lba,
-                u32::try_from(job.blocks_per_io).unwrap_or(1),
-            );
             let mut generation = 0;
             let data = if write {
                 let mut d = vec![0u8; bytes];
@@ -435,10 +661,11 @@ fn run_queue(mut c: Conn, job: &Job, seed: u64) -> Result<Stats, PerfError> {
             } else {
                 Vec::new()
             };
-            let cid = c.h.submit(
-                sqe,
+            let cid = c.submit_io(
+                write,
+                lba,
+                u32::try_from(job.blocks_per_io).unwrap_or(1),
                 data,
-                write && bytes <= 8192,
                 if write { 0 } else { bytes },
             );
             busy.insert(slot);
@@ -456,16 +683,16 @@ fn run_queue(mut c: Conn, job: &Job, seed: u64) -> Result<Stats, PerfError> {
             return Ok(stats);
         }
         c.exchange()?;
-        while let Some(done) = c.h.completion() {
-            let Some(f) = inflight.remove(&done.cid) else {
+        while let Some(done) = c.done() {
+            let Some(f) = inflight.remove(&done.tag) else {
                 continue;
             };
             let slot = (f.lba - job.first_lba) / job.blocks_per_io;
             busy.remove(&slot);
-            if !done.cqe.status.is_success() {
+            if let Some(e) = done.error {
                 return Err(PerfError::Target(format!(
-                    "I/O at LBA {} failed: {:?}",
-                    f.lba, done.cqe.status
+                    "I/O at LBA {} failed: {e}",
+                    f.lba
                 )));
             }
             stats
@@ -505,13 +732,24 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
-    let url = parse_url(&args.target)?;
+/// The queues of a run, connected, and what they address.
+struct Setup {
+    /// The NQN or IQN.
+    name: String,
+    block: usize,
+    capacity: u64,
+    /// Opens queue `q` (its own connection).
+    open: Box<dyn Fn(u16) -> Result<Box<dyn IoQueue + Send>, PerfError>>,
+    /// Kept open while the queues run (the NVMe admin queue owns the controller).
+    _admin: Option<Conn<HostQueue>>,
+}
+
+fn nvme_setup(args: &PerfArgs, url: &Url) -> Result<Setup, PerfError> {
     let host = args
         .host_nqn
         .clone()
         .unwrap_or_else(|| DEFAULT_HOST_NQN.to_string());
-    let nqn = match &url.nqn {
+    let nqn = match &url.name {
         Some(n) => n.clone(),
         None => discover(url.addr, &host, args.digests)?,
     };
@@ -538,8 +776,74 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
     let ns = IdentifyNamespace::new_checked(&id.data[..])
         .map_err(|_| PerfError::Target("short Identify Namespace".into()))?;
     let block = 1usize << ns.current_lbaf().lbads;
-    let ns_bytes = ns.nsze() * block as u64;
-    if args.bs == 0 || !args.bs.is_multiple_of(block) || args.bs > 128 * 1024 {
+    let capacity = ns.nsze() * block as u64;
+    let (addr, digests, nsid, n) = (url.addr, args.digests, args.nsid, nqn.clone());
+    Ok(Setup {
+        name: nqn,
+        block,
+        capacity,
+        open: Box::new(move |q| {
+            let mut c = Conn::open(addr, digests)?;
+            c.connect(q + 1, cntlid, &n, &host, sqsize)?;
+            c.nsid = nsid;
+            Ok(Box::new(c) as Box<dyn IoQueue + Send>)
+        }),
+        _admin: Some(admin),
+    })
+}
+
+fn iscsi_setup(args: &PerfArgs, url: &Url) -> Result<Setup, PerfError> {
+    let initiator = args
+        .host_nqn
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INITIATOR.to_string());
+    let iqn = match &url.name {
+        Some(n) => n.clone(),
+        None => iscsi_discover(url.addr, &initiator, args.digests)?,
+    };
+    let mut probe =
+        Conn::<IscsiHost>::login(url.addr, &initiator, Some(&iqn), 0xffff, args.digests)?;
+    probe.lun = url.lun;
+    // READ CAPACITY (16): the last LBA and the block length.
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x9e;
+    cdb[1] = 0x10;
+    cdb[13] = 32;
+    let rc = probe.scsi(&cdb, 32)?;
+    let last = u64::from_be_bytes(rc[0..8].try_into().unwrap_or_default());
+    let block = u32::from_be_bytes(rc[8..12].try_into().unwrap_or_default()) as usize;
+    probe.h.logout();
+    let _ = probe.exchange();
+    let (addr, digests, lun, name) = (url.addr, args.digests, url.lun, iqn.clone());
+    Ok(Setup {
+        name: iqn,
+        block: block.max(1),
+        capacity: (last + 1) * block as u64,
+        open: Box::new(move |q| {
+            let mut c = Conn::<IscsiHost>::login(addr, &initiator, Some(&name), q, digests)?;
+            c.lun = lun;
+            Ok(Box::new(c) as Box<dyn IoQueue + Send>)
+        }),
+        _admin: None,
+    })
+}
+
+pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
+    let url = parse_url(&args.target)?;
+    let setup = match url.proto {
+        Proto::Nvme => nvme_setup(args, &url)?,
+        Proto::Iscsi => iscsi_setup(args, &url)?,
+    };
+    let qd = match url.proto {
+        Proto::Nvme => args.qd.clamp(1, 126),
+        Proto::Iscsi => args.qd.clamp(1, 128),
+    };
+    let (block, ns_bytes, nqn) = (setup.block, setup.capacity, setup.name.clone());
+    let max_io = match url.proto {
+        Proto::Nvme => 128 * 1024,
+        Proto::Iscsi => 1024 * 1024,
+    };
+    if args.bs == 0 || !args.bs.is_multiple_of(block) || args.bs > max_io {
         return Err(PerfError::BlockSize { bs: args.bs, block });
     }
     let blocks_per_io = (args.bs / block) as u64;
@@ -556,10 +860,8 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
     let started = Instant::now();
     let mut handles = Vec::new();
     for q in 0..args.queues.max(1) {
-        let mut c = Conn::open(url.addr, args.digests)?;
-        c.connect(q + 1, cntlid, &nqn, &host, sqsize)?;
+        let mut c = (setup.open)(q)?;
         let job = Job {
-            nsid: args.nsid,
             workload: args.workload,
             read_pct: args.read_pct,
             qd,
@@ -571,7 +873,7 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
             deadline,
         };
         handles.push(std::thread::spawn(move || {
-            run_queue(c, &job, 0x9e37_79b9_7f4a_7c15 ^ u64::from(q))
+            run_queue(c.as_mut(), &job, 0x9e37_79b9_7f4a_7c15 ^ u64::from(q))
         }));
     }
     let mut total = Stats::default();
@@ -642,7 +944,7 @@ mod tests {
     fn urls() {
         let u = parse_url("nvme-tcp://10.0.0.1:4421/nqn.x").unwrap();
         assert_eq!(
-            (u.addr.to_string(), u.nqn.as_deref()),
+            (u.addr.to_string(), u.name.as_deref()),
             ("10.0.0.1:4421".into(), Some("nqn.x"))
         );
         assert_eq!(parse_url("nvme-tcp://10.0.0.1").unwrap().addr.port(), 4420);
@@ -657,8 +959,22 @@ mod tests {
             parse_url("nvme-tcp://fd00::1").unwrap().addr.to_string(),
             "[fd00::1]:4420"
         );
-        assert!(parse_url("iscsi://10.0.0.1").is_err());
         assert!(parse_url("nvme-tcp://").is_err());
+        assert!(parse_url("http://10.0.0.1").is_err());
+        let u = parse_url("iscsi://10.0.0.1/iqn.2026-11.dev.xdp-target:default/3").unwrap();
+        assert_eq!(u.proto, Proto::Iscsi);
+        assert_eq!(u.addr.port(), 3260);
+        assert_eq!(
+            u.name.as_deref(),
+            Some("iqn.2026-11.dev.xdp-target:default")
+        );
+        assert_eq!(u.lun, 3);
+        let u = parse_url("iscsi://[fd00::1]:3261").unwrap();
+        assert_eq!(
+            (u.addr.to_string(), u.name, u.lun),
+            ("[fd00::1]:3261".into(), None, 0)
+        );
+        assert!(parse_url("iscsi://10.0.0.1/iqn.x/notalun").is_err());
     }
 
     #[test]
