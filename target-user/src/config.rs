@@ -31,6 +31,7 @@
 //! block_size = 512                  # or 4096
 //! nvme = true                       # export over NVMe/TCP (default true)
 //! iscsi = true                      # export as an iSCSI LUN when the subsystem has an iqn
+//! read_only = false                 # iSCSI only (needs nvme = false): writes are refused
 //!
 //! [xdp]
 //! ports = [4420, 8009, 3260]        # TCP ports the XDP program steers (default shown)
@@ -122,6 +123,7 @@ fn default_subsystems() -> Vec<SubsystemConfig> {
             block_size: 512,
             nvme: true,
             iscsi: true,
+            read_only: false,
         }],
     }]
 }
@@ -262,6 +264,9 @@ pub struct NamespaceConfig {
     /// Exported as an iSCSI LUN (when the subsystem has an `iqn`).
     #[serde(default = "yes")]
     pub iscsi: bool,
+    /// Refuse writes (iSCSI only: WRITE PROTECTED sense, and the WP bit in MODE SENSE).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 const fn default_block_size() -> u32 {
@@ -474,6 +479,18 @@ impl Config {
                 }
                 if s.namespaces[..j].iter().any(|o| o.nsid == n.nsid) {
                     return Err(bad(format!("namespace {} is listed twice", n.nsid)));
+                }
+                if n.read_only && n.nvme {
+                    return Err(bad(format!(
+                        "namespace {}: read_only is enforced for iSCSI LUNs only; set nvme = false",
+                        n.nsid
+                    )));
+                }
+                if s.iqn.is_some() && n.iscsi && n.nsid > 16384 {
+                    return Err(bad(format!(
+                        "namespace {}: iSCSI LUNs (NSID - 1) stop at 16383",
+                        n.nsid
+                    )));
                 }
                 if n.block_size != 512 && n.block_size != 4096 {
                     return Err(bad(format!(

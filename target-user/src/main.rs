@@ -140,8 +140,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     // No listeners: steering and counters only (the XDP tests run it so).
-    let server = if config.nvme.listen.is_empty() {
+    if config.nvme.listen.is_empty() {
         warn!("nvme.listen is empty: no NVMe/TCP is served");
+    }
+    if config.iscsi.listen.is_empty() {
+        warn!("iscsi.listen is empty: no iSCSI is served");
+    }
+    let server = if config.nvme.listen.is_empty() && config.iscsi.listen.is_empty() {
         None
     } else {
         Some(server::start(&config)?)

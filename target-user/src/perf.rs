@@ -732,6 +732,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
+/// Opens queue `q` of a run.
+type OpenQueue = dyn Fn(u16) -> Result<Box<dyn IoQueue + Send>, PerfError>;
+
 /// The queues of a run, connected, and what they address.
 struct Setup {
     /// The NQN or IQN.
@@ -739,7 +742,7 @@ struct Setup {
     block: usize,
     capacity: u64,
     /// Opens queue `q` (its own connection).
-    open: Box<dyn Fn(u16) -> Result<Box<dyn IoQueue + Send>, PerfError>>,
+    open: Box<OpenQueue>,
     /// Kept open while the queues run (the NVMe admin queue owns the controller).
     _admin: Option<Conn<HostQueue>>,
 }

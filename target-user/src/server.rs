@@ -129,7 +129,7 @@ fn build(config: &Config) -> Result<Built, ServeError> {
                     backend: id,
                     volatile_write_cache: backend.volatile_cache(),
                     thin: true,
-                    read_only: false,
+                    read_only: n.read_only,
                     identity: ident,
                     vendor: "XDPT".into(),
                     product: s.model.chars().take(16).collect(),

@@ -3,6 +3,7 @@
 //! XDP program steers. The tests themselves live in `tests/`.
 
 pub mod frames;
+pub mod iscsi;
 pub mod netns;
 pub mod nvme;
 pub mod target;

@@ -98,6 +98,11 @@ impl Target {
         Ok(t)
     }
 
+    /// What the target has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn child_mut(&mut self) -> &mut Child {
         self.child.as_mut().expect("child present until stop")
     }
