@@ -36,6 +36,14 @@ const TAP: &str = "tap0";
 const HOST_ADDR: &str = "10.77.0.1";
 const GUEST_ADDR: &str = "10.77.0.2";
 const NQN: &str = "nqn.2026-11.dev.xdp-target:default";
+const IQN: &str = "iqn.2026-11.dev.xdp-target:default";
+const INITIATOR: &str = "iqn.2026-11.dev.xdp-target:lab-guest";
+const ISCSI_PORT: u16 = 3260;
+/// CHAP the guest's iscsiadm logs in with, and the target's answer for mutual CHAP.
+const CHAP_USER: &str = "lab-guest";
+const CHAP_SECRET: &str = "lab-guest-secret";
+const MUTUAL_USER: &str = "lab-target";
+const MUTUAL_SECRET: &str = "lab-target-secret";
 const IO_PORT: u16 = 4420;
 const DISCOVERY_PORT: u16 = 8009;
 /// The namespace is small so that whole-device passes stay short under TCG.
@@ -600,7 +608,9 @@ impl Lab {
         accel: &str,
         tally: &mut Tally,
     ) -> Result<()> {
-        let step = format!("target serves {NQN} on {HOST_ADDR}:{IO_PORT} and :{DISCOVERY_PORT}");
+        let step = format!(
+            "target serves {NQN} on {HOST_ADDR}:{IO_PORT} and :{DISCOVERY_PORT}, {IQN} on :{ISCSI_PORT}"
+        );
         match self.start_target() {
             Ok(()) => tally.pass(&step),
             Err(e) => {
@@ -644,7 +654,7 @@ impl Lab {
                 listening.contains(&format!("{HOST_ADDR}:{port} "))
                     || listening.contains(&format!("0.0.0.0:{port} "))
             };
-            if has(IO_PORT) && has(DISCOVERY_PORT) {
+            if has(IO_PORT) && has(DISCOVERY_PORT) && has(ISCSI_PORT) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -816,7 +826,7 @@ impl Lab {
         }
         println!("lab: guest ran {} s", t0.elapsed().as_secs());
         if tally.failed > 0 && !dmesg.is_empty() {
-            println!("lab: guest dmesg (nvme, tcp):");
+            println!("lab: guest dmesg (nvme, iscsi, scsi, tcp):");
             for l in &dmesg {
                 println!("lab:     {l}");
             }
@@ -867,8 +877,15 @@ discovery_port = {DISCOVERY_PORT}
 header_digest = true
 data_digest = true
 
+[iscsi]
+listen = ["{HOST_ADDR}:{ISCSI_PORT}"]
+
+# The same file namespace is NVMe namespace 1 and iSCSI LUN 0 (used one at a time).
 [[subsystem]]
 nqn = "{NQN}"
+iqn = "{IQN}"
+chap = {{ user = "{CHAP_USER}", secret = "{CHAP_SECRET}" }}
+mutual_chap = {{ user = "{MUTUAL_USER}", secret = "{MUTUAL_SECRET}" }}
 [[subsystem.namespace]]
 nsid = 1
 backend = "file"
@@ -885,7 +902,10 @@ fn write_guest_steps(run_dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&dir)?;
     let vars = format!(
         "TARGET={HOST_ADDR}\nGUEST={GUEST_ADDR}\nNQN={NQN}\nIO_PORT={IO_PORT}\n\
-         DISC_PORT={DISCOVERY_PORT}\nNS_BYTES={NS_BYTES}\nNS_BLOCKS={}\n",
+         DISC_PORT={DISCOVERY_PORT}\nNS_BYTES={NS_BYTES}\nNS_BLOCKS={}\n\
+         IQN={IQN}\nINITIATOR={INITIATOR}\nISCSI_PORT={ISCSI_PORT}\n\
+         CHAP_USER={CHAP_USER}\nCHAP_SECRET={CHAP_SECRET}\n\
+         MUTUAL_USER={MUTUAL_USER}\nMUTUAL_SECRET={MUTUAL_SECRET}\n",
         NS_BYTES / NS_BLOCK
     );
     fs::write(dir.join("lib.sh"), format!("{vars}{GUEST_LIB}"))?;
@@ -947,7 +967,8 @@ sleep 60
 "#;
 
 /// Step functions (sourced by main.sh and by each step's subshell); xtask prepends the
-/// variables TARGET, GUEST, NQN, IO_PORT, DISC_PORT, NS_BYTES and NS_BLOCKS.
+/// variables TARGET, GUEST, NQN, IO_PORT, DISC_PORT, NS_BYTES, NS_BLOCKS, and for iSCSI
+/// IQN, INITIATOR, ISCSI_PORT and the CHAP credentials.
 const GUEST_LIB: &str = r#"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 MNT=/mnt/lab
@@ -969,9 +990,15 @@ ctrl_dev() {
     return 1
 }
 
-# The namespace's block device, waiting up to 10 s for it to appear.
+# The namespace's block device, waiting up to 10 s for it to appear; the iSCSI steps
+# set LAB_DEV to the LUN's disk instead.
 ns_dev() {
     local i d
+    if [ -n "${LAB_DEV:-}" ]; then
+        [ -b "$LAB_DEV" ] && { echo "$LAB_DEV"; return 0; }
+        echo "$LAB_DEV is not a block device" >&2
+        return 1
+    fi
     for i in $(seq 1 100); do
         for d in /dev/nvme[0-9]*n1; do
             [ -b "$d" ] && { echo "$d"; return 0; }
@@ -1219,6 +1246,133 @@ s_reconnect_after_restart() {
     echo "controller is $state 90 s after the target restart"
     return 1
 }
+
+# ---- iSCSI (open-iscsi) -------------------------------------------------------------
+
+# The disk of our LUN: the sdX that iscsiadm reports for the session, waiting up to 10 s.
+iscsi_dev() {
+    local i d
+    for i in $(seq 1 100); do
+        d=$(iscsiadm -m session -P 3 2>/dev/null | sed -n 's/.*Attached scsi disk \(sd[a-z]*\).*/\1/p' | head -n 1)
+        [ -n "$d" ] && [ -b "/dev/$d" ] && { echo "/dev/$d"; return 0; }
+        sleep 0.1
+    done
+    echo "no disk attached to an iSCSI session" >&2
+    return 1
+}
+
+iscsi_state() {
+    iscsiadm -m session -P 1 2>/dev/null | sed -n 's/.*iSCSI Session State: *//p' | head -n 1
+}
+
+s_iscsi_modules() {
+    modprobe iscsi_tcp || return 1
+    modprobe sd_mod || return 1
+    mkdir -p /run/lock /etc/iscsi /var/lib/iscsi
+    echo "InitiatorName=$INITIATOR" > /etc/iscsi/initiatorname.iscsi
+    # Quick failure detection for the restart step: NOP-Outs every 2 s, 5 s timeout.
+    sed -i -e 's/^node.conn\[0\].timeo.noop_out_interval.*/node.conn[0].timeo.noop_out_interval = 2/' \
+        -e 's/^node.conn\[0\].timeo.noop_out_timeout.*/node.conn[0].timeo.noop_out_timeout = 5/' \
+        /etc/iscsi/iscsid.conf
+    iscsid || return 1
+    note "iscsi_tcp loaded; iscsid $(iscsid --version 2>&1 | awk '{print $NF}'); $INITIATOR"
+}
+
+s_iscsi_discover() {
+    local out
+    out=$(iscsiadm -m discovery -t sendtargets -p "$TARGET:$ISCSI_PORT" 2>&1)
+    local rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || return 1
+    echo "$out" | grep -q "^$TARGET:$ISCSI_PORT,1 $IQN\$" || { echo "$IQN at $TARGET:$ISCSI_PORT not listed"; return 1; }
+    note "$out"
+}
+
+# iscsi_auth SECRET [MUTUAL_SECRET]: CHAP settings of the node record.
+iscsi_auth() {
+    local n="iscsiadm -m node -T $IQN -p $TARGET:$ISCSI_PORT -o update -n"
+    $n node.session.auth.authmethod -v CHAP || return 1
+    $n node.session.auth.username -v "$CHAP_USER" || return 1
+    $n node.session.auth.password -v "$1" || return 1
+    if [ -n "${2:-}" ]; then
+        $n node.session.auth.username_in -v "$MUTUAL_USER" || return 1
+        $n node.session.auth.password_in -v "$2" || return 1
+    fi
+}
+
+s_iscsi_bad_chap() {
+    iscsi_auth "not-the-secret" || return 1
+    local out
+    if out=$(iscsiadm -m node -T "$IQN" -p "$TARGET:$ISCSI_PORT" --login 2>&1); then
+        echo "$out"
+        iscsiadm -m node -T "$IQN" -p "$TARGET:$ISCSI_PORT" --logout
+        echo "login with a wrong CHAP secret succeeded"
+        return 1
+    fi
+    note "refused: $(echo "$out" | grep -iE 'auth|error' | tail -n 1)"
+}
+
+s_iscsi_login() {
+    iscsi_auth "$CHAP_SECRET" "$MUTUAL_SECRET" || return 1
+    iscsiadm -m node -T "$IQN" -p "$TARGET:$ISCSI_PORT" --login || return 1
+    local dev
+    dev=$(iscsi_dev) || return 1
+    note "$dev, $(iscsi_state), CHAP + mutual CHAP, $(cat /sys/block/${dev#/dev/}/device/vendor | tr -d ' ') $(cat /sys/block/${dev#/dev/}/device/model | tr -s ' ')"
+}
+
+s_iscsi_size() {
+    local dev bytes
+    dev=$(iscsi_dev) || return 1
+    bytes=$(blockdev --getsize64 "$dev")
+    [ "$bytes" -eq "$NS_BYTES" ] || { echo "$dev has $bytes bytes, expected $NS_BYTES"; return 1; }
+    note "$dev: $bytes bytes, $(blockdev --getss "$dev")-byte sectors, write cache $(cat /sys/block/${dev#/dev/}/queue/write_cache)"
+}
+
+# The NVMe steps' marker (written before the restart) reads back through iSCSI: the same
+# blocks, another protocol.
+s_iscsi_sees_nvme_data() {
+    local dev got
+    dev=$(iscsi_dev) || return 1
+    got=$(dd if="$dev" bs=1M count=4 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$(cat /tmp/marker.sha)" ] || { echo "sha256 $got, NVMe wrote $(cat /tmp/marker.sha)"; return 1; }
+    note "sha256 $(echo "$got" | cut -c1-16) as written over NVMe"
+}
+
+s_iscsi_logout() {
+    local out
+    out=$(iscsiadm -m node -T "$IQN" -p "$TARGET:$ISCSI_PORT" --logout 2>&1) || { echo "$out"; return 1; }
+    local i
+    for i in $(seq 1 50); do
+        iscsiadm -m session >/dev/null 2>&1 || { note "$(echo "$out" | tail -n 1)"; return 0; }
+        sleep 0.1
+    done
+    echo "session still listed after logout"
+    return 1
+}
+
+# The host restarts the target; open-iscsi notices (NOP-Out timeout or reset) and logs
+# in again by itself.
+s_iscsi_reconnect_after_restart() {
+    local i state seen_down=""
+    iscsi_dev >/dev/null || return 1
+    echo "LAB: RESTART-TARGET" > /dev/console
+    for i in $(seq 1 300); do
+        state=$(iscsi_state)
+        [ "$state" != LOGGED_IN ] && seen_down=$state && break
+        sleep 0.1
+    done
+    [ -n "$seen_down" ] || { echo "session stayed LOGGED_IN for 30 s: the restart was not noticed"; return 1; }
+    for i in $(seq 1 900); do
+        state=$(iscsi_state)
+        if [ "$state" = LOGGED_IN ]; then
+            note "session went $seen_down, LOGGED_IN again $((i / 10)) s later"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "session is $state 90 s after the target restart"
+    return 1
+}
 "#;
 
 /// The step sequence. Each step runs in its own bash with a timeout; output is shown only
@@ -1273,9 +1427,31 @@ step "dd direct read after reconnect" 60 s_direct_read 33554432
 step "fio verify crc32c after reconnect" 120 s_fio_verify 16M
 step "nvme disconnect (after restart)" 30 s_disconnect
 step "fresh nvme connect to the restarted target" 60 s_connect
+step "write 4 MiB marker over NVMe (for the iSCSI steps)" 60 s_write_marker
 step "nvme disconnect (fresh)" 30 s_disconnect
 
-dmesg | grep -iE 'nvme|tcp' | sed 's/^/LAB: DMESG /'
+step "modprobe iscsi_tcp, start iscsid" 30 s_iscsi_modules
+step "iscsiadm discovery (SendTargets) lists $IQN" 60 s_iscsi_discover
+step "iscsiadm login with a wrong CHAP secret is refused" 60 s_iscsi_bad_chap
+step "iscsiadm login (CHAP, mutual CHAP)" 60 s_iscsi_login
+step "the LUN's size and sectors" 30 s_iscsi_size
+step "the NVMe marker reads back over iSCSI (same blocks)" 60 s_iscsi_sees_nvme_data
+LAB_DEV=$(bash -c 'source /run/lab/lib.sh; iscsi_dev' 2>/dev/null)
+export LAB_DEV
+step "dd direct read of the whole LUN" 120 s_direct_read
+step "mkfs.ext4 (iSCSI)" 60 s_mkfs
+step "mount, write files, sync (iSCSI)" 120 s_fs_write
+step "drop_caches, umount, mount, checksums match (iSCSI)" 120 s_fs_verify
+step "fstrim on the mount (iSCSI: UNMAP)" 60 s_fstrim
+step "umount, blkdiscard (iSCSI)" 60 s_blkdiscard
+step "fio randwrite 4k direct, verify crc32c (iSCSI)" 180 s_fio_verify 64M
+step "write 4 MiB marker, fsync (SYNCHRONIZE CACHE)" 60 s_write_marker
+step "open-iscsi logs in again after the target restarts" 150 s_iscsi_reconnect_after_restart
+step "marker still there after the restart (iSCSI)" 60 s_check_marker
+step "fio verify crc32c after the iSCSI reconnect" 120 s_fio_verify 16M
+step "iscsiadm logout" 30 s_iscsi_logout
+
+dmesg | grep -iE 'nvme|tcp|iscsi|scsi|sd[a-z]' | sed 's/^/LAB: DMESG /'
 "#;
 
 #[cfg(test)]
