@@ -520,7 +520,11 @@ impl IscsiConn {
                 break;
             }
             let bhs = Bhs::new_unchecked(&avail[..BHS_LEN]);
-            let layout = bhs.layout(self.neg.header_digest, self.neg.data_digest);
+            // Digests start with the full feature phase (section 13.1): an operational
+            // round that negotiated them does not put them on the login PDUs that follow
+            // (push_pdu sends login responses without them for the same reason).
+            let ffp = self.phase != Phase::Login;
+            let layout = bhs.layout(ffp && self.neg.header_digest, ffp && self.neg.data_digest);
             let limit = if self.phase == Phase::Login {
                 LOGIN_MRDSL
             } else {
