@@ -624,7 +624,9 @@ impl IscsiConn {
             self.execute(bhs, ahs, data);
             return;
         }
-        if sn == self.exp_cmd_sn {
+        // When every slot is taken MaxCmdSN is ExpCmdSN - 1: the window is empty, and even
+        // a command at ExpCmdSN lies outside it (section 4.2.2.1) and is ignored.
+        if sn == self.exp_cmd_sn && self.queued < QUEUE_DEPTH {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             if self.held.get(&sn).is_some_and(Vec::is_empty) {
                 // Aborted (ABORT TASK) before it arrived.
