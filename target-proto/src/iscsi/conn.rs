@@ -1388,8 +1388,12 @@ impl IscsiConn {
     /// Ends a task without a response; one with I/O in flight is freed when it returns.
     fn abort_slot(&mut self, i: usize) {
         self.ready.retain(|&r| r != i);
+        // An I/O still queued (not yet taken by next_io) is withdrawn with its task: no
+        // io_done will come for it, so the slot is freed now; waiting for one would hold
+        // the slot and the task management response for ever.
+        let withdrawn = self.io.iter().any(|(r, _)| *r == i);
         self.io.retain(|(r, _)| *r != i);
-        if self.slots[i].state == SlotState::InIo {
+        if self.slots[i].state == SlotState::InIo && !withdrawn {
             self.slots[i].aborted = true;
         } else {
             self.free_slot(i);
