@@ -1694,12 +1694,16 @@ impl IscsiConn {
         };
         let send = if s.read { data_in.min(edtl) } else { 0 };
         let collapse = status == scsi::status::GOOD && sense.is_empty() && send > 0;
+        let data = s.buf.as_slice()[..send].to_vec();
+        // The task is over: its slot leaves the CmdSN window before the headers are built,
+        // so the status carries the MaxCmdSN the freed slot allows (otherwise it lags a PDU
+        // behind, and stays closed for an initiator that filled the window).
+        self.free_slot(slot);
         let mut data_sn = 0u32;
         if send > 0 {
             let mrdsl = self.neg.initiator_mrdsl as usize;
             let burst = self.neg.max_burst_length as usize;
             let mut off = 0;
-            let data = self.slots[slot].buf.as_slice()[..send].to_vec();
             while off < send {
                 let burst_end = (off / burst + 1) * burst;
                 let n = (send - off).min(mrdsl).min(burst_end - off);
@@ -1733,7 +1737,6 @@ impl IscsiConn {
         if !collapse {
             self.respond_status(itt, status, sense, residual_flag, residual, data_sn);
         }
-        self.free_slot(slot);
     }
 
     /// A SCSI Response; `exp_data_sn` counts the Data-In PDUs sent before it.
