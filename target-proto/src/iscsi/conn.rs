@@ -520,7 +520,11 @@ impl IscsiConn {
                 break;
             }
             let bhs = Bhs::new_unchecked(&avail[..BHS_LEN]);
-            let layout = bhs.layout(self.neg.header_digest, self.neg.data_digest);
+            // Digests start with the full feature phase (section 13.1): an operational
+            // round that negotiated them does not put them on the login PDUs that follow
+            // (push_pdu sends login responses without them for the same reason).
+            let ffp = self.phase != Phase::Login;
+            let layout = bhs.layout(ffp && self.neg.header_digest, ffp && self.neg.data_digest);
             let limit = if self.phase == Phase::Login {
                 LOGIN_MRDSL
             } else {
@@ -620,7 +624,9 @@ impl IscsiConn {
             self.execute(bhs, ahs, data);
             return;
         }
-        if sn == self.exp_cmd_sn {
+        // When every slot is taken MaxCmdSN is ExpCmdSN - 1: the window is empty, and even
+        // a command at ExpCmdSN lies outside it (section 4.2.2.1) and is ignored.
+        if sn == self.exp_cmd_sn && self.queued < QUEUE_DEPTH {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             if self.held.get(&sn).is_some_and(Vec::is_empty) {
                 // Aborted (ABORT TASK) before it arrived.
@@ -1382,8 +1388,12 @@ impl IscsiConn {
     /// Ends a task without a response; one with I/O in flight is freed when it returns.
     fn abort_slot(&mut self, i: usize) {
         self.ready.retain(|&r| r != i);
+        // An I/O still queued (not yet taken by next_io) is withdrawn with its task: no
+        // io_done will come for it, so the slot is freed now; waiting for one would hold
+        // the slot and the task management response for ever.
+        let withdrawn = self.io.iter().any(|(r, _)| *r == i);
         self.io.retain(|(r, _)| *r != i);
-        if self.slots[i].state == SlotState::InIo {
+        if self.slots[i].state == SlotState::InIo && !withdrawn {
             self.slots[i].aborted = true;
         } else {
             self.free_slot(i);
@@ -1684,12 +1694,16 @@ impl IscsiConn {
         };
         let send = if s.read { data_in.min(edtl) } else { 0 };
         let collapse = status == scsi::status::GOOD && sense.is_empty() && send > 0;
+        let data = s.buf.as_slice()[..send].to_vec();
+        // The task is over: its slot leaves the CmdSN window before the headers are built,
+        // so the status carries the MaxCmdSN the freed slot allows (otherwise it lags a PDU
+        // behind, and stays closed for an initiator that filled the window).
+        self.free_slot(slot);
         let mut data_sn = 0u32;
         if send > 0 {
             let mrdsl = self.neg.initiator_mrdsl as usize;
             let burst = self.neg.max_burst_length as usize;
             let mut off = 0;
-            let data = self.slots[slot].buf.as_slice()[..send].to_vec();
             while off < send {
                 let burst_end = (off / burst + 1) * burst;
                 let n = (send - off).min(mrdsl).min(burst_end - off);
@@ -1723,7 +1737,6 @@ impl IscsiConn {
         if !collapse {
             self.respond_status(itt, status, sense, residual_flag, residual, data_sn);
         }
-        self.free_slot(slot);
     }
 
     /// A SCSI Response; `exp_data_sn` counts the Data-In PDUs sent before it.

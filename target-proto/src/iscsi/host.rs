@@ -120,6 +120,8 @@ pub struct IscsiHost {
     out: Vec<u8>,
     completions: VecDeque<ScsiCompletion>,
     text: Vec<(String, String)>,
+    /// Text of a continued (C bit) response, joined.
+    text_buf: Vec<u8>,
     text_done: bool,
     nop_replies: usize,
 }
@@ -148,6 +150,7 @@ impl IscsiHost {
             out: Vec::new(),
             completions: VecDeque::new(),
             text: Vec::new(),
+            text_buf: Vec::new(),
             text_done: false,
             nop_replies: 0,
         };
@@ -369,6 +372,7 @@ impl IscsiHost {
         let mut keys = Vec::new();
         answer(&mut keys, "SendTargets", value);
         self.text.clear();
+        self.text_buf.clear();
         self.text_done = false;
         let itt = self.next_itt;
         self.next_itt += 1;
@@ -567,13 +571,17 @@ impl IscsiHost {
             }
             Opcode::TextResponse => {
                 self.track(&h, true);
-                for (k, v) in text_pairs(data).flatten() {
-                    self.text.push((k.to_string(), v.to_string()));
-                }
+                // A continued response splits its text anywhere, even inside a pair
+                // (section 6.1): join the pieces before parsing.
+                self.text_buf.extend_from_slice(data);
                 if h.flags() & flags::C != 0 {
                     let (itt, ttt) = (h.itt(), h.u32_at(field::TTT));
                     self.text_request(itt, ttt, &[]);
                 } else {
+                    let text = std::mem::take(&mut self.text_buf);
+                    for (k, v) in text_pairs(&text).flatten() {
+                        self.text.push((k.to_string(), v.to_string()));
+                    }
                     self.text_done = true;
                 }
                 Ok(())

@@ -166,23 +166,4 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reinstatement_kills_the_old_session() {
-        let mut r = Registry::new(Vec::new(), Vec::new());
-        let a = r.open_session("iqn.i", [1; 6], "iqn.t");
-        let b = r.open_session("iqn.i", [2; 6], "iqn.t");
-        assert_ne!(a.tsih, b.tsih);
-        assert!(!a.reinstated && !b.reinstated);
-        let c = r.open_session("iqn.i", [1; 6], "iqn.t");
-        assert!(c.reinstated);
-        assert!(a.killed.load(Ordering::Relaxed));
-        assert!(!b.killed.load(Ordering::Relaxed));
-        assert!(!r.session_exists(a.tsih) || a.tsih == c.tsih);
-        assert_eq!(r.session_count(), 2);
-        r.close_session(b.tsih);
-        assert!(!r.session_exists(b.tsih));
-    }
-}
+mod tests;

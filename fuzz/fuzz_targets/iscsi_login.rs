@@ -1,0 +1,172 @@
+//! A fresh iSCSI connection in its login phase fed arbitrary initiator bytes, from the
+//! first byte or after a valid first Login Request (security stage with CHAP offered, or
+//! the operational stage), against targets with and without CHAP, discovery CHAP and an
+//! allow-list. Whatever the initiator sends: no panic, the output is always whole PDUs
+//! (login responses without digests, digests as answered once the login is over), and a
+//! connection that is closing says nothing more.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+
+use libfuzzer_sys::fuzz_target;
+use target_proto::block::IoOutcome;
+use target_proto::iscsi::chap::{ChapConfig, ChapSecret};
+use target_proto::iscsi::conn::{ConnParams, IscsiConn, Timers};
+use target_proto::iscsi::params::{TargetLimits, answer};
+use target_proto::iscsi::{Portal, Registry, TargetNode};
+use target_proto::scsi::{LunConfig, ScsiTarget};
+use target_wire::iscsi::{BHS_LEN, Bhs, LoginResponseRepr, Opcode, field, flags, stage};
+
+fn node(iqn: &str, chap: bool, allowed: Option<&str>) -> TargetNode {
+    TargetNode {
+        iqn: iqn.into(),
+        alias: Some("fuzz".into()),
+        scsi: Arc::new(ScsiTarget::new(vec![LunConfig {
+            lun: 0,
+            block_size: 512,
+            blocks: 64,
+            backend: 0,
+            volatile_write_cache: false,
+            thin: false,
+            read_only: false,
+            identity: [1; 16],
+            vendor: "XDPT".into(),
+            product: "fuzz".into(),
+            revision: "1".into(),
+        }])),
+        allowed_initiators: allowed.map(|a| vec![a.to_string()]),
+        chap: chap.then(chap_config),
+    }
+}
+
+fn chap_config() -> ChapConfig {
+    ChapConfig {
+        initiator: ChapSecret {
+            name: "alice".into(),
+            secret: b"initiator-secret".to_vec(),
+        },
+        target: Some(ChapSecret {
+            name: "bob".into(),
+            secret: b"target-secret-12".to_vec(),
+        }),
+    }
+}
+
+/// Splits the target's output into PDUs: only whole PDUs, digests as the login answered.
+#[derive(Default)]
+struct Checker {
+    answered: (bool, bool),
+    digests: (bool, bool),
+}
+
+impl Checker {
+    fn check(&mut self, mut out: &[u8]) {
+        while !out.is_empty() {
+            let h = Bhs::new_checked(out).expect("whole PDUs only");
+            assert!(!h.opcode().from_initiator(), "target opcodes only");
+            let login = h.opcode() == Opcode::LoginResponse;
+            let (hd, dd) = if login { (false, false) } else { self.digests };
+            let l = h.layout(hd, dd);
+            assert!(out.len() >= l.total, "whole PDUs only");
+            assert!(l.header_digest_ok(out) && l.data_digest_ok(&out[..l.total]));
+            if login {
+                let data = &out[l.header..l.header + l.data];
+                for (k, v) in target_wire::iscsi::text_pairs(data).flatten() {
+                    match k {
+                        "HeaderDigest" => self.answered.0 = v == "CRC32C",
+                        "DataDigest" => self.answered.1 = v == "CRC32C",
+                        _ => {}
+                    }
+                }
+                let r = LoginResponseRepr::parse(&h).unwrap();
+                if r.status == 0 && r.transit && r.nsg == stage::FULL_FEATURE {
+                    self.digests = self.answered;
+                }
+            }
+            out = &out[l.total..];
+        }
+    }
+}
+
+fn first_login(operational: bool, keys: &[(&str, &str)]) -> Vec<u8> {
+    let mut text = Vec::new();
+    for (k, v) in keys {
+        answer(&mut text, k, v);
+    }
+    let mut b = [0u8; BHS_LEN];
+    let mut h = Bhs::new_unchecked(&mut b[..]);
+    h.init(Opcode::LoginRequest);
+    h.set_immediate(true);
+    h.set_flags(if operational {
+        flags::T | (stage::OPERATIONAL << 2)
+    } else {
+        stage::OPERATIONAL
+    });
+    h.set_data_segment_len(text.len()).unwrap();
+    h.set_u32(field::CMD_SN, 1);
+    b[field::ISID..field::ISID + 6].copy_from_slice(&[0x80, 0, 0, 0, 0, 1]);
+    let mut p = b.to_vec();
+    p.extend_from_slice(&text);
+    p.resize(BHS_LEN + target_wire::iscsi::padded(text.len()), 0);
+    p
+}
+
+fuzz_target!(|input: &[u8]| {
+    let [opts, rest @ ..] = input else { return };
+    let mut reg = Registry::new(
+        vec![
+            node("iqn.t", opts & 4 != 0, None),
+            node("iqn.private", false, Some("iqn.i2")),
+        ],
+        vec![Portal {
+            addr: None,
+            port: 3260,
+        }],
+    );
+    if opts & 8 != 0 {
+        reg.discovery_chap = Some(chap_config());
+    }
+    let params = ConnParams {
+        limits: TargetLimits::default(),
+        timers: Timers::default(),
+    };
+    let mut conn = IscsiConn::new(
+        params,
+        Arc::new(Mutex::new(reg)),
+        Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        [7; 17],
+    );
+    let mut checker = Checker::default();
+    let mut now = 1;
+    if opts & 1 != 0 {
+        let keys = [
+            ("InitiatorName", "iqn.i"),
+            ("SessionType", "Normal"),
+            ("TargetName", "iqn.t"),
+            ("AuthMethod", "CHAP,None"),
+        ];
+        conn.receive(&first_login(opts & 2 != 0, &keys), now);
+        let out = conn.output().to_vec();
+        conn.consume_output(out.len());
+        checker.check(&out);
+    }
+    let chunk = usize::from(opts >> 4) + 1;
+    for piece in rest.chunks(chunk) {
+        let was_closing = conn.closing();
+        now += 10;
+        conn.receive(piece, now);
+        while let Some((slot, _io)) = conn.next_io() {
+            conn.io_done(slot, IoOutcome::Ok);
+        }
+        let _ = conn.tick(now);
+        let out = conn.output().to_vec();
+        conn.consume_output(out.len());
+        if was_closing {
+            assert!(out.is_empty(), "nothing after closing");
+        }
+        checker.check(&out);
+        let _ = conn.take_events();
+    }
+    conn.teardown();
+});
