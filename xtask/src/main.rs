@@ -109,9 +109,23 @@ fn build_ebpf(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The iSCSI end-to-end tests use libiscsi's tools and a fio with the libiscsi engine;
+/// scripts/setup.sh installs both (as root) when one is missing.
+fn ensure_test_tools(root: &Path) -> Result<()> {
+    let have = Path::new("/usr/bin/iscsi-test-cu").is_file()
+        && root.join("target/fio-libiscsi/fio").is_file();
+    // SAFETY: geteuid has no preconditions.
+    if !have && unsafe { libc::geteuid() } == 0 {
+        eprintln!("xtask: installing libiscsi's tools and fio with libiscsi (scripts/setup.sh)");
+        run(Command::new("bash").arg(root.join("scripts/setup.sh")))?;
+    }
+    Ok(())
+}
+
 fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     lint::run(root)?;
     build_ebpf(root)?;
+    ensure_test_tools(root)?;
     // The end-to-end tests run the xdp-target binary, so build it before they start.
     run(cargo(root).args(["build", "--package", "target-user", "--bin", "xdp-target"]))?;
     let mut cmd = cargo(root);
@@ -260,6 +274,17 @@ fn demo(root: &Path) -> Result<()> {
         "demo: a client:  ip netns exec {} {} perf nvme-tcp://{} --verify --time 5",
         pair.client.name(),
         bin.display(),
+        pair.target_addr
+    );
+    println!(
+        "demo: over iSCSI: ip netns exec {} {} perf iscsi://{}/iqn.2026-11.dev.xdp-target:default/0 --verify --time 5",
+        pair.client.name(),
+        bin.display(),
+        pair.target_addr
+    );
+    println!(
+        "demo:            ip netns exec {} iscsi-inq iscsi://{}/iqn.2026-11.dev.xdp-target:default/0",
+        pair.client.name(),
         pair.target_addr
     );
     println!("demo: Ctrl-C stops the target and removes both namespaces");
