@@ -789,10 +789,7 @@ impl Reactor {
                         })
                         .collect();
                     for fd in &fds {
-                        let e = opcode::Fsync::new(types::Fd(*fd))
-                            .flags(types::FsyncFlags::DATASYNC)
-                            .build();
-                        push(&mut self.ring, e.user_data(k));
+                        push(&mut self.ring, fdatasync(types::Fd(*fd), k));
                     }
                     if fds.is_empty() {
                         Some(IoOutcome::Ok)
@@ -899,6 +896,14 @@ fn push(ring: &mut Option<IoUring>, e: squeue::Entry) {
     }
 }
 
+/// An fdatasync of `fd` tagged `k`: Flush, SYNCHRONIZE CACHE and FUA zeroing.
+fn fdatasync(fd: types::Fd, k: u64) -> squeue::Entry {
+    opcode::Fsync::new(fd)
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(k)
+}
+
 /// Turns one block operation on a file into io_uring entries.
 fn submit_file_io(
     ring: &mut Option<IoUring>,
@@ -954,13 +959,7 @@ fn submit_file_io(
             p.scratch = Some((scratch, start));
         }
         BlockOp::Flush => {
-            push(
-                ring,
-                opcode::Fsync::new(fd)
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-                    .user_data(k),
-            );
+            push(ring, fdatasync(fd, k));
         }
         BlockOp::WriteZeroes {
             offset,
@@ -981,13 +980,7 @@ fn submit_file_io(
             if *fua {
                 // The sync must follow the zeroing: link them.
                 push(ring, e.flags(squeue::Flags::IO_LINK).user_data(k));
-                push(
-                    ring,
-                    opcode::Fsync::new(fd)
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build()
-                        .user_data(k),
-                );
+                push(ring, fdatasync(fd, k));
                 p.remaining = 2;
             } else {
                 push(ring, e.user_data(k));

@@ -80,6 +80,23 @@ impl Target {
         Ok(t)
     }
 
+    /// `serve --config CONFIG` in the pair's target namespace, ready once `port` accepts
+    /// connections from the client namespace.
+    pub fn serve_config(pair: &crate::netns::VethPair, config: &Path, port: u16) -> Self {
+        let addr = std::net::SocketAddr::new(std::net::IpAddr::V4(pair.target_addr), port);
+        let client = pair.client.handle();
+        Self::start(
+            &pair.target,
+            &["serve", "--config", config.to_str().expect("utf-8 path")],
+            move || {
+                client
+                    .run(move || std::net::TcpStream::connect(addr).is_ok())
+                    .unwrap_or(false)
+            },
+        )
+        .expect("serve")
+    }
+
     /// `serve --xdp IFACE EXTRA…` with no NVMe/TCP listeners (steering and counters
     /// only, so the tests own every port), ready once its counters are pinned.
     pub fn serve_xdp(ns: &Netns, iface: &str, extra: &[&str]) -> io::Result<Self> {

@@ -131,18 +131,7 @@ fn config(name: &str, size: u64, extra: &str) -> PathBuf {
 
 /// Starts `serve --config` in the target namespace, ready once 3260 accepts connections.
 fn serve(pair: &VethPair, config: &Path) -> Target {
-    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 3260);
-    let client = pair.client.handle();
-    Target::start(
-        &pair.target,
-        &["serve", "--config", config.to_str().expect("utf-8 path")],
-        move || {
-            client
-                .run(move || TcpStream::connect(addr).is_ok())
-                .unwrap_or(false)
-        },
-    )
-    .expect("serve")
+    Target::serve_config(pair, config, 3260)
 }
 
 fn url(pair: &VethPair, lun: u8) -> String {

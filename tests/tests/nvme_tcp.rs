@@ -31,18 +31,7 @@ fn config(name: &str, size: u64, block: u32, extra_subsystem: &str) -> PathBuf {
 
 /// Starts `serve --config` in the target namespace, ready once 4420 accepts connections.
 fn serve(pair: &VethPair, config: &Path) -> Target {
-    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
-    let client = pair.client.handle();
-    Target::start(
-        &pair.target,
-        &["serve", "--config", config.to_str().expect("utf-8 path")],
-        move || {
-            client
-                .run(move || TcpStream::connect(addr).is_ok())
-                .unwrap_or(false)
-        },
-    )
-    .expect("serve")
+    Target::serve_config(pair, config, 4420)
 }
 
 /// Admin connect, enable, two I/O queues granted; returns the admin client and CNTLID.

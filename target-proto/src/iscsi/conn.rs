@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use target_wire::iscsi::{
-    self, BHS_LEN, Bhs, LoginRequestRepr, LoginResponseRepr, Opcode, TextError, field, flags,
+    BHS_LEN, Bhs, LoginRequestRepr, LoginResponseRepr, Opcode, TextError, field, flags,
     login_status, reject, sn_le, sn_lt, stage, text_pairs, tmf,
 };
 
@@ -1065,24 +1065,11 @@ impl IscsiConn {
         s
     }
 
-    /// Appends a PDU: BHS, header digest, data, padding, data digest.
+    /// Appends a PDU; digests once the full feature phase starts (section 13.1).
     fn push_pdu(&mut self, bhs: &[u8; BHS_LEN], data: &[u8]) {
-        let mut hdr = *bhs;
-        let _ = Bhs::new_unchecked(&mut hdr[..]).set_data_segment_len(data.len());
-        self.out.extend_from_slice(&hdr);
-        if self.neg.header_digest && self.phase != Phase::Login {
-            self.out.extend_from_slice(&iscsi::digest(&hdr));
-        }
-        if !data.is_empty() {
-            let start = self.out.len();
-            self.out.extend_from_slice(data);
-            let pad = iscsi::padded(data.len()) - data.len();
-            self.out.extend_from_slice(&[0u8; 3][..pad]);
-            if self.neg.data_digest && self.phase != Phase::Login {
-                let d = iscsi::digest(&self.out[start..]);
-                self.out.extend_from_slice(&d);
-            }
-        }
+        let ffp = self.phase != Phase::Login;
+        let (hd, dd) = (ffp && self.neg.header_digest, ffp && self.neg.data_digest);
+        super::append_pdu(&mut self.out, bhs, data, hd, dd);
     }
 
     /// A target PDU header with the sequence numbers every response carries.
@@ -1764,29 +1751,7 @@ impl IscsiConn {
     }
 }
 
-/// The LUN number of a SAM LUN field: peripheral (00b) or flat (01b) addressing.
-pub fn decode_lun(l: [u8; 8]) -> Option<u64> {
-    if l[2..].iter().any(|&b| b != 0) {
-        return None;
-    }
-    match l[0] >> 6 {
-        0 if l[0] == 0 => Some(u64::from(l[1])),
-        1 => Some((u64::from(l[0] & 0x3f) << 8) | u64::from(l[1])),
-        _ => None,
-    }
-}
-
-/// The LUN field for a LUN number: peripheral addressing below 256, flat above.
-pub fn encode_lun(lun: u64) -> [u8; 8] {
-    let mut l = [0u8; 8];
-    if lun < 256 {
-        l[1] = lun as u8;
-    } else {
-        l[0] = 0x40 | ((lun >> 8) & 0x3f) as u8;
-        l[1] = lun as u8;
-    }
-    l
-}
+pub use crate::scsi::{decode_lun, encode_lun};
 
 /// A WRITE (6/10/12/16) or WRITE AND VERIFY (10/12/16) CDB cut to `bytes`, when that is a
 /// whole number of the LUN's blocks; `None` when it is not, or for any other command.

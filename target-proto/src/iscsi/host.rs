@@ -212,22 +212,8 @@ impl IscsiHost {
 
     /// Appends a PDU; digests only once the login negotiated them.
     fn push(&mut self, bhs: &[u8; BHS_LEN], data: &[u8], digests: bool) {
-        let mut hdr = *bhs;
-        let _ = Bhs::new_unchecked(&mut hdr[..]).set_data_segment_len(data.len());
-        self.out.extend_from_slice(&hdr);
-        if digests && self.header_digest {
-            self.out.extend_from_slice(&iscsi::digest(&hdr));
-        }
-        if !data.is_empty() {
-            let start = self.out.len();
-            self.out.extend_from_slice(data);
-            let pad = iscsi::padded(data.len()) - data.len();
-            self.out.extend_from_slice(&[0u8; 3][..pad]);
-            if digests && self.data_digest {
-                let d = iscsi::digest(&self.out[start..]);
-                self.out.extend_from_slice(&d);
-            }
-        }
+        let (hd, dd) = (digests && self.header_digest, digests && self.data_digest);
+        super::append_pdu(&mut self.out, bhs, data, hd, dd);
     }
 
     pub fn logged_in(&self) -> bool {

@@ -51,6 +51,33 @@ pub struct Portal {
     pub port: u16,
 }
 
+/// Appends a PDU to `out`: the BHS with its DataSegmentLength set, the header digest, the
+/// data padded to 4 bytes, the data digest (RFC 7143 section 11.1), digests as negotiated.
+pub(crate) fn append_pdu(
+    out: &mut Vec<u8>,
+    bhs: &[u8; target_wire::iscsi::BHS_LEN],
+    data: &[u8],
+    header_digest: bool,
+    data_digest: bool,
+) {
+    use target_wire::iscsi::{Bhs, digest, padded};
+    let mut hdr = *bhs;
+    let _ = Bhs::new_unchecked(&mut hdr[..]).set_data_segment_len(data.len());
+    out.extend_from_slice(&hdr);
+    if header_digest {
+        out.extend_from_slice(&digest(&hdr));
+    }
+    if !data.is_empty() {
+        let start = out.len();
+        out.extend_from_slice(data);
+        out.extend_from_slice(&[0u8; 3][..padded(data.len()) - data.len()]);
+        if data_digest {
+            let d = digest(&out[start..]);
+            out.extend_from_slice(&d);
+        }
+    }
+}
+
 /// The portal group every portal belongs to (TargetPortalGroupTag).
 pub const PORTAL_GROUP: u16 = 1;
 

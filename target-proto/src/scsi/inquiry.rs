@@ -199,16 +199,7 @@ pub(crate) fn read_capacity16(cfg: &LunConfig) -> Vec<u8> {
 pub(crate) fn report_luns(luns: impl Iterator<Item = u64>) -> Vec<u8> {
     let mut list = Vec::new();
     for lun in luns {
-        let mut e = [0u8; 8];
-        if lun < 256 {
-            e[1] = lun as u8; // peripheral device addressing, bus 0
-        } else {
-            // Flat space addressing (14 bits).
-            let l = (lun & 0x3fff) as u16;
-            e[0] = 0x40 | (l >> 8) as u8;
-            e[1] = l as u8;
-        }
-        list.extend_from_slice(&e);
+        list.extend_from_slice(&super::encode_lun(lun));
     }
     let mut d = (list.len() as u32).to_be_bytes().to_vec();
     d.extend_from_slice(&[0, 0, 0, 0]);

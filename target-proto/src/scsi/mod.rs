@@ -241,3 +241,28 @@ impl ScsiTarget {
         }
     }
 }
+
+/// The LUN number of a SAM-5 LUN field (section 4.7): peripheral (00b) or flat (01b)
+/// addressing.
+pub fn decode_lun(l: [u8; 8]) -> Option<u64> {
+    if l[2..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    match l[0] >> 6 {
+        0 if l[0] == 0 => Some(u64::from(l[1])),
+        1 => Some((u64::from(l[0] & 0x3f) << 8) | u64::from(l[1])),
+        _ => None,
+    }
+}
+
+/// The LUN field for a LUN number: peripheral addressing below 256, flat above.
+pub fn encode_lun(lun: u64) -> [u8; 8] {
+    let mut l = [0u8; 8];
+    if lun < 256 {
+        l[1] = lun as u8;
+    } else {
+        l[0] = 0x40 | ((lun >> 8) & 0x3f) as u8;
+        l[1] = lun as u8;
+    }
+    l
+}
