@@ -89,7 +89,10 @@ fn execute(target: &ScsiTarget, disks: &mut [Vec<u8>], io: &BlockIo, buf: &mut A
 }
 
 fuzz_target!(|input: &[u8]| {
-    let [opts, mut rest @ ..] = input else { return };
+    let Some((opts, first)) = input.split_first() else {
+        return;
+    };
+    let mut rest: &[u8] = first;
     let target = ScsiTarget::new(vec![lun(0, *opts), lun(1, opts >> 4)]);
     let mut disks: Vec<Vec<u8>> = target
         .luns()
@@ -100,7 +103,7 @@ fuzz_target!(|input: &[u8]| {
     let mut buf = AlignedBuf::default();
     // Each command: [who, lun, cdb length, data-out length (2 bytes), outcome seed],
     // the CDB, then the data-out.
-    while let [who, l, cdb_len, out_hi, out_lo, seed, tail @ ..] = rest {
+    while let &[who, l, cdb_len, out_hi, out_lo, seed, ref tail @ ..] = rest {
         let n = &nexuses[usize::from(who & 3)];
         if who & 0x80 != 0 {
             let f = match l % 8 {
@@ -125,12 +128,12 @@ fuzz_target!(|input: &[u8]| {
         let (cdb, tail) = tail.split_at(cdb_len);
         let mut task = target.command(n, u64::from(l % 3), cdb);
         let want = task.data_out_len();
-        let offered = usize::from(u16::from_be_bytes([*out_hi, *out_lo]));
+        let offered = usize::from(u16::from_be_bytes([out_hi, out_lo]));
         let given = want.min(offered).min(tail.len());
         let (out, tail) = tail.split_at(given);
         buf.set_len(given);
         buf.as_mut_slice().copy_from_slice(out);
-        let mut seed = *seed;
+        let mut seed = seed;
         let mut outcome = None;
         let mut finished = false;
         for _ in 0..100_000 {
