@@ -34,6 +34,8 @@ use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint};
 
 /// The device interface the stack is driven through (smoltcp's).
 pub use smoltcp::phy;
+/// smoltcp's clock type, which [`phy::Device`] methods take.
+pub use smoltcp::time;
 
 /// How the stack is set up.
 #[derive(Clone, Debug)]
@@ -167,7 +169,11 @@ impl Stack {
 
     /// Addresses the stack answers for (those the interface could hold).
     pub fn addrs(&self) -> Vec<IpAddr> {
-        self.iface.ip_addrs().iter().map(|c| c.address().into()).collect()
+        self.iface
+            .ip_addrs()
+            .iter()
+            .map(|c| c.address().into())
+            .collect()
     }
 
     fn live(&self) -> usize {

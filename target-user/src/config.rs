@@ -336,6 +336,36 @@ pub struct XdpConfig {
     /// Empty: every source is allowed and the allow-list is off.
     #[serde(default)]
     pub allow_sources: Vec<String>,
+    /// Zero-copy AF_XDP: tried first (`auto`), required, or never tried (`off`).
+    #[serde(default)]
+    pub zero_copy: ZeroCopy,
+    /// Fail to start when no AF_XDP socket can be bound, instead of falling back to
+    /// kernel sockets.
+    #[serde(default)]
+    pub require_afxdp: bool,
+    /// UMEM frames (4 KiB each) per AF_XDP socket: half receive, half send.
+    #[serde(default = "default_umem_frames")]
+    pub umem_frames: u32,
+    /// Entries in each AF_XDP ring (fill, completion, rx, tx); a power of two.
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroCopy {
+    #[default]
+    Auto,
+    Require,
+    Off,
+}
+
+const fn default_umem_frames() -> u32 {
+    8192
+}
+
+const fn default_ring_size() -> u32 {
+    2048
 }
 
 fn default_ports() -> Vec<u16> {
@@ -353,6 +383,10 @@ impl Default for XdpConfig {
             mode: XdpMode::Auto,
             steer: true,
             allow_sources: Vec::new(),
+            zero_copy: ZeroCopy::Auto,
+            require_afxdp: false,
+            umem_frames: default_umem_frames(),
+            ring_size: default_ring_size(),
         }
     }
 }

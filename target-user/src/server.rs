@@ -15,30 +15,27 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, opcode, squeue, types};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use target_proto::iscsi::chap::{ChapConfig, ChapSecret};
-use target_proto::iscsi::conn::{ConnEvent, ConnParams, IscsiConn, Timers};
+use target_proto::iscsi::conn::{ConnParams, Timers};
 use target_proto::iscsi::params::TargetLimits;
 use target_proto::iscsi::{Portal, Registry as IscsiRegistry, TargetNode};
-use target_proto::nvme::controller::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
 use target_proto::nvme::subsystem::{Namespace, Port, Registry, Subsystem};
 use target_proto::nvme_tcp::icreq::ControllerParams;
-use target_proto::nvme_tcp::queue::NvmeTcpQueue;
 use target_proto::scsi::{LunConfig, ScsiTarget};
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, FileBackend, FileBackendError, MemoryBackend};
 use crate::config::{BackendKind, ChapCredentials, Config};
+pub use crate::engine::Proto;
+use crate::engine::{BlockRunner, Engine, Shared};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 256 * 1024;
 /// How often keep-alive timers and dead controllers are checked.
-const TICK: Duration = Duration::from_millis(100);
+pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// After the last event, keep polling without sleeping this long: waking a sleeping CPU
 /// (worse, a virtual one) costs tens of microseconds per request at low queue depth,
 /// while an idle target still sleeps and costs nothing.
@@ -56,10 +53,10 @@ pub enum ServeError {
     Backend(#[from] FileBackendError),
     #[error("cannot set up io_uring for the file backends: {0} (kernel 5.6 or later is needed)")]
     Uring(io::Error),
+    #[error("AF_XDP is required (xdp.require_afxdp) but unusable: {0}")]
+    AfXdp(crate::xdp_path::AfXdpError),
 }
 
-/// Submission queue entries per reactor ring; a full ring is submitted and reused.
-const RING_ENTRIES: u32 = 1024;
 /// Token of the reactor's io_uring in its epoll set.
 const RING_TOKEN: Token = Token(usize::MAX);
 
@@ -235,27 +232,19 @@ fn listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     Ok(TcpListener::from_std(s.into()))
 }
 
-/// Binds every listener for every reactor, then starts the reactors.
-/// Which protocol a listener serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Proto {
-    Nvme,
-    Iscsi,
-}
-
 fn parse_addrs(list: &[String]) -> Vec<SocketAddr> {
     list.iter()
         .map(|l| l.parse().expect("validated by Config::validate"))
         .collect()
 }
 
-pub fn start(config: &Config) -> Result<Server, ServeError> {
+/// The registries, engine parameters and backends every reactor shares.
+fn shared(config: &Config) -> Result<Shared, ServeError> {
     let Built {
         subsystems,
         targets,
         backends,
     } = build(config)?;
-    let needs_ring = backends.iter().any(|b| matches!(**b, Backend::File(_)));
     let mut registry = Registry::new(subsystems);
     let addrs = parse_addrs(&config.nvme.listen);
     let iscsi_addrs = parse_addrs(&config.iscsi.listen);
@@ -299,17 +288,47 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             ..Timers::default()
         },
     };
-    let all: Vec<(SocketAddr, Proto)> = addrs
-        .iter()
-        .map(|&a| (a, Proto::Nvme))
-        .chain(iscsi_addrs.iter().map(|&a| (a, Proto::Iscsi)))
-        .collect();
     let params = ControllerParams {
         allow_header_digest: config.nvme.header_digest,
         allow_data_digest: config.nvme.data_digest,
         cpda: 0,
         max_h2c_data: MAX_H2C_DATA,
     };
+    Ok(Shared {
+        registry,
+        iscsi_registry,
+        iscsi_params,
+        params,
+        backends,
+        busy_poll: std::env::var("XDPT_BUSY_POLL_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(BUSY_POLL, Duration::from_micros),
+    })
+}
+
+/// Every listening address with the protocol it serves.
+pub fn listen_addrs(config: &Config) -> Vec<(SocketAddr, Proto)> {
+    parse_addrs(&config.nvme.listen)
+        .into_iter()
+        .map(|a| (a, Proto::Nvme))
+        .chain(
+            parse_addrs(&config.iscsi.listen)
+                .into_iter()
+                .map(|a| (a, Proto::Iscsi)),
+        )
+        .collect()
+}
+
+/// Starts the socket reactors and, with `xdp`, the AF_XDP reactors of that interface
+/// (falling back to sockets alone when AF_XDP is unusable, unless the configuration
+/// requires it).
+pub fn start(
+    config: &Config,
+    xdp: Option<&mut crate::xdp::Steering>,
+) -> Result<Server, ServeError> {
+    let shared = Arc::new(shared(config)?);
+    let all = listen_addrs(config);
     let n = reactor_count(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(n);
@@ -324,31 +343,17 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             listeners.push((l, proto));
         }
         let poll = Poll::new().map_err(ServeError::Reactor)?;
-        let ring = if needs_ring {
-            Some(IoUring::new(RING_ENTRIES).map_err(ServeError::Uring)?)
-        } else {
-            None
-        };
         let reactor = Reactor {
             id: r,
             poll,
             listeners,
             conns: Vec::new(),
             free: Vec::new(),
-            registry: Arc::clone(&registry),
-            iscsi_registry: Arc::clone(&iscsi_registry),
-            iscsi_params,
+            blocks: shared.block_runner().map_err(ServeError::Uring)?,
+            shared: Arc::clone(&shared),
             urandom: std::fs::File::open("/dev/urandom").ok(),
-            backends: backends.clone(),
-            ring,
-            pending: HashMap::new(),
-            params,
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
-            busy_poll: std::env::var("XDPT_BUSY_POLL_US")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(BUSY_POLL, Duration::from_micros),
         };
         let stop = Arc::clone(&stop);
         let t = std::thread::Builder::new()
@@ -368,124 +373,22 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
         .map(|l| l.1)
         .collect();
     info!(reactors = n, nvme = ?nvme, iscsi = ?iscsi, "serving over kernel sockets");
+    if let Some(steering) = xdp {
+        match crate::xdp_path::start(config, steering, &shared, &stop) {
+            Ok(t) => threads.extend(t),
+            Err(e) if config.xdp.require_afxdp => {
+                stop.store(true, Ordering::Relaxed);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(ServeError::AfXdp(e));
+            }
+            Err(e) => warn!(
+                "AF_XDP unusable, storage ports fall back to kernel sockets (set xdp.require_afxdp to fail instead): {e}"
+            ),
+        }
+    }
     Ok(Server { stop, threads })
-}
-
-/// A connection's protocol engine.
-enum Engine {
-    Nvme(Box<NvmeTcpQueue>),
-    Iscsi(Box<IscsiConn>),
-}
-
-impl Engine {
-    fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now: u64) {
-        match self {
-            Self::Nvme(q) => q.receive(input, registry, now),
-            Self::Iscsi(c) => c.receive(input, now),
-        }
-    }
-
-    fn output(&self) -> &[u8] {
-        match self {
-            Self::Nvme(q) => q.output(),
-            Self::Iscsi(c) => c.output(),
-        }
-    }
-
-    fn consume_output(&mut self, n: usize) {
-        match self {
-            Self::Nvme(q) => q.consume_output(n),
-            Self::Iscsi(c) => c.consume_output(n),
-        }
-    }
-
-    fn closing(&self) -> bool {
-        match self {
-            Self::Nvme(q) => q.closing(),
-            Self::Iscsi(c) => c.closing(),
-        }
-    }
-
-    fn next_io(&mut self) -> Option<(usize, BlockIo)> {
-        match self {
-            Self::Nvme(q) => q.next_io(),
-            Self::Iscsi(c) => c.next_io(),
-        }
-    }
-
-    fn buffer_mut(&mut self, slot: usize) -> &mut [u8] {
-        match self {
-            Self::Nvme(q) => q.buffer_mut(slot),
-            Self::Iscsi(c) => c.buffer_mut(slot),
-        }
-    }
-
-    fn io_done(&mut self, slot: usize, outcome: IoOutcome) {
-        match self {
-            Self::Nvme(q) => q.io_done(slot, outcome),
-            Self::Iscsi(c) => c.io_done(slot, outcome),
-        }
-    }
-
-    /// False when the connection must end; `why` says why.
-    fn tick(&mut self, now: u64, registry: &Mutex<Registry>) -> Result<(), &'static str> {
-        match self {
-            Self::Nvme(q) => {
-                if q.tick(now, registry) {
-                    Ok(())
-                } else if q.controller().qid() == Some(0) {
-                    Err("keep-alive timeout expired")
-                } else {
-                    Err("its controller is gone")
-                }
-            }
-            Self::Iscsi(c) => {
-                if c.tick(now) {
-                    Ok(())
-                } else {
-                    Err("NOP-In ping unanswered, login timeout or session reinstated")
-                }
-            }
-        }
-    }
-
-    fn teardown(&mut self, registry: &Mutex<Registry>) {
-        match self {
-            Self::Nvme(q) => q.teardown(registry),
-            Self::Iscsi(c) => c.teardown(),
-        }
-    }
-
-    /// Logs what the iSCSI engine reported.
-    fn log_events(&mut self, peer: SocketAddr) {
-        let Self::Iscsi(c) = self else { return };
-        for e in c.take_events() {
-            match e {
-                ConnEvent::LoggedIn {
-                    initiator,
-                    target,
-                    tsih,
-                    reinstated,
-                } => info!(%peer, initiator, ?target, tsih, reinstated, "iSCSI login"),
-                ConnEvent::LoginFailed { status, why } => {
-                    warn!(%peer, status = format!("{status:04x}"), "iSCSI login refused: {why}");
-                }
-                ConnEvent::ProtocolError(why) => warn!(%peer, "iSCSI protocol error: {why}"),
-                ConnEvent::LoggedOut => debug!(%peer, "iSCSI logout"),
-                ConnEvent::NopTimeout => {
-                    warn!(%peer, "iSCSI initiator stopped answering NOP-In pings");
-                }
-                ConnEvent::Reinstated => info!(%peer, "iSCSI session reinstated by a new login"),
-            }
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Self::Nvme(q) => format!("NVMe qid {:?}", q.controller().qid()),
-            Self::Iscsi(_) => "iSCSI".into(),
-        }
-    }
 }
 
 struct Conn {
@@ -498,18 +401,6 @@ struct Conn {
     dead: bool,
 }
 
-/// What a slot's io_uring operations are doing, until the last one completes.
-struct SlotIo {
-    remaining: u32,
-    failed: bool,
-    read: bool,
-    /// Bytes the data operation must move.
-    len: usize,
-    /// Compare reads the media here (from the page-aligned offset) and compares with the
-    /// host's data.
-    scratch: Option<(Vec<u8>, usize)>,
-}
-
 struct Reactor {
     id: usize,
     poll: Poll,
@@ -517,19 +408,11 @@ struct Reactor {
     /// Connections by token (token = listeners + index); `None` where one closed.
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    registry: Arc<Mutex<Registry>>,
-    iscsi_registry: Arc<Mutex<IscsiRegistry>>,
-    iscsi_params: ConnParams,
+    shared: Arc<Shared>,
+    blocks: BlockRunner,
     urandom: Option<std::fs::File>,
-    backends: Vec<Arc<Backend>>,
-    /// For file backends: this reactor's ring, and its operations by user data
-    /// (connection index << 16 | slot).
-    ring: Option<IoUring>,
-    pending: HashMap<u64, SlotIo>,
-    params: ControllerParams,
     started: Instant,
     buf: Vec<u8>,
-    busy_poll: Duration,
 }
 
 impl Reactor {
@@ -547,8 +430,7 @@ impl Reactor {
                 warn!(reactor = self.id, "cannot watch a listener: {e}");
             }
         }
-        if let Some(ring) = &self.ring {
-            let fd = ring.as_raw_fd();
+        if let Some(fd) = self.blocks.ring_fd() {
             if let Err(e) =
                 self.poll
                     .registry()
@@ -561,7 +443,7 @@ impl Reactor {
         let mut last_tick = Instant::now();
         let mut last_event = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let timeout = if last_event.elapsed() < self.busy_poll {
+            let timeout = if last_event.elapsed() < self.shared.busy_poll {
                 Duration::ZERO
             } else {
                 TICK
@@ -586,15 +468,8 @@ impl Reactor {
                     self.service(t.0 - self.listeners.len());
                 }
             }
-            if self.ring.is_some() {
-                self.reap();
-                if let Some(ring) = &mut self.ring
-                    && !ring.submission().is_empty()
-                    && let Err(e) = ring.submit()
-                {
-                    warn!(reactor = self.id, "io_uring submit failed: {e}");
-                }
-            }
+            self.reap();
+            self.blocks.submit();
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.tick();
@@ -626,23 +501,9 @@ impl Reactor {
                         continue;
                     }
                     debug!(reactor = self.id, %peer, "connection accepted");
-                    let q = match self.listeners[l].1 {
-                        Proto::Nvme => {
-                            Engine::Nvme(Box::new(NvmeTcpQueue::new(self.params, local)))
-                        }
-                        Proto::Iscsi => {
-                            let mut random = [0u8; 17];
-                            if let Some(u) = &mut self.urandom {
-                                let _ = u.read_exact(&mut random);
-                            }
-                            Engine::Iscsi(Box::new(IscsiConn::new(
-                                self.iscsi_params,
-                                Arc::clone(&self.iscsi_registry),
-                                local,
-                                random,
-                            )))
-                        }
-                    };
+                    let q = self
+                        .shared
+                        .engine(self.listeners[l].1, local, &mut self.urandom);
                     self.conns[i] = Some(Conn {
                         stream,
                         peer,
@@ -682,7 +543,7 @@ impl Reactor {
                     break;
                 }
                 Ok(n) => {
-                    c.q.receive(&self.buf[..n], &self.registry, now);
+                    c.q.receive(&self.buf[..n], &self.shared.registry, now);
                     c.q.log_events(c.peer);
                     let closing = c.q.closing();
                     self.run_io(i);
@@ -720,7 +581,7 @@ impl Reactor {
             let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
                 continue;
             };
-            let r = c.q.tick(now, &self.registry);
+            let r = c.q.tick(now, &self.shared.registry);
             c.q.log_events(c.peer);
             if let Err(why) = r {
                 self.close(i, why);
@@ -739,7 +600,7 @@ impl Reactor {
         else {
             return;
         };
-        c.q.teardown(&self.registry);
+        c.q.teardown(&self.shared.registry);
         let _ = self.poll.registry().deregister(&mut c.stream);
         info!(reactor = self.id, peer = %c.peer, engine = c.q.describe(), "connection closed: {why}");
         c.dead = true;
@@ -757,108 +618,23 @@ impl Reactor {
         }
     }
 
-    /// Runs the queued block operations of connection `i`: memory in place, files by
-    /// io_uring (completed later in [`Self::reap`]).
+    /// Runs the queued block operations of connection `i`.
     fn run_io(&mut self, i: usize) {
-        let Some(c) = self.conns[i].as_mut() else {
-            return;
-        };
-        while let Some((slot, io)) = c.q.next_io() {
-            let k = key(i, slot);
-            let outcome = match self.backends.get(io.backend as usize).map(|b| &**b) {
-                Some(Backend::Memory(m)) => Some(m.execute(&io.op, c.q.buffer_mut(slot))),
-                Some(Backend::File(f)) => {
-                    let p = submit_file_io(
-                        &mut self.ring,
-                        f.file.as_raw_fd(),
-                        &io,
-                        c.q.buffer_mut(slot),
-                        k,
-                    );
-                    self.pending.insert(k, p);
-                    None
-                }
-                None if io.backend == ALL_BACKENDS => {
-                    // Flush of every namespace: sync every file (memory has no cache).
-                    let fds: Vec<i32> = self
-                        .backends
-                        .iter()
-                        .filter_map(|b| match &**b {
-                            Backend::File(f) => Some(f.file.as_raw_fd()),
-                            Backend::Memory(_) => None,
-                        })
-                        .collect();
-                    for fd in &fds {
-                        push(&mut self.ring, fdatasync(types::Fd(*fd), k));
-                    }
-                    if fds.is_empty() {
-                        Some(IoOutcome::Ok)
-                    } else {
-                        let remaining = u32::try_from(fds.len()).unwrap_or(u32::MAX);
-                        self.pending.insert(
-                            k,
-                            SlotIo {
-                                remaining,
-                                failed: false,
-                                read: false,
-                                len: 0,
-                                scratch: None,
-                            },
-                        );
-                        None
-                    }
-                }
-                None => Some(IoOutcome::WriteError),
-            };
-            match outcome {
-                Some(o) => c.q.io_done(slot, o),
-                None => c.inflight += 1,
-            }
+        if let Some(c) = self.conns[i].as_mut() {
+            c.inflight += self.blocks.run(i, &mut c.q);
         }
     }
 
     /// Completes the io_uring operations that finished.
     fn reap(&mut self) {
-        let Some(ring) = &mut self.ring else { return };
-        let mut finished = Vec::new();
-        for cqe in ring.completion() {
-            let k = cqe.user_data();
-            let Some(p) = self.pending.get_mut(&k) else {
-                continue;
-            };
-            let res = cqe.result();
-            if res < 0 || (p.len > 0 && usize::try_from(res).ok() != Some(p.len)) {
-                p.failed = true;
-            }
-            p.remaining -= 1;
-            if p.remaining == 0 {
-                finished.push(k);
-            }
-        }
-        for k in finished {
-            let Some(p) = self.pending.remove(&k) else {
-                continue;
-            };
-            let (i, slot) = ((k >> 16) as usize, (k & 0xffff) as usize);
+        for r in self.blocks.reap() {
+            let i = r.conn;
             let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
             c.inflight -= 1;
             if !c.dead {
-                let outcome = match (p.failed, p.scratch) {
-                    (true, _) if p.read => IoOutcome::ReadError,
-                    (true, _) => IoOutcome::WriteError,
-                    (false, Some((media, start))) => {
-                        let host = c.q.buffer_mut(slot);
-                        if media[start..start + host.len()] == *host {
-                            IoOutcome::Ok
-                        } else {
-                            IoOutcome::Miscompare
-                        }
-                    }
-                    (false, None) => IoOutcome::Ok,
-                };
-                c.q.io_done(slot, outcome);
+                r.complete(&mut c.q);
                 // A multi-step command (iSCSI COMPARE AND WRITE, WRITE SAME) may go on.
                 self.run_io(i);
                 if let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) {
@@ -872,141 +648,6 @@ impl Reactor {
             self.release(i);
         }
     }
-}
-
-fn key(conn: usize, slot: usize) -> u64 {
-    ((conn as u64) << 16) | (slot as u64 & 0xffff)
-}
-
-/// Queues an SQE, submitting the ring first when it is full.
-fn push(ring: &mut Option<IoUring>, e: squeue::Entry) {
-    let Some(ring) = ring else { return };
-    loop {
-        // SAFETY: every buffer an entry points to outlives the operation: it is a slot
-        // buffer of a connection that is not freed while it has operations in flight
-        // (`Conn::inflight`, `Reactor::release`), and the engine leaves a slot's buffer
-        // alone while its block operation runs; a Compare's scratch buffer lives in
-        // `Reactor::pending` until the operation completes.
-        if unsafe { ring.submission().push(&e) }.is_ok() {
-            return;
-        }
-        if ring.submit().is_err() {
-            return;
-        }
-    }
-}
-
-/// An fdatasync of `fd` tagged `k`: Flush, SYNCHRONIZE CACHE and FUA zeroing.
-fn fdatasync(fd: types::Fd, k: u64) -> squeue::Entry {
-    opcode::Fsync::new(fd)
-        .flags(types::FsyncFlags::DATASYNC)
-        .build()
-        .user_data(k)
-}
-
-/// Turns one block operation on a file into io_uring entries.
-fn submit_file_io(
-    ring: &mut Option<IoUring>,
-    fd: i32,
-    io: &BlockIo,
-    buf: &mut [u8],
-    k: u64,
-) -> SlotIo {
-    let fd = types::Fd(fd);
-    let mut p = SlotIo {
-        remaining: 1,
-        failed: false,
-        read: false,
-        len: 0,
-        scratch: None,
-    };
-    let len32 = |l: u64| u32::try_from(l).unwrap_or(u32::MAX);
-    match &io.op {
-        BlockOp::Read { offset, len } => {
-            p.read = true;
-            p.len = *len as usize;
-            push(
-                ring,
-                opcode::Read::new(fd, buf.as_mut_ptr(), len32(*len))
-                    .offset(*offset)
-                    .build()
-                    .user_data(k),
-            );
-        }
-        BlockOp::Write { offset, len, fua } => {
-            p.len = *len as usize;
-            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
-            let e = opcode::Write::new(fd, buf.as_ptr(), len32(*len))
-                .offset(*offset)
-                .rw_flags(flags)
-                .build();
-            push(ring, e.user_data(k));
-        }
-        BlockOp::Compare { offset, len } => {
-            p.read = true;
-            p.len = *len as usize;
-            // Page-aligned, for O_DIRECT.
-            let mut scratch = vec![0u8; *len as usize + 4096];
-            let start = scratch.as_ptr().align_offset(4096).min(4096);
-            let ptr = scratch[start..].as_mut_ptr();
-            push(
-                ring,
-                opcode::Read::new(fd, ptr, len32(*len))
-                    .offset(*offset)
-                    .build()
-                    .user_data(k),
-            );
-            p.scratch = Some((scratch, start));
-        }
-        BlockOp::Flush => {
-            push(ring, fdatasync(fd, k));
-        }
-        BlockOp::WriteZeroes {
-            offset,
-            len,
-            deallocate,
-            fua,
-        } => {
-            let mode = libc::FALLOC_FL_KEEP_SIZE
-                | if *deallocate {
-                    libc::FALLOC_FL_PUNCH_HOLE
-                } else {
-                    libc::FALLOC_FL_ZERO_RANGE
-                };
-            let e = opcode::Fallocate::new(fd, *len)
-                .offset(*offset)
-                .mode(mode)
-                .build();
-            if *fua {
-                // The sync must follow the zeroing: link them.
-                push(ring, e.flags(squeue::Flags::IO_LINK).user_data(k));
-                push(ring, fdatasync(fd, k));
-                p.remaining = 2;
-            } else {
-                push(ring, e.user_data(k));
-            }
-        }
-        BlockOp::Deallocate { ranges } => {
-            for (offset, len) in ranges {
-                let mode = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE;
-                push(
-                    ring,
-                    opcode::Fallocate::new(fd, *len)
-                        .offset(*offset)
-                        .mode(mode)
-                        .build()
-                        .user_data(k),
-                );
-            }
-            p.remaining = u32::try_from(ranges.len()).unwrap_or(u32::MAX);
-            if p.remaining == 0 {
-                // Nothing to deallocate: complete through the ring all the same.
-                push(ring, opcode::Nop::new().build().user_data(k));
-                p.remaining = 1;
-            }
-        }
-    }
-    p
 }
 
 /// Writes what the queue has to send until done or the socket is full; false on error.

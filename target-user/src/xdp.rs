@@ -105,6 +105,26 @@ impl Steering {
         Ok(steering)
     }
 
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Puts an AF_XDP socket in the XSKS map for rx queue `queue`: the program then
+    /// redirects that queue's storage-port frames to it.
+    pub fn register_socket(&mut self, queue: u32, fd: i32) -> Result<(), aya::maps::MapError> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::XSKS)
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: map_names::XSKS.into(),
+            })?;
+        let mut xsks = aya::maps::XskMap::try_from(map)?;
+        // SAFETY: the caller's socket is open for the duration of the call; the kernel
+        // takes its own reference and drops the entry when the socket closes.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        xsks.set(queue, fd, 0)
+    }
+
     pub fn mode(&self) -> &'static str {
         self.mode
     }

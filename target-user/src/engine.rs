@@ -1,0 +1,496 @@
+//! What every transport shares: a connection's protocol engine ([`Engine`]) and the block
+//! I/O that engines queue ([`BlockRunner`]: memory in place, files through io_uring).
+//!
+//! The socket reactors (`server.rs`) and the AF_XDP reactors (`xdp_path.rs`) differ only in
+//! how bytes reach an engine and leave it; both run block I/O through here.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use io_uring::{IoUring, opcode, squeue, types};
+use target_proto::iscsi::Registry as IscsiRegistry;
+use target_proto::iscsi::conn::{ConnEvent, ConnParams, IscsiConn};
+use target_proto::nvme::controller::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
+use target_proto::nvme::subsystem::Registry;
+use target_proto::nvme_tcp::icreq::ControllerParams;
+use target_proto::nvme_tcp::queue::NvmeTcpQueue;
+use tracing::{debug, info, warn};
+
+use crate::backend::Backend;
+
+/// Which protocol a listening port serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Nvme,
+    Iscsi,
+}
+
+/// What every reactor of every transport shares: the registries (touched only at
+/// connect/login and teardown), the engines' parameters and the backends.
+pub struct Shared {
+    pub registry: Arc<Mutex<Registry>>,
+    pub iscsi_registry: Arc<Mutex<IscsiRegistry>>,
+    pub iscsi_params: ConnParams,
+    pub params: ControllerParams,
+    pub backends: Vec<Arc<Backend>>,
+    /// How long a reactor keeps polling after its last event before it sleeps.
+    pub busy_poll: std::time::Duration,
+}
+
+impl Shared {
+    /// A fresh engine for a connection accepted on a `proto` port at local address `local`.
+    pub fn engine(
+        &self,
+        proto: Proto,
+        local: Option<IpAddr>,
+        urandom: &mut Option<std::fs::File>,
+    ) -> Engine {
+        match proto {
+            Proto::Nvme => Engine::Nvme(Box::new(NvmeTcpQueue::new(self.params, local))),
+            Proto::Iscsi => {
+                let mut random = [0u8; 17];
+                if let Some(u) = urandom {
+                    let _ = u.read_exact(&mut random);
+                }
+                Engine::Iscsi(Box::new(IscsiConn::new(
+                    self.iscsi_params,
+                    Arc::clone(&self.iscsi_registry),
+                    local,
+                    random,
+                )))
+            }
+        }
+    }
+
+    /// A block runner for one reactor; it owns an io_uring when any backend is a file.
+    pub fn block_runner(&self) -> std::io::Result<BlockRunner> {
+        let needs_ring = self
+            .backends
+            .iter()
+            .any(|b| matches!(**b, Backend::File(_)));
+        Ok(BlockRunner {
+            backends: self.backends.clone(),
+            ring: if needs_ring {
+                Some(IoUring::new(RING_ENTRIES)?)
+            } else {
+                None
+            },
+            pending: HashMap::new(),
+        })
+    }
+}
+
+/// Submission queue entries per reactor ring; a full ring is submitted and reused.
+const RING_ENTRIES: u32 = 1024;
+
+/// A reactor's block I/O: memory backends complete in place, file backends through the
+/// reactor's io_uring, completed later by [`BlockRunner::reap`].
+pub struct BlockRunner {
+    backends: Vec<Arc<Backend>>,
+    ring: Option<IoUring>,
+    /// Operations in flight by user data (connection index << 16 | slot).
+    pending: HashMap<u64, SlotIo>,
+}
+
+/// A block operation that finished in the ring, for connection `conn`'s `slot`.
+pub struct Reaped {
+    pub conn: usize,
+    slot: usize,
+    io: SlotIo,
+}
+
+impl Reaped {
+    /// Hands the outcome to the engine (comparing first, for a Compare).
+    pub fn complete(self, q: &mut Engine) {
+        let outcome = match (self.io.failed, self.io.scratch) {
+            (true, _) if self.io.read => IoOutcome::ReadError,
+            (true, _) => IoOutcome::WriteError,
+            (false, Some((media, start))) => {
+                let host = q.buffer_mut(self.slot);
+                if media[start..start + host.len()] == *host {
+                    IoOutcome::Ok
+                } else {
+                    IoOutcome::Miscompare
+                }
+            }
+            (false, None) => IoOutcome::Ok,
+        };
+        q.io_done(self.slot, outcome);
+    }
+}
+
+impl BlockRunner {
+    /// The ring's fd, for the reactor's sleep.
+    pub fn ring_fd(&self) -> Option<i32> {
+        self.ring.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Runs the block operations engine `q` (connection `conn`) has queued. Returns how many
+    /// went to the ring: the connection must outlive them.
+    pub fn run(&mut self, conn: usize, q: &mut Engine) -> usize {
+        let mut started = 0;
+        while let Some((slot, io)) = q.next_io() {
+            let k = key(conn, slot);
+            let outcome = match self.backends.get(io.backend as usize).map(|b| &**b) {
+                Some(Backend::Memory(m)) => Some(m.execute(&io.op, q.buffer_mut(slot))),
+                Some(Backend::File(f)) => {
+                    let p = submit_file_io(
+                        &mut self.ring,
+                        f.file.as_raw_fd(),
+                        &io,
+                        q.buffer_mut(slot),
+                        k,
+                    );
+                    self.pending.insert(k, p);
+                    None
+                }
+                None if io.backend == ALL_BACKENDS => {
+                    // Flush of every namespace: sync every file (memory has no cache).
+                    let fds: Vec<i32> = self
+                        .backends
+                        .iter()
+                        .filter_map(|b| match &**b {
+                            Backend::File(f) => Some(f.file.as_raw_fd()),
+                            Backend::Memory(_) => None,
+                        })
+                        .collect();
+                    for fd in &fds {
+                        push(&mut self.ring, fdatasync(types::Fd(*fd), k));
+                    }
+                    if fds.is_empty() {
+                        Some(IoOutcome::Ok)
+                    } else {
+                        let remaining = u32::try_from(fds.len()).unwrap_or(u32::MAX);
+                        self.pending.insert(
+                            k,
+                            SlotIo {
+                                remaining,
+                                failed: false,
+                                read: false,
+                                len: 0,
+                                scratch: None,
+                            },
+                        );
+                        None
+                    }
+                }
+                None => Some(IoOutcome::WriteError),
+            };
+            match outcome {
+                Some(o) => q.io_done(slot, o),
+                None => started += 1,
+            }
+        }
+        started
+    }
+
+    /// Submits what was queued in the ring.
+    pub fn submit(&mut self) {
+        if let Some(ring) = &mut self.ring
+            && !ring.submission().is_empty()
+            && let Err(e) = ring.submit()
+        {
+            warn!("io_uring submit failed: {e}");
+        }
+    }
+
+    /// The operations that finished since the last call.
+    pub fn reap(&mut self) -> Vec<Reaped> {
+        let Some(ring) = &mut self.ring else {
+            return Vec::new();
+        };
+        let mut finished = Vec::new();
+        for cqe in ring.completion() {
+            let k = cqe.user_data();
+            let Some(p) = self.pending.get_mut(&k) else {
+                continue;
+            };
+            let res = cqe.result();
+            if res < 0 || (p.len > 0 && usize::try_from(res).ok() != Some(p.len)) {
+                p.failed = true;
+            }
+            p.remaining -= 1;
+            if p.remaining == 0 {
+                finished.push(k);
+            }
+        }
+        finished
+            .into_iter()
+            .filter_map(|k| {
+                let io = self.pending.remove(&k)?;
+                Some(Reaped {
+                    conn: (k >> 16) as usize,
+                    slot: (k & 0xffff) as usize,
+                    io,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A connection's protocol engine.
+pub enum Engine {
+    Nvme(Box<NvmeTcpQueue>),
+    Iscsi(Box<IscsiConn>),
+}
+
+impl Engine {
+    pub fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now: u64) {
+        match self {
+            Self::Nvme(q) => q.receive(input, registry, now),
+            Self::Iscsi(c) => c.receive(input, now),
+        }
+    }
+
+    pub fn output(&self) -> &[u8] {
+        match self {
+            Self::Nvme(q) => q.output(),
+            Self::Iscsi(c) => c.output(),
+        }
+    }
+
+    pub fn consume_output(&mut self, n: usize) {
+        match self {
+            Self::Nvme(q) => q.consume_output(n),
+            Self::Iscsi(c) => c.consume_output(n),
+        }
+    }
+
+    pub fn closing(&self) -> bool {
+        match self {
+            Self::Nvme(q) => q.closing(),
+            Self::Iscsi(c) => c.closing(),
+        }
+    }
+
+    pub fn next_io(&mut self) -> Option<(usize, BlockIo)> {
+        match self {
+            Self::Nvme(q) => q.next_io(),
+            Self::Iscsi(c) => c.next_io(),
+        }
+    }
+
+    pub fn buffer_mut(&mut self, slot: usize) -> &mut [u8] {
+        match self {
+            Self::Nvme(q) => q.buffer_mut(slot),
+            Self::Iscsi(c) => c.buffer_mut(slot),
+        }
+    }
+
+    pub fn io_done(&mut self, slot: usize, outcome: IoOutcome) {
+        match self {
+            Self::Nvme(q) => q.io_done(slot, outcome),
+            Self::Iscsi(c) => c.io_done(slot, outcome),
+        }
+    }
+
+    /// False when the connection must end; `why` says why.
+    pub fn tick(&mut self, now: u64, registry: &Mutex<Registry>) -> Result<(), &'static str> {
+        match self {
+            Self::Nvme(q) => {
+                if q.tick(now, registry) {
+                    Ok(())
+                } else if q.controller().qid() == Some(0) {
+                    Err("keep-alive timeout expired")
+                } else {
+                    Err("its controller is gone")
+                }
+            }
+            Self::Iscsi(c) => {
+                if c.tick(now) {
+                    Ok(())
+                } else {
+                    Err("NOP-In ping unanswered, login timeout or session reinstated")
+                }
+            }
+        }
+    }
+
+    pub fn teardown(&mut self, registry: &Mutex<Registry>) {
+        match self {
+            Self::Nvme(q) => q.teardown(registry),
+            Self::Iscsi(c) => c.teardown(),
+        }
+    }
+
+    /// Logs what the iSCSI engine reported.
+    pub fn log_events(&mut self, peer: SocketAddr) {
+        let Self::Iscsi(c) = self else { return };
+        for e in c.take_events() {
+            match e {
+                ConnEvent::LoggedIn {
+                    initiator,
+                    target,
+                    tsih,
+                    reinstated,
+                } => info!(%peer, initiator, ?target, tsih, reinstated, "iSCSI login"),
+                ConnEvent::LoginFailed { status, why } => {
+                    warn!(%peer, status = format!("{status:04x}"), "iSCSI login refused: {why}");
+                }
+                ConnEvent::ProtocolError(why) => warn!(%peer, "iSCSI protocol error: {why}"),
+                ConnEvent::LoggedOut => debug!(%peer, "iSCSI logout"),
+                ConnEvent::NopTimeout => {
+                    warn!(%peer, "iSCSI initiator stopped answering NOP-In pings");
+                }
+                ConnEvent::Reinstated => info!(%peer, "iSCSI session reinstated by a new login"),
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Nvme(q) => format!("NVMe qid {:?}", q.controller().qid()),
+            Self::Iscsi(_) => "iSCSI".into(),
+        }
+    }
+}
+
+/// What a slot's io_uring operations are doing, until the last one completes.
+pub(crate) struct SlotIo {
+    remaining: u32,
+    failed: bool,
+    read: bool,
+    /// Bytes the data operation must move.
+    len: usize,
+    /// Compare reads the media here (from the page-aligned offset) and compares with the
+    /// host's data.
+    scratch: Option<(Vec<u8>, usize)>,
+}
+
+fn key(conn: usize, slot: usize) -> u64 {
+    ((conn as u64) << 16) | (slot as u64 & 0xffff)
+}
+
+/// Queues an SQE, submitting the ring first when it is full.
+fn push(ring: &mut Option<IoUring>, e: squeue::Entry) {
+    let Some(ring) = ring else { return };
+    loop {
+        // SAFETY: every buffer an entry points to outlives the operation: it is a slot
+        // buffer of a connection that is not freed while it has operations in flight
+        // (`Conn::inflight`, `Reactor::release`), and the engine leaves a slot's buffer
+        // alone while its block operation runs; a Compare's scratch buffer lives in
+        // `Reactor::pending` until the operation completes.
+        if unsafe { ring.submission().push(&e) }.is_ok() {
+            return;
+        }
+        if ring.submit().is_err() {
+            return;
+        }
+    }
+}
+
+/// An fdatasync of `fd` tagged `k`: Flush, SYNCHRONIZE CACHE and FUA zeroing.
+fn fdatasync(fd: types::Fd, k: u64) -> squeue::Entry {
+    opcode::Fsync::new(fd)
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(k)
+}
+
+/// Turns one block operation on a file into io_uring entries.
+fn submit_file_io(
+    ring: &mut Option<IoUring>,
+    fd: i32,
+    io: &BlockIo,
+    buf: &mut [u8],
+    k: u64,
+) -> SlotIo {
+    let fd = types::Fd(fd);
+    let mut p = SlotIo {
+        remaining: 1,
+        failed: false,
+        read: false,
+        len: 0,
+        scratch: None,
+    };
+    let len32 = |l: u64| u32::try_from(l).unwrap_or(u32::MAX);
+    match &io.op {
+        BlockOp::Read { offset, len } => {
+            p.read = true;
+            p.len = *len as usize;
+            push(
+                ring,
+                opcode::Read::new(fd, buf.as_mut_ptr(), len32(*len))
+                    .offset(*offset)
+                    .build()
+                    .user_data(k),
+            );
+        }
+        BlockOp::Write { offset, len, fua } => {
+            p.len = *len as usize;
+            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            let e = opcode::Write::new(fd, buf.as_ptr(), len32(*len))
+                .offset(*offset)
+                .rw_flags(flags)
+                .build();
+            push(ring, e.user_data(k));
+        }
+        BlockOp::Compare { offset, len } => {
+            p.read = true;
+            p.len = *len as usize;
+            // Page-aligned, for O_DIRECT.
+            let mut scratch = vec![0u8; *len as usize + 4096];
+            let start = scratch.as_ptr().align_offset(4096).min(4096);
+            let ptr = scratch[start..].as_mut_ptr();
+            push(
+                ring,
+                opcode::Read::new(fd, ptr, len32(*len))
+                    .offset(*offset)
+                    .build()
+                    .user_data(k),
+            );
+            p.scratch = Some((scratch, start));
+        }
+        BlockOp::Flush => {
+            push(ring, fdatasync(fd, k));
+        }
+        BlockOp::WriteZeroes {
+            offset,
+            len,
+            deallocate,
+            fua,
+        } => {
+            let mode = libc::FALLOC_FL_KEEP_SIZE
+                | if *deallocate {
+                    libc::FALLOC_FL_PUNCH_HOLE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE
+                };
+            let e = opcode::Fallocate::new(fd, *len)
+                .offset(*offset)
+                .mode(mode)
+                .build();
+            if *fua {
+                // The sync must follow the zeroing: link them.
+                push(ring, e.flags(squeue::Flags::IO_LINK).user_data(k));
+                push(ring, fdatasync(fd, k));
+                p.remaining = 2;
+            } else {
+                push(ring, e.user_data(k));
+            }
+        }
+        BlockOp::Deallocate { ranges } => {
+            for (offset, len) in ranges {
+                let mode = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE;
+                push(
+                    ring,
+                    opcode::Fallocate::new(fd, *len)
+                        .offset(*offset)
+                        .mode(mode)
+                        .build()
+                        .user_data(k),
+                );
+            }
+            p.remaining = u32::try_from(ranges.len()).unwrap_or(u32::MAX);
+            if p.remaining == 0 {
+                // Nothing to deallocate: complete through the ring all the same.
+                push(ring, opcode::Nop::new().build().user_data(k));
+                p.remaining = 1;
+            }
+        }
+    }
+    p
+}

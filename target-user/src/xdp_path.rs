@@ -1,0 +1,541 @@
+//! The XDP data path: storage-port frames that the XDP program redirects arrive in one
+//! AF_XDP socket per rx queue; a reactor per queue runs them through the user-space TCP/IP
+//! stack (target-tcp) into the same protocol engines and block I/O as the socket path.
+//!
+//! The kernel keeps the interface: its address, ARP, and every frame that is not for a
+//! storage port. The kernel's listening sockets stay open too, so storage traffic arriving
+//! on other interfaces (or on queues without a socket) is still served by the socket path.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use target_tcp::{ConnId, ConnState, Stack, StackConfig};
+use tracing::{debug, info};
+
+use crate::afxdp::{BindMode, Xsk, XskError, XskSizes};
+use crate::config::{Config, ZeroCopy};
+use crate::engine::{BlockRunner, Engine, Proto, Shared};
+use crate::server::{TICK, listen_addrs};
+use crate::xdp::Steering;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AfXdpError {
+    #[error(
+        "the XDP program only counts (xdp.steer = false or --count-only): nothing is redirected"
+    )]
+    CountOnly,
+    #[error("cannot read {path}: {source}")]
+    Sysfs {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{iface} has no IPv4 or IPv6 address for the user-space stack to answer on")]
+    NoAddress { iface: String },
+    #[error(
+        "none of the listening ports ({listening:?}) is steered by the XDP program (xdp.ports = {steered:?})"
+    )]
+    NoPorts {
+        listening: Vec<u16>,
+        steered: Vec<u16>,
+    },
+    #[error(
+        "AF_XDP socket on {iface} queue {queue} ({mode}): {source}{hint}",
+        hint = hint(.source.errno(), .mode)
+    )]
+    Socket {
+        iface: String,
+        queue: u32,
+        mode: &'static str,
+        source: XskError,
+    },
+    #[error("registering the AF_XDP socket of queue {queue} in the XSKS map: {source}")]
+    Register {
+        queue: u32,
+        source: aya::maps::MapError,
+    },
+    #[error("cannot start a reactor thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn hint(errno: Option<i32>, mode: &str) -> &'static str {
+    match errno {
+        Some(libc::EOPNOTSUPP) if mode == "zero-copy" => {
+            " (the driver has no zero-copy AF_XDP; set xdp.zero_copy = \"auto\" to use copy mode)"
+        }
+        Some(libc::EBUSY) => " (another AF_XDP socket is bound to this queue)",
+        Some(libc::EPERM) => " (needs root: CAP_NET_RAW and CAP_BPF)",
+        _ => "",
+    }
+}
+
+fn sysfs(iface: &str, file: &str) -> Result<String, AfXdpError> {
+    let path = format!("/sys/class/net/{iface}/{file}");
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| AfXdpError::Sysfs { path, source })
+}
+
+/// Rx queues of `iface` (its `queues/rx-N` entries).
+fn rx_queues(iface: &str) -> Result<u32, AfXdpError> {
+    let path = format!("/sys/class/net/{iface}/queues");
+    let dir = std::fs::read_dir(&path).map_err(|source| AfXdpError::Sysfs {
+        path: path.clone(),
+        source,
+    })?;
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    Ok(u32::try_from(n.max(1)).unwrap_or(1))
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// The addresses (with prefix length) the kernel gave `iface`.
+fn interface_addrs(iface: &str) -> Vec<(IpAddr, u8)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that freeifaddrs releases below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: `p` walks the list getifaddrs returned, which stays valid until freed.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() != iface.as_bytes() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names;
+        // the netmask (when present) has the same family.
+        unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let a = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    let len = if ifa.ifa_netmask.is_null() {
+                        32
+                    } else {
+                        let m = &*ifa.ifa_netmask.cast::<libc::sockaddr_in>();
+                        u32::from_be(m.sin_addr.s_addr).count_ones() as u8
+                    };
+                    out.push((IpAddr::from(a.sin_addr.s_addr.to_ne_bytes()), len));
+                }
+                libc::AF_INET6 => {
+                    let a = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    let len = if ifa.ifa_netmask.is_null() {
+                        128
+                    } else {
+                        let m = &*ifa.ifa_netmask.cast::<libc::sockaddr_in6>();
+                        m.sin6_addr
+                            .s6_addr
+                            .iter()
+                            .map(|b| b.count_ones())
+                            .sum::<u32>() as u8
+                    };
+                    out.push((IpAddr::from(a.sin6_addr.s6_addr), len));
+                }
+                _ => {}
+            }
+        }
+    }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+/// Binds an AF_XDP socket on every rx queue of the steering's interface, registers each
+/// in the XSKS map and starts a reactor per queue.
+pub fn start(
+    config: &Config,
+    steering: &mut Steering,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, AfXdpError> {
+    if !config.xdp.steer {
+        return Err(AfXdpError::CountOnly);
+    }
+    let iface = steering.iface().to_string();
+    let mac = parse_mac(&sysfs(&iface, "address")?).unwrap_or_default();
+    let mtu: usize = sysfs(&iface, "mtu")?.parse().unwrap_or(1500);
+    let addrs = interface_addrs(&iface);
+    if addrs.is_empty() {
+        return Err(AfXdpError::NoAddress { iface });
+    }
+    let mut ports = HashMap::new();
+    for (a, proto) in listen_addrs(config) {
+        if config.xdp.ports.contains(&a.port()) {
+            ports.insert(a.port(), proto);
+        }
+    }
+    if ports.is_empty() {
+        return Err(AfXdpError::NoPorts {
+            listening: listen_addrs(config).iter().map(|a| a.0.port()).collect(),
+            steered: config.xdp.ports.clone(),
+        });
+    }
+    let sizes = XskSizes {
+        frames: config.xdp.umem_frames,
+        frame_size: 4096,
+        ring: config.xdp.ring_size,
+    };
+    let queues = rx_queues(&iface)?;
+    let mut sockets = Vec::new();
+    for q in 0..queues {
+        let modes: &[BindMode] = match config.xdp.zero_copy {
+            ZeroCopy::Auto => &[BindMode::ZeroCopy, BindMode::Copy],
+            ZeroCopy::Require => &[BindMode::ZeroCopy],
+            ZeroCopy::Off => &[BindMode::Copy],
+        };
+        let mut last = None;
+        for &mode in modes {
+            match Xsk::open(&iface, q, sizes, mode, mac, mtu) {
+                Ok(x) => {
+                    last = None;
+                    sockets.push((q, x));
+                    break;
+                }
+                Err(source) => {
+                    debug!(
+                        iface,
+                        queue = q,
+                        mode = mode.name(),
+                        "AF_XDP bind failed: {source}"
+                    );
+                    last = Some(AfXdpError::Socket {
+                        iface: iface.clone(),
+                        queue: q,
+                        mode: mode.name(),
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(e) = last {
+            return Err(e);
+        }
+    }
+    for (q, x) in &sockets {
+        steering
+            .register_socket(*q, x.fd())
+            .map_err(|source| AfXdpError::Register { queue: *q, source })?;
+    }
+    let mut threads = Vec::new();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    for (q, mut xsk) in sockets {
+        let stack = Stack::new(
+            StackConfig {
+                addrs: addrs.clone(),
+                ports: ports.keys().copied().collect(),
+                seed: seed ^ u64::from(q).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                ..StackConfig::default()
+            },
+            &mut xsk,
+            0,
+        );
+        info!(
+            iface,
+            queue = q,
+            mode = xsk.mode().name(),
+            mtu = xsk.mtu(),
+            addrs = ?stack.addrs(),
+            ports = ?ports,
+            "AF_XDP socket bound: the user-space TCP/IP stack serves the storage ports on this queue"
+        );
+        let reactor = XdpReactor {
+            queue: q,
+            xsk,
+            stack,
+            ports: ports.clone(),
+            conns: Vec::new(),
+            free: Vec::new(),
+            blocks: shared.block_runner().map_err(AfXdpError::Thread)?,
+            shared: Arc::clone(shared),
+            urandom: std::fs::File::open("/dev/urandom").ok(),
+            started: Instant::now(),
+        };
+        let stop = Arc::clone(stop);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("xdp-q{q}"))
+                .spawn(move || reactor.run(&stop))
+                .map_err(AfXdpError::Thread)?,
+        );
+    }
+    Ok(threads)
+}
+
+struct XConn {
+    id: ConnId,
+    peer: SocketAddr,
+    q: Engine,
+    /// io_uring operations still using this connection's buffers.
+    inflight: usize,
+    /// Closed, but kept until `inflight` is zero.
+    dead: bool,
+}
+
+struct XdpReactor {
+    queue: u32,
+    xsk: Xsk,
+    stack: Stack,
+    ports: HashMap<u16, Proto>,
+    conns: Vec<Option<XConn>>,
+    free: Vec<usize>,
+    blocks: BlockRunner,
+    shared: Arc<Shared>,
+    urandom: Option<std::fs::File>,
+    started: Instant,
+}
+
+impl XdpReactor {
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        let mut last_tick = Instant::now();
+        let mut last_work = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let now = self.now_us();
+            let mut work = self.xsk.pull() > 0;
+            work |= self.stack.poll(now, &mut self.xsk);
+            while let Some(a) = self.stack.accept() {
+                self.accept(a);
+                work = true;
+            }
+            for i in 0..self.conns.len() {
+                work |= self.service(i);
+            }
+            work |= self.reap();
+            self.blocks.submit();
+            self.stack.poll(now, &mut self.xsk);
+            self.xsk.flush();
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.tick();
+            }
+            if work || self.xsk.busy() {
+                last_work = Instant::now();
+            } else if last_work.elapsed() >= self.shared.busy_poll {
+                self.sleep();
+            }
+        }
+        for i in 0..self.conns.len() {
+            self.close(i, "the target is stopping", false);
+        }
+        self.stack.poll(self.now_us(), &mut self.xsk);
+        self.xsk.flush();
+        let s = self.xsk.stats();
+        info!(
+            queue = self.queue,
+            rx = s.rx_packets,
+            tx = s.tx_packets,
+            tx_no_frame = s.tx_no_frame,
+            tx_no_neighbour = s.tx_no_neighbour,
+            rx_too_long = s.rx_too_long,
+            "AF_XDP reactor stopped"
+        );
+    }
+
+    /// Sleeps until a frame arrives, an I/O completes, a TCP timer is due or the tick.
+    fn sleep(&mut self) {
+        let delay = self
+            .stack
+            .poll_delay(self.now_us())
+            .map_or(TICK, Duration::from_micros)
+            .min(TICK);
+        let mut fds = vec![libc::pollfd {
+            fd: self.xsk.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(fd) = self.blocks.ring_fd() {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let ms = i32::try_from(delay.as_millis()).unwrap_or(100);
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
+
+    fn accept(&mut self, a: target_tcp::Accepted) {
+        let Some(&proto) = self.ports.get(&a.local.port()) else {
+            self.stack.release(a.id, false);
+            return;
+        };
+        let q = self
+            .shared
+            .engine(proto, Some(a.local.ip()), &mut self.urandom);
+        let conn = XConn {
+            id: a.id,
+            peer: a.remote,
+            q,
+            inflight: 0,
+            dead: false,
+        };
+        match self.free.pop() {
+            Some(i) => self.conns[i] = Some(conn),
+            None => self.conns.push(Some(conn)),
+        }
+        debug!(queue = self.queue, peer = %a.remote, ?proto, "connection accepted (AF_XDP)");
+    }
+
+    /// Moves bytes between connection `i`'s stream and its engine; true if anything moved.
+    fn service(&mut self, i: usize) -> bool {
+        let now_ms = self.now_us() / 1000;
+        let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
+            return false;
+        };
+        let registry = &self.shared.registry;
+        let got = self.stack.recv(c.id, |b| c.q.receive(b, registry, now_ms));
+        if got > 0 {
+            c.q.log_events(c.peer);
+            self.run_io(i);
+        }
+        let sent = self.push_output(i);
+        let Some(c) = self.conns[i].as_mut() else {
+            return got > 0;
+        };
+        match self.stack.state(c.id) {
+            ConnState::Closed => self.close(i, "the connection was reset or timed out", false),
+            ConnState::PeerClosed if c.q.output().is_empty() => {
+                self.close(i, "the host closed the connection", true);
+            }
+            _ if c.q.closing() && c.q.output().is_empty() => self.close(
+                i,
+                "the protocol ended it (disconnect, logout, keep-alive expiry or protocol error)",
+                true,
+            ),
+            _ => {}
+        }
+        got > 0 || sent > 0
+    }
+
+    /// Queues what the engine has to send into the connection's TCP send buffer.
+    fn push_output(&mut self, i: usize) -> usize {
+        let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
+            return 0;
+        };
+        let mut total = 0;
+        while !c.q.output().is_empty() {
+            let n = self.stack.send(c.id, c.q.output());
+            if n == 0 {
+                break;
+            }
+            c.q.consume_output(n);
+            total += n;
+        }
+        total
+    }
+
+    fn run_io(&mut self, i: usize) {
+        if let Some(c) = self.conns[i].as_mut() {
+            c.inflight += self.blocks.run(i, &mut c.q);
+        }
+    }
+
+    fn reap(&mut self) -> bool {
+        let done = self.blocks.reap();
+        let any = !done.is_empty();
+        for r in done {
+            let i = r.conn;
+            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            c.inflight -= 1;
+            if !c.dead {
+                r.complete(&mut c.q);
+                self.run_io(i);
+                self.push_output(i);
+            }
+            self.release(i);
+        }
+        any
+    }
+
+    fn tick(&mut self) {
+        let now_ms = self.now_us() / 1000;
+        for i in 0..self.conns.len() {
+            let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
+                continue;
+            };
+            let r = c.q.tick(now_ms, &self.shared.registry);
+            c.q.log_events(c.peer);
+            if let Err(why) = r {
+                self.close(i, why, true);
+            } else {
+                self.push_output(i);
+            }
+        }
+    }
+
+    fn close(&mut self, i: usize, why: &str, graceful: bool) {
+        let Some(c) = self
+            .conns
+            .get_mut(i)
+            .and_then(Option::as_mut)
+            .filter(|c| !c.dead)
+        else {
+            return;
+        };
+        c.q.teardown(&self.shared.registry);
+        self.stack.release(c.id, graceful);
+        info!(queue = self.queue, peer = %c.peer, engine = c.q.describe(), "connection closed (AF_XDP): {why}");
+        c.dead = true;
+        self.release(i);
+    }
+
+    fn release(&mut self, i: usize) {
+        if self.conns[i]
+            .as_ref()
+            .is_some_and(|c| c.dead && c.inflight == 0)
+        {
+            self.conns[i] = None;
+            self.free.push(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_parse() {
+        assert_eq!(
+            parse_mac("02:00:0a:ff:00:01"),
+            Some([2, 0, 0x0a, 0xff, 0, 1])
+        );
+        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
+        assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
+    }
+
+    #[test]
+    fn loopback_has_addresses() {
+        let a = interface_addrs("lo");
+        assert!(a.contains(&(IpAddr::from([127, 0, 0, 1]), 8)), "{a:?}");
+    }
+}
