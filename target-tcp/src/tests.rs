@@ -1451,6 +1451,41 @@ fn vanished_peer_times_out() {
 }
 
 #[test]
+fn reconnecting_from_the_same_port_waits_out_time_wait() {
+    // smoltcp has no TIME-WAIT reuse (RFC 6191): a SYN on the 4-tuple of a socket in
+    // TIME-WAIT is ignored until TIME-WAIT ends (10 s); the initiator's retransmitted SYN
+    // gets through then.
+    let mut net = Net::new(false, 1500, |_| {});
+    let mut echo = Echo::default();
+    let peer = connected(&mut net, &mut echo, 1000);
+    echo.release(&mut net.stack, 0, true);
+    net.run(SECOND, |n| n.sock(peer.h).state() == tcp::State::CloseWait);
+    net.sock(peer.h).close();
+    net.run(SECOND, |n| n.sock(peer.h).state() == tcp::State::Closed);
+    let closed = net.now;
+    net.reconnect(peer.h, peer.port);
+    let mut again = Peer {
+        out: pattern(77, 2000),
+        ..peer
+    };
+    let mut accepted_at = None;
+    net.run(30 * SECOND, |n| {
+        echo.serve(&mut n.stack);
+        if echo.conns.len() == 2 {
+            accepted_at = accepted_at.or(Some(n.now));
+        }
+        again.pump(n);
+        again.done()
+    });
+    let waited = accepted_at.unwrap() - closed;
+    assert!(
+        (9 * SECOND..16 * SECOND).contains(&waited),
+        "accepted {waited} µs after the first connection closed"
+    );
+    assert_eq!(echo.conns[1].acc.remote, echo.conns[0].acc.remote);
+}
+
+#[test]
 fn idle_connection_with_a_live_peer_stays_open() {
     let timeout = 6 * SECOND;
     let mut net = Net::new(true, 1500, |c| {
