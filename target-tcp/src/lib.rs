@@ -84,9 +84,10 @@ impl Default for StackConfig {
             handshake_timeout_us: 5_000_000,
             keep_alive_us: 15_000_000,
             timeout_us: 45_000_000,
-            // Responses carry the ACK of their request; bulk data is acknowledged every
-            // second segment by smoltcp whatever the timer says.
-            ack_delay_us: Some(2_000),
+            // No delayed ACK: an initiator that writes a PDU in two pieces with Nagle on
+            // (libiscsi does) would wait for this ACK on every command. ACKs still coalesce:
+            // one per connection per poll, after every segment that poll received.
+            ack_delay_us: None,
             seed: 0,
         }
     }

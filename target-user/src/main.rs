@@ -66,6 +66,10 @@ struct ServeArgs {
     /// XDP attach mode (overrides xdp.mode).
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpMode>,
+    /// Fail instead of falling back to kernel sockets when no AF_XDP socket can be bound
+    /// (sets xdp.require_afxdp).
+    #[arg(long)]
+    require_afxdp: bool,
     /// Only count storage-port packets and pass them to the kernel (sets xdp.steer = false).
     #[arg(long)]
     count_only: bool,
@@ -123,6 +127,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(mode) = args.xdp_mode {
         config.xdp.mode = mode;
+    }
+    if args.require_afxdp {
+        config.xdp.require_afxdp = true;
     }
     if args.count_only {
         config.xdp.steer = false;

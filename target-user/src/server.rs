@@ -332,6 +332,17 @@ pub fn start(
     let n = reactor_count(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(n);
+    // The AF_XDP sockets first: once the kernel's listeners accept, the storage ports'
+    // traffic on that interface already goes to the user-space stack.
+    if let Some(steering) = xdp {
+        match crate::xdp_path::start(config, steering, &shared, &stop) {
+            Ok(t) => threads.extend(t),
+            Err(e) if config.xdp.require_afxdp => return Err(ServeError::AfXdp(e)),
+            Err(e) => warn!(
+                "AF_XDP unusable, storage ports fall back to kernel sockets (set xdp.require_afxdp to fail instead): {e}"
+            ),
+        }
+    }
     let mut listening = Vec::new();
     for r in 0..n {
         let mut listeners = Vec::with_capacity(all.len());
@@ -373,21 +384,6 @@ pub fn start(
         .map(|l| l.1)
         .collect();
     info!(reactors = n, nvme = ?nvme, iscsi = ?iscsi, "serving over kernel sockets");
-    if let Some(steering) = xdp {
-        match crate::xdp_path::start(config, steering, &shared, &stop) {
-            Ok(t) => threads.extend(t),
-            Err(e) if config.xdp.require_afxdp => {
-                stop.store(true, Ordering::Relaxed);
-                for t in threads {
-                    let _ = t.join();
-                }
-                return Err(ServeError::AfXdp(e));
-            }
-            Err(e) => warn!(
-                "AF_XDP unusable, storage ports fall back to kernel sockets (set xdp.require_afxdp to fail instead): {e}"
-            ),
-        }
-    }
     Ok(Server { stop, threads })
 }
 
@@ -430,14 +426,13 @@ impl Reactor {
                 warn!(reactor = self.id, "cannot watch a listener: {e}");
             }
         }
-        if let Some(fd) = self.blocks.ring_fd() {
-            if let Err(e) =
+        if let Some(fd) = self.blocks.ring_fd()
+            && let Err(e) =
                 self.poll
                     .registry()
                     .register(&mut SourceFd(&fd), RING_TOKEN, Interest::READABLE)
-            {
-                warn!(reactor = self.id, "cannot watch the io_uring: {e}");
-            }
+        {
+            warn!(reactor = self.id, "cannot watch the io_uring: {e}");
         }
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();

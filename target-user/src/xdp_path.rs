@@ -28,9 +28,10 @@ pub enum AfXdpError {
         "the XDP program only counts (xdp.steer = false or --count-only): nothing is redirected"
     )]
     CountOnly,
-    #[error("cannot read {path}: {source}")]
-    Sysfs {
-        path: String,
+    #[error("{what} of {iface}: {source}")]
+    Ioctl {
+        iface: String,
+        what: &'static str,
         source: std::io::Error,
     },
     #[error("{iface} has no IPv4 or IPv6 address for the user-space stack to answer on")]
@@ -72,34 +73,81 @@ fn hint(errno: Option<i32>, mode: &str) -> &'static str {
     }
 }
 
-fn sysfs(iface: &str, file: &str) -> Result<String, AfXdpError> {
-    let path = format!("/sys/class/net/{iface}/{file}");
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_string())
-        .map_err(|source| AfXdpError::Sysfs { path, source })
-}
-
-/// Rx queues of `iface` (its `queues/rx-N` entries).
-fn rx_queues(iface: &str) -> Result<u32, AfXdpError> {
-    let path = format!("/sys/class/net/{iface}/queues");
-    let dir = std::fs::read_dir(&path).map_err(|source| AfXdpError::Sysfs {
-        path: path.clone(),
+/// An `ifreq` ioctl on `iface` through a throwaway socket of the current network namespace
+/// (sysfs may show another namespace's interfaces).
+fn ifreq(
+    iface: &str,
+    request: libc::c_ulong,
+    what: &'static str,
+    data: Option<*mut libc::c_void>,
+) -> Result<libc::ifreq, AfXdpError> {
+    let err = |source| AfXdpError::Ioctl {
+        iface: iface.to_string(),
+        what,
         source,
-    })?;
-    let n = dir
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-        .count();
-    Ok(u32::try_from(n.max(1)).unwrap_or(1))
+    };
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG)));
+    }
+    for (d, &b) in req.ifr_name.iter_mut().zip(name) {
+        *d = b as libc::c_char;
+    }
+    if let Some(p) = data {
+        req.ifr_ifru.ifru_data = p.cast();
+    }
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `req` is a valid ifreq for this request (and `data`, when given, points to
+    // the structure the request expects, alive for the call).
+    let r = unsafe { libc::ioctl(fd, request as _, &mut req) };
+    let e = std::io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    if r < 0 {
+        return Err(err(e));
+    }
+    Ok(req)
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
+fn mac_of(iface: &str) -> Result<[u8; 6], AfXdpError> {
+    let r = ifreq(iface, libc::SIOCGIFHWADDR, "reading the MAC address", None)?;
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let sa = unsafe { r.ifr_ifru.ifru_hwaddr };
     let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    for (m, &b) in mac.iter_mut().zip(&sa.sa_data[..6]) {
+        *m = b as u8;
     }
-    parts.next().is_none().then_some(mac)
+    Ok(mac)
+}
+
+fn mtu_of(iface: &str) -> Result<usize, AfXdpError> {
+    let r = ifreq(iface, libc::SIOCGIFMTU, "reading the MTU", None)?;
+    // SAFETY: SIOCGIFMTU filled the mtu member of the union.
+    Ok(usize::try_from(unsafe { r.ifr_ifru.ifru_mtu }).unwrap_or(1500))
+}
+
+/// Rx queues of `iface` (ethtool's channel counts; 1 where the driver does not say).
+fn rx_queues(iface: &str) -> u32 {
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    // struct ethtool_channels: cmd, then max_rx, max_tx, max_other, max_combined, rx_count,
+    // tx_count, other_count, combined_count.
+    let mut ch = [0u32; 9];
+    ch[0] = ETHTOOL_GCHANNELS;
+    match ifreq(
+        iface,
+        libc::SIOCETHTOOL,
+        "reading the channel counts",
+        Some(ch.as_mut_ptr().cast()),
+    ) {
+        Ok(_) => ch[5].max(ch[8]).max(1),
+        Err(_) => 1,
+    }
 }
 
 /// The addresses (with prefix length) the kernel gave `iface`.
@@ -172,8 +220,8 @@ pub fn start(
         return Err(AfXdpError::CountOnly);
     }
     let iface = steering.iface().to_string();
-    let mac = parse_mac(&sysfs(&iface, "address")?).unwrap_or_default();
-    let mtu: usize = sysfs(&iface, "mtu")?.parse().unwrap_or(1500);
+    let mac = mac_of(&iface)?;
+    let mtu = mtu_of(&iface)?;
     let addrs = interface_addrs(&iface);
     if addrs.is_empty() {
         return Err(AfXdpError::NoAddress { iface });
@@ -195,7 +243,7 @@ pub fn start(
         frame_size: 4096,
         ring: config.xdp.ring_size,
     };
-    let queues = rx_queues(&iface)?;
+    let queues = rx_queues(&iface);
     let mut sockets = Vec::new();
     for q in 0..queues {
         let modes: &[BindMode] = match config.xdp.zero_copy {
@@ -523,14 +571,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mac_addresses_parse() {
-        assert_eq!(
-            parse_mac("02:00:0a:ff:00:01"),
-            Some([2, 0, 0x0a, 0xff, 0, 1])
-        );
-        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
-        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
-        assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
+    fn loopback_mtu_and_mac_are_read() {
+        assert_eq!(mac_of("lo").unwrap(), [0; 6]);
+        assert!(mtu_of("lo").unwrap() >= 1500);
+        assert_eq!(rx_queues("lo"), 1);
+        assert!(matches!(
+            mtu_of("no-such-if0"),
+            Err(AfXdpError::Ioctl { .. })
+        ));
     }
 
     #[test]

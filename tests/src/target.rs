@@ -28,6 +28,12 @@ pub fn bin() -> PathBuf {
     bin
 }
 
+/// Whether the end-to-end tests run over the XDP path (`XDPT_TEST_PATH=xdp`; `cargo xtask
+/// test` runs the NVMe/TCP and iSCSI suites once per path) instead of kernel sockets.
+pub fn xdp_path() -> bool {
+    std::env::var("XDPT_TEST_PATH").is_ok_and(|v| v == "xdp")
+}
+
 /// Where `xdp-target serve --xdp IFACE` pins its maps.
 pub fn pin_dir(iface: &str) -> PathBuf {
     Path::new("/sys/fs/bpf/xdp-target").join(iface)
@@ -40,6 +46,8 @@ pub struct Target {
     log: PathBuf,
     /// Pins to remove if the target has to be killed (it unpins itself only on SIGTERM).
     pins: Option<PathBuf>,
+    /// Started on the XDP path: its connections must have gone through AF_XDP.
+    xdp: bool,
 }
 
 static NEXT_LOG: AtomicU32 = AtomicU32::new(0);
@@ -63,6 +71,7 @@ impl Target {
             child: Some(child),
             log,
             pins: None,
+            xdp: false,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready() {
@@ -81,20 +90,37 @@ impl Target {
     }
 
     /// `serve --config CONFIG` in the pair's target namespace, ready once `port` accepts
-    /// connections from the client namespace.
+    /// connections from the client namespace. With [`xdp_path`], the target serves the
+    /// pair's target end through AF_XDP (`--xdp IFACE --require-afxdp`).
     pub fn serve_config(pair: &crate::netns::VethPair, config: &Path, port: u16) -> Self {
         let addr = std::net::SocketAddr::new(std::net::IpAddr::V4(pair.target_addr), port);
         let client = pair.client.handle();
-        Self::start(
-            &pair.target,
-            &["serve", "--config", config.to_str().expect("utf-8 path")],
-            move || {
-                client
-                    .run(move || std::net::TcpStream::connect(addr).is_ok())
-                    .unwrap_or(false)
-            },
-        )
-        .expect("serve")
+        let mut args = vec!["serve", "--config", config.to_str().expect("utf-8 path")];
+        let xdp = xdp_path();
+        if xdp {
+            // veth leaves the checksums of what the client sends partial (the kernel would
+            // fill them in on a real NIC); the user-space stack verifies every checksum, so
+            // the client's end computes them in software.
+            let out = pair
+                .client
+                .command("ethtool")
+                .args(["-K", &pair.client_if, "tx", "off"])
+                .output()
+                .expect("ethtool (apt-get install ethtool)");
+            assert!(out.status.success(), "ethtool -K tx off failed: {out:?}");
+            args.extend(["--xdp", &pair.target_if, "--require-afxdp"]);
+        }
+        let mut t = Self::start(&pair.target, &args, move || {
+            client
+                .run(move || std::net::TcpStream::connect(addr).is_ok())
+                .unwrap_or(false)
+        })
+        .expect("serve");
+        if xdp {
+            t.pins = Some(pin_dir(&pair.target_if));
+            t.xdp = true;
+        }
+        t
     }
 
     /// `serve --xdp IFACE EXTRA…` with no NVMe/TCP listeners (steering and counters
@@ -135,6 +161,12 @@ impl Target {
         loop {
             if let Some(status) = self.child_mut().try_wait()? {
                 self.child = None;
+                if self.xdp && !self.log_text().contains("(AF_XDP)") {
+                    return Err(io::Error::other(format!(
+                        "the test ran on the XDP path but no connection went through AF_XDP:\n{}",
+                        self.log_text()
+                    )));
+                }
                 return Ok(status);
             }
             if Instant::now() > deadline {

@@ -133,7 +133,25 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     if !cargo_args.is_empty() {
         cmd.arg("--").args(cargo_args);
     }
-    let (passed, failed) = run_counting_tests(&mut cmd)?;
+    let (mut passed, mut failed) = run_counting_tests(&mut cmd)?;
+    // The end-to-end suites again, served through AF_XDP and the user-space TCP/IP stack.
+    if cargo_args.is_empty() {
+        println!("xtask: the NVMe/TCP and iSCSI end-to-end suites again, over the XDP path");
+        let mut cmd = cargo(root);
+        cmd.env("XDPT_TEST_PATH", "xdp").args([
+            "test",
+            "--package",
+            "xdp-target-tests",
+            "--test",
+            "nvme_tcp",
+            "--test",
+            "iscsi",
+            "--no-fail-fast",
+        ]);
+        let (p, f) = run_counting_tests(&mut cmd)?;
+        passed += p;
+        failed += f;
+    }
     // One closing line for the whole run, instead of the last test binary's.
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 {
