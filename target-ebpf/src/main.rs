@@ -52,7 +52,9 @@ impl Frame for Packet<'_> {
     }
 }
 
-#[xdp]
+/// `frags`: the program accepts multi-buffer frames, so the interface (and a veth peer) may
+/// run jumbo MTUs; it only ever reads headers, which are in the first buffer.
+#[xdp(frags)]
 pub fn xdp_steer(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let Some(pkt) = parse(&Packet(&ctx)) else {

@@ -22,6 +22,8 @@ use target_tcp::phy::{self, DeviceCapabilities, Medium};
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
 
+/// Bind flag: the socket carries multi-buffer packets (frames larger than a UMEM chunk).
+const XDP_USE_SG: u16 = 1 << 4;
 /// Descriptor option: the packet continues in the next descriptor.
 const XDP_PKT_CONTD: u32 = 1;
 /// Where the kernel puts received data in a frame in copy mode (XDP_PACKET_HEADROOM).
@@ -117,11 +119,23 @@ impl Drop for Area {
     }
 }
 
+/// A received packet waiting for the stack.
+enum Received {
+    /// In one UMEM frame, read in place.
+    Frame(XdpDesc),
+    /// Spread over several frames (jumbo MTU), gathered here; the frames are recycled.
+    Gathered(Vec<u8>),
+}
+
 /// The receive half: the rx ring and frames to give back to the kernel.
 struct RxSide {
     rx: RingRx,
     /// Received packets not yet handed to the stack.
-    pending: VecDeque<XdpDesc>,
+    pending: VecDeque<Received>,
+    /// A multi-buffer packet being gathered.
+    partial: Option<Vec<u8>>,
+    /// Buffers of gathered packets, for reuse.
+    spare: Vec<Vec<u8>>,
     /// Frames read by the stack, to go back to the fill ring.
     recycle: Vec<u64>,
 }
@@ -149,9 +163,23 @@ pub struct XskStats {
     pub tx_no_frame: u64,
     /// Packets to a peer whose MAC was never seen.
     pub tx_no_neighbour: u64,
-    /// Multi-buffer packets (larger than a frame), dropped.
-    pub rx_too_long: u64,
+    /// Packets that came in several frames (jumbo MTU), gathered.
+    pub rx_multi: u64,
+    /// Packets sent in several frames.
+    pub tx_multi: u64,
     pub wakeups: u64,
+}
+
+/// The source IP address and MAC of an Ethernet frame carrying IPv4 or IPv6.
+fn sender(f: &[u8]) -> Option<(IpAddr, [u8; 6])> {
+    let mac: [u8; 6] = f.get(6..12)?.try_into().ok()?;
+    let ip = f.get(ETH_HEADER..)?;
+    let src = match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => IpAddr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?),
+        0x86dd => IpAddr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?),
+        _ => return None,
+    };
+    Some((src, mac))
 }
 
 /// An AF_XDP socket on one queue. Field order is drop order: rings, then the UMEM, then
@@ -165,6 +193,7 @@ pub struct Xsk {
     fd: i32,
     mtu: usize,
     mode: BindMode,
+    multi_buffer: bool,
 }
 
 // SAFETY: the raw pointers (UMEM base, rings) point into mappings owned by this value and
@@ -207,7 +236,15 @@ impl Xsk {
             .fq_cq(&sock)
             .map_err(sys("setting up fill/completion rings"))?;
         let ring = NonZeroU32::new(sizes.ring);
+        let headroom = if mode == BindMode::Copy {
+            RX_HEADROOM as usize
+        } else {
+            0
+        };
+        // Frames larger than a chunk need multi-buffer sockets (Linux 6.6).
+        let multi_buffer = iface_mtu + ETH_HEADER + headroom > sizes.frame_size as usize;
         let bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP
+            | if multi_buffer { XDP_USE_SG } else { 0 }
             | match mode {
                 BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
                 BindMode::Copy => SocketConfig::XDP_BIND_COPY,
@@ -237,16 +274,17 @@ impl Xsk {
         w.commit();
         drop(w);
 
-        let headroom = if mode == BindMode::Copy {
-            RX_HEADROOM as usize
+        let mtu = if multi_buffer {
+            iface_mtu
         } else {
-            0
+            iface_mtu.min(sizes.frame_size as usize - headroom - ETH_HEADER)
         };
-        let mtu = iface_mtu.min(sizes.frame_size as usize - headroom - ETH_HEADER);
         Ok(Self {
             rx: RxSide {
                 rx,
                 pending: VecDeque::with_capacity(BATCH as usize),
+                partial: None,
+                spare: Vec::new(),
                 recycle: Vec::with_capacity(sizes.frames as usize),
             },
             tx: TxSide {
@@ -266,6 +304,7 @@ impl Xsk {
             fd,
             mtu,
             mode,
+            multi_buffer,
         })
     }
 
@@ -277,6 +316,11 @@ impl Xsk {
         self.mode
     }
 
+    /// Bound for multi-buffer packets (the MTU exceeds a frame).
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
+    }
+
     /// The IP MTU the stack may use: the interface's, or less if a frame holds less.
     pub fn mtu(&self) -> usize {
         self.mtu
@@ -286,31 +330,48 @@ impl Xsk {
         self.tx.stats
     }
 
+    /// The kernel's counters for this socket (drops, invalid descriptors, empty rings).
+    pub fn kernel_stats(&self) -> Option<xdpilone::xdp::XdpStatisticsV2> {
+        self.fq.statistics_v2().ok()
+    }
+
     /// Moves received packets from the rx ring to the pending queue, learning each
-    /// sender's MAC; returns how many arrived.
+    /// sender's MAC; returns how many descriptors arrived.
     pub fn pull(&mut self) -> usize {
-        let before = self.rx.pending.len();
+        let mut descs = [XdpDesc::default(); BATCH as usize];
         let mut n = 0;
         {
             let mut r = self.rx.rx.receive(BATCH);
-            let mut dropping = false;
             while let Some(d) = r.read() {
+                descs[n] = d;
                 n += 1;
-                // A packet spread over several frames: this socket is not bound for that
-                // (the MTU fits a frame), so drop all its parts.
-                if dropping || d.options & XDP_PKT_CONTD != 0 {
-                    dropping = d.options & XDP_PKT_CONTD != 0;
-                    self.rx.recycle.push(d.addr);
-                    self.tx.stats.rx_too_long += 1;
-                    continue;
-                }
-                self.rx.pending.push_back(d);
             }
             r.release();
         }
-        for k in before..self.rx.pending.len() {
-            let d = self.rx.pending[k];
-            self.learn(d);
+        for &d in &descs[..n] {
+            let more = d.options & XDP_PKT_CONTD != 0;
+            if let Some(mut buf) = self.rx.partial.take() {
+                buf.extend_from_slice(self.frame(d));
+                self.rx.recycle.push(d.addr);
+                if more {
+                    self.rx.partial = Some(buf);
+                } else {
+                    self.learn(sender(&buf));
+                    self.tx.stats.rx_multi += 1;
+                    self.rx.pending.push_back(Received::Gathered(buf));
+                }
+            } else if more {
+                // The first part of a multi-buffer packet: gather it (the stack reads one
+                // contiguous packet).
+                let mut buf = self.rx.spare.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(self.frame(d));
+                self.rx.recycle.push(d.addr);
+                self.rx.partial = Some(buf);
+            } else {
+                self.learn(sender(self.frame(d)));
+                self.rx.pending.push_back(Received::Frame(d));
+            }
         }
         self.tx.stats.rx_packets += n as u64;
         n
@@ -325,21 +386,12 @@ impl Xsk {
         }
     }
 
-    fn learn(&mut self, d: XdpDesc) {
-        let f = self.frame(d);
-        if f.len() < ETH_HEADER + 40 {
-            return;
-        }
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&f[6..12]);
-        let ip = &f[ETH_HEADER..];
-        let src = match u16::from_be_bytes([f[12], f[13]]) {
-            0x0800 => IpAddr::from(<[u8; 4]>::try_from(&ip[12..16]).expect("4 bytes")),
-            0x86dd => IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes")),
-            _ => return,
-        };
-        if self.tx.neighbours.get(&src) != Some(&mac) {
-            self.tx.neighbours.insert(src, mac);
+    /// Remembers a sender's MAC for its IP address: the next hop to answer it through.
+    fn learn(&mut self, sender: Option<(IpAddr, [u8; 6])>) {
+        if let Some((ip, mac)) = sender
+            && self.tx.neighbours.get(&ip) != Some(&mac)
+        {
+            self.tx.neighbours.insert(ip, mac);
         }
     }
 
@@ -351,6 +403,10 @@ impl Xsk {
             let mut w = tx
                 .tx
                 .transmit(u32::try_from(tx.queued.len()).unwrap_or(u32::MAX));
+            // As many as fit, even part of a multi-buffer packet: the kernel keeps a partial
+            // packet until its last descriptor arrives. (Holding a packet back until all its
+            // descriptors fit would stall: xdpilone refreshes its view of the ring only
+            // when it believes the ring is full.)
             let put = w.insert(tx.queued.iter().copied()) as usize;
             w.commit();
             drop(w);
@@ -390,14 +446,27 @@ impl Xsk {
 
 pub struct RxToken<'a> {
     data: &'a [u8],
-    addr: u64,
+    /// The frame to recycle, or the gathered buffer to keep for reuse.
+    addr: Option<u64>,
+    owned: Option<Vec<u8>>,
     recycle: &'a mut Vec<u64>,
+    spare: &'a mut Vec<Vec<u8>>,
 }
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(self.data.get(ETH_HEADER..).unwrap_or_default());
-        self.recycle.push(self.addr);
+        let r = match &self.owned {
+            Some(buf) => f(buf.get(ETH_HEADER..).unwrap_or_default()),
+            None => f(self.data.get(ETH_HEADER..).unwrap_or_default()),
+        };
+        if let Some(a) = self.addr {
+            self.recycle.push(a);
+        }
+        if let Some(buf) = self.owned
+            && self.spare.len() < 64
+        {
+            self.spare.push(buf);
+        }
         r
     }
 }
@@ -406,58 +475,96 @@ pub struct TxToken<'a> {
     tx: &'a mut TxSide,
 }
 
+impl TxSide {
+    /// Fills in the Ethernet header of `frame` (an IP packet behind 14 bytes) for its
+    /// destination; false when the destination's MAC was never seen.
+    fn ethernet(&mut self, frame: &mut [u8]) -> bool {
+        let ip = &frame[ETH_HEADER..];
+        let (ethertype, dst) = match ip.first().map(|b| b >> 4) {
+            Some(4) if ip.len() >= 20 => (
+                0x0800u16,
+                IpAddr::from(<[u8; 4]>::try_from(&ip[16..20]).expect("4 bytes")),
+            ),
+            Some(6) if ip.len() >= 40 => (
+                0x86dd,
+                IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes")),
+            ),
+            _ => return false,
+        };
+        let Some(mac) = self.neighbours.get(&dst).copied() else {
+            self.stats.tx_no_neighbour += 1;
+            return false;
+        };
+        frame[0..6].copy_from_slice(&mac);
+        frame[6..12].copy_from_slice(&self.mac);
+        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        true
+    }
+
+    /// A free frame's bytes, `len` long.
+    fn frame_mut(&mut self, addr: u64, len: usize) -> &mut [u8] {
+        frame_at(self.base, self.frame_size, addr, len)
+    }
+}
+
+/// The first `len` bytes of the free UMEM frame at `addr`.
+fn frame_at<'a>(base: NonNull<u8>, frame_size: u32, addr: u64, len: usize) -> &'a mut [u8] {
+    assert!(
+        len <= frame_size as usize,
+        "a frame holds {frame_size} bytes"
+    );
+    // SAFETY: callers pass frames taken from the free list: the kernel does not use them and
+    // nothing else in user space refers to them until they are queued for sending (then
+    // the slice is no longer used); the frame is `frame_size` bytes inside the UMEM, which
+    // outlives the socket's use of it.
+    unsafe { std::slice::from_raw_parts_mut(base.as_ptr().add(addr as usize), len) }
+}
+
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let tx = self.tx;
-        let Some(addr) = tx
-            .free
-            .pop()
-            .filter(|_| ETH_HEADER + len <= tx.frame_size as usize)
-        else {
-            tx.stats.tx_no_frame += 1;
-            if tx.scratch.len() < len {
-                tx.scratch.resize(len, 0);
-            }
-            return f(&mut tx.scratch[..len]);
-        };
-        // SAFETY: `addr` came from the free list: the kernel does not use the frame and
-        // nothing else in user space refers to it until it is queued below; the frame is
-        // `frame_size` bytes inside the UMEM and ETH_HEADER + len fits in it.
-        let frame = unsafe {
-            std::slice::from_raw_parts_mut(tx.base.as_ptr().add(addr as usize), ETH_HEADER + len)
-        };
-        let r = f(&mut frame[ETH_HEADER..]);
-        let (ethertype, dst) = match frame.get(ETH_HEADER).map(|b| b >> 4) {
-            Some(4) if len >= 20 => (
-                0x0800u16,
-                IpAddr::from(
-                    <[u8; 4]>::try_from(&frame[ETH_HEADER + 16..ETH_HEADER + 20]).expect("4"),
-                ),
-            ),
-            Some(6) if len >= 40 => (
-                0x86dd,
-                IpAddr::from(
-                    <[u8; 16]>::try_from(&frame[ETH_HEADER + 24..ETH_HEADER + 40]).expect("16"),
-                ),
-            ),
-            _ => {
+        let total = ETH_HEADER + len;
+        let chunk = tx.frame_size as usize;
+        if total <= chunk {
+            // The common case: written in place, in one frame.
+            let Some(addr) = tx.free.pop() else {
+                tx.stats.tx_no_frame += 1;
+                tx.scratch.resize(total.max(tx.scratch.len()), 0);
+                return f(&mut tx.scratch[ETH_HEADER..total]);
+            };
+            let buf = frame_at(tx.base, tx.frame_size, addr, total);
+            let r = f(&mut buf[ETH_HEADER..]);
+            if tx.ethernet(buf) {
+                tx.queued.push(XdpDesc {
+                    addr,
+                    len: u32::try_from(total).unwrap_or(0),
+                    options: 0,
+                });
+            } else {
                 tx.free.push(addr);
-                return r;
             }
-        };
-        let Some(mac) = tx.neighbours.get(&dst).copied() else {
-            tx.stats.tx_no_neighbour += 1;
-            tx.free.push(addr);
             return r;
-        };
-        frame[0..6].copy_from_slice(&mac);
-        frame[6..12].copy_from_slice(&tx.mac);
-        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        tx.queued.push(XdpDesc {
-            addr,
-            len: u32::try_from(ETH_HEADER + len).unwrap_or(0),
-            options: 0,
-        });
+        }
+        // A jumbo packet: written once into scratch, then spread over chained frames.
+        let mut buf = std::mem::take(&mut tx.scratch);
+        buf.resize(total.max(buf.len()), 0);
+        let r = f(&mut buf[ETH_HEADER..total]);
+        let need = total.div_ceil(chunk);
+        if tx.free.len() < need {
+            tx.stats.tx_no_frame += 1;
+        } else if tx.ethernet(&mut buf[..total]) {
+            for (i, part) in buf[..total].chunks(chunk).enumerate() {
+                let addr = tx.free.pop().expect("counted above");
+                tx.frame_mut(addr, part.len()).copy_from_slice(part);
+                tx.queued.push(XdpDesc {
+                    addr,
+                    len: u32::try_from(part.len()).unwrap_or(0),
+                    options: if i + 1 < need { XDP_PKT_CONTD } else { 0 },
+                });
+            }
+            tx.stats.tx_multi += 1;
+        }
+        tx.scratch = buf;
         r
     }
 }
@@ -470,17 +577,28 @@ impl phy::Device for Xsk {
         &mut self,
         _timestamp: target_tcp::time::Instant,
     ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let d = self.rx.pending.pop_front()?;
-        // SAFETY: as in `frame`: the kernel handed this frame over and it is recycled only
-        // when the token is consumed; the tx half never touches frames outside its free list.
-        let data = unsafe {
-            std::slice::from_raw_parts(self.tx.base.as_ptr().add(d.addr as usize), d.len as usize)
+        let (data, addr, owned): (&[u8], _, _) = match self.rx.pending.pop_front()? {
+            Received::Frame(d) => {
+                // SAFETY: as in `frame`: the kernel handed this frame over and it is
+                // recycled only when the token is consumed; the tx half never touches
+                // frames outside its free list.
+                let data = unsafe {
+                    std::slice::from_raw_parts(
+                        self.tx.base.as_ptr().add(d.addr as usize),
+                        d.len as usize,
+                    )
+                };
+                (data, Some(d.addr), None)
+            }
+            Received::Gathered(buf) => (&[], None, Some(buf)),
         };
         Some((
             RxToken {
                 data,
-                addr: d.addr,
+                addr,
+                owned,
                 recycle: &mut self.rx.recycle,
+                spare: &mut self.rx.spare,
             },
             TxToken { tx: &mut self.tx },
         ))

@@ -304,6 +304,7 @@ pub fn start(
             queue = q,
             mode = xsk.mode().name(),
             mtu = xsk.mtu(),
+            multi_buffer = xsk.multi_buffer(),
             addrs = ?stack.addrs(),
             ports = ?ports,
             "AF_XDP socket bound: the user-space TCP/IP stack serves the storage ports on this queue"
@@ -399,7 +400,10 @@ impl XdpReactor {
             tx = s.tx_packets,
             tx_no_frame = s.tx_no_frame,
             tx_no_neighbour = s.tx_no_neighbour,
-            rx_too_long = s.rx_too_long,
+            rx_multi = s.rx_multi,
+            tx_multi = s.tx_multi,
+            wakeups = s.wakeups,
+            kernel = ?self.xsk.kernel_stats(),
             "AF_XDP reactor stopped"
         );
     }
