@@ -1,14 +1,16 @@
-//! `cargo xtask bench`: NVMe/TCP and iSCSI figures over kernel sockets in one run.
+//! `cargo xtask bench`: the XDP path against kernel sockets, NVMe/TCP and iSCSI, in one run.
 //!
-//! The release target runs pinned to CPU 0 in one namespace (so it has one reactor), the
-//! client pinned to CPU 1 in the other, joined by a veth pair. Each job runs twice with
-//! the same client, `xdp-target perf`, once per protocol (the same namespace is NVMe
-//! namespace 1 and iSCSI LUN 0), then fio's libiscsi engine runs 4K randread QD32 against
-//! our target and, when Debian's tgt is installed, against tgtd on the same namespace
-//! pair. For each job the target's CPU time (user and system, from /proc/PID/stat) is
-//! divided by the I/Os done, and IOPS per target core is I/Os over CPU seconds. SPDK
-//! nvmf_tgt's figures on this machine kind (from the issue) are printed beside ours; they
-//! were not measured by this command.
+//! The release target runs pinned to CPU 0 in one namespace, the client pinned to CPU 1 in
+//! the other, joined by a veth pair. At MTU 1500 and 9000, for several repetitions, the
+//! target is started over sockets, then over the XDP path (alternating, so drift in the
+//! machine hits both alike), and every job runs with one and two connections over both
+//! protocols with the same client, `xdp-target perf` (the same namespace is NVMe namespace
+//! 1 and iSCSI LUN 0), then fio's libiscsi engine. For each run the target's user and
+//! system CPU time (from /proc/PID/stat) and the two cores' softirq time (from /proc/stat:
+//! veth does receive work in the sender's softirq) are divided by the I/Os done. Medians
+//! of the repetitions are printed with the XDP/sockets ratios, written to
+//! target/bench.json and drawn in target/bench.png; Debian's tgt is measured beside them
+//! when installed.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -58,8 +60,7 @@ fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
         .map(|(_, r)| r)
         .context("malformed /proc stat")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tick = super::clock_ticks();
     let utime: f64 = f.get(11).context("utime")?.parse()?;
     let stime: f64 = f.get(12).context("stime")?.parse()?;
     Ok((utime / tick, stime / tick))
@@ -89,19 +90,6 @@ impl Row {
     fn per_core(&self) -> f64 {
         let cpu = self.user_us + self.sys_us;
         if cpu > 0.0 { 1e6 / cpu } else { 0.0 }
-    }
-
-    fn print(&self, job: &str, proto: &str, note: &str) {
-        println!(
-            "{job:<18} {proto:<6} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>9.2} {:>9.2} {:>11.0}   {note}",
-            self.iops,
-            self.mib_s,
-            self.mean_us,
-            self.p99_us,
-            self.user_us,
-            self.sys_us,
-            self.per_core()
-        );
     }
 
     fn json(&self) -> Value {
@@ -194,21 +182,43 @@ fn fio_cmd(fio: &Path, url: &str, seconds: u64) -> Vec<String> {
     ]
 }
 
-/// Starts the target on CPU 0 (with busy polling as given, else the default), ready once
-/// perf gets through.
-fn serve(pair: &VethPair, bin: &Path, url: &str, busy_poll_us: Option<&str>) -> Result<Served> {
-    let child = pair
-        .target
-        .command("taskset")
-        .args(["-c", "0"])
-        .arg(bin)
-        .arg("serve")
+/// Which transport the target serves the client's link with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path_ {
+    Sockets,
+    Xdp,
+}
+
+impl Path_ {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sockets => "sockets",
+            Self::Xdp => "xdp",
+        }
+    }
+}
+
+/// Starts the target on CPU 0 (with busy polling as given, else the default), serving the
+/// pair's target end over `path`, ready once perf gets through.
+fn serve(
+    pair: &VethPair,
+    bin: &Path,
+    url: &str,
+    busy_poll_us: Option<&str>,
+    path: Path_,
+) -> Result<Served> {
+    let mut cmd = pair.target.command("taskset");
+    cmd.args(["-c", "0"]).arg(bin).arg("serve");
+    if path == Path_::Xdp {
+        cmd.args(["--xdp", &pair.target_if, "--require-afxdp"]);
+    }
+    let child = cmd
         .env("RUST_LOG", "warn")
         .envs(busy_poll_us.map(|v| ("XDPT_BUSY_POLL_US", v)))
         .stdin(Stdio::null())
         .spawn()
         .context("starting the target")?;
-    let served = Served(child);
+    let mut served = Served(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let probe = pair
@@ -218,6 +228,9 @@ fn serve(pair: &VethPair, bin: &Path, url: &str, busy_poll_us: Option<&str>) -> 
             .output()?;
         if probe.status.success() {
             return Ok(served);
+        }
+        if let Some(status) = served.0.try_wait()? {
+            bail!("the target exited ({status}) over {}", path.name());
         }
         if Instant::now() > deadline {
             bail!(
@@ -229,113 +242,375 @@ fn serve(pair: &VethPair, bin: &Path, url: &str, busy_poll_us: Option<&str>) -> 
     }
 }
 
-pub(crate) fn run(root: &Path, seconds: u64) -> Result<()> {
+/// Busy and softirq jiffies of CPUs 0 and 1 (from /proc/stat).
+fn cpu_jiffies() -> Result<[(f64, f64); 2]> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let mut out = [(0.0, 0.0); 2];
+    for (i, cpu) in ["cpu0 ", "cpu1 "].iter().enumerate() {
+        let line = stat
+            .lines()
+            .find(|l| l.starts_with(cpu))
+            .with_context(|| format!("{cpu}in /proc/stat"))?;
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        let busy = v.iter().take(8).sum::<f64>()
+            - v.get(3).copied().unwrap_or(0.0)
+            - v.get(4).copied().unwrap_or(0.0);
+        out[i] = (busy, v.get(6).copied().unwrap_or(0.0));
+    }
+    Ok(out)
+}
+
+/// One measured run of the matrix.
+struct Sample {
+    mtu: u32,
+    job: &'static str,
+    conns: u32,
+    proto: &'static str,
+    path: Path_,
+    row: Row,
+    /// Softirq microseconds per I/O on both cores (veth's receive work runs there).
+    softirq_us: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// CPU share of a core the idle target uses over `secs` seconds.
+fn idle_cpu(pid: u32, secs: f64) -> Result<f64> {
+    let (u0, s0) = cpu_seconds(pid)?;
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (u1, s1) = cpu_seconds(pid)?;
+    Ok((u1 - u0 + s1 - s0) / secs * 100.0)
+}
+
+fn set_mtu(pair: &VethPair, mtu: u32) -> Result<()> {
+    let m = mtu.to_string();
+    for (ns, dev) in [
+        (&pair.target, &pair.target_if),
+        (&pair.client, &pair.client_if),
+    ] {
+        let st = xdp_target_tests::netns::ip(&["-n", ns.name(), "link", "set", dev, "mtu", &m]);
+        st.with_context(|| format!("setting MTU {mtu} on {dev}"))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn run(root: &Path, seconds: u64, reps: u32) -> Result<()> {
     let bin = super::release_binary(root)?;
     let pair = VethPair::create_named("xdpt-bench").context("creating the bench namespaces")?;
+    // The user-space stack verifies checksums, and veth leaves the client's partial: the
+    // client's end computes them in software (for both paths, so they compare fairly).
+    let out = pair
+        .client
+        .command("ethtool")
+        .args(["-K", &pair.client_if, "tx", "off"])
+        .output()
+        .context("ethtool")?;
+    if !out.status.success() {
+        bail!(
+            "ethtool -K tx off: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let url = format!(
         "nvme-tcp://{}:4420/nqn.2026-11.dev.xdp-target:default",
         pair.target_addr
-    );
-    let busy_poll = std::env::var("XDPT_BUSY_POLL_US").ok();
-    let served = serve(&pair, &bin, &url, busy_poll.as_deref())?;
-    let pid = served.0.id();
-    println!(
-        "xdp-target over kernel sockets, 1 GiB memory namespace (NVMe namespace 1 = iSCSI LUN 0), one target core (CPU 0), client on CPU 1, veth pair, {seconds} s per job"
-    );
-    println!(
-        "{:<18} {:<6} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>11}   note",
-        "job",
-        "proto",
-        "IOPS",
-        "MiB/s",
-        "mean us",
-        "p99 us",
-        "user us/IO",
-        "sys us/IO",
-        "IOPS/core"
     );
     let iscsi_url = format!(
         "iscsi://{}:3260/iqn.2026-11.dev.xdp-target:default/0",
         pair.target_addr
     );
-    let mut results = Vec::new();
-    for job in JOBS {
-        let mut rows = Vec::new();
-        for (proto, target) in [("nvme", &url), ("iscsi", &iscsi_url)] {
-            let mut cmd: Vec<String> =
-                vec![bin.display().to_string(), "perf".into(), target.clone()];
-            cmd.extend(["--time".into(), seconds.to_string(), "--json".into()]);
-            cmd.extend(job.args.iter().map(|a| (*a).to_string()));
-            let row = measured(&pair, pid, &cmd, perf_row)
-                .with_context(|| format!("{} over {proto}", job.name))?;
-            rows.push((proto, row));
+    let busy_poll = std::env::var("XDPT_BUSY_POLL_US").ok();
+    let fio = root.join("target/fio-libiscsi/fio");
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "xdp-target, sockets vs XDP path: 1 GiB memory namespace (NVMe namespace 1 = iSCSI LUN 0), \
+         target on CPU 0, client on CPU 1, veth pair (copy-mode AF_XDP), {seconds} s per run, \
+         median of {reps}, paths alternating; {cpus}"
+    );
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut idle = Vec::new();
+    for mtu in [1500u32, 9000] {
+        set_mtu(&pair, mtu)?;
+        for rep in 0..reps {
+            for path in [Path_::Sockets, Path_::Xdp] {
+                let served = serve(&pair, &bin, &url, busy_poll.as_deref(), path)?;
+                let pid = served.0.id();
+                if rep == 0 {
+                    idle.push((mtu, path, idle_cpu(pid, 2.0)?));
+                }
+                for job in JOBS {
+                    for conns in [1u32, 2] {
+                        for (proto, target) in [("nvme", &url), ("iscsi", &iscsi_url)] {
+                            let mut cmd: Vec<String> =
+                                vec![bin.display().to_string(), "perf".into(), target.clone()];
+                            cmd.extend(["--time".into(), seconds.to_string(), "--json".into()]);
+                            cmd.extend(["--queues".into(), conns.to_string()]);
+                            cmd.extend(job.args.iter().map(|a| (*a).to_string()));
+                            let j0 = cpu_jiffies()?;
+                            let row = measured(&pair, pid, &cmd, perf_row).with_context(|| {
+                                format!(
+                                    "{} x{conns} over {proto}, {} MTU {mtu}",
+                                    job.name,
+                                    path.name()
+                                )
+                            })?;
+                            let j1 = cpu_jiffies()?;
+                            let soft = (j1[0].1 - j0[0].1 + j1[1].1 - j0[1].1) * 1e6
+                                / super::clock_ticks()
+                                / (row.iops * seconds as f64).max(1.0);
+                            samples.push(Sample {
+                                mtu,
+                                job: job.name,
+                                conns,
+                                proto,
+                                path,
+                                row,
+                                softirq_us: soft,
+                            });
+                        }
+                    }
+                }
+                if fio.is_file() {
+                    let row = measured(&pair, pid, &fio_cmd(&fio, &iscsi_url, seconds), fio_row)?;
+                    samples.push(Sample {
+                        mtu,
+                        job: "fio libiscsi 4K QD32",
+                        conns: 1,
+                        proto: "iscsi",
+                        path,
+                        row,
+                        softirq_us: 0.0,
+                    });
+                }
+                drop(served);
+            }
         }
-        let ratio = rows[1].1.iops / rows[0].1.iops.max(1.0);
-        rows[0]
-            .1
-            .print(job.name, "nvme", &format!("SPDK nvmf_tgt: {}", job.spdk));
-        rows[1]
-            .1
-            .print("", "iscsi", &format!("iSCSI/NVMe IOPS {ratio:.2}"));
-        results.push(
-            serde_json::json!({"job": job.name, "nvme": rows[0].1.json(),
-            "iscsi": rows[1].1.json(), "iscsi_over_nvme_iops": ratio}),
+    }
+    // Medians, printed with the XDP/sockets ratios.
+    println!(
+        "{:<5} {:<20} {:>2} {:<5} {:<7} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9}  {:>6} {:>6}",
+        "MTU",
+        "job",
+        "c",
+        "proto",
+        "path",
+        "IOPS",
+        "MiB/s",
+        "mean us",
+        "p99 us",
+        "usr/IO",
+        "sys/IO",
+        "sirq/IO",
+        "IOPS/core",
+        "IOPS x",
+        "lat x"
+    );
+    let mut json = Vec::new();
+    let mut chart = Vec::new();
+    let mut keys: Vec<(u32, &str, u32, &str)> = Vec::new();
+    for s in &samples {
+        let k = (s.mtu, s.job, s.conns, s.proto);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    for k in keys {
+        let mut med = Vec::new();
+        for path in [Path_::Sockets, Path_::Xdp] {
+            let rows: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| (s.mtu, s.job, s.conns, s.proto) == k && s.path == path)
+                .collect();
+            let m = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|s| f(s)).collect());
+            let row = Row {
+                iops: m(&|s| s.row.iops),
+                mib_s: m(&|s| s.row.mib_s),
+                mean_us: m(&|s| s.row.mean_us),
+                p99_us: m(&|s| s.row.p99_us),
+                user_us: m(&|s| s.row.user_us),
+                sys_us: m(&|s| s.row.sys_us),
+            };
+            med.push((path, row, m(&|s| s.softirq_us)));
+        }
+        let iops_x = med[1].1.iops / med[0].1.iops.max(1.0);
+        let lat_x = med[1].1.mean_us / med[0].1.mean_us.max(1e-9);
+        for (i, (path, r, soft)) in med.iter().enumerate() {
+            let (a, b) = if i == 1 {
+                (format!("{iops_x:.2}"), format!("{lat_x:.2}"))
+            } else {
+                (String::new(), String::new())
+            };
+            println!(
+                "{:<5} {:<20} {:>2} {:<5} {:<7} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>7.2} {:>7.2} {:>7.2} {:>9.0}  {:>6} {:>6}",
+                k.0,
+                k.1,
+                k.2,
+                k.3,
+                path.name(),
+                r.iops,
+                r.mib_s,
+                r.mean_us,
+                r.p99_us,
+                r.user_us,
+                r.sys_us,
+                soft,
+                r.per_core(),
+                a,
+                b
+            );
+        }
+        chart.push((
+            format!("{} {} x{} {}", k.0, k.1, k.2, k.3),
+            med[0].1.iops,
+            med[1].1.iops,
+        ));
+        json.push(serde_json::json!({
+            "mtu": k.0, "job": k.1, "connections": k.2, "protocol": k.3,
+            "sockets": med[0].1.json(), "xdp": med[1].1.json(),
+            "sockets_softirq_us_per_io": med[0].2, "xdp_softirq_us_per_io": med[1].2,
+            "xdp_over_sockets_iops": iops_x, "xdp_over_sockets_mean_latency": lat_x,
+        }));
+    }
+    let spdk: Vec<String> = JOBS
+        .iter()
+        .map(|j| format!("{} {}", j.name, j.spdk))
+        .collect();
+    println!(
+        "SPDK nvmf_tgt on this machine kind (one core, from the issue; not measured here): {}",
+        spdk.join(", ")
+    );
+    for (mtu, path, pct) in &idle {
+        println!(
+            "idle target, MTU {mtu}, {}: {pct:.2}% of a core",
+            path.name()
         );
     }
-    let fio = root.join("target/fio-libiscsi/fio");
+    let idle_json: Vec<Value> = idle
+        .iter()
+        .map(|(m, p, c)| serde_json::json!({"mtu": m, "path": p.name(), "cpu_percent": c}))
+        .collect();
+    // Debian's tgt beside ours, over sockets (fio's libiscsi engine, MTU 1500).
+    set_mtu(&pair, 1500)?;
+    let mut tgt_json = Value::Null;
     if fio.is_file() {
-        // fio (one client core) cannot saturate the target, whose reactor then spends the
-        // rest of its core busy-polling: the same job again with busy polling off shows
-        // the CPU the I/O itself costs.
-        let row = measured(&pair, pid, &fio_cmd(&fio, &iscsi_url, seconds), fio_row)?;
-        row.print(
-            "fio libiscsi QD32",
-            "iscsi",
-            "4K randread, fio's libiscsi engine, busy-poll 200 us",
-        );
-        drop(served);
-        let served_np = serve(&pair, &bin, &url, Some("0"))?;
-        let np = measured(
-            &pair,
-            served_np.0.id(),
-            &fio_cmd(&fio, &iscsi_url, seconds),
-            fio_row,
-        )?;
-        np.print("", "iscsi", "the same, busy-poll off");
-        drop(served_np);
-        let mut tgt_row = None;
         match tgt::start(&pair)? {
             Some(t) => {
-                let url = format!("iscsi://{}:3261/{}/1", pair.target_addr, tgt::IQN);
-                let r = measured(&pair, t.pid(), &fio_cmd(&fio, &url, seconds), fio_row)?;
-                r.print(
-                    "",
-                    "tgt",
-                    &format!(
-                        "Debian tgt, same client: ours {:.1}x its IOPS, {:.1}x (busy-poll) / {:.1}x (off) its IOPS per core",
-                        row.iops / r.iops.max(1.0),
-                        row.per_core() / r.per_core().max(1.0),
-                        np.per_core() / r.per_core().max(1.0)
-                    ),
+                let turl = format!("iscsi://{}:3261/{}/1", pair.target_addr, tgt::IQN);
+                let r = measured(&pair, t.pid(), &fio_cmd(&fio, &turl, seconds), fio_row)?;
+                println!(
+                    "Debian tgt, fio libiscsi 4K randread QD32, MTU 1500: {:.0} IOPS, {:.1} us mean, {:.1} us target CPU per I/O ({:.0} IOPS per core)",
+                    r.iops,
+                    r.mean_us,
+                    r.user_us + r.sys_us,
+                    r.per_core()
                 );
-                tgt_row = Some(r.json());
+                tgt_json = r.json();
             }
-            None => println!(
-                "{:<18} {:<6} (tgtd not installed: apt-get install tgt)",
-                "", "tgt"
-            ),
+            None => println!("tgt: not installed (apt-get install tgt) - not compared"),
         }
-        results.push(serde_json::json!({"job": "fio libiscsi 4K randread QD32",
-            "iscsi": row.json(), "iscsi_busy_poll_off": np.json(), "tgt": tgt_row}));
-    } else {
-        drop(served);
-        println!("bench: no fio with libiscsi (scripts/build-fio-libiscsi.sh builds it)");
     }
-    let path = root.join("target/bench-sockets.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
-    println!("bench: JSON in {}", path.display());
+    let jpath = root.join("target/bench.json");
+    std::fs::write(
+        &jpath,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "machine": cpus, "seconds": seconds, "repetitions": reps,
+            "results": json, "idle": idle_json, "tgt_fio_libiscsi": tgt_json,
+        }))?,
+    )?;
+    println!("bench: JSON in {}", jpath.display());
+    let png = root.join("target/bench.png");
+    match chart::draw(&png, &chart) {
+        Ok(()) => println!("bench: chart in {}", png.display()),
+        Err(e) => println!("bench: no chart: {e:#}"),
+    }
     drop(pair);
     Ok(())
+}
+
+/// A PNG of the medians: the XDP path's IOPS over the socket path's, per row.
+mod chart {
+    use std::path::Path;
+
+    use anyhow::{Context, Result};
+    use plotters::prelude::*;
+    use plotters::style::{FontStyle, register_font};
+
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+    pub(super) fn draw(path: &Path, rows: &[(String, f64, f64)]) -> Result<()> {
+        let font = std::fs::read(FONT)
+            .with_context(|| format!("{FONT} (apt-get install fonts-dejavu-core)"))?;
+        let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+        register_font("sans-serif", FontStyle::Normal, font)
+            .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+        let n = rows.len();
+        let ratios: Vec<f64> = rows.iter().map(|r| r.2 / r.1.max(1.0)).collect();
+        let max = ratios.iter().copied().fold(1.2, f64::max) * 1.1;
+        let height = 100 + 20 * u32::try_from(n).unwrap_or(0);
+        let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut c = ChartBuilder::on(&root)
+            .caption(
+                "xdp-target on veth: XDP path IOPS / kernel-socket IOPS (median; MTU, job, connections, protocol)",
+                ("sans-serif", 16),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(260)
+            .build_cartesian_2d(0.0..max, (0..n).into_segmented())?;
+        c.configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|y| match y {
+                SegmentValue::CenterOf(i) => rows
+                    .get(n.saturating_sub(i + 1))
+                    .map(|r| r.0.clone())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            })
+            .x_desc("XDP / sockets (1.0 = equal; right of the line, the XDP path is faster)")
+            .label_style(("sans-serif", 12))
+            .draw()?;
+        for (i, r) in ratios.iter().enumerate() {
+            let y = n - i - 1;
+            let color = if *r >= 1.0 {
+                RGBColor(40, 90, 200)
+            } else {
+                RGBColor(160, 160, 160)
+            };
+            c.draw_series([Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(y)),
+                    (*r, SegmentValue::Exact(y + 1)),
+                ],
+                color.filled(),
+            )])?;
+        }
+        c.draw_series(LineSeries::new(
+            [(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Last)],
+            BLACK.stroke_width(2),
+        ))?;
+        root.present()?;
+        Ok(())
+    }
 }
 
 /// Debian's tgt (tgtd) as the iSCSI peer: the same namespace pair, CPU 0, a 1 GiB file in

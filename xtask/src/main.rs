@@ -43,12 +43,16 @@ enum Task {
         #[arg(long, value_enum, default_value_t = lab::Accel::Tcg)]
         accel: lab::Accel,
     },
-    /// NVMe/TCP figures: 4K randread QD1/QD32, 4K randwrite QD32, 128K seqread QD8, with
-    /// the target's CPU time per I/O (target on CPU 0, perf on CPU 1, a veth pair).
+    /// The XDP path against kernel sockets: NVMe/TCP and iSCSI, 4K randread QD1/QD32, 4K
+    /// randwrite QD32, 128K seqread QD8, one and two connections, MTU 1500 and 9000, with the
+    /// target's CPU time per I/O (target on CPU 0, client on CPU 1, a veth pair).
     Bench {
-        /// Seconds per job.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds per run.
+        #[arg(long, default_value_t = 2)]
         seconds: u64,
+        /// Repetitions of every run (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
     },
     /// Run every fuzz target (fuzz/fuzz_targets) for a while with cargo-fuzz on nightly.
     Fuzz {
@@ -68,7 +72,7 @@ fn main() -> Result<()> {
         Task::Test { cargo_args } => test(&root, &cargo_args),
         Task::Demo => demo(&root),
         Task::Lab { accel } => lab::run(&root, accel),
-        Task::Bench { seconds } => bench::run(&root, seconds),
+        Task::Bench { seconds, reps } => bench::run(&root, seconds, reps),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }
 }
@@ -257,6 +261,12 @@ fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
 }
 
 /// Builds the XDP object and the release `xdp-target`, and returns the binary's path.
+/// Kernel clock ticks per second (the unit of /proc/stat).
+pub(crate) fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
 pub(crate) fn release_binary(root: &Path) -> Result<PathBuf> {
     build_ebpf(root)?;
     run(cargo(root).args([
