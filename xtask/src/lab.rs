@@ -1,5 +1,7 @@
-//! `cargo xtask lab`: the real Linux NVMe/TCP initiator (Debian 12's kernel and nvme-cli, in a
-//! QEMU guest) against `xdp-target serve` over kernel sockets.
+//! `cargo xtask lab`: the real Linux NVMe/TCP and iSCSI initiators (Debian 12's kernel,
+//! nvme-cli and open-iscsi, in a QEMU guest) against `xdp-target serve`, once over kernel
+//! sockets and once over the XDP path (the XDP program on the host's tap, AF_XDP and the
+//! user-space TCP/IP stack); `--path` picks one.
 //!
 //! - **Guest image**, built once into `target/lab-cache/<key>/` (`vmlinuz`, `initrd.img`,
 //!   `root.img`), where the key hashes everything the image is made of: the debootstrap
@@ -76,7 +78,18 @@ pub(crate) enum Accel {
     Kvm,
 }
 
-pub(crate) fn run(root: &Path, accel: Accel) -> Result<()> {
+/// Which transport the target serves the guest's link with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LabPath {
+    /// Kernel sockets.
+    Sockets,
+    /// The XDP program on the tap, AF_XDP and the user-space TCP/IP stack.
+    Xdp,
+    /// One guest session over each, sockets first.
+    Both,
+}
+
+pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     let started = Instant::now();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -87,17 +100,17 @@ pub(crate) fn run(root: &Path, accel: Accel) -> Result<()> {
     let image = ensure_image(&cache)?;
     let bin = super::release_binary(root)?;
 
-    let run_dir = cache.join("run");
-    if run_dir.exists() {
-        fs::remove_dir_all(&run_dir).context("clearing target/lab-cache/run")?;
+    let runs = cache.join("run");
+    if runs.exists() {
+        fs::remove_dir_all(&runs).context("clearing target/lab-cache/run")?;
     }
-    fs::create_dir_all(&run_dir)?;
-    let steps_tar = write_guest_steps(&run_dir)?;
-    let config = run_dir.join("target.toml");
-    fs::write(&config, target_config(&run_dir)).context("writing the target config")?;
-
     let accel = resolve_accel(accel);
     println!("lab: accelerator {accel}");
+    let paths: &[bool] = match path {
+        LabPath::Sockets => &[false],
+        LabPath::Xdp => &[true],
+        LabPath::Both => &[false, true],
+    };
 
     // From here on there are processes and a namespace to clean up: Ctrl-C reaches the
     // whole foreground group, so QEMU and the target stop on it, and xtask ignores it to
@@ -105,18 +118,56 @@ pub(crate) fn run(root: &Path, accel: Accel) -> Result<()> {
     // SAFETY: setting a signal to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let mut tally = Tally::default();
-    let mut lab = Lab::create(&run_dir, &bin, &config)?;
-    let result = lab.session(&image, &steps_tar, accel, &mut tally);
-    drop(lab);
-    if let Err(e) = result {
-        tally.fail("lab", &format!("{e:#}"));
+    for &xdp in paths {
+        let name = if xdp { "xdp" } else { "sockets" };
+        let run_dir = runs.join(name);
+        fs::create_dir_all(&run_dir)?;
+        let steps_tar = write_guest_steps(&run_dir)?;
+        let config = run_dir.join("target.toml");
+        fs::write(&config, target_config(&run_dir)).context("writing the target config")?;
+        println!(
+            "lab: session over {}",
+            if xdp {
+                "the XDP path (XDP program on tap0, AF_XDP, user-space TCP/IP)"
+            } else {
+                "kernel sockets"
+            }
+        );
+        tally.prefix = format!("[{name}] ");
+        let mut lab = Lab::create(&run_dir, &bin, &config, xdp)?;
+        let result = lab.session(&image, &steps_tar, accel, &mut tally);
+        drop(lab);
+        if let Err(e) = result {
+            tally.fail("lab", &format!("{e:#}"));
+        }
+        if xdp {
+            // Every connection the guest made must have gone through AF_XDP, none through
+            // the kernel's sockets.
+            let log = fs::read_to_string(run_dir.join("target.log")).unwrap_or_default();
+            let via_xdp = log.matches("connection closed (AF_XDP)").count();
+            let via_kernel = log
+                .lines()
+                .filter(|l| l.contains("connection closed") && !l.contains("(AF_XDP)"))
+                .count();
+            let step = "the guest's connections went through AF_XDP";
+            if via_xdp > 0 && via_kernel == 0 {
+                tally.pass(&format!(
+                    "{step} | {via_xdp} over AF_XDP, none over kernel sockets"
+                ));
+            } else {
+                tally.fail(
+                    step,
+                    &format!("{via_xdp} over AF_XDP, {via_kernel} over kernel sockets"),
+                );
+            }
+        }
+        println!(
+            "lab: logs in {} (console.log, target.log, qemu.log)",
+            run_dir.display()
+        );
     }
-
-    println!(
-        "lab: logs in {} (console.log, target.log, qemu.log); {} s in all",
-        run_dir.display(),
-        started.elapsed().as_secs()
-    );
+    tally.prefix.clear();
+    println!("lab: {} s in all", started.elapsed().as_secs());
     println!("lab: {} passed, {} failed", tally.passed, tally.failed);
     println!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 || tally.passed == 0 {
@@ -130,17 +181,19 @@ pub(crate) fn run(root: &Path, accel: Accel) -> Result<()> {
 struct Tally {
     passed: u32,
     failed: u32,
+    /// Which session the steps belong to.
+    prefix: String,
 }
 
 impl Tally {
     fn pass(&mut self, step: &str) {
         self.passed += 1;
-        println!("lab: PASS {step}");
+        println!("lab: PASS {}{step}", self.prefix);
     }
 
     fn fail(&mut self, step: &str, why: &str) {
         self.failed += 1;
-        println!("lab: FAIL {step} | {why}");
+        println!("lab: FAIL {}{step} | {why}", self.prefix);
     }
 }
 
@@ -572,12 +625,14 @@ struct Lab {
     run_dir: PathBuf,
     bin: PathBuf,
     config: PathBuf,
+    /// Serve the tap through the XDP path.
+    xdp: bool,
     // Dropped last, after Drop::drop has stopped the processes.
     ns: Netns,
 }
 
 impl Lab {
-    fn create(run_dir: &Path, bin: &Path, config: &Path) -> Result<Self> {
+    fn create(run_dir: &Path, bin: &Path, config: &Path, xdp: bool) -> Result<Self> {
         let ns = Netns::create(NETNS).context("creating the lab namespace")?;
         let lab = Self {
             target: None,
@@ -585,6 +640,7 @@ impl Lab {
             run_dir: run_dir.to_path_buf(),
             bin: bin.to_path_buf(),
             config: config.to_path_buf(),
+            xdp,
             ns,
         };
         ip(&["-n", NETNS, "tuntap", "add", "dev", TAP, "mode", "tap"])?;
@@ -626,12 +682,12 @@ impl Lab {
             .create(true)
             .append(true)
             .open(self.run_dir.join("target.log"))?;
-        let child = self
-            .ns
-            .command(&self.bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
+        let mut cmd = self.ns.command(&self.bin);
+        cmd.arg("serve").arg("--config").arg(&self.config);
+        if self.xdp {
+            cmd.args(["--xdp", TAP, "--require-afxdp"]);
+        }
+        let child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -654,6 +710,7 @@ impl Lab {
                 listening.contains(&format!("{HOST_ADDR}:{port} "))
                     || listening.contains(&format!("0.0.0.0:{port} "))
             };
+            // On the XDP path the AF_XDP socket binds before the kernel's listeners.
             if has(IO_PORT) && has(DISCOVERY_PORT) && has(ISCSI_PORT) {
                 return Ok(());
             }
@@ -722,7 +779,15 @@ impl Lab {
                 "-netdev",
                 &format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
                 "-device",
-                "virtio-net-pci,netdev=n0",
+                // On the XDP path the guest computes its checksums itself: with offload, its
+                // frames reach the tap with partial checksums (as from any local peer), which
+                // the user-space stack, verifying every checksum, would drop. A NIC on a wire
+                // always delivers complete ones.
+                if self.xdp {
+                    "virtio-net-pci,netdev=n0,csum=off"
+                } else {
+                    "virtio-net-pci,netdev=n0"
+                },
                 "-serial",
                 "stdio",
             ])
@@ -838,7 +903,7 @@ impl Lab {
 impl Tally {
     fn fail_guest(&mut self, rest: &str) {
         self.failed += 1;
-        println!("lab: FAIL {rest}");
+        println!("lab: FAIL {}{rest}", self.prefix);
     }
 }
 

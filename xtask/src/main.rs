@@ -42,6 +42,10 @@ enum Task {
         /// QEMU accelerator.
         #[arg(long, value_enum, default_value_t = lab::Accel::Tcg)]
         accel: lab::Accel,
+        /// Which transport serves the guest: kernel sockets, the XDP path, or a session over
+        /// each.
+        #[arg(long, value_enum, default_value_t = lab::LabPath::Both)]
+        path: lab::LabPath,
     },
     /// The XDP path against kernel sockets: NVMe/TCP and iSCSI, 4K randread QD1/QD32, 4K
     /// randwrite QD32, 128K seqread QD8, one and two connections, MTU 1500 and 9000, with the
@@ -71,7 +75,7 @@ fn main() -> Result<()> {
         Task::Lint => lint::run(&root),
         Task::Test { cargo_args } => test(&root, &cargo_args),
         Task::Demo => demo(&root),
-        Task::Lab { accel } => lab::run(&root, accel),
+        Task::Lab { accel, path } => lab::run(&root, accel, path),
         Task::Bench { seconds, reps } => bench::run(&root, seconds, reps),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }
