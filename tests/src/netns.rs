@@ -249,6 +249,29 @@ impl VethPair {
     }
 }
 
+impl VethPair {
+    /// Makes the client's end compute TCP/IP checksums in software (`ethtool -K IF tx off`).
+    /// veth leaves a local sender's checksums partial (a NIC would fill them in on the wire);
+    /// the XDP path's user-space stack verifies every checksum and would drop such frames.
+    pub fn client_checksums_in_software(&self) -> io::Result<()> {
+        let out = self
+            .client
+            .command("ethtool")
+            .args(["-K", &self.client_if, "tx", "off"])
+            .output()
+            .map_err(|e| io::Error::other(format!("ethtool (apt-get install ethtool): {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "ethtool -K {} tx off: {}",
+                self.client_if,
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+}
+
 /// Why namespace tests cannot run here, or `None` when they can.
 pub fn unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.

@@ -98,16 +98,8 @@ impl Target {
         let mut args = vec!["serve", "--config", config.to_str().expect("utf-8 path")];
         let xdp = xdp_path();
         if xdp {
-            // veth leaves the checksums of what the client sends partial (the kernel would
-            // fill them in on a real NIC); the user-space stack verifies every checksum, so
-            // the client's end computes them in software.
-            let out = pair
-                .client
-                .command("ethtool")
-                .args(["-K", &pair.client_if, "tx", "off"])
-                .output()
-                .expect("ethtool (apt-get install ethtool)");
-            assert!(out.status.success(), "ethtool -K tx off failed: {out:?}");
+            pair.client_checksums_in_software()
+                .expect("client checksums in software");
             args.extend(["--xdp", &pair.target_if, "--require-afxdp"]);
         }
         let mut t = Self::start(&pair.target, &args, move || {

@@ -310,18 +310,7 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32) -> Result<()> {
     let pair = VethPair::create_named("xdpt-bench").context("creating the bench namespaces")?;
     // The user-space stack verifies checksums, and veth leaves the client's partial: the
     // client's end computes them in software (for both paths, so they compare fairly).
-    let out = pair
-        .client
-        .command("ethtool")
-        .args(["-K", &pair.client_if, "tx", "off"])
-        .output()
-        .context("ethtool")?;
-    if !out.status.success() {
-        bail!(
-            "ethtool -K tx off: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    pair.client_checksums_in_software()?;
     let url = format!(
         "nvme-tcp://{}:4420/nqn.2026-11.dev.xdp-target:default",
         pair.target_addr

@@ -288,6 +288,8 @@ fn demo(root: &Path) -> Result<()> {
     use xdp_target_tests::netns::VethPair;
     let bin = release_binary(root)?;
     let pair = VethPair::create_named("xdpt-demo").context("creating the demo namespaces")?;
+    // The demo serves over the XDP path, whose stack verifies the client's checksums.
+    pair.client_checksums_in_software()?;
     println!(
         "demo: target namespace {} ({} {}), client namespace {} ({} {})",
         pair.target.name(),
