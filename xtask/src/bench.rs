@@ -7,13 +7,15 @@
 //! protocols with the same client, `xdp-target perf` (the same namespace is NVMe namespace
 //! 1 and iSCSI LUN 0), then fio's libiscsi engine. For each run the target's user and
 //! system CPU time (from /proc/PID/stat) and the two cores' softirq time (from /proc/stat:
-//! veth does receive work in the sender's softirq) are divided by the I/Os done. Medians
+//! veth does receive work in the sender's softirq) are divided by the I/Os done. The
+//! client's veth end runs GRO and threaded NAPI pinned to the client's core, so the
+//! client's receive work is not charged to the target's core. Medians
 //! of the repetitions are printed with the XDP/sockets ratios, written to
 //! target/bench.json and drawn in target/bench.png; Debian's tgt is measured beside them
 //! when installed.
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -293,6 +295,45 @@ fn idle_cpu(pid: u32, secs: f64) -> Result<f64> {
     Ok((u1 - u0 + s1 - s0) / secs * 100.0)
 }
 
+/// veth does a receiver's work in the sender's softirq, so every frame the target sends
+/// would be received (the client's TCP) on the target's core. GRO and threaded NAPI on the
+/// client's end move that work to a kernel thread, pinned here to the client's core: the
+/// target's core then carries the target's work alone, on both paths alike.
+fn client_rx_on_client_core(pair: &VethPair) -> Result<()> {
+    let dev = &pair.client_if;
+    let gro = pair
+        .client
+        .command("ethtool")
+        .args(["-K", dev, "gro", "on"])
+        .output()?;
+    if !gro.status.success() {
+        bail!(
+            "ethtool -K {dev} gro on: {}",
+            String::from_utf8_lossy(&gro.stderr)
+        );
+    }
+    // `ip netns exec` mounts the namespace's own sysfs, where the device is.
+    let threaded = Command::new("ip")
+        .args(["netns", "exec", pair.client.name(), "sh", "-c"])
+        .arg(format!("echo 1 > /sys/class/net/{dev}/threaded"))
+        .output()?;
+    if !threaded.status.success() {
+        bail!(
+            "threaded NAPI on {dev}: {}",
+            String::from_utf8_lossy(&threaded.stderr)
+        );
+    }
+    let prefix = format!("napi/{dev}-");
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim().starts_with(&prefix) {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            Command::new("taskset").args(["-pc", "1", &pid]).output()?;
+        }
+    }
+    Ok(())
+}
+
 fn set_mtu(pair: &VethPair, mtu: u32) -> Result<()> {
     let m = mtu.to_string();
     for (ns, dev) in [
@@ -311,6 +352,7 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32) -> Result<()> {
     // The user-space stack verifies checksums, and veth leaves the client's partial: the
     // client's end computes them in software (for both paths, so they compare fairly).
     pair.client_checksums_in_software()?;
+    client_rx_on_client_core(&pair)?;
     let url = format!(
         "nvme-tcp://{}:4420/nqn.2026-11.dev.xdp-target:default",
         pair.target_addr
