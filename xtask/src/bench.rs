@@ -209,6 +209,22 @@ fn serve(
     busy_poll_us: Option<&str>,
     path: Path_,
 ) -> Result<Served> {
+    // veth hands a frame to the receiver's NAPI thread only when the sending device has
+    // TSO off; otherwise the client's receive work lands on the target's core. The kernel's
+    // TCP (socket path) wants TSO (64 KiB segments); AF_XDP frames never use it, so the XDP
+    // runs turn it off on the target's end.
+    let tso = if path == Path_::Xdp { "off" } else { "on" };
+    let out = pair
+        .target
+        .command("ethtool")
+        .args(["-K", &pair.target_if, "tso", tso])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "ethtool -K tso {tso}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mut cmd = pair.target.command("taskset");
     cmd.args(["-c", "0"]).arg(bin).arg("serve");
     if path == Path_::Xdp {
