@@ -12,12 +12,10 @@
 //! - `11`: the application releases one of its connections.
 #![no_main]
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use target_tcp::phy::{self, Device, DeviceCapabilities, Medium};
-use target_tcp::time::Instant;
+use target_tcp::memory::MemoryLink;
 use target_tcp::{ConnId, ConnState, Stack, StackConfig};
 
 const V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -28,63 +26,6 @@ const PEER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const PORTS: [u16; 4] = [3260, 4420, 3260, 9999];
 const BACKLOG: usize = 2;
 const MS: u64 = 1000;
-
-struct Link {
-    rx: VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
-    mtu: usize,
-}
-
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut Vec<Vec<u8>>);
-
-impl phy::RxToken for Rx {
-    fn consume<R, F>(self, f: F) -> R
-    where
-        F: FnOnce(&[u8]) -> R,
-    {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for Tx<'_> {
-    fn consume<R, F>(self, len: usize, f: F) -> R
-    where
-        F: FnOnce(&mut [u8]) -> R,
-    {
-        let mut buf = vec![0; len];
-        let r = f(&mut buf);
-        self.0.push(buf);
-        r
-    }
-}
-
-impl Device for Link {
-    type RxToken<'a>
-        = Rx
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = Tx<'a>
-    where
-        Self: 'a;
-
-    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
-    }
-
-    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.mtu;
-        caps
-    }
-}
 
 /// One initiator's side of a conversation: what it sends next, what it expects next.
 #[derive(Clone, Copy, Default)]
@@ -239,7 +180,7 @@ fn segment(h: u8, input: &mut &[u8], peers: &mut [Peer; 16]) -> Option<(bool, Ve
 /// The application on top of the stack, and the link.
 struct App {
     stack: Stack,
-    dev: Link,
+    dev: MemoryLink,
     now: u64,
     peers: [Peer; 16],
     conns: Vec<ConnId>,
@@ -296,11 +237,7 @@ fuzz_target!(|data: &[u8]| {
         seed: u64::from(*opts),
     };
     let listeners = config.ports.len() * BACKLOG;
-    let mut dev = Link {
-        rx: VecDeque::new(),
-        tx: Vec::new(),
-        mtu: if opts & 4 != 0 { 9000 } else { 1500 },
-    };
+    let mut dev = MemoryLink::new(if opts & 4 != 0 { 9000 } else { 1500 });
     let stack = Stack::new(config, &mut dev, 0);
     let mut app = App {
         stack,

@@ -584,5 +584,7 @@ fn stray_syn(packet: &[u8], tuples: &[(IpEndpoint, IpEndpoint)]) -> bool {
     tuples.contains(&(local, remote))
 }
 
+pub mod memory;
+
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use std::vec::Vec;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{
@@ -37,75 +37,7 @@ const SECOND: u64 = 1_000_000;
 // ------------------------------------------------------------------------------------------
 // The link.
 
-/// One end of an in-memory IP link: the packets it is to receive and those it transmitted.
-struct Link {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
-    mtu: usize,
-}
-
-impl Link {
-    fn new(mtu: usize) -> Self {
-        Self {
-            rx: VecDeque::new(),
-            tx: VecDeque::new(),
-            mtu,
-        }
-    }
-}
-
-struct Rx(Vec<u8>);
-
-struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl phy::RxToken for Rx {
-    fn consume<R, F>(self, f: F) -> R
-    where
-        F: FnOnce(&[u8]) -> R,
-    {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for Tx<'_> {
-    fn consume<R, F>(self, len: usize, f: F) -> R
-    where
-        F: FnOnce(&mut [u8]) -> R,
-    {
-        let mut buf = vec![0; len];
-        let r = f(&mut buf);
-        self.0.push_back(buf);
-        r
-    }
-}
-
-impl Device for Link {
-    type RxToken<'a>
-        = Rx
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = Tx<'a>
-    where
-        Self: 'a;
-
-    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
-    }
-
-    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        // Checksums: computed and verified in software (the default).
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.mtu;
-        caps
-    }
-}
+use crate::memory::MemoryLink as Link;
 
 fn xorshift(state: &mut u64) -> u64 {
     let mut x = *state;

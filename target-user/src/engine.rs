@@ -83,6 +83,116 @@ impl Shared {
     }
 }
 
+/// A connection as a reactor holds it: its transport's handle `T` (a kernel socket, a
+/// user-space stack's connection id), its peer, its engine and its block I/O in flight.
+pub struct Conn<T> {
+    pub link: T,
+    pub peer: SocketAddr,
+    pub q: Engine,
+    /// io_uring operations still using this connection's buffers.
+    pub inflight: usize,
+    /// Closed, but kept until `inflight` is zero (the kernel still holds its buffers).
+    pub dead: bool,
+}
+
+/// A reactor's connections by index. An index stays taken until its connection is dead
+/// and its last block operation has completed, because io_uring may still write into the
+/// engine's buffers.
+pub struct Conns<T> {
+    slots: Vec<Option<Conn<T>>>,
+    free: Vec<usize>,
+}
+
+impl<T> Conns<T> {
+    pub fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// The index the next [`Self::insert`] will use.
+    pub fn vacant(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.slots.len())
+    }
+
+    /// A new live connection; returns its index.
+    pub fn insert(&mut self, link: T, peer: SocketAddr, q: Engine) -> usize {
+        let c = Conn {
+            link,
+            peer,
+            q,
+            inflight: 0,
+            dead: false,
+        };
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(c);
+                i
+            }
+            None => {
+                self.slots.push(Some(c));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// One past the highest index in use, for walking every connection.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Connection `i` if it is live (not closed).
+    pub fn live(&mut self, i: usize) -> Option<&mut Conn<T>> {
+        self.slots
+            .get_mut(i)
+            .and_then(Option::as_mut)
+            .filter(|c| !c.dead)
+    }
+
+    /// Frees connection `i` once it is dead and no block operation uses its buffers.
+    pub fn release(&mut self, i: usize) {
+        if self
+            .slots
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.dead && c.inflight == 0)
+        {
+            self.slots[i] = None;
+            self.free.push(i);
+        }
+    }
+
+    /// Runs the block operations connection `i`'s engine queued.
+    pub fn run_io(&mut self, i: usize, blocks: &mut BlockRunner) {
+        if let Some(c) = self.live(i) {
+            c.inflight += blocks.run(i, &mut c.q);
+        }
+    }
+
+    /// Hands finished block operations to their engines (which may queue more) and frees
+    /// dead connections whose last one finished. Returns the live connections that made
+    /// progress: their output wants sending.
+    pub fn complete_io(&mut self, blocks: &mut BlockRunner) -> Vec<usize> {
+        let mut progressed = Vec::new();
+        for r in blocks.reap() {
+            let i = r.conn;
+            let Some(c) = self.slots.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            c.inflight -= 1;
+            if !c.dead {
+                r.complete(&mut c.q);
+                // A multi-step command (iSCSI COMPARE AND WRITE, WRITE SAME) may go on.
+                c.inflight += blocks.run(i, &mut c.q);
+                progressed.push(i);
+            }
+            self.release(i);
+        }
+        progressed
+    }
+}
+
 /// Submission queue entries per reactor ring; a full ring is submitted and reused.
 const RING_ENTRIES: u32 = 1024;
 

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use crate::backend::{Backend, FileBackend, FileBackendError, MemoryBackend};
 use crate::config::{BackendKind, ChapCredentials, Config};
 pub use crate::engine::Proto;
-use crate::engine::{BlockRunner, Engine, Shared};
+use crate::engine::{BlockRunner, Conns, Shared};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 256 * 1024;
@@ -358,8 +358,7 @@ pub fn start(
             id: r,
             poll,
             listeners,
-            conns: Vec::new(),
-            free: Vec::new(),
+            conns: Conns::new(),
             blocks: shared.block_runner().map_err(ServeError::Uring)?,
             shared: Arc::clone(&shared),
             urandom: std::fs::File::open("/dev/urandom").ok(),
@@ -387,23 +386,14 @@ pub fn start(
     Ok(Server { stop, threads })
 }
 
-struct Conn {
-    stream: TcpStream,
-    peer: SocketAddr,
-    q: Engine,
-    /// io_uring operations still using this connection's buffers.
-    inflight: usize,
-    /// Closed, but kept until `inflight` is zero (the kernel still holds its buffers).
-    dead: bool,
-}
+type Conn = crate::engine::Conn<TcpStream>;
 
 struct Reactor {
     id: usize,
     poll: Poll,
     listeners: Vec<(TcpListener, Proto)>,
-    /// Connections by token (token = listeners + index); `None` where one closed.
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
+    /// Connections by token (token = listeners + index).
+    conns: Conns<TcpStream>,
     shared: Arc<Shared>,
     blocks: BlockRunner,
     urandom: Option<std::fs::File>,
@@ -481,31 +471,20 @@ impl Reactor {
                 Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().ok().map(|a| a.ip());
-                    let i = self.free.pop().unwrap_or_else(|| {
-                        self.conns.push(None);
-                        self.conns.len() - 1
-                    });
-                    let token = Token(self.listeners.len() + i);
+                    let token = Token(self.listeners.len() + self.conns.vacant());
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
                         token,
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         warn!(%peer, "cannot watch a connection: {e}");
-                        self.free.push(i);
                         continue;
                     }
                     debug!(reactor = self.id, %peer, "connection accepted");
                     let q = self
                         .shared
                         .engine(self.listeners[l].1, local, &mut self.urandom);
-                    self.conns[i] = Some(Conn {
-                        stream,
-                        peer,
-                        q,
-                        inflight: 0,
-                        dead: false,
-                    });
+                    self.conns.insert(stream, peer, q);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -519,20 +498,15 @@ impl Reactor {
 
     fn service(&mut self, i: usize) {
         let now = self.now_ms();
-        if self
-            .conns
-            .get(i)
-            .and_then(Option::as_ref)
-            .is_none_or(|c| c.dead)
-        {
+        if self.conns.live(i).is_none() {
             return;
         }
         let mut eof = false;
         loop {
-            let Some(c) = self.conns[i].as_mut() else {
+            let Some(c) = self.conns.live(i) else {
                 return;
             };
-            match c.stream.read(&mut self.buf) {
+            match c.link.read(&mut self.buf) {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -541,7 +515,7 @@ impl Reactor {
                     c.q.receive(&self.buf[..n], &self.shared.registry, now);
                     c.q.log_events(c.peer);
                     let closing = c.q.closing();
-                    self.run_io(i);
+                    self.conns.run_io(i, &mut self.blocks);
                     if closing {
                         break;
                     }
@@ -554,7 +528,7 @@ impl Reactor {
                 }
             }
         }
-        let Some(c) = self.conns[i].as_mut() else {
+        let Some(c) = self.conns.live(i) else {
             return;
         };
         let flushed = flush(c);
@@ -573,7 +547,7 @@ impl Reactor {
     fn tick(&mut self) {
         let now = self.now_ms();
         for i in 0..self.conns.len() {
-            let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
+            let Some(c) = self.conns.live(i) else {
                 continue;
             };
             let r = c.q.tick(now, &self.shared.registry);
@@ -587,60 +561,26 @@ impl Reactor {
     }
 
     fn close(&mut self, i: usize, why: &str) {
-        let Some(c) = self
-            .conns
-            .get_mut(i)
-            .and_then(Option::as_mut)
-            .filter(|c| !c.dead)
-        else {
+        let Some(c) = self.conns.live(i) else {
             return;
         };
         c.q.teardown(&self.shared.registry);
-        let _ = self.poll.registry().deregister(&mut c.stream);
+        let _ = self.poll.registry().deregister(&mut c.link);
         info!(reactor = self.id, peer = %c.peer, engine = c.q.describe(), "connection closed: {why}");
         c.dead = true;
-        self.release(i);
+        self.conns.release(i);
     }
 
-    /// Frees a dead connection once the kernel no longer holds its buffers.
-    fn release(&mut self, i: usize) {
-        if self.conns[i]
-            .as_ref()
-            .is_some_and(|c| c.dead && c.inflight == 0)
-        {
-            self.conns[i] = None;
-            self.free.push(i);
-        }
-    }
-
-    /// Runs the queued block operations of connection `i`.
-    fn run_io(&mut self, i: usize) {
-        if let Some(c) = self.conns[i].as_mut() {
-            c.inflight += self.blocks.run(i, &mut c.q);
-        }
-    }
-
-    /// Completes the io_uring operations that finished.
+    /// Completes the io_uring operations that finished and sends what they produced.
     fn reap(&mut self) {
-        for r in self.blocks.reap() {
-            let i = r.conn;
-            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
-                continue;
-            };
-            c.inflight -= 1;
-            if !c.dead {
-                r.complete(&mut c.q);
-                // A multi-step command (iSCSI COMPARE AND WRITE, WRITE SAME) may go on.
-                self.run_io(i);
-                if let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) {
-                    if !flush(c) {
-                        self.close(i, "send failed");
-                    } else if c.q.closing() && c.q.output().is_empty() {
-                        self.close(i, "the protocol ended it");
-                    }
+        for i in self.conns.complete_io(&mut self.blocks) {
+            if let Some(c) = self.conns.live(i) {
+                if !flush(c) {
+                    self.close(i, "send failed");
+                } else if c.q.closing() && c.q.output().is_empty() {
+                    self.close(i, "the protocol ended it");
                 }
             }
-            self.release(i);
         }
     }
 }
@@ -648,7 +588,7 @@ impl Reactor {
 /// Writes what the queue has to send until done or the socket is full; false on error.
 fn flush(c: &mut Conn) -> bool {
     while !c.q.output().is_empty() {
-        match c.stream.write(c.q.output()) {
+        match c.link.write(c.q.output()) {
             Ok(0) => return false,
             Ok(n) => c.q.consume_output(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,

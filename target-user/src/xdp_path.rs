@@ -7,7 +7,7 @@
 //! on other interfaces (or on queues without a socket) is still served by the socket path.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use crate::afxdp::{BindMode, Xsk, XskError, XskSizes};
 use crate::config::{Config, ZeroCopy};
-use crate::engine::{BlockRunner, Engine, Proto, Shared};
+use crate::engine::{BlockRunner, Conns, Proto, Shared};
 use crate::server::{TICK, listen_addrs};
 use crate::xdp::Steering;
 
@@ -314,8 +314,7 @@ pub fn start(
             xsk,
             stack,
             ports: ports.clone(),
-            conns: Vec::new(),
-            free: Vec::new(),
+            conns: Conns::new(),
             blocks: shared.block_runner().map_err(AfXdpError::Thread)?,
             shared: Arc::clone(shared),
             urandom: std::fs::File::open("/dev/urandom").ok(),
@@ -332,23 +331,13 @@ pub fn start(
     Ok(threads)
 }
 
-struct XConn {
-    id: ConnId,
-    peer: SocketAddr,
-    q: Engine,
-    /// io_uring operations still using this connection's buffers.
-    inflight: usize,
-    /// Closed, but kept until `inflight` is zero.
-    dead: bool,
-}
-
 struct XdpReactor {
     queue: u32,
     xsk: Xsk,
     stack: Stack,
     ports: HashMap<u16, Proto>,
-    conns: Vec<Option<XConn>>,
-    free: Vec<usize>,
+    /// Connections; `link` is the stack's id for the connection.
+    conns: Conns<ConnId>,
     blocks: BlockRunner,
     shared: Arc<Shared>,
     urandom: Option<std::fs::File>,
@@ -440,37 +429,29 @@ impl XdpReactor {
         let q = self
             .shared
             .engine(proto, Some(a.local.ip()), &mut self.urandom);
-        let conn = XConn {
-            id: a.id,
-            peer: a.remote,
-            q,
-            inflight: 0,
-            dead: false,
-        };
-        match self.free.pop() {
-            Some(i) => self.conns[i] = Some(conn),
-            None => self.conns.push(Some(conn)),
-        }
+        self.conns.insert(a.id, a.remote, q);
         debug!(queue = self.queue, peer = %a.remote, ?proto, "connection accepted (AF_XDP)");
     }
 
     /// Moves bytes between connection `i`'s stream and its engine; true if anything moved.
     fn service(&mut self, i: usize) -> bool {
         let now_ms = self.now_us() / 1000;
-        let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
+        let Some(c) = self.conns.live(i) else {
             return false;
         };
         let registry = &self.shared.registry;
-        let got = self.stack.recv(c.id, |b| c.q.receive(b, registry, now_ms));
+        let got = self
+            .stack
+            .recv(c.link, |b| c.q.receive(b, registry, now_ms));
         if got > 0 {
             c.q.log_events(c.peer);
-            self.run_io(i);
+            self.conns.run_io(i, &mut self.blocks);
         }
         let sent = self.push_output(i);
-        let Some(c) = self.conns[i].as_mut() else {
+        let Some(c) = self.conns.live(i) else {
             return got > 0;
         };
-        match self.stack.state(c.id) {
+        match self.stack.state(c.link) {
             ConnState::Closed => self.close(i, "the connection was reset or timed out", false),
             ConnState::PeerClosed if c.q.output().is_empty() => {
                 self.close(i, "the host closed the connection", true);
@@ -487,12 +468,12 @@ impl XdpReactor {
 
     /// Queues what the engine has to send into the connection's TCP send buffer.
     fn push_output(&mut self, i: usize) -> usize {
-        let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
+        let Some(c) = self.conns.live(i) else {
             return 0;
         };
         let mut total = 0;
         while !c.q.output().is_empty() {
-            let n = self.stack.send(c.id, c.q.output());
+            let n = self.stack.send(c.link, c.q.output());
             if n == 0 {
                 break;
             }
@@ -502,35 +483,19 @@ impl XdpReactor {
         total
     }
 
-    fn run_io(&mut self, i: usize) {
-        if let Some(c) = self.conns[i].as_mut() {
-            c.inflight += self.blocks.run(i, &mut c.q);
-        }
-    }
-
+    /// Completes the io_uring operations that finished and queues what they produced.
     fn reap(&mut self) -> bool {
-        let done = self.blocks.reap();
-        let any = !done.is_empty();
-        for r in done {
-            let i = r.conn;
-            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
-                continue;
-            };
-            c.inflight -= 1;
-            if !c.dead {
-                r.complete(&mut c.q);
-                self.run_io(i);
-                self.push_output(i);
-            }
-            self.release(i);
+        let progressed = self.conns.complete_io(&mut self.blocks);
+        for &i in &progressed {
+            self.push_output(i);
         }
-        any
+        !progressed.is_empty()
     }
 
     fn tick(&mut self) {
         let now_ms = self.now_us() / 1000;
         for i in 0..self.conns.len() {
-            let Some(c) = self.conns[i].as_mut().filter(|c| !c.dead) else {
+            let Some(c) = self.conns.live(i) else {
                 continue;
             };
             let r = c.q.tick(now_ms, &self.shared.registry);
@@ -544,29 +509,14 @@ impl XdpReactor {
     }
 
     fn close(&mut self, i: usize, why: &str, graceful: bool) {
-        let Some(c) = self
-            .conns
-            .get_mut(i)
-            .and_then(Option::as_mut)
-            .filter(|c| !c.dead)
-        else {
+        let Some(c) = self.conns.live(i) else {
             return;
         };
         c.q.teardown(&self.shared.registry);
-        self.stack.release(c.id, graceful);
+        self.stack.release(c.link, graceful);
         info!(queue = self.queue, peer = %c.peer, engine = c.q.describe(), "connection closed (AF_XDP): {why}");
         c.dead = true;
-        self.release(i);
-    }
-
-    fn release(&mut self, i: usize) {
-        if self.conns[i]
-            .as_ref()
-            .is_some_and(|c| c.dead && c.inflight == 0)
-        {
-            self.conns[i] = None;
-            self.free.push(i);
-        }
+        self.conns.release(i);
     }
 }
 
