@@ -15,6 +15,10 @@
 //! | `ACL_V4`        | LPM trie        | prefix + IPv4 addr   | `u8` (unused)  |
 //! | `ACL_V6`        | LPM trie        | prefix + IPv6 addr   | `u8` (unused)  |
 //! | `SETTINGS`      | array (1 entry) | 0                    | [`Settings`]   |
+//!
+//! The fault-injection program `xdp_fault` (a test tool: the end-to-end tests attach it to
+//! the veth ends of a router namespace between initiator and target) has maps of its own,
+//! never pinned, listed in [`fault`].
 #![no_std]
 
 pub mod parse;
@@ -135,15 +139,102 @@ pub type AclV4Addr = [u8; 4];
 /// Key data of `ACL_V6` (network byte order), behind the trie's `u32` prefix length.
 pub type AclV6Addr = [u8; 16];
 
+/// The ABI of `xdp_fault`, the fault-injection program in the same object as `xdp_steer`.
+///
+/// It runs on a forwarding hop (a router namespace in the tests), sees every frame that
+/// interface receives, and drops a share of them, all of them (a cut link), or hands a
+/// share to another CPU through a cpumap, where the kernel delivers them later than the
+/// frames behind them (reordering). Maps, one copy per attached program (each attach loads
+/// the object afresh):
+///
+/// | name             | type            | key        | value              |
+/// |------------------|-----------------|------------|--------------------|
+/// | `FAULT_SETTINGS` | array (1 entry) | 0          | [`FaultSettings`]  |
+/// | `FAULT_COUNTERS` | per-CPU array (1 entry) | 0  | [`FaultCounters`]  |
+/// | `FAULT_CPUS`     | cpumap          | CPU number | queue size (user space fills it) |
+pub mod fault {
+    /// Name of the program in the object file.
+    pub const PROGRAM_NAME: &str = "xdp_fault";
+    pub const SETTINGS: &str = "FAULT_SETTINGS";
+    pub const COUNTERS: &str = "FAULT_COUNTERS";
+    pub const CPUS: &str = "FAULT_CPUS";
+    /// Entries in `FAULT_CPUS` as the object declares it. One, because the steering
+    /// program's loader creates every map of the object, and a cpumap larger than the
+    /// kernel's NR_CPUS would fail to create; the fault loader overrides it with the number
+    /// of CPUs.
+    pub const OBJECT_CPUS: u32 = 1;
+    /// TCP ports in [`FaultSettings::ports`].
+    pub const MAX_PORTS: usize = 4;
+    /// Shares are in parts per million.
+    pub const PPM: u32 = 1_000_000;
+
+    /// Drop every matching frame: the link is cut.
+    pub const FLAG_CUT: u32 = 1;
+
+    /// Value of `FAULT_SETTINGS[0]`. All zero (the state after loading) passes everything.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FaultSettings {
+        /// Share of matching frames dropped, in parts per million.
+        pub drop_ppm: u32,
+        /// Share of matching frames (of those not dropped) redirected to another CPU's
+        /// cpumap queue, in parts per million.
+        pub reorder_ppm: u32,
+        /// `FLAG_*` bits.
+        pub flags: u32,
+        /// CPUs with an entry in `FAULT_CPUS` (0..cpus); reordering needs at least one.
+        pub cpus: u32,
+        /// Only TCP frames with one of these as source or destination port match (0 is an
+        /// unused entry); with all zero, every frame matches.
+        pub ports: [u16; MAX_PORTS],
+    }
+    const _: () = assert!(core::mem::size_of::<FaultSettings>() == 24);
+
+    /// Value of `FAULT_COUNTERS[0]`, one copy per CPU; user space sums them.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FaultCounters {
+        /// Frames the program ran on.
+        pub seen: u64,
+        /// Frames the port filter selected.
+        pub matched: u64,
+        /// Matching frames dropped by chance (`drop_ppm`).
+        pub dropped: u64,
+        /// Matching frames dropped because the link was cut.
+        pub cut: u64,
+        /// Matching frames handed to another CPU (`reorder_ppm`).
+        pub reordered: u64,
+        /// Of those, frames the cpumap refused (no entry for the CPU): passed instead.
+        pub reorder_failed: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<FaultCounters>() == 48);
+
+    impl FaultCounters {
+        /// Adds another CPU's copy to this one.
+        pub fn add(&mut self, o: &Self) {
+            self.seen = self.seen.wrapping_add(o.seen);
+            self.matched = self.matched.wrapping_add(o.matched);
+            self.dropped = self.dropped.wrapping_add(o.dropped);
+            self.cut = self.cut.wrapping_add(o.cut);
+            self.reordered = self.reordered.wrapping_add(o.reordered);
+            self.reorder_failed = self.reorder_failed.wrapping_add(o.reorder_failed);
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are #[repr(C)] with only integer fields and no padding (the size
+    // SAFETY: all of them are #[repr(C)] with only integer fields and no padding (the size
     // assertions above pin the layouts), so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::PortEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::fault::FaultSettings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::fault::FaultCounters {}
 }
 
 #[cfg(test)]
@@ -173,5 +264,30 @@ mod tests {
         });
         assert_eq!(a.packets, [2, 3, 4, 5]);
         assert_eq!(a.bytes, [15, 25, 35, 39]);
+    }
+
+    #[test]
+    fn fault_counters_add_sums_every_field() {
+        let one = fault::FaultCounters {
+            seen: 1,
+            matched: 2,
+            dropped: 3,
+            cut: 4,
+            reordered: 5,
+            reorder_failed: 6,
+        };
+        let mut sum = one;
+        sum.add(&one);
+        assert_eq!(
+            sum,
+            fault::FaultCounters {
+                seen: 2,
+                matched: 4,
+                dropped: 6,
+                cut: 8,
+                reordered: 10,
+                reorder_failed: 12,
+            }
+        );
     }
 }

@@ -5,6 +5,9 @@
 //! ICMP, fragments and malformed frames. The only drop is the optional source allow-list,
 //! and it only ever applies to packets for a storage port.
 //!
+//! The object holds a second program, `xdp_fault`, a test tool that the end-to-end tests
+//! attach to the hops of a routed path to drop, cut or reorder frames (see its doc).
+//!
 //! The parser (`target_common::parse`) is shared with the host, where it is unit-tested
 //! and fuzzed; here it reads through [`Packet`]. Map layouts and names live in
 //! `target-common` too.
@@ -13,10 +16,12 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, XskMap},
+    maps::{lpm_trie::Key, Array, CpuMap, HashMap, LpmTrie, PerCpuArray, XskMap},
     programs::XdpContext,
 };
+use target_common::fault::{self, FaultCounters, FaultSettings};
 use target_common::parse::{parse, Frame, Source};
 use target_common::{
     Action, AclV4Addr, AclV6Addr, Counters, PortEntry, Settings, ACL_MAX_ENTRIES, COUNTER_SLOTS,
@@ -114,6 +119,101 @@ fn source_allowed(source: &Source) -> bool {
         Source::V4(a) => ACL_V4.get(Key::new(32, *a)).is_some(),
         Source::V6(a) => ACL_V6.get(Key::new(128, *a)).is_some(),
     }
+}
+
+#[map]
+static FAULT_SETTINGS: Array<FaultSettings> = Array::with_max_entries(1, 0);
+#[map]
+static FAULT_COUNTERS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static FAULT_CPUS: CpuMap = CpuMap::with_max_entries(fault::OBJECT_CPUS, 0);
+
+/// Fault injection for tests, on an interface of a forwarding hop: drops a share of the
+/// frames it receives (`drop_ppm`, decided by `bpf_get_prandom_u32`), all of them while
+/// `FLAG_CUT` is set, and reorders a share (`reorder_ppm`); everything else is `XDP_PASS`.
+/// With ports set in the settings, only TCP frames from or to one of them are touched.
+///
+/// Reordering: an XDP program cannot hold a frame back and release it after later ones (it
+/// decides each frame's fate at once, and a map cannot store packet data). What it can do
+/// is hand a frame to another CPU through a cpumap: the kernel queues it there and a
+/// kthread on that CPU builds the skb and forwards it after the frames that stayed on this
+/// CPU's fast path went ahead, typically tens of microseconds later. That delays single
+/// frames without holding them, so the share is exact but by how much a frame falls behind
+/// is up to the scheduler. Frames so redirected lose the skb's checksum state
+/// (CHECKSUM_PARTIAL becomes "none"): the senders must compute checksums in software,
+/// which the tests arrange with `ethtool -K IF tx off`.
+///
+/// `frags`: it reads only the linear part, so it may run on multi-buffer (jumbo) frames.
+#[xdp(frags)]
+pub fn xdp_fault(ctx: XdpContext) -> u32 {
+    let Some(c) = FAULT_COUNTERS.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's copy, valid for the program's run; XDP runs with preemption
+    // disabled, so nothing else on this CPU writes it meanwhile (as in `count`).
+    let c = unsafe { &mut *c };
+    c.seen += 1;
+    let Some(s) = FAULT_SETTINGS.get(0).copied() else {
+        return xdp_action::XDP_PASS;
+    };
+    if !fault_matches(&ctx, &s) {
+        return xdp_action::XDP_PASS;
+    }
+    c.matched += 1;
+    if s.flags & fault::FLAG_CUT != 0 {
+        c.cut += 1;
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
+    if s.drop_ppm > 0 && unsafe { bpf_get_prandom_u32() } % fault::PPM < s.drop_ppm {
+        c.dropped += 1;
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: as above.
+    if s.reorder_ppm > 0
+        && s.cpus > 0
+        && unsafe { bpf_get_prandom_u32() } % fault::PPM < s.reorder_ppm
+    {
+        // SAFETY: bpf_get_smp_processor_id has no preconditions.
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let other = (cpu + 1) % s.cpus;
+        c.reordered += 1;
+        return match FAULT_CPUS.redirect(other, u64::from(xdp_action::XDP_PASS)) {
+            Ok(action) => action,
+            Err(action) => {
+                c.reorder_failed += 1;
+                action
+            }
+        };
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Whether the settings' port filter selects this frame: no ports set, or a TCP frame with
+/// one of them as its source or destination port.
+#[inline(always)]
+fn fault_matches(ctx: &XdpContext, s: &FaultSettings) -> bool {
+    if s.ports == [0; fault::MAX_PORTS] {
+        return true;
+    }
+    let frame = Packet(ctx);
+    let Some(pkt) = parse(&frame) else {
+        return false;
+    };
+    // parse already read the whole fixed TCP header at this offset, and bounded it.
+    if pkt.l4_offset > target_common::parse::MAX_L4_OFFSET {
+        return false;
+    }
+    let Some(ports) = frame.read::<4>(pkt.l4_offset) else {
+        return false;
+    };
+    let src = u16::from_be_bytes([ports[0], ports[1]]);
+    let dst = u16::from_be_bytes([ports[2], ports[3]]);
+    let mut hit = false;
+    for p in s.ports {
+        hit |= p != 0 && (p == src || p == dst);
+    }
+    hit
 }
 
 #[cfg(not(test))]

@@ -187,6 +187,28 @@ pub fn tcp_syn(src_port: u16, dst_port: u16) -> Vec<u8> {
     t
 }
 
+/// An IPv4 packet holding a TCP SYN with a valid checksum (for receivers that verify it,
+/// like the target's user-space stack), initial sequence number `seq`.
+pub fn ipv4_tcp_syn(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+) -> Vec<u8> {
+    let mut t = tcp_syn(src_port, dst_port);
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(12 + t.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, IPPROTO_TCP]);
+    pseudo.extend_from_slice(&u16::try_from(t.len()).expect("small").to_be_bytes());
+    pseudo.extend_from_slice(&t);
+    let c = checksum(&pseudo);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, IPPROTO_TCP, 0, &[], &t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +225,20 @@ mod tests {
         );
         assert_eq!(checksum(&p[..20]), 0);
         assert_eq!(p[0], 0x45);
+    }
+
+    #[test]
+    fn checksummed_syn_verifies() {
+        let (src, dst) = (Ipv4Addr::new(10, 98, 0, 7), Ipv4Addr::new(10, 99, 0, 1));
+        let p = ipv4_tcp_syn(src, dst, 40000, 4420, 77);
+        let tcp = &p[20..];
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, 20]);
+        pseudo.extend_from_slice(tcp);
+        assert_eq!(checksum(&pseudo), 0);
+        assert_eq!(checksum(&p[..20]), 0);
     }
 
     #[test]

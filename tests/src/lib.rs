@@ -2,6 +2,7 @@
 //! `xdp-target` binary run inside one of them, and an AF_XDP receiver for checking what the
 //! XDP program steers. The tests themselves live in `tests/`.
 
+pub mod faults;
 pub mod frames;
 pub mod iscsi;
 pub mod netns;

@@ -40,6 +40,13 @@ impl Client {
         Ok(c)
     }
 
+    /// How long a read may wait for the target (10 s unless changed): longer to ride out
+    /// an outage on the path.
+    pub fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))
+    }
+
     /// Sends what is queued, then reads once (blocking) and feeds the engine.
     fn exchange(&mut self) -> io::Result<()> {
         let out = self.h.output().to_vec();

@@ -115,6 +115,31 @@ impl Target {
         t
     }
 
+    /// `serve --config CONFIG --xdp IFACE --require-afxdp` in `ns`, ready once `ready`
+    /// holds. Its connections must go through AF_XDP: [`Target::stop`] checks the log.
+    pub fn serve_afxdp(
+        ns: &Netns,
+        iface: &str,
+        config: &Path,
+        ready: impl Fn() -> bool,
+    ) -> io::Result<Self> {
+        let config = config
+            .to_str()
+            .ok_or_else(|| io::Error::other("non-UTF-8 config path"))?;
+        let args = [
+            "serve",
+            "--config",
+            config,
+            "--xdp",
+            iface,
+            "--require-afxdp",
+        ];
+        let mut t = Self::start(ns, &args, ready)?;
+        t.pins = Some(pin_dir(iface));
+        t.xdp = true;
+        Ok(t)
+    }
+
     /// `serve --xdp IFACE EXTRA…` with no NVMe/TCP listeners (steering and counters
     /// only, so the tests own every port), ready once its counters are pinned.
     pub fn serve_xdp(ns: &Netns, iface: &str, extra: &[&str]) -> io::Result<Self> {
