@@ -26,7 +26,7 @@ use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use target_common::fault::{self, FaultCounters, FaultSettings};
 
-use crate::netns::{Netns, ip};
+use crate::netns::{Netns, checksums_in_software, ip};
 
 #[path = "../../xtask/src/ebpf_build.rs"]
 #[expect(
@@ -45,27 +45,6 @@ pub fn object_path() -> PathBuf {
         .parent()
         .expect("tests/ lives one level below the repository root");
     ebpf_build::object_path(root)
-}
-
-/// Runs `ethtool -K IFACE tx off` in `ns`: the senders compute TCP checksums in software.
-///
-/// veth leaves the checksum of what a namespace sends partial (a real NIC would fill it
-/// in), and forwarding keeps that state. The user-space stack on the target verifies every
-/// checksum, and frames the fault program reorders through a cpumap lose the "partial"
-/// mark, so every interface that sends or forwards towards the other side computes them.
-pub fn checksums_in_software(ns: &Netns, iface: &str) -> io::Result<()> {
-    let out = ns
-        .command("ethtool")
-        .args(["-K", iface, "tx", "off"])
-        .output()
-        .map_err(|e| io::Error::other(format!("ethtool (apt-get install ethtool): {e}")))?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "ethtool -K {iface} tx off: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 /// Three namespaces, client -- router -- target, deleted on drop (see the module doc).

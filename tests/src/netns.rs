@@ -249,26 +249,32 @@ impl VethPair {
     }
 }
 
+/// Runs `ethtool -K IFACE tx off` in `ns`: what `ns` sends through `iface` carries complete
+/// TCP/IP checksums.
+///
+/// veth leaves a local sender's checksums partial (a NIC would fill them in on the wire),
+/// and forwarding keeps that state. The XDP path's user-space stack verifies every
+/// checksum and would drop such frames, so every interface that sends or forwards towards
+/// it computes them in software.
+pub fn checksums_in_software(ns: &Netns, iface: &str) -> io::Result<()> {
+    let out = ns
+        .command("ethtool")
+        .args(["-K", iface, "tx", "off"])
+        .output()
+        .map_err(|e| io::Error::other(format!("ethtool (apt-get install ethtool): {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "ethtool -K {iface} tx off: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 impl VethPair {
-    /// Makes the client's end compute TCP/IP checksums in software (`ethtool -K IF tx off`).
-    /// veth leaves a local sender's checksums partial (a NIC would fill them in on the wire);
-    /// the XDP path's user-space stack verifies every checksum and would drop such frames.
+    /// The client's end computes its checksums in software (see [`checksums_in_software`]).
     pub fn client_checksums_in_software(&self) -> io::Result<()> {
-        let out = self
-            .client
-            .command("ethtool")
-            .args(["-K", &self.client_if, "tx", "off"])
-            .output()
-            .map_err(|e| io::Error::other(format!("ethtool (apt-get install ethtool): {e}")))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "ethtool -K {} tx off: {}",
-                self.client_if,
-                String::from_utf8_lossy(&out.stderr)
-            )))
-        }
+        checksums_in_software(&self.client, &self.client_if)
     }
 }
 
