@@ -150,26 +150,13 @@ impl RoutedPath {
             ip(&["-n", n, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ip(&["-n", n, "link", "set", dev, "up"])?;
         }
-        let gw = path.router_client_addr.to_string();
-        ip(&[
-            "-n",
-            path.client.name(),
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw,
-        ])?;
-        let gw = path.router_target_addr.to_string();
-        ip(&[
-            "-n",
-            path.target.name(),
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw,
-        ])?;
+        for (ns, gw) in [
+            (&path.client, path.router_client_addr),
+            (&path.target, path.router_target_addr),
+        ] {
+            let gw = gw.to_string();
+            ip(&["-n", ns.name(), "route", "add", "default", "via", &gw])?;
+        }
         let out = path
             .router
             .command("sysctl")
