@@ -232,6 +232,26 @@ impl Stack {
         }
     }
 
+    /// Aborts the half-open connection (SYN received, handshake not completed) that has
+    /// waited longest; false if there is none.
+    fn evict_oldest_half_open(&mut self) -> bool {
+        let oldest = self
+            .conns
+            .iter_mut()
+            .flatten()
+            .filter(|c| !c.released && !c.accepted)
+            .filter(|c| {
+                self.sockets.get::<tcp::Socket<'_>>(c.handle).state() == tcp::State::SynReceived
+            })
+            .min_by_key(|c| c.since_us);
+        let Some(slot) = oldest else {
+            return false;
+        };
+        slot.released = true;
+        self.sockets.get_mut::<tcp::Socket<'_>>(slot.handle).abort();
+        true
+    }
+
     /// Moves listeners that received a SYN to the connections, and frees what is finished.
     fn housekeeping(&mut self) {
         let mut i = 0;
@@ -245,7 +265,13 @@ impl Stack {
             // Connections the user holds or may yet be given; not those closing (TIME-WAIT
             // and the like), which `replenish` bounds with the other sockets.
             let open = self.conns.iter().flatten().filter(|c| !c.released).count();
-            let refuse = open >= self.config.max_connections;
+            let mut refuse = open >= self.config.max_connections;
+            if refuse && self.evict_oldest_half_open() {
+                // Full of handshakes nobody finishes (a SYN flood): the oldest gives way, so
+                // a real initiator, which completes its handshake within a round trip, still
+                // gets in, and established connections are never touched.
+                refuse = false;
+            }
             if refuse {
                 // Its SYN-ACK is out already: RST follows on the next poll.
                 self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();

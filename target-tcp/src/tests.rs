@@ -1270,6 +1270,79 @@ fn handshake_timeout_drops_half_open_connections() {
     connected(&mut net, &mut echo, 1000);
 }
 
+/// A SYN flood fills the connection limit with handshakes nobody completes: the oldest
+/// half-open one gives way to each new SYN, so a real initiator still gets in at once,
+/// and established connections are never evicted.
+#[test]
+fn a_syn_flood_at_the_connection_limit_evicts_half_open_ones_not_real_ones() {
+    let max = 8;
+    let mut net = Net::new(false, 1500, |c| {
+        c.max_connections = max;
+        c.backlog = 4;
+    });
+    let mut echo = Echo::default();
+    // Two real connections first.
+    let mut real = Vec::new();
+    for i in 0..2u16 {
+        let mut p = Peer::new(&mut net, 23_000 + i, 2000, 16 * 1024);
+        net.run(SECOND, |n| {
+            echo.serve(&mut n.stack);
+            p.pump(n);
+            p.done()
+        });
+        real.push(p);
+    }
+    // 40 SYNs from addresses nobody answers for, a few per poll: far past the limit.
+    for i in 0..40u16 {
+        let ghost = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99)), 30_000 + i);
+        let syn = raw_segment(
+            ghost,
+            net.server_addr(),
+            TcpControl::Syn,
+            7,
+            None,
+            None,
+            &[],
+        );
+        net.sdev.rx.push_back(syn);
+        if i % 3 == 2 {
+            net.run_for(LINK_DELAY_US, |n| echo.serve(&mut n.stack));
+        }
+    }
+    net.run_for(10 * LINK_DELAY_US, |n| echo.serve(&mut n.stack));
+    assert!(
+        net.stack.sockets() <= net.baseline + max + 40,
+        "sockets stay bounded: {}",
+        net.stack.sockets()
+    );
+    // A real initiator connects while the limit is full of half-open connections, well
+    // before the handshake timeout could have freed any.
+    let started = net.now;
+    let mut late = Peer::new(&mut net, 24_000, 5000, 16 * 1024);
+    net.run(SECOND, |n| {
+        echo.serve(&mut n.stack);
+        late.pump(n);
+        late.done()
+    });
+    assert!(
+        net.now - started < 100_000,
+        "the late initiator waited {} us",
+        net.now - started
+    );
+    // The first two were never touched.
+    for p in &mut real {
+        p.out = pattern(u64::from(p.port) + 1, 3000);
+        p.sent = 0;
+        p.got = 0;
+    }
+    net.run(SECOND, |n| {
+        echo.serve(&mut n.stack);
+        real.iter_mut().for_each(|p| p.pump(n));
+        real.iter().all(Peer::done)
+    });
+    assert_eq!(net.stack.connections(), 3);
+}
+
 #[test]
 fn half_open_connection_reset_by_its_peer_is_forgotten() {
     let mut net = Net::new(false, 1500, |_| {});
