@@ -7,9 +7,11 @@
 //! protocols with the same client, `xdp-target perf` (the same namespace is NVMe namespace
 //! 1 and iSCSI LUN 0), then fio's libiscsi engine. For each run the target's user and
 //! system CPU time (from /proc/PID/stat) and the two cores' softirq time (from /proc/stat:
-//! veth does receive work in the sender's softirq) are divided by the I/Os done. The
-//! client's veth end runs GRO and threaded NAPI pinned to the client's core, so the
-//! client's receive work is not charged to the target's core. Medians
+//! veth does receive work in the sender's softirq) are divided by the I/Os done. By default
+//! veth is left as a user gets it: the client's receive work runs in the softirq of the
+//! target's core when the target sends. `--napi-thread` moves it to a NAPI thread pinned to
+//! the client's core instead (GRO and threaded NAPI on the client's end, TSO off on the
+//! target's end for the XDP runs). Medians
 //! of the repetitions are printed with the XDP/sockets ratios, written to
 //! target/bench.json and drawn in target/bench.png; Debian's tgt is measured beside them
 //! when installed.
@@ -208,12 +210,17 @@ fn serve(
     url: &str,
     busy_poll_us: Option<&str>,
     path: Path_,
+    napi_thread: bool,
 ) -> Result<Served> {
     // veth hands a frame to the receiver's NAPI thread only when the sending device has
     // TSO off; otherwise the client's receive work lands on the target's core. The kernel's
-    // TCP (socket path) wants TSO (64 KiB segments); AF_XDP frames never use it, so the XDP
-    // runs turn it off on the target's end.
-    let tso = if path == Path_::Xdp { "off" } else { "on" };
+    // TCP (socket path) wants TSO (64 KiB segments); AF_XDP frames never use it, so with
+    // --napi-thread the XDP runs turn it off on the target's end.
+    let tso = if path == Path_::Xdp && napi_thread {
+        "off"
+    } else {
+        "on"
+    };
     let out = pair
         .target
         .command("ethtool")
@@ -362,13 +369,15 @@ fn set_mtu(pair: &VethPair, mtu: u32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn run(root: &Path, seconds: u64, reps: u32) -> Result<()> {
+pub(crate) fn run(root: &Path, seconds: u64, reps: u32, napi_thread: bool) -> Result<()> {
     let bin = super::release_binary(root)?;
     let pair = VethPair::create_named("xdpt-bench").context("creating the bench namespaces")?;
     // The user-space stack verifies checksums, and veth leaves the client's partial: the
     // client's end computes them in software (for both paths, so they compare fairly).
     pair.client_checksums_in_software()?;
-    client_rx_on_client_core(&pair)?;
+    if napi_thread {
+        client_rx_on_client_core(&pair)?;
+    }
     let url = format!(
         "nvme-tcp://{}:4420/nqn.2026-11.dev.xdp-target:default",
         pair.target_addr
@@ -389,8 +398,13 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32) -> Result<()> {
         .unwrap_or_default();
     println!(
         "xdp-target, sockets vs XDP path: 1 GiB memory namespace (NVMe namespace 1 = iSCSI LUN 0), \
-         target on CPU 0, client on CPU 1, veth pair (copy-mode AF_XDP), {seconds} s per run, \
-         median of {reps}, paths alternating; {cpus}"
+         target on CPU 0, client on CPU 1, veth pair (copy-mode AF_XDP{}), {seconds} s per run, \
+         median of {reps}, paths alternating; {cpus}",
+        if napi_thread {
+            "; client's receive work on a NAPI thread on CPU 1"
+        } else {
+            ""
+        }
     );
     let mut samples: Vec<Sample> = Vec::new();
     let mut idle = Vec::new();
@@ -398,7 +412,7 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32) -> Result<()> {
         set_mtu(&pair, mtu)?;
         for rep in 0..reps {
             for path in [Path_::Sockets, Path_::Xdp] {
-                let served = serve(&pair, &bin, &url, busy_poll.as_deref(), path)?;
+                let served = serve(&pair, &bin, &url, busy_poll.as_deref(), path, napi_thread)?;
                 let pid = served.0.id();
                 if rep == 0 {
                     idle.push((mtu, path, idle_cpu(pid, 2.0)?));
@@ -578,7 +592,7 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32) -> Result<()> {
     std::fs::write(
         &jpath,
         serde_json::to_string_pretty(&serde_json::json!({
-            "machine": cpus, "seconds": seconds, "repetitions": reps,
+            "machine": cpus, "seconds": seconds, "repetitions": reps, "napi_thread": napi_thread,
             "results": json, "idle": idle_json, "tgt_fio_libiscsi": tgt_json,
         }))?,
     )?;

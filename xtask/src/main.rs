@@ -57,6 +57,10 @@ enum Task {
         /// Repetitions of every run (the median is reported).
         #[arg(long, default_value_t = 3)]
         reps: u32,
+        /// Run the client's veth receive work on a NAPI thread on the client's core (GRO,
+        /// threaded NAPI, TSO off on the target's end for XDP) instead of veth's default.
+        #[arg(long)]
+        napi_thread: bool,
     },
     /// Run every fuzz target (fuzz/fuzz_targets) for a while with cargo-fuzz on nightly.
     Fuzz {
@@ -76,7 +80,11 @@ fn main() -> Result<()> {
         Task::Test { cargo_args } => test(&root, &cargo_args),
         Task::Demo => demo(&root),
         Task::Lab { accel, path } => lab::run(&root, accel, path),
-        Task::Bench { seconds, reps } => bench::run(&root, seconds, reps),
+        Task::Bench {
+            seconds,
+            reps,
+            napi_thread,
+        } => bench::run(&root, seconds, reps, napi_thread),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }
 }
