@@ -606,6 +606,35 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32, napi_thread: bool) -> Re
     Ok(())
 }
 
+/// Draws the chart of an earlier run's JSON (`target/bench.json`) again, into `png`.
+pub(crate) fn redraw(json: &Path, png: &Path) -> Result<()> {
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(json).with_context(|| format!("reading {}", json.display()))?,
+    )
+    .context("bench JSON")?;
+    let rows: Vec<(String, f64, f64)> = v["results"]
+        .as_array()
+        .context("no results in the JSON")?
+        .iter()
+        .map(|r| {
+            (
+                format!(
+                    "{} {} x{} {}",
+                    r["mtu"],
+                    r["job"].as_str().unwrap_or(""),
+                    r["connections"],
+                    r["protocol"].as_str().unwrap_or("")
+                ),
+                r["sockets"]["iops"].as_f64().unwrap_or(0.0),
+                r["xdp"]["iops"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    chart::draw(png, &rows)?;
+    println!("bench: chart in {}", png.display());
+    Ok(())
+}
+
 /// A PNG of the medians: the XDP path's IOPS over the socket path's, per row.
 mod chart {
     use std::path::Path;
@@ -641,10 +670,8 @@ mod chart {
             .disable_y_mesh()
             .y_labels(n)
             .y_label_formatter(&|y| match y {
-                SegmentValue::CenterOf(i) => rows
-                    .get(n.saturating_sub(i + 1))
-                    .map(|r| r.0.clone())
-                    .unwrap_or_default(),
+                // The axis has a segment past the last row; it stays unlabelled.
+                SegmentValue::CenterOf(i) if *i < n => rows[n - i - 1].0.clone(),
                 _ => String::new(),
             })
             .x_desc("XDP / sockets (1.0 = equal; right of the line, the XDP path is faster)")

@@ -61,6 +61,10 @@ enum Task {
         /// threaded NAPI, TSO off on the target's end for XDP) instead of veth's default.
         #[arg(long)]
         napi_thread: bool,
+        /// Only draw the chart of an earlier run's JSON (e.g. target/bench.json) into
+        /// target/bench.png.
+        #[arg(long, value_name = "JSON")]
+        chart_from: Option<PathBuf>,
     },
     /// Run every fuzz target (fuzz/fuzz_targets) for a while with cargo-fuzz on nightly.
     Fuzz {
@@ -81,9 +85,14 @@ fn main() -> Result<()> {
         Task::Demo => demo(&root),
         Task::Lab { accel, path } => lab::run(&root, accel, path),
         Task::Bench {
+            chart_from: Some(json),
+            ..
+        } => bench::redraw(&json, &root.join("target/bench.png")),
+        Task::Bench {
             seconds,
             reps,
             napi_thread,
+            chart_from: None,
         } => bench::run(&root, seconds, reps, napi_thread),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }
