@@ -53,8 +53,17 @@ pub struct StackConfig {
     pub rx_buffer: usize,
     /// Send buffer per connection.
     pub tx_buffer: usize,
-    /// Connections (including half-open ones) beyond which new SYNs are refused.
+    /// Connections (including half-open ones) beyond which new SYNs are refused, unless a
+    /// half-open one can give way.
     pub max_connections: usize,
+    /// Half-open connections (SYN received, handshake not completed) kept at most: beyond,
+    /// the oldest gives way to the newest. Every socket holds its buffers, so this bounds
+    /// what a SYN flood can take.
+    pub max_half_open: usize,
+    /// Released connections kept in TIME-WAIT at most: beyond, the oldest is dropped (a late
+    /// segment for it then gets RST), so connection storms cannot pile up buffers for the
+    /// ten seconds TIME-WAIT lasts.
+    pub max_time_wait: usize,
     /// Listening sockets kept ready per port: SYNs that arrive in one poll beyond this many
     /// are answered with RST (the initiator retries).
     pub backlog: usize,
@@ -80,6 +89,8 @@ impl Default for StackConfig {
             rx_buffer: 512 * 1024,
             tx_buffer: 512 * 1024,
             max_connections: 1024,
+            max_half_open: 256,
+            max_time_wait: 64,
             backlog: 8,
             handshake_timeout_us: 5_000_000,
             keep_alive_us: 15_000_000,
@@ -212,7 +223,12 @@ impl Stack {
         for port in self.config.ports.clone() {
             let have = self.listeners.iter().filter(|l| l.0 == port).count();
             for _ in have..self.config.backlog {
-                if self.live() >= self.config.max_connections + self.config.backlog {
+                // Sockets that are closing are bounded apart (TIME-WAIT, RSTs not yet sent):
+                // the limit is on the listeners and the connections that count.
+                let held = self.conns.iter().flatten().filter(|c| !c.released).count();
+                if held + self.listeners.len()
+                    >= self.config.max_connections + self.config.backlog * self.config.ports.len()
+                {
                     return;
                 }
                 let mut s = self.new_socket();
@@ -229,6 +245,43 @@ impl Stack {
         match self.free.pop() {
             Some(k) => self.conns[k] = Some(slot),
             None => self.conns.push(Some(slot)),
+        }
+    }
+
+    /// Half-open connections: SYN received, handshake not completed, not given up.
+    fn half_open(&self) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.released && !c.accepted)
+            .filter(|c| {
+                self.sockets.get::<tcp::Socket<'_>>(c.handle).state() == tcp::State::SynReceived
+            })
+            .count()
+    }
+
+    /// Drops the oldest released connections in TIME-WAIT beyond `max_time_wait`.
+    fn trim_time_wait(&mut self) {
+        let mut waiting: Vec<(u64, usize)> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| {
+                let c = c.as_ref()?;
+                let s = self.sockets.get::<tcp::Socket<'_>>(c.handle);
+                (c.released && s.state() == tcp::State::TimeWait).then_some((c.since_us, k))
+            })
+            .collect();
+        if waiting.len() <= self.config.max_time_wait {
+            return;
+        }
+        waiting.sort_unstable();
+        let excess = waiting.len() - self.config.max_time_wait;
+        for &(_, k) in &waiting[..excess] {
+            if let Some(slot) = self.conns[k].take() {
+                self.sockets.remove(slot.handle);
+                self.free.push(k);
+            }
         }
     }
 
@@ -265,6 +318,9 @@ impl Stack {
             // Connections the user holds or may yet be given; not those closing (TIME-WAIT
             // and the like), which `replenish` bounds with the other sockets.
             let open = self.conns.iter().flatten().filter(|c| !c.released).count();
+            if self.half_open() >= self.config.max_half_open {
+                self.evict_oldest_half_open();
+            }
             let mut refuse = open >= self.config.max_connections;
             if refuse && self.evict_oldest_half_open() {
                 // Full of handshakes nobody finishes (a SYN flood): the oldest gives way, so
@@ -375,6 +431,7 @@ impl Stack {
             .poll(instant(now_us), &mut device, &mut self.sockets)
             == smoltcp::iface::PollResult::SocketStateChanged;
         self.housekeeping();
+        self.trim_time_wait();
         self.collect_established();
         self.replenish();
         changed

@@ -965,6 +965,97 @@ fn target_closes_first_and_waits_in_time_wait() {
     assert_eq!(net.sock(peer.h).state(), tcp::State::Closed);
 }
 
+/// TIME-WAIT sockets keep their buffers: beyond `max_time_wait`, the oldest go at once.
+#[test]
+fn time_wait_is_capped() {
+    let cap = 3;
+    let mut net = Net::new(false, 1500, |c| c.max_time_wait = cap);
+    let mut echo = Echo::default();
+    let mut peers = Vec::new();
+    for i in 0..8u16 {
+        let mut p = Peer::new(&mut net, 25_000 + i, 1000, 16 * 1024);
+        net.run(SECOND, |n| {
+            echo.serve(&mut n.stack);
+            p.pump(n);
+            p.done()
+        });
+        peers.push(p);
+    }
+    // The target closes each first, so each of its sockets ends in TIME-WAIT.
+    for i in 0..peers.len() {
+        echo.release(&mut net.stack, i, true);
+    }
+    net.run(SECOND, |n| {
+        peers
+            .iter()
+            .all(|p| n.sock(p.h).state() == tcp::State::CloseWait)
+    });
+    for p in &peers {
+        net.sock(p.h).close();
+    }
+    net.run(SECOND, |n| {
+        peers
+            .iter()
+            .all(|p| n.sock(p.h).state() == tcp::State::Closed)
+    });
+    net.run_for(SECOND, |_| {});
+    assert_eq!(
+        net.stack.sockets(),
+        net.baseline + cap,
+        "only the newest {cap} stay in TIME-WAIT"
+    );
+    net.run(15 * SECOND, |n| n.stack.sockets() == n.baseline);
+}
+
+/// A SYN flood below the connection limit: half-open connections stay within
+/// `max_half_open` (the oldest give way), and a real initiator still gets in.
+#[test]
+fn half_open_connections_are_capped() {
+    let cap = 16;
+    let mut net = Net::new(false, 1500, |c| c.max_half_open = cap);
+    let mut echo = Echo::default();
+    let mut most = 0;
+    for i in 0..200u16 {
+        let ghost = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99)), 31_000 + i);
+        let syn = raw_segment(
+            ghost,
+            net.server_addr(),
+            TcpControl::Syn,
+            9,
+            None,
+            None,
+            &[],
+        );
+        net.sdev.rx.push_back(syn);
+        if i % 4 == 3 {
+            net.run_for(LINK_DELAY_US, |n| {
+                echo.serve(&mut n.stack);
+                most = most.max(n.stack.sockets());
+            });
+        }
+    }
+    net.run_for(10 * LINK_DELAY_US, |n| echo.serve(&mut n.stack));
+    // Listeners, the capped half-open ones, and the few aborted in the last poll whose RST
+    // is not out yet.
+    assert!(
+        most <= net.baseline + cap + 8,
+        "{most} sockets at most, {} listeners",
+        net.baseline
+    );
+    assert!(
+        net.stack.sockets() <= net.baseline + cap,
+        "{}",
+        net.stack.sockets()
+    );
+    let mut late = Peer::new(&mut net, 26_000, 5000, 16 * 1024);
+    net.run(SECOND, |n| {
+        echo.serve(&mut n.stack);
+        late.pump(n);
+        late.done()
+    });
+    assert_eq!(net.stack.connections(), 1);
+}
+
 #[test]
 fn rst_from_the_initiator_closes_the_connection() {
     let mut net = Net::new(false, 1500, |_| {});

@@ -34,6 +34,12 @@ pub fn xdp_path() -> bool {
     std::env::var("XDPT_TEST_PATH").is_ok_and(|v| v == "xdp")
 }
 
+/// The MTU the end-to-end suites set on both ends of their veth pair on the XDP path
+/// (`XDPT_TEST_MTU`, e.g. 9000 for jumbo frames through multi-buffer AF_XDP), if any.
+pub fn test_mtu() -> Option<u32> {
+    std::env::var("XDPT_TEST_MTU").ok()?.parse().ok()
+}
+
 /// Where `xdp-target serve --xdp IFACE` pins its maps.
 pub fn pin_dir(iface: &str) -> PathBuf {
     Path::new("/sys/fs/bpf/xdp-target").join(iface)
@@ -100,6 +106,16 @@ impl Target {
         if xdp {
             pair.client_checksums_in_software()
                 .expect("client checksums in software");
+            if let Some(mtu) = test_mtu() {
+                let m = mtu.to_string();
+                for (ns, dev) in [
+                    (&pair.target, &pair.target_if),
+                    (&pair.client, &pair.client_if),
+                ] {
+                    crate::netns::ip(&["-n", ns.name(), "link", "set", dev, "mtu", &m])
+                        .expect("set the test MTU");
+                }
+            }
             args.extend(["--xdp", &pair.target_if, "--require-afxdp"]);
         }
         let mut t = Self::start(&pair.target, &args, move || {
@@ -181,6 +197,18 @@ impl Target {
                 if self.xdp && !self.log_text().contains("(AF_XDP)") {
                     return Err(io::Error::other(format!(
                         "the test ran on the XDP path but no connection went through AF_XDP:\n{}",
+                        self.log_text()
+                    )));
+                }
+                // Jumbo frames are larger than a UMEM frame: the sockets must have been bound
+                // for multi-buffer packets.
+                if self.xdp
+                    && test_mtu().is_some_and(|m| m > 3000)
+                    && !self.log_text().contains("multi_buffer=true")
+                {
+                    return Err(io::Error::other(format!(
+                        "MTU {:?} but the AF_XDP sockets were not bound for multi-buffer packets:\n{}",
+                        test_mtu(),
                         self.log_text()
                     )));
                 }

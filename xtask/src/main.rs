@@ -159,23 +159,30 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
         cmd.arg("--").args(cargo_args);
     }
     let (mut passed, mut failed) = run_counting_tests(&mut cmd)?;
-    // The end-to-end suites again, served through AF_XDP and the user-space TCP/IP stack.
+    // The end-to-end suites again, served through AF_XDP and the user-space TCP/IP stack,
+    // at MTU 1500 and with jumbo frames (multi-buffer AF_XDP, the frags program).
     if cargo_args.is_empty() {
-        println!("xtask: the NVMe/TCP and iSCSI end-to-end suites again, over the XDP path");
-        let mut cmd = cargo(root);
-        cmd.env("XDPT_TEST_PATH", "xdp").args([
-            "test",
-            "--package",
-            "xdp-target-tests",
-            "--test",
-            "nvme_tcp",
-            "--test",
-            "iscsi",
-            "--no-fail-fast",
-        ]);
-        let (p, f) = run_counting_tests(&mut cmd)?;
-        passed += p;
-        failed += f;
+        for mtu in ["1500", "9000"] {
+            println!(
+                "xtask: the NVMe/TCP and iSCSI end-to-end suites again, over the XDP path, MTU {mtu}"
+            );
+            let mut cmd = cargo(root);
+            cmd.env("XDPT_TEST_PATH", "xdp")
+                .env("XDPT_TEST_MTU", mtu)
+                .args([
+                    "test",
+                    "--package",
+                    "xdp-target-tests",
+                    "--test",
+                    "nvme_tcp",
+                    "--test",
+                    "iscsi",
+                    "--no-fail-fast",
+                ]);
+            let (p, f) = run_counting_tests(&mut cmd)?;
+            passed += p;
+            failed += f;
+        }
     }
     // One closing line for the whole run, instead of the last test binary's.
     println!("tests: {passed} passed, {failed} failed");
