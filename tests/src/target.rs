@@ -174,9 +174,9 @@ impl Target {
         Ok(t)
     }
 
-    /// What the target has logged so far.
+    /// What the target has logged so far, without terminal colour codes.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     fn child_mut(&mut self) -> &mut Child {
@@ -240,6 +240,25 @@ impl Drop for Target {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`), which tracing's log lines
+/// carry around field names.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `xdp-target stats --iface IFACE --json`, parsed.
