@@ -229,6 +229,9 @@ fuzz_target!(|data: &[u8]| {
         rx_buffer: if opts & 1 != 0 { 2048 } else { 100_000 },
         tx_buffer: 4096,
         max_connections: 4,
+        // Small caps, so that the fuzzer reaches the eviction paths.
+        max_half_open: 3,
+        max_time_wait: 2,
         backlog: BACKLOG,
         handshake_timeout_us: 500 * MS,
         keep_alive_us: 300 * MS,

@@ -39,6 +39,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The fuzz targets live in their own workspace (cargo-fuzz builds them with nightly):
+    // check that they still compile against the crates they drive.
+    super::run(super::cargo(root).args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]))?;
     Ok(())
 }
 
