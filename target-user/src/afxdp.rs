@@ -24,6 +24,9 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, 
 
 /// Bind flag: the socket carries multi-buffer packets (frames larger than a UMEM chunk).
 const XDP_USE_SG: u16 = 1 << 4;
+/// The most a gathered multi-buffer frame may hold: the largest IP packet and its
+/// Ethernet header. The kernel bounds the chain anyway; this bounds what we copy.
+const MAX_GATHERED: usize = ETH_HEADER + 65_535;
 /// Descriptor option: the packet continues in the next descriptor.
 const XDP_PKT_CONTD: u32 = 1;
 /// Where the kernel puts received data in a frame in copy mode (XDP_PACKET_HEADROOM).
@@ -134,6 +137,8 @@ struct RxSide {
     pending: VecDeque<Received>,
     /// A multi-buffer packet being gathered.
     partial: Option<Vec<u8>>,
+    /// The packet being gathered outgrew `MAX_GATHERED`: it is dropped at its end.
+    too_long: bool,
     /// Buffers of gathered packets, for reuse.
     spare: Vec<Vec<u8>>,
     /// Frames read by the stack, to go back to the fill ring.
@@ -167,6 +172,8 @@ pub struct XskStats {
     pub rx_multi: u64,
     /// Packets sent in several frames.
     pub tx_multi: u64,
+    /// Multi-buffer packets longer than an IP packet can be, dropped.
+    pub rx_too_long: u64,
     pub wakeups: u64,
 }
 
@@ -284,6 +291,7 @@ impl Xsk {
                 rx,
                 pending: VecDeque::with_capacity(BATCH as usize),
                 partial: None,
+                too_long: false,
                 spare: Vec::new(),
                 recycle: Vec::with_capacity(sizes.frames as usize),
             },
@@ -351,10 +359,19 @@ impl Xsk {
         for &d in &descs[..n] {
             let more = d.options & XDP_PKT_CONTD != 0;
             if let Some(mut buf) = self.rx.partial.take() {
-                buf.extend_from_slice(self.frame(d));
+                let part = self.frame(d);
+                if buf.len() + part.len() <= MAX_GATHERED {
+                    buf.extend_from_slice(part);
+                } else {
+                    self.rx.too_long = true;
+                }
                 self.rx.recycle.push(d.addr);
                 if more {
                     self.rx.partial = Some(buf);
+                } else if std::mem::take(&mut self.rx.too_long) {
+                    // Longer than any IP packet: not gathered further, dropped whole.
+                    self.tx.stats.rx_too_long += 1;
+                    self.rx.spare.push(buf);
                 } else {
                     self.learn(sender(&buf));
                     self.tx.stats.rx_multi += 1;

@@ -391,6 +391,7 @@ impl XdpReactor {
             tx_no_neighbour = s.tx_no_neighbour,
             rx_multi = s.rx_multi,
             tx_multi = s.tx_multi,
+            rx_too_long = s.rx_too_long,
             wakeups = s.wakeups,
             kernel = ?self.xsk.kernel_stats(),
             "AF_XDP reactor stopped"
