@@ -238,6 +238,7 @@ fuzz_target!(|data: &[u8]| {
         timeout_us: 2000 * MS,
         ack_delay_us: (opts & 2 != 0).then_some(2 * MS),
         seed: u64::from(*opts),
+        isn_secret: [u64::from(*opts), 0],
     };
     let listeners = config.ports.len() * BACKLOG;
     let mut dev = MemoryLink::new(if opts & 4 != 0 { 9000 } else { 1500 });

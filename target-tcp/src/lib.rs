@@ -77,8 +77,11 @@ pub struct StackConfig {
     pub timeout_us: u64,
     /// Delayed ACK; `None` acknowledges every segment at once.
     pub ack_delay_us: Option<u64>,
-    /// Seeds the interface's random numbers (initial sequence numbers, ports).
+    /// Seeds the interface's random numbers (IP identifiers, ports). Not secret.
     pub seed: u64,
+    /// The secret key of initial sequence numbers (RFC 6528: a 4 µs clock plus SipHash-2-4 of
+    /// the four-tuple under this key). Give it 128 random bits from the operating system.
+    pub isn_secret: [u64; 2],
 }
 
 impl Default for StackConfig {
@@ -100,6 +103,7 @@ impl Default for StackConfig {
             // one per connection per poll, after every segment that poll received.
             ack_delay_us: None,
             seed: 0,
+            isn_secret: [0; 2],
         }
     }
 }
@@ -170,6 +174,7 @@ impl Stack {
     pub fn new<D: phy::Device + ?Sized>(config: StackConfig, device: &mut D, now_us: u64) -> Self {
         let mut c = Config::new(HardwareAddress::Ip);
         c.random_seed = config.seed;
+        c.isn_secret = config.isn_secret;
         let mut iface = Interface::new(c, device, instant(now_us));
         iface.update_ip_addrs(|addrs| {
             for &(a, len) in &config.addrs {

@@ -829,6 +829,70 @@ fn a_corrupted_syn_creates_nothing() {
     assert_eq!(net.stack.sockets(), net.baseline);
 }
 
+/// Sends a SYN from `from` straight into the target and returns when the SYN-ACK left (µs)
+/// and its sequence number; then resets the half-open connection.
+fn syn_ack(net: &mut Net, from: SocketAddr) -> (u64, u32) {
+    net.capture();
+    let syn = raw_segment(from, net.server_addr(), TcpControl::Syn, 9, None, None, &[]);
+    net.sdev.rx.push_back(syn);
+    net.run_for(3 * LINK_DELAY_US, |_| {});
+    let (at, seg) = net
+        .s2c
+        .segs()
+        .into_iter()
+        .find(|(_, s)| s.syn && s.ack && s.dst == from)
+        .expect("a SYN-ACK");
+    let rst = raw_segment(
+        from,
+        net.server_addr(),
+        TcpControl::Rst,
+        10,
+        None,
+        None,
+        &[],
+    );
+    net.sdev.rx.push_back(rst);
+    net.run_for(3 * LINK_DELAY_US, |_| {});
+    assert_eq!(net.stack.sockets(), net.baseline, "the RST ended it");
+    (at, seg.seq)
+}
+
+/// RFC 6528: ISN = a 4 µs clock + a keyed hash of the four-tuple. A new incarnation of a
+/// four-tuple starts exactly as far above the old one as the clock moved (so a peer still in
+/// TIME-WAIT accepts its SYN); another four-tuple, or another secret, lands anywhere.
+#[test]
+fn initial_sequence_numbers_follow_rfc_6528() {
+    let secret = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+    let ghost = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99)), port);
+    let mut net = Net::new(false, 1500, |c| c.isn_secret = secret);
+    let (t1, isn1) = syn_ack(&mut net, ghost(30_000));
+    net.run_for(SECOND, |_| {});
+    let (t2, isn2) = syn_ack(&mut net, ghost(30_000));
+    assert!(t2 - t1 >= SECOND);
+    assert_eq!(
+        isn2.wrapping_sub(isn1),
+        (t2 / 4 - t1 / 4) as u32,
+        "same four-tuple: the ISN moved with the 4 µs clock"
+    );
+    let (t3, isn3) = syn_ack(&mut net, ghost(30_001));
+    let clock = (t3 / 4 - t2 / 4) as u32;
+    let apart = isn3.wrapping_sub(isn2).wrapping_sub(clock);
+    assert!(
+        (1 << 20..u32::MAX - (1 << 20)).contains(&apart),
+        "another port: {isn3:#x} is not near {isn2:#x} + {clock}"
+    );
+
+    // The same SYN at the same moment under another secret.
+    let mut other = Net::new(false, 1500, |c| c.isn_secret = [secret[1], secret[0]]);
+    let (t4, isn4) = syn_ack(&mut other, ghost(30_000));
+    assert_eq!(t4, t1, "both nets run the same clock");
+    let apart = isn4.wrapping_sub(isn1);
+    assert!(
+        (1 << 20..u32::MAX - (1 << 20)).contains(&apart),
+        "another secret: {isn4:#x} is not near {isn1:#x}"
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // Flow control.
 

@@ -60,6 +60,28 @@ pub enum AfXdpError {
     },
     #[error("cannot start a reactor thread: {0}")]
     Thread(std::io::Error),
+    #[error("getrandom for the TCP sequence-number secret: {0}")]
+    Random(std::io::Error),
+}
+
+/// Three words from the kernel's random pool: the stacks' seed and their ISN secret.
+fn random_words() -> std::io::Result<[u64; 3]> {
+    let mut b = [0u8; 24];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `b`.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            got += n as usize;
+        }
+    }
+    let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    Ok([w(0), w(1), w(2)])
 }
 
 fn hint(errno: Option<i32>, mode: &str) -> &'static str {
@@ -285,15 +307,14 @@ pub fn start(
             .map_err(|source| AfXdpError::Register { queue: *q, source })?;
     }
     let mut threads = Vec::new();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let [seed, isn0, isn1] = random_words().map_err(AfXdpError::Random)?;
     for (q, mut xsk) in sockets {
         let stack = Stack::new(
             StackConfig {
                 addrs: addrs.clone(),
                 ports: ports.keys().copied().collect(),
                 seed: seed ^ u64::from(q).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                isn_secret: [isn0, isn1],
                 ..StackConfig::default()
             },
             &mut xsk,

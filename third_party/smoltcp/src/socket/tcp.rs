@@ -1063,20 +1063,23 @@ impl<'a> Socket<'a> {
         });
         self.set_state(State::SynSent);
 
-        let seq = Self::random_seq_no(cx);
+        let seq = Self::initial_seq_no(cx, local_endpoint, remote_endpoint);
         self.local_seq_no = seq;
         self.remote_last_seq = seq;
         Ok(())
     }
 
     #[cfg(test)]
-    fn random_seq_no(_cx: &mut Context) -> TcpSeqNumber {
+    fn initial_seq_no(_cx: &mut Context, _local: IpEndpoint, _remote: IpEndpoint) -> TcpSeqNumber {
         TcpSeqNumber(10000)
     }
 
+    // xdp-target patch: RFC 6528 instead of a plain random number, so that a new connection
+    // on a four-tuple still in the peer's TIME-WAIT starts above the old one's sequence
+    // space (Linux then accepts the SYN), while off-path attackers still cannot guess it.
     #[cfg(not(test))]
-    fn random_seq_no(cx: &mut Context) -> TcpSeqNumber {
-        TcpSeqNumber(cx.rand().rand_u32() as i32)
+    fn initial_seq_no(cx: &mut Context, local: IpEndpoint, remote: IpEndpoint) -> TcpSeqNumber {
+        TcpSeqNumber(cx.initial_seq_no(local, remote) as i32)
     }
 
     /// Close the transmit half of the full-duplex connection.
@@ -1915,11 +1918,10 @@ impl<'a> Socket<'a> {
                     }
                 }
 
-                self.tuple = Some(Tuple {
-                    local: IpEndpoint::new(ip_repr.dst_addr(), repr.dst_port),
-                    remote: IpEndpoint::new(ip_repr.src_addr(), repr.src_port),
-                });
-                self.local_seq_no = Self::random_seq_no(cx);
+                let local = IpEndpoint::new(ip_repr.dst_addr(), repr.dst_port);
+                let remote = IpEndpoint::new(ip_repr.src_addr(), repr.src_port);
+                self.tuple = Some(Tuple { local, remote });
+                self.local_seq_no = Self::initial_seq_no(cx, local, remote);
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no;
                 self.remote_has_sack = repr.sack_permitted;

@@ -129,6 +129,7 @@ pub struct InterfaceInner {
     caps: DeviceCapabilities,
     now: Instant,
     rand: Rand,
+    isn_secret: [u64; 2],
 
     #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
     neighbor_cache: NeighborCache,
@@ -168,6 +169,14 @@ pub struct Config {
     /// The seed doesn't have to be cryptographically secure.
     pub random_seed: u64,
 
+    /// Secret key of the initial sequence numbers (xdp-target patch, RFC 6528).
+    ///
+    /// A TCP connection's ISN is a 4 µs clock plus SipHash-2-4 of its four-tuple under this
+    /// key, so an off-path attacker cannot guess it, and a new incarnation of a four-tuple
+    /// starts above the old one. It must be secret and random: `random_seed` shows through
+    /// IP identifiers and ports and is not enough.
+    pub isn_secret: [u64; 2],
+
     /// Set the Hardware address the interface will use.
     ///
     /// # Panics
@@ -189,6 +198,7 @@ impl Config {
     pub fn new(hardware_addr: HardwareAddress) -> Self {
         Config {
             random_seed: 0,
+            isn_secret: [0; 2],
             hardware_addr,
             #[cfg(feature = "medium-ieee802154")]
             pan_id: None,
@@ -297,6 +307,7 @@ impl Interface {
                 #[cfg(feature = "proto-ipv6-slaac")]
                 slaac_updated: Instant::from_millis(0),
                 rand,
+                isn_secret: config.isn_secret,
             },
         }
     }
@@ -862,6 +873,21 @@ impl InterfaceInner {
     #[allow(unused)] // unused depending on which sockets are enabled, and in tests
     pub(crate) fn rand(&mut self) -> &mut Rand {
         &mut self.rand
+    }
+
+    /// RFC 6528's initial sequence number for a connection (xdp-target patch):
+    /// ISN = M + F(local, remote, secret), M a clock ticking every 4 µs, F SipHash-2-4.
+    #[allow(unused)] // unused without TCP sockets
+    pub(crate) fn initial_seq_no(&self, local: IpEndpoint, remote: IpEndpoint) -> u32 {
+        use core::hash::{Hash, Hasher};
+        // The deprecation points std users at RandomState; core's SipHasher is still
+        // SipHash-2-4 with explicit keys, which is what a keyed PRF needs here.
+        #[allow(deprecated)]
+        let mut f = core::hash::SipHasher::new_with_keys(self.isn_secret[0], self.isn_secret[1]);
+        local.hash(&mut f);
+        remote.hash(&mut f);
+        let m = (self.now.total_micros() / 4) as u32;
+        m.wrapping_add(f.finish() as u32)
     }
 
     #[allow(unused)] // unused depending on which sockets are enabled
