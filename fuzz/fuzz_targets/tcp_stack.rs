@@ -188,9 +188,18 @@ struct App {
 }
 
 impl App {
-    /// Polls, then accepts, echoes, and releases what the peers closed.
+    /// Takes in what arrived, accepts, echoes, releases what the peers closed, then sends,
+    /// the way the XDP reactor does.
     fn poll(&mut self) {
+        self.stack.poll_ingress(self.now, &mut self.dev);
+        self.serve();
         self.stack.poll(self.now, &mut self.dev);
+        for p in self.dev.tx.drain(..) {
+            observe(&p, &mut self.peers);
+        }
+    }
+
+    fn serve(&mut self) {
         for p in self.dev.tx.drain(..) {
             observe(&p, &mut self.peers);
         }

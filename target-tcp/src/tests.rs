@@ -893,6 +893,51 @@ fn initial_sequence_numbers_follow_rfc_6528() {
     );
 }
 
+/// A request/response exchange the way the reactors run it: ingress, the application
+/// answers, then the full poll. Every answer carries the ACK of its request, so the target
+/// sends exactly one segment per request and no bare ACK; with a plain `poll` first it would
+/// send two.
+#[test]
+fn answers_carry_the_ack_of_their_request() {
+    let mut net = Net::new(false, 9000, |_| {});
+    let mut echo = Echo::default();
+    let h = net.connect(40_000, 64 * 1024);
+    net.run(SECOND, |n| {
+        echo.serve(&mut n.stack);
+        n.sock(h).state() == tcp::State::Established && n.stack.connections() == 1
+    });
+    net.run_for(10 * LINK_DELAY_US, |n| echo.serve(&mut n.stack));
+    net.capture();
+    let request = pattern(3, 72);
+    for round in 1..=20 {
+        net.sock(h).send_slice(&request).unwrap();
+        let mut got = 0;
+        while got < request.len() {
+            net.stack.poll_ingress(net.now, &mut net.sdev);
+            echo.serve(&mut net.stack);
+            net.stack.poll(net.now, &mut net.sdev);
+            net.iface
+                .poll(instant(net.now), &mut net.cdev, &mut net.sockets);
+            net.s2c.carry(net.now, &mut net.sdev.tx, &mut net.cdev.rx);
+            net.c2s.carry(net.now, &mut net.cdev.tx, &mut net.sdev.rx);
+            net.now += LINK_DELAY_US;
+            let s = net.sock(h);
+            while s.can_recv() {
+                got += s.recv(|b| (b.len(), b.len())).unwrap();
+            }
+            assert!(net.now < 10 * SECOND, "round {round} never answered");
+        }
+    }
+    let from_target: Vec<Seg> = net.s2c.segs().into_iter().map(|(_, s)| s).collect();
+    let bare_acks = from_target
+        .iter()
+        .filter(|s| s.len == 0 && !s.syn && !s.fin)
+        .count();
+    let answers = from_target.iter().filter(|s| s.len > 0).count();
+    assert_eq!(answers, 20, "one segment per answer");
+    assert_eq!(bare_acks, 0, "{from_target:#?}");
+}
+
 // ------------------------------------------------------------------------------------------
 // Flow control.
 

@@ -376,7 +376,8 @@ impl XdpReactor {
         while !stop.load(Ordering::Relaxed) {
             let now = self.now_us();
             let mut work = self.xsk.pull() > 0;
-            work |= self.stack.poll(now, &mut self.xsk);
+            // Ingress only: the ACKs of what arrived wait for the answers below.
+            work |= self.stack.poll_ingress(now, &mut self.xsk);
             while let Some(a) = self.stack.accept() {
                 self.accept(a);
                 work = true;
