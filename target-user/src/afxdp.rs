@@ -151,12 +151,58 @@ struct TxSide {
     base: NonNull<u8>,
     frame_size: u32,
     free: Vec<u64>,
+    /// Runs of adjacent frames for packets larger than a frame.
+    runs: Runs,
     /// Packets written into frames, not yet on the tx ring.
     queued: Vec<XdpDesc>,
     mac: [u8; 6],
-    neighbours: HashMap<IpAddr, [u8; 6]>,
+    neighbours: Neighbours,
     scratch: Vec<u8>,
     stats: XskStats,
+}
+
+/// Peers' MACs (the next hop towards them), learned from the frames they send.
+///
+/// Bounded, because every steered frame teaches it, spoofed SYN floods included: beyond
+/// `NEIGHBOURS_MAX` addresses an arbitrary one gives way, and if that was a live peer its
+/// next frame (a retransmission at worst) teaches it again. The last address used is kept
+/// aside: a burst of frames from or to one peer costs no lookup.
+#[derive(Default)]
+struct Neighbours {
+    map: HashMap<IpAddr, [u8; 6]>,
+    last: Option<(IpAddr, [u8; 6])>,
+}
+
+const NEIGHBOURS_MAX: usize = 4096;
+
+impl Neighbours {
+    fn learn(&mut self, ip: IpAddr, mac: [u8; 6]) {
+        if self.last == Some((ip, mac)) {
+            return;
+        }
+        self.last = Some((ip, mac));
+        if self.map.get(&ip) == Some(&mac) {
+            return;
+        }
+        if self.map.len() >= NEIGHBOURS_MAX
+            && !self.map.contains_key(&ip)
+            && let Some(old) = self.map.keys().next().copied()
+        {
+            self.map.remove(&old);
+        }
+        self.map.insert(ip, mac);
+    }
+
+    fn get(&mut self, ip: IpAddr) -> Option<[u8; 6]> {
+        match self.last {
+            Some((last, mac)) if last == ip => Some(mac),
+            _ => {
+                let mac = *self.map.get(&ip)?;
+                self.last = Some((ip, mac));
+                Some(mac)
+            }
+        }
+    }
 }
 
 /// What the socket did, for the logs and the benchmark.
@@ -276,6 +322,16 @@ impl Xsk {
             .map(|i| i * u64::from(sizes.frame_size))
             .collect();
         let (fill, free) = all.split_at(all.len() / 2);
+        // With multi-buffer, half the sending frames form runs of adjacent frames, each
+        // large enough for the biggest packet.
+        let (free, runs) = if multi_buffer {
+            let per_run = (iface_mtu + ETH_HEADER).div_ceil(sizes.frame_size as usize);
+            let n = free.len() / 2 / per_run;
+            let (single, run) = free.split_at(free.len() - n * per_run);
+            (single, Runs::new(run, per_run, sizes.frame_size))
+        } else {
+            (free, Runs::new(&[], 1, sizes.frame_size))
+        };
         let mut w = fq.fill(u32::try_from(fill.len()).unwrap_or(u32::MAX));
         w.insert(fill.iter().copied());
         w.commit();
@@ -300,9 +356,10 @@ impl Xsk {
                 base: area.ptr,
                 frame_size: sizes.frame_size,
                 free: free.to_vec(),
+                runs,
                 queued: Vec::with_capacity(BATCH as usize),
                 mac,
-                neighbours: HashMap::new(),
+                neighbours: Neighbours::default(),
                 scratch: vec![0u8; 65536],
                 stats: XskStats::default(),
             },
@@ -405,10 +462,8 @@ impl Xsk {
 
     /// Remembers a sender's MAC for its IP address: the next hop to answer it through.
     fn learn(&mut self, sender: Option<(IpAddr, [u8; 6])>) {
-        if let Some((ip, mac)) = sender
-            && self.tx.neighbours.get(&ip) != Some(&mac)
-        {
-            self.tx.neighbours.insert(ip, mac);
+        if let Some((ip, mac)) = sender {
+            self.tx.neighbours.learn(ip, mac);
         }
     }
 
@@ -437,7 +492,7 @@ impl Xsk {
         }
         let mut c = self.fq.complete(BATCH * 4);
         while let Some(a) = c.read() {
-            tx.free.push(a);
+            tx.completed(a);
         }
         c.release();
         drop(c);
@@ -508,7 +563,7 @@ impl TxSide {
             ),
             _ => return false,
         };
-        let Some(mac) = self.neighbours.get(&dst).copied() else {
+        let Some(mac) = self.neighbours.get(dst) else {
             self.stats.tx_no_neighbour += 1;
             return false;
         };
@@ -521,6 +576,105 @@ impl TxSide {
     /// A free frame's bytes, `len` long.
     fn frame_mut(&mut self, addr: u64, len: usize) -> &mut [u8] {
         frame_at(self.base, self.frame_size, addr, len)
+    }
+
+    /// The kernel is done with the frame at `addr`.
+    fn completed(&mut self, addr: u64) {
+        if !self.runs.completed(addr) {
+            self.free.push(addr);
+        }
+    }
+
+    /// Sends `buf` (a packet written in place in the run at `start`) as a chain of
+    /// descriptors, one per frame of the run.
+    fn chain(&mut self, start: u64, total: usize) {
+        let chunk = self.frame_size as usize;
+        let need = total.div_ceil(chunk);
+        for i in 0..need {
+            let len = chunk.min(total - i * chunk);
+            self.queued.push(XdpDesc {
+                addr: start + (i * chunk) as u64,
+                len: u32::try_from(len).unwrap_or(0),
+                options: if i + 1 < need { XDP_PKT_CONTD } else { 0 },
+            });
+        }
+        self.runs.sent(start, need);
+        self.stats.tx_multi += 1;
+    }
+}
+
+/// Runs of adjacent UMEM frames, each a contiguous buffer for one packet larger than a
+/// frame: the stack writes the packet in place and it goes out as a chain of descriptors,
+/// one per frame (multi-buffer AF_XDP), with no copy. A run is free again when the kernel
+/// has completed every descriptor of its packet.
+struct Runs {
+    /// The address of the first run; runs follow each other.
+    start: u64,
+    /// Bytes per run.
+    run_bytes: u64,
+    free: Vec<u64>,
+    /// Descriptors the kernel has not completed yet, per run.
+    outstanding: Vec<u8>,
+}
+
+impl Runs {
+    /// Runs made of `frames` (adjacent, ascending), `per_run` frames each.
+    fn new(frames: &[u64], per_run: usize, frame_size: u32) -> Self {
+        let run_bytes = per_run as u64 * u64::from(frame_size);
+        let count = frames.len() / per_run.max(1);
+        let start = frames.first().copied().unwrap_or(0);
+        debug_assert!(
+            frames
+                .windows(2)
+                .all(|w| w[1] == w[0] + u64::from(frame_size))
+        );
+        Self {
+            start,
+            run_bytes,
+            free: (0..count as u64)
+                .rev()
+                .map(|i| start + i * run_bytes)
+                .collect(),
+            outstanding: vec![0; count],
+        }
+    }
+
+    fn index(&self, addr: u64) -> Option<usize> {
+        let i = addr.checked_sub(self.start)? / self.run_bytes.max(1);
+        (usize::try_from(i).ok()? < self.outstanding.len()).then_some(i as usize)
+    }
+
+    /// A free run able to hold `len` bytes.
+    fn take(&mut self, len: usize) -> Option<u64> {
+        if len as u64 > self.run_bytes {
+            return None;
+        }
+        self.free.pop()
+    }
+
+    fn sent(&mut self, start: u64, descriptors: usize) {
+        if let Some(i) = self.index(start) {
+            self.outstanding[i] = u8::try_from(descriptors).unwrap_or(u8::MAX);
+        }
+    }
+
+    /// Counts a completed frame; true if it belongs to a run (then it is not a single
+    /// frame to free).
+    fn completed(&mut self, addr: u64) -> bool {
+        let Some(i) = self.index(addr) else {
+            return false;
+        };
+        let left = &mut self.outstanding[i];
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.free.push(self.start + i as u64 * self.run_bytes);
+        }
+        true
+    }
+
+    /// A run taken but not sent (no neighbour): free again.
+    fn put_back(&mut self, start: u64) {
+        self.free.push(start);
     }
 }
 
@@ -562,7 +716,21 @@ impl phy::TxToken for TxToken<'_> {
             }
             return r;
         }
-        // A jumbo packet: written once into scratch, then spread over chained frames.
+        // A jumbo packet: written in place into a run of adjacent frames.
+        if let Some(start) = tx.runs.take(total) {
+            // SAFETY: as in `frame_at`: a free run is `run_bytes` of UMEM nobody else uses.
+            let buf = unsafe {
+                std::slice::from_raw_parts_mut(tx.base.as_ptr().add(start as usize), total)
+            };
+            let r = f(&mut buf[ETH_HEADER..]);
+            if tx.ethernet(buf) {
+                tx.chain(start, total);
+            } else {
+                tx.runs.put_back(start);
+            }
+            return r;
+        }
+        // No run free: written once into scratch, then spread over chained single frames.
         let mut buf = std::mem::take(&mut tx.scratch);
         buf.resize(total.max(buf.len()), 0);
         let r = f(&mut buf[ETH_HEADER..total]);
@@ -626,7 +794,7 @@ impl phy::Device for Xsk {
             // Take back what the kernel finished sending before giving up.
             let mut c = self.fq.complete(BATCH * 4);
             while let Some(a) = c.read() {
-                self.tx.free.push(a);
+                self.tx.completed(a);
             }
             c.release();
         }
@@ -641,5 +809,64 @@ impl phy::Device for Xsk {
         c.medium = Medium::Ip;
         c.max_transmission_unit = self.mtu;
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(i: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
+    }
+
+    #[test]
+    fn neighbours_follow_a_changed_mac() {
+        let mut n = Neighbours::default();
+        n.learn(ip(1), [1; 6]);
+        n.learn(ip(2), [2; 6]);
+        assert_eq!(n.get(ip(1)), Some([1; 6]));
+        n.learn(ip(1), [9; 6]);
+        assert_eq!(n.get(ip(2)), Some([2; 6]));
+        assert_eq!(n.get(ip(1)), Some([9; 6]), "the newer MAC wins");
+        assert_eq!(n.get(ip(3)), None);
+    }
+
+    #[test]
+    fn a_run_is_free_again_once_every_descriptor_of_its_packet_completed() {
+        let frames: Vec<u64> = (2..8).map(|i| i * 4096).collect();
+        let mut runs = Runs::new(&frames, 3, 4096);
+        assert_eq!(runs.take(3 * 4096 + 1), None, "larger than a run");
+        let a = runs.take(9014).unwrap();
+        let b = runs.take(4200).unwrap();
+        assert_eq!([a, b], [2 * 4096, 5 * 4096]);
+        assert_eq!(runs.take(100), None, "both runs taken");
+        runs.sent(a, 3);
+        runs.sent(b, 2);
+        assert!(!runs.completed(4096), "a single frame, not a run's");
+        assert!(!runs.completed(8 * 4096), "a single frame, not a run's");
+        assert!(runs.completed(b));
+        assert!(runs.completed(a) && runs.completed(a + 4096));
+        assert_eq!(runs.take(100), None, "a packet still in flight in each");
+        assert!(runs.completed(b + 4096));
+        assert_eq!(runs.take(100), Some(b));
+        assert!(runs.completed(a + 8192));
+        assert_eq!(runs.take(100), Some(a));
+    }
+
+    #[test]
+    fn a_flood_of_addresses_cannot_grow_the_neighbours_without_bound() {
+        let mut n = Neighbours::default();
+        n.learn(ip(0), [7; 6]);
+        for i in 1..100_000 {
+            n.learn(ip(i), [1; 6]);
+        }
+        assert_eq!(n.map.len(), NEIGHBOURS_MAX);
+        assert_eq!(n.get(ip(99_999)), Some([1; 6]));
+        // A peer pushed out is known again from its next frame.
+        n.learn(ip(0), [7; 6]);
+        assert_eq!(n.get(ip(0)), Some([7; 6]));
+        assert_eq!(n.map.len(), NEIGHBOURS_MAX);
     }
 }
