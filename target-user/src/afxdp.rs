@@ -29,6 +29,20 @@ const XDP_USE_SG: u16 = 1 << 4;
 const MAX_GATHERED: usize = ETH_HEADER + 65_535;
 /// Descriptor option: the packet continues in the next descriptor.
 const XDP_PKT_CONTD: u32 = 1;
+/// Descriptor option: the packet has TX metadata (`struct xsk_tx_metadata`) before it.
+const XDP_TX_METADATA: u32 = 1 << 1;
+/// UMEM flag: reserve `tx_metadata_len` bytes before every transmitted descriptor
+/// (required for it since Linux 6.11).
+const XDP_UMEM_TX_METADATA_LEN: u32 = 1 << 2;
+/// UMEM flag: the kernel computes requested checksums itself (copy mode only).
+const XDP_UMEM_TX_SW_CSUM: u32 = 1 << 1;
+/// `struct xsk_tx_metadata`: flags (u64), csum_start (u16), csum_offset (u16), padding,
+/// launch_time (u64).
+const TX_METADATA_LEN: usize = 24;
+/// Metadata flag: checksum the packet from csum_start and store it at csum_offset.
+const XDP_TXMD_FLAGS_CHECKSUM: u64 = 1 << 1;
+/// Where the checksum sits in a TCP header.
+const TCP_CHECKSUM_AT: u16 = 16;
 /// Where the kernel puts received data in a frame in copy mode (XDP_PACKET_HEADROOM).
 const RX_HEADROOM: u32 = 256;
 const ETH_HEADER: usize = 14;
@@ -59,6 +73,25 @@ pub struct XskSizes {
     pub frame_size: u32,
     /// Entries in each ring (power of two).
     pub ring: u32,
+    /// Who computes the TCP checksums of sent packets.
+    pub tx_checksum: TxChecksum,
+}
+
+/// Who computes the TCP checksums of sent packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TxChecksum {
+    /// The device, asked through AF_XDP TX metadata (Linux 6.11); user space only seeds
+    /// the field with the pseudo-header sum. Falls back to `software` where the kernel
+    /// cannot register TX metadata.
+    #[default]
+    Offload,
+    /// User space computes them.
+    Software,
+    /// Asked as with `offload`, but the kernel computes them in software before the
+    /// packet leaves (copy mode only): the receiver then checks what `offload` would
+    /// have the device compute. For tests.
+    Kernel,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +186,11 @@ struct TxSide {
     free: Vec<u64>,
     /// Runs of adjacent frames for packets larger than a frame.
     runs: Runs,
+    /// Bytes of TX metadata before every descriptor: 0, or `TX_METADATA_LEN` when the
+    /// device computes TCP checksums.
+    meta: usize,
+    /// `TxChecksum::Kernel`: the kernel, not the device, completes them.
+    kernel_checksum: bool,
     /// Packets written into frames, not yet on the tx ring.
     queued: Vec<XdpDesc>,
     mac: [u8; 6],
@@ -265,17 +303,38 @@ impl Xsk {
     ) -> Result<Self, XskError> {
         let len = sizes.frames as usize * sizes.frame_size as usize;
         let area = Area::new(len)?;
-        let config = UmemConfig {
+        let plain = UmemConfig {
             fill_size: sizes.ring,
             complete_size: sizes.ring,
             frame_size: sizes.frame_size,
             headroom: 0,
             flags: 0,
+            tx_metadata_len: 0,
+        };
+        let with_metadata = UmemConfig {
+            flags: XDP_UMEM_TX_METADATA_LEN
+                | if sizes.tx_checksum == TxChecksum::Kernel {
+                    XDP_UMEM_TX_SW_CSUM
+                } else {
+                    0
+                },
+            tx_metadata_len: TX_METADATA_LEN as u32,
+            ..plain.clone()
         };
         let slice = NonNull::slice_from_raw_parts(area.ptr, len);
         // SAFETY: `area` is a page-aligned mapping of `len` bytes that outlives the UMEM
         // (both live in the returned `Xsk`, the UMEM dropped first).
-        let umem = unsafe { Umem::new(config, slice) }.map_err(sys("registering the UMEM"))?;
+        let register = |config| unsafe { Umem::new(config, slice) };
+        let (umem, offload) = match sizes.tx_checksum {
+            TxChecksum::Software => (register(plain), false),
+            // Kernels before 6.11 refuse the flag: checksums are then computed here.
+            _ => match register(with_metadata) {
+                Ok(u) => (Ok(u), true),
+                Err(_) => (register(plain), false),
+            },
+        };
+        let umem = umem.map_err(sys("registering the UMEM"))?;
+        let meta = if offload { TX_METADATA_LEN } else { 0 };
         let mut info = IfInfo::invalid();
         let name = CString::new(iface).map_err(|_| XskError::Sys {
             what: "interface name",
@@ -325,7 +384,7 @@ impl Xsk {
         // With multi-buffer, half the sending frames form runs of adjacent frames, each
         // large enough for the biggest packet.
         let (free, runs) = if multi_buffer {
-            let per_run = (iface_mtu + ETH_HEADER).div_ceil(sizes.frame_size as usize);
+            let per_run = (iface_mtu + ETH_HEADER).div_ceil(sizes.frame_size as usize - meta);
             let n = free.len() / 2 / per_run;
             let (single, run) = free.split_at(free.len() - n * per_run);
             (single, Runs::new(run, per_run, sizes.frame_size))
@@ -357,6 +416,8 @@ impl Xsk {
                 frame_size: sizes.frame_size,
                 free: free.to_vec(),
                 runs,
+                meta,
+                kernel_checksum: sizes.tx_checksum == TxChecksum::Kernel,
                 queued: Vec::with_capacity(BATCH as usize),
                 mac,
                 neighbours: Neighbours::default(),
@@ -384,6 +445,11 @@ impl Xsk {
     /// Bound for multi-buffer packets (the MTU exceeds a frame).
     pub fn multi_buffer(&self) -> bool {
         self.multi_buffer
+    }
+
+    /// Whether sent TCP checksums are left to the device (TX metadata registered).
+    pub fn checksum_offload(&self) -> bool {
+        self.tx.meta > 0
     }
 
     /// The IP MTU the stack may use: the interface's, or less if a frame holds less.
@@ -578,28 +644,75 @@ impl TxSide {
         frame_at(self.base, self.frame_size, addr, len)
     }
 
-    /// The kernel is done with the frame at `addr`.
+    /// The kernel is done with the descriptor at `addr` (in its frame, after the metadata).
     fn completed(&mut self, addr: u64) {
+        let addr = addr - addr % u64::from(self.frame_size);
         if !self.runs.completed(addr) {
             self.free.push(addr);
         }
     }
 
-    /// Sends `buf` (a packet written in place in the run at `start`) as a chain of
-    /// descriptors, one per frame of the run.
-    fn chain(&mut self, start: u64, total: usize) {
+    /// Sends the packet written in place in the run at `start` (`meta` bytes in, `total`
+    /// long) as a chain of descriptors, one per frame of the run. The kernel wants `meta`
+    /// bytes free before every descriptor, so each frame's part moves up by that much
+    /// per frame before it (the last part first; only the bytes beyond the first frame
+    /// move).
+    fn chain(&mut self, start: u64, total: usize, options: u32) {
         let chunk = self.frame_size as usize;
-        let need = total.div_ceil(chunk);
+        let (m, piece) = (self.meta, chunk - self.meta);
+        let need = total.div_ceil(piece);
+        if m > 0 && need > 1 {
+            // SAFETY: as in `consume`: the run is `need` frames of UMEM owned by us.
+            let run = unsafe {
+                std::slice::from_raw_parts_mut(self.base.as_ptr().add(start as usize), need * chunk)
+            };
+            for i in (1..need).rev() {
+                let from = m + i * piece;
+                let len = piece.min(total - i * piece);
+                run.copy_within(from..from + len, i * chunk + m);
+            }
+        }
         for i in 0..need {
-            let len = chunk.min(total - i * chunk);
+            let len = piece.min(total - i * piece);
+            let first = if i == 0 { options } else { 0 };
             self.queued.push(XdpDesc {
-                addr: start + (i * chunk) as u64,
+                addr: start + (i * chunk + m) as u64,
                 len: u32::try_from(len).unwrap_or(0),
-                options: if i + 1 < need { XDP_PKT_CONTD } else { 0 },
+                options: first | if i + 1 < need { XDP_PKT_CONTD } else { 0 },
             });
         }
         self.runs.sent(start, need);
         self.stats.tx_multi += 1;
+    }
+
+    /// With checksum offload, turns `buf` (`meta` bytes, then an Ethernet frame whose TCP
+    /// checksum smoltcp left out) into a request to the device: the checksum field gets
+    /// the pseudo-header sum and the metadata says where to sum from and where to store.
+    /// Returns the descriptor options for it.
+    fn request_checksum(&self, buf: &mut [u8]) -> u32 {
+        if self.meta == 0 {
+            return 0;
+        }
+        let chained = buf.len() > self.frame_size as usize;
+        let (meta, frame) = buf.split_at_mut(self.meta);
+        let ip = &mut frame[ETH_HEADER..];
+        let Some(tcp_at) = seed_tcp_checksum(ip) else {
+            // Not TCP: smoltcp computed the checksums itself.
+            return 0;
+        };
+        if chained && self.kernel_checksum {
+            // The kernel's software checksum covers only the first descriptor of a chain
+            // (it runs before the rest is attached): complete it here, as the device would.
+            let tcp = &mut ip[usize::from(tcp_at)..];
+            let sum = !ones_complement_sum(tcp);
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+            return 0;
+        }
+        meta.fill(0);
+        meta[..8].copy_from_slice(&XDP_TXMD_FLAGS_CHECKSUM.to_ne_bytes());
+        meta[8..10].copy_from_slice(&(ETH_HEADER as u16 + tcp_at).to_ne_bytes());
+        meta[10..12].copy_from_slice(&TCP_CHECKSUM_AT.to_ne_bytes());
+        XDP_TX_METADATA
     }
 }
 
@@ -694,22 +807,24 @@ fn frame_at<'a>(base: NonNull<u8>, frame_size: u32, addr: u64, len: usize) -> &'
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let tx = self.tx;
+        let m = tx.meta;
         let total = ETH_HEADER + len;
         let chunk = tx.frame_size as usize;
-        if total <= chunk {
-            // The common case: written in place, in one frame.
+        if m + total <= chunk {
+            // The common case: written in place, in one frame, behind the metadata.
             let Some(addr) = tx.free.pop() else {
                 tx.stats.tx_no_frame += 1;
                 tx.scratch.resize(total.max(tx.scratch.len()), 0);
                 return f(&mut tx.scratch[ETH_HEADER..total]);
             };
-            let buf = frame_at(tx.base, tx.frame_size, addr, total);
-            let r = f(&mut buf[ETH_HEADER..]);
-            if tx.ethernet(buf) {
+            let buf = frame_at(tx.base, tx.frame_size, addr, m + total);
+            let r = f(&mut buf[m + ETH_HEADER..]);
+            if tx.ethernet(&mut buf[m..]) {
+                let options = tx.request_checksum(buf);
                 tx.queued.push(XdpDesc {
-                    addr,
+                    addr: addr + m as u64,
                     len: u32::try_from(total).unwrap_or(0),
-                    options: 0,
+                    options,
                 });
             } else {
                 tx.free.push(addr);
@@ -717,14 +832,15 @@ impl phy::TxToken for TxToken<'_> {
             return r;
         }
         // A jumbo packet: written in place into a run of adjacent frames.
-        if let Some(start) = tx.runs.take(total) {
+        if let Some(start) = tx.runs.take(total.div_ceil(chunk - m) * chunk) {
             // SAFETY: as in `frame_at`: a free run is `run_bytes` of UMEM nobody else uses.
             let buf = unsafe {
-                std::slice::from_raw_parts_mut(tx.base.as_ptr().add(start as usize), total)
+                std::slice::from_raw_parts_mut(tx.base.as_ptr().add(start as usize), m + total)
             };
-            let r = f(&mut buf[ETH_HEADER..]);
-            if tx.ethernet(buf) {
-                tx.chain(start, total);
+            let r = f(&mut buf[m + ETH_HEADER..]);
+            if tx.ethernet(&mut buf[m..]) {
+                let options = tx.request_checksum(buf);
+                tx.chain(start, total, options);
             } else {
                 tx.runs.put_back(start);
             }
@@ -732,19 +848,26 @@ impl phy::TxToken for TxToken<'_> {
         }
         // No run free: written once into scratch, then spread over chained single frames.
         let mut buf = std::mem::take(&mut tx.scratch);
-        buf.resize(total.max(buf.len()), 0);
-        let r = f(&mut buf[ETH_HEADER..total]);
-        let need = total.div_ceil(chunk);
+        buf.resize((m + total).max(buf.len()), 0);
+        let r = f(&mut buf[m + ETH_HEADER..m + total]);
+        let piece = chunk - m;
+        let need = total.div_ceil(piece);
         if tx.free.len() < need {
             tx.stats.tx_no_frame += 1;
-        } else if tx.ethernet(&mut buf[..total]) {
-            for (i, part) in buf[..total].chunks(chunk).enumerate() {
+        } else if tx.ethernet(&mut buf[m..m + total]) {
+            let options = tx.request_checksum(&mut buf[..m + total]);
+            for (i, part) in buf[m..m + total].chunks(piece).enumerate() {
                 let addr = tx.free.pop().expect("counted above");
-                tx.frame_mut(addr, part.len()).copy_from_slice(part);
+                let frame = tx.frame_mut(addr, m + part.len());
+                if i == 0 {
+                    frame[..m].copy_from_slice(&buf[..m]);
+                }
+                frame[m..].copy_from_slice(part);
                 tx.queued.push(XdpDesc {
-                    addr,
+                    addr: addr + m as u64,
                     len: u32::try_from(part.len()).unwrap_or(0),
-                    options: if i + 1 < need { XDP_PKT_CONTD } else { 0 },
+                    options: if i == 0 { options } else { 0 }
+                        | if i + 1 < need { XDP_PKT_CONTD } else { 0 },
                 });
             }
             tx.stats.tx_multi += 1;
@@ -752,6 +875,64 @@ impl phy::TxToken for TxToken<'_> {
         tx.scratch = buf;
         r
     }
+}
+
+/// Seeds the TCP checksum of `ip` (an IPv4 or IPv6 packet carrying TCP) for a device that
+/// completes it: the field gets the folded sum of the pseudo-header, uncomplemented, as
+/// Linux leaves it for CHECKSUM_PARTIAL. Returns where the TCP header starts; `None` if
+/// the packet is not TCP.
+fn seed_tcp_checksum(ip: &mut [u8]) -> Option<u16> {
+    let mut sum: u64 = 0;
+    let mut add = |b: &[u8]| sum += u64::from(ones_complement_sum(b));
+    let at = match ip.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(ip[0] & 0xf) * 4;
+            if ip.len() < 20 || ip[9] != 6 || ihl < 20 {
+                return None;
+            }
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let tcp_len = u16::try_from(total.checked_sub(ihl)?).ok()?;
+            add(&ip[12..20]);
+            add(&[0, 6]);
+            add(&tcp_len.to_be_bytes());
+            ihl
+        }
+        6 => {
+            if ip.len() < 40 || ip[6] != 6 {
+                return None;
+            }
+            add(&ip[8..40]);
+            add(&[0, 0]);
+            add(&ip[4..6]);
+            add(&[0, 6]);
+            40
+        }
+        _ => return None,
+    };
+    let field = ip.get_mut(at + 16..at + 18)?;
+    field.copy_from_slice(&fold(sum).to_be_bytes());
+    u16::try_from(at).ok()
+}
+
+/// The folded ones'-complement sum of `b` as big-endian 16-bit words (RFC 1071).
+fn ones_complement_sum(b: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut words = b.chunks_exact(2);
+    for w in &mut words {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    fold(sum)
+}
+
+/// Folds carries back in until `sum` fits 16 bits.
+fn fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
 
 impl phy::Device for Xsk {
@@ -808,6 +989,10 @@ impl phy::Device for Xsk {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ip;
         c.max_transmission_unit = self.mtu;
+        if self.tx.meta > 0 {
+            // The device computes TCP checksums on the way out (`request_checksum`).
+            c.checksum.tcp = phy::Checksum::Rx;
+        }
         c
     }
 }
@@ -831,6 +1016,80 @@ mod tests {
         assert_eq!(n.get(ip(2)), Some([2; 6]));
         assert_eq!(n.get(ip(1)), Some([9; 6]), "the newer MAC wins");
         assert_eq!(n.get(ip(3)), None);
+    }
+
+    /// The ones'-complement sum of `b` as 16-bit big-endian words, folded.
+    fn ones(b: &[u8]) -> u16 {
+        let mut sum: u32 = b
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    /// A TCP segment (20-byte header, odd-length payload) behind an IPv4 or IPv6 header,
+    /// with its checksum computed the textbook way; the checksum field zeroed.
+    fn tcp_packet(v6: bool) -> (Vec<u8>, usize, u16) {
+        let payload: Vec<u8> = (0..4097u32).map(|i| (i * 7 + 3) as u8).collect();
+        let tcp_len = 20 + payload.len();
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&4420u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&51_000u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18;
+        tcp.extend_from_slice(&payload);
+        let (mut ip, pseudo) = if v6 {
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+            ip[6] = 6;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&[0xfd, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            ip[24..40].copy_from_slice(&[0xfd, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            let mut pseudo = ip[8..40].to_vec();
+            pseudo.extend_from_slice(&(tcp_len as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 6]);
+            (ip, pseudo)
+        } else {
+            let mut ip = vec![0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+            ip[8] = 64;
+            ip[9] = 6;
+            ip[12..16].copy_from_slice(&[10, 99, 0, 1]);
+            ip[16..20].copy_from_slice(&[10, 99, 0, 2]);
+            let mut pseudo = ip[12..20].to_vec();
+            pseudo.extend_from_slice(&[0, 6]);
+            pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+            (ip, pseudo)
+        };
+        let mut all = pseudo;
+        all.extend_from_slice(&tcp);
+        let checksum = !ones(&all);
+        let at = ip.len();
+        ip.extend_from_slice(&tcp);
+        (ip, at, checksum)
+    }
+
+    /// What a device (or Linux's skb_checksum_help) does with the seeded packet: sums from
+    /// the TCP header to the end and stores the complement; that must be the textbook
+    /// checksum.
+    #[test]
+    fn seeded_tcp_checksums_complete_to_the_real_ones() {
+        for v6 in [false, true] {
+            let (mut ip, at, expected) = tcp_packet(v6);
+            assert_eq!(seed_tcp_checksum(&mut ip), Some(at as u16));
+            let completed = !ones(&ip[at..]);
+            assert_eq!(completed, expected, "v6 = {v6}");
+        }
+        let mut udp = tcp_packet(false).0;
+        udp[9] = 17;
+        assert_eq!(seed_tcp_checksum(&mut udp), None, "not TCP");
+        assert_eq!(seed_tcp_checksum(&mut [0x45, 0, 0]), None, "too short");
     }
 
     #[test]

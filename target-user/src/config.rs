@@ -349,6 +349,12 @@ pub struct XdpConfig {
     /// Entries in each AF_XDP ring (fill, completion, rx, tx); a power of two.
     #[serde(default = "default_ring_size")]
     pub ring_size: u32,
+    /// Who computes the TCP checksums of what the XDP path sends: `offload` (the device,
+    /// through AF_XDP TX metadata, falling back to `software` on kernels before 6.11),
+    /// `software`, or `kernel` (copy mode: the kernel computes what the device would; for
+    /// tests).
+    #[serde(default)]
+    pub tx_checksum: crate::afxdp::TxChecksum,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -387,6 +393,7 @@ impl Default for XdpConfig {
             require_afxdp: false,
             umem_frames: default_umem_frames(),
             ring_size: default_ring_size(),
+            tx_checksum: crate::afxdp::TxChecksum::Offload,
         }
     }
 }

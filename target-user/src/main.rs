@@ -70,6 +70,9 @@ struct ServeArgs {
     /// (sets xdp.require_afxdp).
     #[arg(long)]
     require_afxdp: bool,
+    /// Who computes the TCP checksums the XDP path sends (overrides xdp.tx_checksum).
+    #[arg(long, value_enum)]
+    tx_checksum: Option<afxdp::TxChecksum>,
     /// Only count storage-port packets and pass them to the kernel (sets xdp.steer = false).
     #[arg(long)]
     count_only: bool,
@@ -130,6 +133,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.require_afxdp {
         config.xdp.require_afxdp = true;
+    }
+    if let Some(c) = args.tx_checksum {
+        config.xdp.tx_checksum = c;
     }
     if args.count_only {
         config.xdp.steer = false;

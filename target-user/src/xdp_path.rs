@@ -264,6 +264,7 @@ pub fn start(
         frames: config.xdp.umem_frames,
         frame_size: 4096,
         ring: config.xdp.ring_size,
+        tx_checksum: config.xdp.tx_checksum,
     };
     let queues = rx_queues(&iface);
     let mut sockets = Vec::new();
@@ -326,6 +327,7 @@ pub fn start(
             mode = xsk.mode().name(),
             mtu = xsk.mtu(),
             multi_buffer = xsk.multi_buffer(),
+            checksum_offload = xsk.checksum_offload(),
             addrs = ?stack.addrs(),
             ports = ?ports,
             "AF_XDP socket bound: the user-space TCP/IP stack serves the storage ports on this queue"

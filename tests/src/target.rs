@@ -40,6 +40,17 @@ pub fn test_mtu() -> Option<u32> {
     std::env::var("XDPT_TEST_MTU").ok()?.parse().ok()
 }
 
+/// `XDPT_TEST_TX_CHECKSUM`: who computes the TCP checksums the XDP path sends
+/// (`--tx-checksum`), if set.
+pub fn test_tx_checksum() -> Option<&'static str> {
+    match std::env::var("XDPT_TEST_TX_CHECKSUM").ok()?.as_str() {
+        "offload" => Some("offload"),
+        "software" => Some("software"),
+        "kernel" => Some("kernel"),
+        other => panic!("XDPT_TEST_TX_CHECKSUM={other}: offload, software or kernel"),
+    }
+}
+
 /// Where `xdp-target serve --xdp IFACE` pins its maps.
 pub fn pin_dir(iface: &str) -> PathBuf {
     Path::new("/sys/fs/bpf/xdp-target").join(iface)
@@ -117,6 +128,11 @@ impl Target {
                 }
             }
             args.extend(["--xdp", &pair.target_if, "--require-afxdp"]);
+            // `XDPT_TEST_TX_CHECKSUM=kernel`: the kernel completes the checksums the way a
+            // device would and the client's TCP checks them (on veth nobody does).
+            if let Some(c) = test_tx_checksum() {
+                args.extend(["--tx-checksum", c]);
+            }
         }
         let mut t = Self::start(&pair.target, &args, move || {
             client

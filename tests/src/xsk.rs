@@ -136,6 +136,7 @@ fn setup_and_receive(
         frame_size: FRAME_SIZE,
         headroom: 0,
         flags: 0,
+        tx_metadata_len: 0,
     };
     // SAFETY: the area is page aligned, FRAMES * FRAME_SIZE long, and outlives the Umem.
     let umem = unsafe {

@@ -167,8 +167,11 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
                 "xtask: the NVMe/TCP and iSCSI end-to-end suites again, over the XDP path, MTU {mtu}"
             );
             let mut cmd = cargo(root);
+            // The kernel completes the offloaded TCP checksums as a device would, so the
+            // client's TCP checks what user space seeded (on veth nobody computes them).
             cmd.env("XDPT_TEST_PATH", "xdp")
                 .env("XDPT_TEST_MTU", mtu)
+                .env("XDPT_TEST_TX_CHECKSUM", "kernel")
                 .args([
                     "test",
                     "--package",
