@@ -334,7 +334,8 @@ impl Stack {
                 refuse = false;
             }
             if refuse {
-                // Its SYN-ACK is out already: RST follows on the next poll.
+                // Its SYN-ACK may be out already (or, refused during `poll_ingress`, never
+                // is): RST follows on the next poll either way.
                 self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
             }
             self.insert(Slot {

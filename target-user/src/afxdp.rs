@@ -326,7 +326,12 @@ impl Xsk {
         // (both live in the returned `Xsk`, the UMEM dropped first).
         let register = |config| unsafe { Umem::new(config, slice) };
         let (umem, offload) = match sizes.tx_checksum {
+            // Zero-copy drivers skip a checksum request they cannot honour, silently (i40e,
+            // ixgbe have no TX metadata at all), and whether one can is not asked here: in
+            // zero-copy mode user space computes them. In copy mode the kernel's skb path
+            // always completes them.
             TxChecksum::Software => (register(plain), false),
+            _ if mode == BindMode::ZeroCopy => (register(plain), false),
             // Kernels before 6.11 refuse the flag: checksums are then computed here.
             _ => match register(with_metadata) {
                 Ok(u) => (Ok(u), true),
@@ -354,7 +359,9 @@ impl Xsk {
             0
         };
         // Frames larger than a chunk need multi-buffer sockets (Linux 6.6).
-        let multi_buffer = iface_mtu + ETH_HEADER + headroom > sizes.frame_size as usize;
+        // Received frames start after the headroom, sent ones after the TX metadata.
+        let reserved = headroom.max(meta);
+        let multi_buffer = iface_mtu + ETH_HEADER + reserved > sizes.frame_size as usize;
         let bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP
             | if multi_buffer { XDP_USE_SG } else { 0 }
             | match mode {
@@ -399,7 +406,7 @@ impl Xsk {
         let mtu = if multi_buffer {
             iface_mtu
         } else {
-            iface_mtu.min(sizes.frame_size as usize - headroom - ETH_HEADER)
+            iface_mtu.min(sizes.frame_size as usize - reserved - ETH_HEADER)
         };
         Ok(Self {
             rx: RxSide {
@@ -671,6 +678,10 @@ impl TxSide {
                 let len = piece.min(total - i * piece);
                 run.copy_within(from..from + len, i * chunk + m);
             }
+            // The continuation frames' metadata now holds packet bytes: no request there.
+            for i in 1..need {
+                run[i * chunk..i * chunk + m].fill(0);
+            }
         }
         for i in 0..need {
             let len = piece.min(total - i * piece);
@@ -695,6 +706,9 @@ impl TxSide {
         }
         let chained = buf.len() > self.frame_size as usize;
         let (meta, frame) = buf.split_at_mut(self.meta);
+        // No request unless one is made below (drivers may read the metadata of every
+        // descriptor, whatever its options say).
+        meta.fill(0);
         let ip = &mut frame[ETH_HEADER..];
         let Some(tcp_at) = seed_tcp_checksum(ip) else {
             // Not TCP: smoltcp computed the checksums itself.
@@ -708,7 +722,6 @@ impl TxSide {
             tcp[16..18].copy_from_slice(&sum.to_be_bytes());
             return 0;
         }
-        meta.fill(0);
         meta[..8].copy_from_slice(&XDP_TXMD_FLAGS_CHECKSUM.to_ne_bytes());
         meta[8..10].copy_from_slice(&(ETH_HEADER as u16 + tcp_at).to_ne_bytes());
         meta[10..12].copy_from_slice(&TCP_CHECKSUM_AT.to_ne_bytes());
@@ -778,7 +791,11 @@ impl Runs {
             return false;
         };
         let left = &mut self.outstanding[i];
-        *left = left.saturating_sub(1);
+        if *left == 0 {
+            // Not ours to free twice (a completion for a run not in flight).
+            return true;
+        }
+        *left -= 1;
         if *left == 0 {
             self.free.push(self.start + i as u64 * self.run_bytes);
         }
@@ -861,6 +878,8 @@ impl phy::TxToken for TxToken<'_> {
                 let frame = tx.frame_mut(addr, m + part.len());
                 if i == 0 {
                     frame[..m].copy_from_slice(&buf[..m]);
+                } else {
+                    frame[..m].fill(0);
                 }
                 frame[m..].copy_from_slice(part);
                 tx.queued.push(XdpDesc {
