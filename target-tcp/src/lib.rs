@@ -705,6 +705,7 @@ fn stray_syn(packet: &[u8], tuples: &[(IpEndpoint, IpEndpoint)]) -> bool {
     tuples.contains(&(local, remote))
 }
 
+pub mod checksum;
 pub mod memory;
 
 #[cfg(test)]

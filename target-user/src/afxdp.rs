@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::ptr::NonNull;
 
+use target_tcp::checksum;
 use target_tcp::phy::{self, DeviceCapabilities, Medium};
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
@@ -41,8 +42,6 @@ const XDP_UMEM_TX_SW_CSUM: u32 = 1 << 1;
 const TX_METADATA_LEN: usize = 24;
 /// Metadata flag: checksum the packet from csum_start and store it at csum_offset.
 const XDP_TXMD_FLAGS_CHECKSUM: u64 = 1 << 1;
-/// Where the checksum sits in a TCP header.
-const TCP_CHECKSUM_AT: u16 = 16;
 /// Where the kernel puts received data in a frame in copy mode (XDP_PACKET_HEADROOM).
 const RX_HEADROOM: u32 = 256;
 const ETH_HEADER: usize = 14;
@@ -219,11 +218,11 @@ impl Neighbours {
             return;
         }
         self.last = Some((ip, mac));
-        if self.map.get(&ip) == Some(&mac) {
+        if let Some(known) = self.map.get_mut(&ip) {
+            *known = mac;
             return;
         }
         if self.map.len() >= NEIGHBOURS_MAX
-            && !self.map.contains_key(&ip)
             && let Some(old) = self.map.keys().next().copied()
         {
             self.map.remove(&old);
@@ -710,21 +709,21 @@ impl TxSide {
         // descriptor, whatever its options say).
         meta.fill(0);
         let ip = &mut frame[ETH_HEADER..];
-        let Some(tcp_at) = seed_tcp_checksum(ip) else {
+        let Some(tcp_at) = checksum::seed_tcp(ip) else {
             // Not TCP: smoltcp computed the checksums itself.
             return 0;
         };
         if chained && self.kernel_checksum {
             // The kernel's software checksum covers only the first descriptor of a chain
             // (it runs before the rest is attached): complete it here, as the device would.
-            let tcp = &mut ip[usize::from(tcp_at)..];
-            let sum = !ones_complement_sum(tcp);
-            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+            checksum::complete_tcp(&mut ip[tcp_at..]);
             return 0;
         }
         meta[..8].copy_from_slice(&XDP_TXMD_FLAGS_CHECKSUM.to_ne_bytes());
-        meta[8..10].copy_from_slice(&(ETH_HEADER as u16 + tcp_at).to_ne_bytes());
-        meta[10..12].copy_from_slice(&TCP_CHECKSUM_AT.to_ne_bytes());
+        // Within a frame (at most a 4 KiB chunk), so it fits.
+        let start = (ETH_HEADER + tcp_at) as u16;
+        meta[8..10].copy_from_slice(&start.to_ne_bytes());
+        meta[10..12].copy_from_slice(&(checksum::TCP_CHECKSUM_AT as u16).to_ne_bytes());
         XDP_TX_METADATA
     }
 }
@@ -896,64 +895,6 @@ impl phy::TxToken for TxToken<'_> {
     }
 }
 
-/// Seeds the TCP checksum of `ip` (an IPv4 or IPv6 packet carrying TCP) for a device that
-/// completes it: the field gets the folded sum of the pseudo-header, uncomplemented, as
-/// Linux leaves it for CHECKSUM_PARTIAL. Returns where the TCP header starts; `None` if
-/// the packet is not TCP.
-fn seed_tcp_checksum(ip: &mut [u8]) -> Option<u16> {
-    let mut sum: u64 = 0;
-    let mut add = |b: &[u8]| sum += u64::from(ones_complement_sum(b));
-    let at = match ip.first()? >> 4 {
-        4 => {
-            let ihl = usize::from(ip[0] & 0xf) * 4;
-            if ip.len() < 20 || ip[9] != 6 || ihl < 20 {
-                return None;
-            }
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            let tcp_len = u16::try_from(total.checked_sub(ihl)?).ok()?;
-            add(&ip[12..20]);
-            add(&[0, 6]);
-            add(&tcp_len.to_be_bytes());
-            ihl
-        }
-        6 => {
-            if ip.len() < 40 || ip[6] != 6 {
-                return None;
-            }
-            add(&ip[8..40]);
-            add(&[0, 0]);
-            add(&ip[4..6]);
-            add(&[0, 6]);
-            40
-        }
-        _ => return None,
-    };
-    let field = ip.get_mut(at + 16..at + 18)?;
-    field.copy_from_slice(&fold(sum).to_be_bytes());
-    u16::try_from(at).ok()
-}
-
-/// The folded ones'-complement sum of `b` as big-endian 16-bit words (RFC 1071).
-fn ones_complement_sum(b: &[u8]) -> u16 {
-    let mut sum: u64 = 0;
-    let mut words = b.chunks_exact(2);
-    for w in &mut words {
-        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = words.remainder() {
-        sum += u64::from(*last) << 8;
-    }
-    fold(sum)
-}
-
-/// Folds carries back in until `sum` fits 16 bits.
-fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 impl phy::Device for Xsk {
     type RxToken<'a> = RxToken<'a>;
     type TxToken<'a> = TxToken<'a>;
@@ -1035,80 +976,6 @@ mod tests {
         assert_eq!(n.get(ip(2)), Some([2; 6]));
         assert_eq!(n.get(ip(1)), Some([9; 6]), "the newer MAC wins");
         assert_eq!(n.get(ip(3)), None);
-    }
-
-    /// The ones'-complement sum of `b` as 16-bit big-endian words, folded.
-    fn ones(b: &[u8]) -> u16 {
-        let mut sum: u32 = b
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        sum as u16
-    }
-
-    /// A TCP segment (20-byte header, odd-length payload) behind an IPv4 or IPv6 header,
-    /// with its checksum computed the textbook way; the checksum field zeroed.
-    fn tcp_packet(v6: bool) -> (Vec<u8>, usize, u16) {
-        let payload: Vec<u8> = (0..4097u32).map(|i| (i * 7 + 3) as u8).collect();
-        let tcp_len = 20 + payload.len();
-        let mut tcp = vec![0u8; 20];
-        tcp[0..2].copy_from_slice(&4420u16.to_be_bytes());
-        tcp[2..4].copy_from_slice(&51_000u16.to_be_bytes());
-        tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-        tcp[12] = 5 << 4;
-        tcp[13] = 0x18;
-        tcp.extend_from_slice(&payload);
-        let (mut ip, pseudo) = if v6 {
-            let mut ip = vec![0u8; 40];
-            ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-            ip[6] = 6;
-            ip[7] = 64;
-            ip[8..24].copy_from_slice(&[0xfd, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-            ip[24..40].copy_from_slice(&[0xfd, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-            let mut pseudo = ip[8..40].to_vec();
-            pseudo.extend_from_slice(&(tcp_len as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 6]);
-            (ip, pseudo)
-        } else {
-            let mut ip = vec![0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
-            ip[8] = 64;
-            ip[9] = 6;
-            ip[12..16].copy_from_slice(&[10, 99, 0, 1]);
-            ip[16..20].copy_from_slice(&[10, 99, 0, 2]);
-            let mut pseudo = ip[12..20].to_vec();
-            pseudo.extend_from_slice(&[0, 6]);
-            pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
-            (ip, pseudo)
-        };
-        let mut all = pseudo;
-        all.extend_from_slice(&tcp);
-        let checksum = !ones(&all);
-        let at = ip.len();
-        ip.extend_from_slice(&tcp);
-        (ip, at, checksum)
-    }
-
-    /// What a device (or Linux's skb_checksum_help) does with the seeded packet: sums from
-    /// the TCP header to the end and stores the complement; that must be the textbook
-    /// checksum.
-    #[test]
-    fn seeded_tcp_checksums_complete_to_the_real_ones() {
-        for v6 in [false, true] {
-            let (mut ip, at, expected) = tcp_packet(v6);
-            assert_eq!(seed_tcp_checksum(&mut ip), Some(at as u16));
-            let completed = !ones(&ip[at..]);
-            assert_eq!(completed, expected, "v6 = {v6}");
-        }
-        let mut udp = tcp_packet(false).0;
-        udp[9] = 17;
-        assert_eq!(seed_tcp_checksum(&mut udp), None, "not TCP");
-        assert_eq!(seed_tcp_checksum(&mut [0x45, 0, 0]), None, "too short");
     }
 
     #[test]
