@@ -152,7 +152,9 @@ fuzz_target!(|input: &[u8]| {
         let (piece, tail) = tail.split_at(n);
         rest = tail;
         now += u64::from(seed & 0x3f) * 50;
-        conn.receive(piece, now);
+        // The engine takes everything unless its output is full (back-pressure).
+        let took = conn.receive(piece, now);
+        assert!(took == piece.len() || conn.output().len() >= target_proto::OUTPUT_HIGH_WATER);
         while let Some((slot, io)) = conn.next_io() {
             execute(&mut disk, &io.op, conn.buffer_mut(slot));
             seed = seed.rotate_left(3) ^ 0x5b;

@@ -62,7 +62,9 @@ fuzz_target!(|input: &[u8]| {
     let chunk = usize::from(opts >> 3).max(1);
     let mut first = true;
     for piece in rest.chunks(chunk) {
-        q.receive(piece, &registry, 0);
+        // The queue takes everything unless its output is full (back-pressure).
+        let took = q.receive(piece, &registry, 0);
+        assert!(took == piece.len() || q.output().len() >= target_proto::OUTPUT_HIGH_WATER);
         while let Some((slot, io)) = q.next_io() {
             let buf = q.buffer_mut(slot);
             let outcome = match io.op {

@@ -210,7 +210,10 @@ impl App {
         let (stack, echo) = (&mut self.stack, &mut self.echo);
         self.conns.retain(|&id| {
             echo.clear();
-            stack.recv(id, |b| echo.extend_from_slice(b));
+            stack.recv(id, |b| {
+                echo.extend_from_slice(b);
+                b.len()
+            });
             stack.send(id, echo);
             let _ = (stack.recv_queue(id), stack.send_queue(id));
             match stack.state(id) {

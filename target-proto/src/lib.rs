@@ -11,3 +11,8 @@ pub mod iscsi;
 pub mod nvme;
 pub mod nvme_tcp;
 pub mod scsi;
+
+/// Bytes of output a connection's engine may hold before it stops taking input (see
+/// `NvmeTcpQueue::receive` and `IscsiConn::receive`): a peer that stops reading while it
+/// keeps sending requests is held to this plus the answers of its commands in flight.
+pub const OUTPUT_HIGH_WATER: usize = 1 << 20;

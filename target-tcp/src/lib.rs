@@ -498,24 +498,28 @@ impl Stack {
         Some(self.sockets.get_mut::<tcp::Socket<'static>>(slot.handle))
     }
 
-    /// Hands every byte received on `id` to `f`, in order, in one or two slices (the
-    /// receive buffer is a ring). Returns how many bytes were handed over.
-    pub fn recv(&mut self, id: ConnId, mut f: impl FnMut(&[u8])) -> usize {
+    /// Hands the bytes received on `id` to `f`, in order, in one or two slices (the
+    /// receive buffer is a ring); `f` returns how many it took, and what it leaves stays
+    /// in the buffer (so the window the peer sees closes: back-pressure). Returns how many
+    /// bytes were taken.
+    pub fn recv(&mut self, id: ConnId, mut f: impl FnMut(&[u8]) -> usize) -> usize {
         let Some(s) = self.socket_mut(id) else {
             return 0;
         };
         let mut total = 0;
         while s.can_recv() {
+            let mut all = false;
             let n = s
                 .recv(|buf| {
-                    f(buf);
-                    (buf.len(), buf.len())
+                    let n = f(buf).min(buf.len());
+                    all = n == buf.len();
+                    (n, n)
                 })
                 .unwrap_or(0);
-            if n == 0 {
+            total += n;
+            if n == 0 || !all {
                 break;
             }
-            total += n;
         }
         total
     }

@@ -93,6 +93,9 @@ pub struct Conn<T> {
     pub inflight: usize,
     /// Closed, but kept until `inflight` is zero (the kernel still holds its buffers).
     pub dead: bool,
+    /// Received bytes the engine has not taken yet (its output is full); for transports
+    /// that cannot leave them in the stack (kernel sockets).
+    pub unread: Vec<u8>,
 }
 
 /// A reactor's connections by index. An index stays taken until its connection is dead
@@ -124,6 +127,7 @@ impl<T> Conns<T> {
             q,
             inflight: 0,
             dead: false,
+            unread: Vec::new(),
         };
         match self.free.pop() {
             Some(i) => {
@@ -348,7 +352,10 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now: u64) {
+    /// Feeds received bytes; returns how many the engine took. It takes fewer once its
+    /// output reaches [`target_proto::OUTPUT_HIGH_WATER`]: the caller offers the rest
+    /// again after sending, so a peer that stops reading stops being read.
+    pub fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now: u64) -> usize {
         match self {
             Self::Nvme(q) => q.receive(input, registry, now),
             Self::Iscsi(c) => c.receive(input, now),

@@ -496,51 +496,60 @@ impl Reactor {
         }
     }
 
+    /// Moves bytes between connection `i`'s socket and its engine until the socket has
+    /// nothing more to read, or the engine's output is full and the socket takes no more
+    /// (its writable edge calls this again). A connection whose engine holds unread
+    /// input is never left waiting for an edge that will not come.
     fn service(&mut self, i: usize) {
         let now = self.now_ms();
-        if self.conns.live(i).is_none() {
-            return;
-        }
-        let mut eof = false;
         loop {
             let Some(c) = self.conns.live(i) else {
                 return;
             };
-            match c.link.read(&mut self.buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    c.q.receive(&self.buf[..n], &self.shared.registry, now);
-                    c.q.log_events(c.peer);
-                    let closing = c.q.closing();
-                    self.conns.run_io(i, &mut self.blocks);
-                    if closing {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
+            // Send first: output that leaves makes room for the engine to take more.
+            if !flush(c) {
+                return self.close(i, "send failed");
             }
-        }
-        let Some(c) = self.conns.live(i) else {
-            return;
-        };
-        let flushed = flush(c);
-        if eof {
-            self.close(i, "the host closed the connection");
-        } else if !flushed {
-            self.close(i, "send failed");
-        } else if c.q.closing() && c.q.output().is_empty() {
-            self.close(
-                i,
-                "the protocol ended it (disconnect, logout, keep-alive expiry or protocol error)",
-            );
+            if c.q.closing() {
+                if c.q.output().is_empty() {
+                    self.close(
+                        i,
+                        "the protocol ended it (disconnect, logout, keep-alive expiry or protocol error)",
+                    );
+                }
+                return;
+            }
+            if !c.unread.is_empty() {
+                let n = c.q.receive(&c.unread, &self.shared.registry, now);
+                c.unread.drain(..n);
+                c.q.log_events(c.peer);
+                self.conns.run_io(i, &mut self.blocks);
+                let Some(c) = self.conns.live(i) else {
+                    return;
+                };
+                if !c.unread.is_empty() && !flush(c) {
+                    return self.close(i, "send failed");
+                }
+                if !c.unread.is_empty() && !c.q.output().is_empty() {
+                    // The socket is full too: its writable edge resumes this.
+                    return;
+                }
+                continue;
+            }
+            match c.link.read(&mut self.buf) {
+                Ok(0) => return self.close(i, "the host closed the connection"),
+                Ok(n) => {
+                    let taken = c.q.receive(&self.buf[..n], &self.shared.registry, now);
+                    if taken < n {
+                        c.unread.extend_from_slice(&self.buf[taken..n]);
+                    }
+                    c.q.log_events(c.peer);
+                    self.conns.run_io(i, &mut self.blocks);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(i, "the host closed the connection"),
+            }
         }
     }
 
@@ -554,6 +563,8 @@ impl Reactor {
             c.q.log_events(c.peer);
             if let Err(why) = r {
                 self.close(i, why);
+            } else if !c.unread.is_empty() {
+                self.service(i);
             } else if !flush(c) {
                 self.close(i, "send failed");
             }
@@ -575,7 +586,9 @@ impl Reactor {
     fn reap(&mut self) {
         for i in self.conns.complete_io(&mut self.blocks) {
             if let Some(c) = self.conns.live(i) {
-                if !flush(c) {
+                if !c.unread.is_empty() {
+                    self.service(i);
+                } else if !flush(c) {
                     self.close(i, "send failed");
                 } else if c.q.closing() && c.q.output().is_empty() {
                     self.close(i, "the protocol ended it");

@@ -465,6 +465,8 @@ impl XdpReactor {
             return false;
         };
         let registry = &self.shared.registry;
+        // What the engine leaves (its output is full) stays in the stack's receive
+        // buffer, so the host's window closes until the output drains.
         let got = self
             .stack
             .recv(c.link, |b| c.q.receive(b, registry, now_ms));

@@ -162,6 +162,50 @@ impl Client {
         )
     }
 
+    /// A host that stops reading: sends `count` READ capsules of `bytes` each on this (I/O)
+    /// queue and reads none of the answers. Returns how many capsules went out before a
+    /// write waited `patience` (the target stopped reading too) or all of them did.
+    pub fn send_reads_without_reading(
+        &mut self,
+        count: usize,
+        bytes: u32,
+        block: u32,
+        patience: Duration,
+    ) -> io::Result<usize> {
+        use target_wire::nvme::sgl::SglRepr;
+        use target_wire::nvme::sqe::Sqe;
+        self.stream.set_write_timeout(Some(patience))?;
+        let mut sent = 0;
+        let mut batch = Vec::new();
+        while sent < count {
+            batch.clear();
+            let n = (count - sent).min(256);
+            for k in 0..n {
+                let mut sqe = commands::io(IoOpcode::Read, 1, 0, bytes / block);
+                let mut s = Sqe::new_unchecked(&mut sqe[..]);
+                s.set_cid(u16::try_from((sent + k) % 65536).unwrap_or(0));
+                s.set_sgl(&SglRepr::Transport { length: bytes })
+                    .map_err(other)?;
+                // CapsuleCmd common header: type 4, HLEN 72, PLEN 72.
+                batch.extend_from_slice(&[0x04, 0, 72, 0, 72, 0, 0, 0]);
+                batch.extend_from_slice(&sqe);
+            }
+            match self.stream.write_all(&batch) {
+                Ok(()) => sent += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(sent);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
+    }
+
     /// Sends raw bytes (for malformed-input tests) and returns what comes back before the
     /// target closes the connection.
     pub fn raw(&mut self, bytes: &[u8]) -> io::Result<Vec<u8>> {

@@ -191,6 +191,21 @@ impl Target {
     }
 
     /// What the target has logged so far, without terminal colour codes.
+    /// The target's resident memory in KiB (VmRSS), while it runs.
+    pub fn rss_kib(&self) -> io::Result<u64> {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| io::Error::other("stopped"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| io::Error::other("no VmRSS in /proc/PID/status"))
+    }
+
     pub fn log_text(&self) -> String {
         strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }

@@ -593,3 +593,65 @@ fn a_silent_host_loses_its_controller_at_keep_alive_expiry() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
 }
+
+/// A host that keeps sending READs and never reads the answers (holding its TCP window at
+/// zero) must not grow the target's memory: the target stops reading from it once its
+/// output is full, while other hosts go on being served.
+#[test]
+fn a_host_that_stops_reading_cannot_exhaust_memory() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("noread", 64 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let addr = IpAddr::V4(pair.target_addr);
+    let rss_before = t.rss_kib().expect("rss");
+    let (growth, sent) = pair
+        .client
+        .run(move || {
+            let (_a, cntlid) = admin(addr, false);
+            let mut good = io_queue(addr, cntlid, 1, false);
+            let mut greedy = io_queue(addr, cntlid, 2, false);
+            // 400,000 reads of 128 KiB (29 MB of capsules, more than the socket buffers on
+            // both ends hold): 50 GiB of answers if the target kept taking them.
+            let sent = greedy
+                .send_reads_without_reading(
+                    400_000,
+                    128 * 1024,
+                    512,
+                    std::time::Duration::from_secs(2),
+                )
+                .expect("send");
+            // The other queue still reads and writes.
+            for lba in 0..64u64 {
+                let data = pattern(lba, 3, 512);
+                let w = good
+                    .io(IoOpcode::Write, lba, 1, 512, data.clone())
+                    .expect("write");
+                assert!(w.cqe.status.is_success());
+                let r = good
+                    .io(IoOpcode::Read, lba, 1, 512, Vec::new())
+                    .expect("read");
+                assert_eq!(r.data, data);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            (greedy, sent)
+        })
+        .map(|(greedy, sent)| {
+            let growth = t.rss_kib().expect("rss").saturating_sub(rss_before);
+            drop(greedy);
+            (growth, sent)
+        })
+        .expect("namespace thread");
+    // The output mark (1 MiB) plus the answers of the commands in flight (128 slots of
+    // 128 KiB) and their buffers: tens of MiB, not the 50 GiB asked for.
+    assert!(
+        growth < 256 * 1024,
+        "the target grew by {growth} KiB for a host that does not read ({sent} reads sent)"
+    );
+    assert!(
+        sent < 400_000,
+        "the target kept reading from a host that does not read"
+    );
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}

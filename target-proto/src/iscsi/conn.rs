@@ -27,13 +27,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use target_wire::iscsi::{
-    BHS_LEN, Bhs, LoginRequestRepr, LoginResponseRepr, Opcode, TextError, field, flags,
+    BHS_LEN, Bhs, LoginRequestRepr, LoginResponseRepr, Opcode, PduLayout, TextError, field, flags,
     login_status, reject, sn_le, sn_lt, stage, text_pairs, tmf,
 };
 
 use super::chap::{CHALLENGE_LEN, Chap};
 use super::params::{self, Negotiated, Negotiation, TargetLimits, answer};
 use super::{PORTAL_GROUP, Registry, TargetNode};
+use crate::OUTPUT_HIGH_WATER;
 use crate::block::{AlignedBuf, BlockIo, IoOutcome};
 use crate::scsi::{self, Asc, Nexus, ScsiTarget, Sense, Step, TaskManagement, key};
 
@@ -503,23 +504,30 @@ impl IscsiConn {
         self.io.clear();
     }
 
-    /// Feeds received bytes.
-    pub fn receive(&mut self, input: &[u8], now_ms: u64) {
+    /// Feeds received bytes and returns how many were taken.
+    ///
+    /// Back-pressure: a new PDU is started only while [`Self::output`] holds less than
+    /// [`OUTPUT_HIGH_WATER`] bytes, so an initiator that stops reading while it sends
+    /// READs (immediate ones bypass the CmdSN window) cannot grow the output without
+    /// bound. The caller keeps the rest and offers it again once the output has drained.
+    /// Only the PDU being assembled is buffered here.
+    pub fn receive(&mut self, input: &[u8], now_ms: u64) -> usize {
         if self.phase == Phase::Closing {
-            return;
+            return input.len();
         }
         self.last_heard_ms = now_ms;
         if self.login.started_ms.is_none() {
             self.login.started_ms = Some(now_ms);
         }
-        self.rx.extend_from_slice(input);
-        let mut start = 0;
+        let mut taken = 0;
         while self.phase != Phase::Closing {
-            let avail = &self.rx[start..];
-            if avail.len() < BHS_LEN {
+            if self.rx.is_empty() && self.output().len() >= OUTPUT_HIGH_WATER {
                 break;
             }
-            let bhs = Bhs::new_unchecked(&avail[..BHS_LEN]);
+            if !self.gather(input, &mut taken, BHS_LEN) {
+                break;
+            }
+            let bhs = Bhs::new_unchecked(&self.rx[..BHS_LEN]);
             // Digests start with the full feature phase (section 13.1): an operational
             // round that negotiated them does not put them on the login PDUs that follow
             // (push_pdu sends login responses without them for the same reason).
@@ -535,33 +543,55 @@ impl IscsiConn {
                     "data segment of {} bytes exceeds MaxRecvDataSegmentLength {limit}",
                     layout.data
                 );
-                let hdr: [u8; BHS_LEN] = avail[..BHS_LEN].try_into().unwrap_or([0; BHS_LEN]);
+                let hdr: [u8; BHS_LEN] = self.rx[..BHS_LEN].try_into().unwrap_or([0; BHS_LEN]);
                 self.protocol_error(&hdr, reject::PROTOCOL_ERROR, why);
                 break;
             }
-            if avail.len() < layout.total {
+            if !self.gather(input, &mut taken, layout.total) {
                 break;
             }
-            let pdu = self.rx[start..start + layout.total].to_vec();
-            start += layout.total;
-            if !layout.header_digest_ok(&pdu) {
-                // ERL 0: a header digest error ends the connection (section 7.8).
-                self.events
-                    .push(ConnEvent::ProtocolError("header digest error".into()));
-                self.phase = Phase::Closing;
-                break;
-            }
-            let data = &pdu[layout.header..layout.header + layout.data];
-            if !layout.data_digest_ok(&pdu) {
-                let hdr: [u8; BHS_LEN] = pdu[..BHS_LEN].try_into().unwrap_or([0; BHS_LEN]);
-                self.protocol_error(&hdr, reject::DATA_DIGEST_ERROR, "data digest error".into());
-                break;
-            }
-            let ahs = &pdu[BHS_LEN..BHS_LEN + layout.ahs];
-            self.pdu(&pdu[..BHS_LEN], ahs, data);
+            // The whole PDU is in `rx`: take it out (keeping its allocation for the next).
+            let pdu = std::mem::take(&mut self.rx);
+            self.received_pdu(&pdu, &layout);
+            self.rx = pdu;
+            self.rx.clear();
         }
-        self.rx.drain(..start.min(self.rx.len()));
         self.run_ready();
+        if self.phase == Phase::Closing {
+            // Nothing more is read from a closing connection.
+            return input.len();
+        }
+        taken
+    }
+
+    /// Moves bytes from `input[*taken..]` into `rx` until it holds `want`; false when the
+    /// input ran out first.
+    fn gather(&mut self, input: &[u8], taken: &mut usize, want: usize) -> bool {
+        if self.rx.len() < want {
+            let n = (want - self.rx.len()).min(input.len() - *taken);
+            self.rx.extend_from_slice(&input[*taken..*taken + n]);
+            *taken += n;
+        }
+        self.rx.len() >= want
+    }
+
+    /// One whole received PDU: digests checked, then dispatched.
+    fn received_pdu(&mut self, pdu: &[u8], layout: &PduLayout) {
+        if !layout.header_digest_ok(pdu) {
+            // ERL 0: a header digest error ends the connection (section 7.8).
+            self.events
+                .push(ConnEvent::ProtocolError("header digest error".into()));
+            self.phase = Phase::Closing;
+            return;
+        }
+        let data = &pdu[layout.header..layout.header + layout.data];
+        if !layout.data_digest_ok(pdu) {
+            let hdr: [u8; BHS_LEN] = pdu[..BHS_LEN].try_into().unwrap_or([0; BHS_LEN]);
+            self.protocol_error(&hdr, reject::DATA_DIGEST_ERROR, "data digest error".into());
+            return;
+        }
+        let ahs = &pdu[BHS_LEN..BHS_LEN + layout.ahs];
+        self.pdu(&pdu[..BHS_LEN], ahs, data);
     }
 
     fn pdu(&mut self, bhs: &[u8], ahs: &[u8], data: &[u8]) {

@@ -371,6 +371,8 @@ struct Rig {
     cmd_sn: u32,
     /// The initiator's PDUs of the last [`Rig::step`].
     sent: Vec<Pdu>,
+    /// Target output taken out while the engine was held back by it.
+    stash: Vec<u8>,
 }
 
 fn new_disk() -> Arc<Mutex<Vec<u8>>> {
@@ -406,6 +408,7 @@ impl Rig {
             io_outcome: IoOutcome::Ok,
             cmd_sn: 1,
             sent: Vec::new(),
+            stash: Vec::new(),
         }
     }
 
@@ -425,8 +428,10 @@ impl Rig {
     /// Takes the target's output as PDUs; a successful final login response switches the
     /// digests it answered on.
     fn output(&mut self) -> Vec<Pdu> {
-        let bytes = self.conn.output().to_vec();
-        self.conn.consume_output(bytes.len());
+        let mut bytes = std::mem::take(&mut self.stash);
+        bytes.extend_from_slice(self.conn.output());
+        let k = self.conn.output().len();
+        self.conn.consume_output(k);
         let pdus = parse_pdus(&bytes, self.digests);
         for p in &pdus {
             if p.op() != Opcode::LoginResponse {
@@ -449,13 +454,23 @@ impl Rig {
     }
 
     /// Feeds bytes (small ones byte by byte, to exercise reassembly) and runs the I/O.
+    /// The target's output moves to `stash` whenever the engine stops taking bytes
+    /// because its output is full.
     fn receive(&mut self, bytes: &[u8]) {
         if bytes.len() < 256 {
             for b in bytes {
-                self.conn.receive(std::slice::from_ref(b), self.now);
+                assert_eq!(self.conn.receive(std::slice::from_ref(b), self.now), 1);
             }
         } else {
-            self.conn.receive(bytes, self.now);
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let n = self.conn.receive(rest, self.now);
+                rest = &rest[n..];
+                self.run_io();
+                self.stash.extend_from_slice(self.conn.output());
+                let k = self.conn.output().len();
+                self.conn.consume_output(k);
+            }
         }
         self.run_io();
     }
@@ -515,7 +530,8 @@ impl Rig {
         host.consume_output(to_target.len());
         self.sent = parse_pdus(&to_target, self.digests);
         self.receive(&to_target);
-        let bytes = self.conn.output().to_vec();
+        let mut bytes = self.stash.clone();
+        bytes.extend_from_slice(self.conn.output());
         let pdus = self.output();
         (pdus, host.receive(&bytes))
     }
@@ -1852,4 +1868,62 @@ fn a_new_login_with_the_same_isid_reinstates_the_session() {
     assert!(b.conn.tick(2_002));
     a.conn.teardown();
     assert_eq!(reg.lock().unwrap().session_count(), 2, "b and c live on");
+}
+
+// ---- Resource bounds ----------------------------------------------------------------------
+
+#[test]
+fn an_initiator_that_stops_reading_stops_being_read() {
+    use crate::OUTPUT_HIGH_WATER;
+    let reg = registry();
+    let mut rig = session(&reg, TargetLimits::default());
+    // 400 immediate READs of 64 KiB (immediate commands bypass the CmdSN window): 25 MiB
+    // of Data-In, and the initiator reads none of it.
+    let mut burst = Vec::new();
+    for itt in 0..400u32 {
+        let mut b = bhs(
+            Opcode::ScsiCommand,
+            true,
+            flags::F | flags::R | 1,
+            itt + 100,
+        );
+        set_u32(&mut b, field::EDTL, 65536);
+        set_u32(&mut b, field::CMD_SN, rig.cmd_sn);
+        b[field::CDB..field::CDB + 10].copy_from_slice(&read10(0, 128));
+        burst.extend(frame(b, &[], rig.digests));
+    }
+    // The bound: the mark plus the answers of the tasks in flight when it was reached.
+    let bound = OUTPUT_HIGH_WATER + (QUEUE_DEPTH + 8) * (65536 + 1024);
+    let mut taken = 0;
+    for _ in 0..(burst.len() / 1000 + 10) {
+        let end = (taken + 1000).min(burst.len());
+        taken += rig.conn.receive(&burst[taken..end], rig.now);
+        rig.run_io();
+        assert!(
+            rig.conn.output().len() <= bound,
+            "output grew to {} bytes",
+            rig.conn.output().len()
+        );
+    }
+    assert!(
+        taken < 40 * 48,
+        "took {taken} bytes while the answers were not read"
+    );
+    assert!(!rig.conn.closing());
+    // Once it reads, every READ is answered.
+    let mut responses = 0;
+    while taken < burst.len() || !rig.conn.output().is_empty() {
+        let out = rig.conn.output().to_vec();
+        rig.conn.consume_output(out.len());
+        responses += parse_pdus(&out, rig.digests)
+            .iter()
+            .filter(|p| {
+                p.op() == Opcode::ScsiResponse || (p.op() == Opcode::DataIn && p.bhs[1] & 1 != 0)
+            })
+            .count();
+        let end = (taken + 1000).min(burst.len());
+        taken += rig.conn.receive(&burst[taken..end], rig.now);
+        rig.run_io();
+    }
+    assert_eq!(responses, 400);
 }

@@ -25,6 +25,7 @@ use super::Fatal;
 use super::icreq::{self, ControllerParams, Negotiated};
 use super::reader::{Event, PduReader, ReaderConfig, Role};
 use super::writer::{self, OutPdu};
+pub use crate::OUTPUT_HIGH_WATER;
 use crate::nvme::admin::TransportLimits;
 use crate::nvme::controller::{
     BlockIo, BlockOp, IoOutcome, MAX_QUEUE_ENTRIES, MAX_TRANSFER, Plan, QueueController, Response,
@@ -201,10 +202,19 @@ impl NvmeTcpQueue {
         self.controller.teardown(registry);
     }
 
-    /// Takes bytes from the socket. Protocol errors queue a TermReq and set `closing`.
-    pub fn receive(&mut self, mut input: &[u8], registry: &Mutex<Registry>, now_ms: u64) {
-        while !self.closing {
-            match self.reader.next(&mut input) {
+    /// Takes bytes from the socket and returns how many it took. Protocol errors queue a
+    /// TermReq and set `closing`.
+    ///
+    /// Back-pressure: once [`Self::output`] holds [`OUTPUT_HIGH_WATER`] bytes the queue
+    /// stops taking PDUs, so a host that reads nothing while it sends READs cannot grow the
+    /// output without bound. The caller keeps the rest and offers it again when the
+    /// output has drained (the kernel's or the user-space stack's receive window then
+    /// closes on the host). At most one command's answer lands past the mark here; answers
+    /// of block operations in flight add at most a slot each.
+    pub fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now_ms: u64) -> usize {
+        let mut rest = input;
+        while !self.closing && self.out.len() < OUTPUT_HIGH_WATER {
+            match self.reader.next(&mut rest) {
                 Ok(None) => break,
                 Ok(Some(event)) => {
                     if let Err(fatal) = self.event(event, registry, now_ms) {
@@ -214,6 +224,11 @@ impl NvmeTcpQueue {
                 Err(fatal) => self.fail(fatal),
             }
         }
+        if self.closing {
+            // Nothing more is read from a closing connection: drop the rest.
+            return input.len();
+        }
+        input.len() - rest.len()
     }
 
     fn fail(&mut self, fatal: Fatal) {

@@ -85,16 +85,26 @@ impl<'r> Host<'r> {
         loop {
             let to_controller = self.h.output().to_vec();
             self.h.consume_output(to_controller.len());
+            let mut to_host = Vec::new();
             if to_controller.len() < 200 {
                 for b in &to_controller {
-                    self.q.receive(std::slice::from_ref(b), self.registry, 0);
+                    assert_eq!(self.q.receive(std::slice::from_ref(b), self.registry, 0), 1);
                 }
             } else {
-                self.q.receive(&to_controller, self.registry, 0);
+                // The queue takes less once its output is full: drain it and offer the rest.
+                let mut rest = &to_controller[..];
+                while !rest.is_empty() {
+                    let n = self.q.receive(rest, self.registry, 0);
+                    rest = &rest[n..];
+                    self.run_io();
+                    to_host.extend_from_slice(self.q.output());
+                    self.q.consume_output(to_host.len());
+                }
             }
             self.run_io();
-            let to_host = self.q.output().to_vec();
-            self.q.consume_output(to_host.len());
+            to_host.extend_from_slice(self.q.output());
+            let n = self.q.output().len();
+            self.q.consume_output(n);
             self.h.receive(&to_host)?;
             if to_controller.is_empty() && to_host.is_empty() {
                 return Ok(());
@@ -524,5 +534,62 @@ fn keep_alive_expiry_closes_the_admin_queue_and_its_controller() {
     assert!(
         !io.q.tick(6001, &registry),
         "the I/O queue follows its controller"
+    );
+}
+
+#[test]
+fn a_host_that_stops_reading_stops_being_read() {
+    use crate::OUTPUT_HIGH_WATER;
+    use crate::nvme::controller::{MAX_QUEUE_ENTRIES, MAX_TRANSFER};
+    let registry = registry();
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    // 200 reads of 128 KiB in one burst (25 MiB of answers), and the host reads nothing.
+    const READS: usize = 200;
+    for _ in 0..READS {
+        io.h.submit(
+            commands::io(IoOpcode::Read, 1, 0, 256),
+            Vec::new(),
+            false,
+            MAX_TRANSFER,
+        );
+    }
+    let burst = io.h.output().to_vec();
+    let mut taken = 0;
+    // The bound: the mark, plus the answers of the commands that were in flight when it
+    // was reached (a slot each, as much as the slots' buffers already hold).
+    let bound = OUTPUT_HIGH_WATER + usize::from(MAX_QUEUE_ENTRIES) * (MAX_TRANSFER + 64);
+    // Offered as a socket delivers it, the block operations run after every piece.
+    for _ in 0..(burst.len() / 1000 + 10) {
+        let end = (taken + 1000).min(burst.len());
+        taken += io.q.receive(&burst[taken..end], &registry, 0);
+        io.run_io();
+        assert!(
+            io.q.output().len() <= bound,
+            "output grew to {} bytes",
+            io.q.output().len()
+        );
+    }
+    assert!(
+        taken < 20 * 72,
+        "took {taken} bytes while its answers were not read"
+    );
+    assert!(io.q.output().len() >= OUTPUT_HIGH_WATER);
+    // Once the host reads, the rest is taken and answered.
+    let mut answered = 0;
+    while taken < burst.len() {
+        let n = io.q.output().len();
+        answered += n;
+        io.q.consume_output(n);
+        let end = (taken + 1000).min(burst.len());
+        taken += io.q.receive(&burst[taken..end], &registry, 0);
+        io.run_io();
+    }
+    answered += io.q.output().len();
+    assert!(
+        answered >= READS * MAX_TRANSFER,
+        "{answered} bytes answered"
     );
 }
