@@ -223,11 +223,15 @@ impl Reaped {
             (true, _) if self.io.read => IoOutcome::ReadError,
             (true, _) => IoOutcome::WriteError,
             (false, Some((media, start))) => {
+                // Only the first `len` bytes of the slot are compared: a COMPARE AND WRITE
+                // slot holds the verify data and then the write data (twice `len`).
+                let len = self.io.len;
                 let host = q.buffer_mut(self.slot);
-                if media[start..start + host.len()] == *host {
-                    IoOutcome::Ok
-                } else {
-                    IoOutcome::Miscompare
+                match (media.get(start..start + len), host.get(..len)) {
+                    (Some(m), Some(h)) if m == h => IoOutcome::Ok,
+                    (Some(_), Some(_)) => IoOutcome::Miscompare,
+                    // The engine sized the slot below what it asked to compare.
+                    _ => IoOutcome::ReadError,
                 }
             }
             (false, None) => IoOutcome::Ok,
