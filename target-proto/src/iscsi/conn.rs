@@ -108,12 +108,18 @@ struct Login {
     csg: u8,
     started_ms: Option<u64>,
     isid: [u8; 6],
+    /// The TSIH of the first request; every request of the login carries the same.
+    tsih: u16,
     itt: u32,
+    /// Set by [`IscsiConn::identify`] from the first complete text (whatever number of
+    /// continued PDUs carried it); `None` until then.
     initiator: Option<String>,
     session_type: SessionType,
     target: Option<Arc<TargetNode>>,
     chap: Option<Chap>,
     authenticated: bool,
+    /// The CHAP name the initiator proved (CHAP_N with a right CHAP_R).
+    chap_name: Option<String>,
     /// Text of continued requests, joined.
     text: Vec<u8>,
     /// The first response was sent (TargetPortalGroupTag goes in it).
@@ -126,6 +132,9 @@ struct Login {
 struct Session {
     tsih: u16,
     kind: SessionType,
+    initiator: String,
+    /// The CHAP name the initiator authenticated as; `None` without CHAP.
+    chap_name: Option<String>,
     target: Option<Arc<TargetNode>>,
     scsi: Option<Arc<ScsiTarget>>,
     nexus: Nexus,
@@ -318,6 +327,19 @@ pub enum ConnEvent {
     Reinstated,
 }
 
+/// Who a logged-in session is, as the login established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedInIdentity {
+    pub tsih: u16,
+    pub isid: [u8; 6],
+    pub initiator: String,
+    /// `None` for a discovery session.
+    pub target: Option<String>,
+    pub discovery: bool,
+    /// The CHAP name the initiator proved; `None` when it did not use CHAP.
+    pub chap_name: Option<String>,
+}
+
 /// One iSCSI connection's engine.
 pub struct IscsiConn {
     params: ConnParams,
@@ -366,12 +388,14 @@ impl IscsiConn {
                 csg: stage::SECURITY,
                 started_ms: None,
                 isid: [0; 6],
+                tsih: 0,
                 itt: 0,
                 initiator: None,
                 session_type: SessionType::Normal,
                 target: None,
                 chap: None,
                 authenticated: false,
+                chap_name: None,
                 text: Vec::new(),
                 responded: false,
                 operational: Vec::new(),
@@ -686,9 +710,13 @@ impl IscsiConn {
                 return;
             }
             self.login.isid = req.isid;
+            self.login.tsih = req.tsih;
             self.exp_cmd_sn = req.cmd_sn;
         } else if req.isid != self.login.isid {
             self.fail_login(login_status::INITIATOR_ERROR, "ISID changed during login");
+            return;
+        } else if req.tsih != self.login.tsih {
+            self.fail_login(login_status::INITIATOR_ERROR, "TSIH changed during login");
             return;
         }
         self.login.itt = req.itt;
@@ -698,6 +726,11 @@ impl IscsiConn {
         }
         self.login.text.extend_from_slice(data);
         if req.cont {
+            if req.transit {
+                // Section 11.12.2: a request with C set must have T clear.
+                self.fail_login(login_status::INITIATOR_ERROR, "C and T bits both set");
+                return;
+            }
             // More text follows: answer with an empty response (section 6.1).
             let resp = self.login_response(&req, false, req.csg, login_status::SUCCESS, 0);
             self.push_login_response(resp, &[]);
@@ -719,7 +752,10 @@ impl IscsiConn {
                 }
             }
         }
-        if req.csg == 2 || (req.transit && (req.nsg == 2 || req.nsg <= req.csg)) {
+        if req.csg == 2
+            || req.csg == stage::FULL_FEATURE
+            || (req.transit && (req.nsg == 2 || req.nsg <= req.csg))
+        {
             self.fail_login(
                 login_status::INITIATOR_ERROR,
                 "invalid login stage transition",
@@ -731,7 +767,9 @@ impl IscsiConn {
             return;
         }
         self.login.csg = req.csg;
-        if first && !self.identify(&pairs, &req) {
+        // The identity keys come with the first complete text, which may have been spread
+        // over several continued (C bit) requests: `first` only means the first PDU.
+        if self.login.initiator.is_none() && !self.identify(&pairs, &req) {
             return;
         }
         let mut out = Vec::new();
@@ -922,6 +960,7 @@ impl IscsiConn {
             }
             if chap.done() {
                 self.login.authenticated = true;
+                self.login.chap_name = Some(cfg.initiator.name.clone());
             } else {
                 *transit = false;
             }
@@ -942,8 +981,88 @@ impl IscsiConn {
         true
     }
 
+    /// What the full feature phase needs (sections 6.3 and 12): a named initiator, for a
+    /// Normal session a resolved target that allows it, and the authentication required
+    /// completed. `identify` and the stage checks see to each on the way; the one place a
+    /// session starts checks them again, so no path through the login can skip one.
+    fn login_complete(&self) -> Result<(), (u16, &'static str)> {
+        let Some(initiator) = &self.login.initiator else {
+            return Err((login_status::MISSING_PARAMETER, "no InitiatorName"));
+        };
+        if self.login.session_type == SessionType::Normal {
+            let Some(target) = &self.login.target else {
+                return Err((login_status::MISSING_PARAMETER, "no TargetName"));
+            };
+            if !target.allows(initiator) {
+                return Err((login_status::AUTHORIZATION_FAILURE, "initiator not allowed"));
+            }
+        }
+        if self.auth_required() && !(self.login.authenticated && self.login.chap_name.is_some()) {
+            return Err((
+                login_status::AUTHENTICATION_FAILURE,
+                "CHAP is required but was not completed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Who the session logged in as; `None` before the full feature phase.
+    pub fn logged_in_identity(&self) -> Option<LoggedInIdentity> {
+        let s = self.session.as_ref()?;
+        Some(LoggedInIdentity {
+            tsih: s.tsih,
+            isid: self.login.isid,
+            initiator: s.initiator.clone(),
+            target: s.target.as_ref().map(|t| t.iqn.clone()),
+            discovery: s.kind == SessionType::Discovery,
+            chap_name: s.chap_name.clone(),
+        })
+    }
+
+    /// The login's invariants, for tests and fuzzing: a session exists exactly from the
+    /// full feature phase on; a Normal session has its target, the target allows the
+    /// initiator, and when the target requires CHAP the initiator proved the target's CHAP
+    /// name. (A discovery session's CHAP is checked at login against a setting that may
+    /// change later, so it is not re-checked here.)
+    pub fn check_login_invariants(&self) -> Result<(), String> {
+        let Some(s) = &self.session else {
+            return match self.phase {
+                Phase::FullFeature => Err("full feature phase without a session".into()),
+                _ => Ok(()),
+            };
+        };
+        if self.phase == Phase::Login {
+            return Err("a session during login".into());
+        }
+        if s.kind == SessionType::Discovery {
+            return match s.target {
+                Some(_) => Err("a discovery session with a target".into()),
+                None => Ok(()),
+            };
+        }
+        let Some(t) = &s.target else {
+            return Err("a normal session without a target".into());
+        };
+        if !t.allows(&s.initiator) {
+            return Err(format!("{} is not allowed on {}", s.initiator, t.iqn));
+        }
+        if let Some(chap) = &t.chap
+            && s.chap_name.as_ref() != Some(&chap.initiator.name)
+        {
+            return Err(format!(
+                "{} requires CHAP as {:?}, the session authenticated as {:?}",
+                t.iqn, chap.initiator.name, s.chap_name
+            ));
+        }
+        Ok(())
+    }
+
     /// The final login response: the session exists from here.
     fn start_session(&mut self, req: &LoginRequestRepr, mut out: Vec<u8>) -> bool {
+        if let Err((status, why)) = self.login_complete() {
+            self.fail_login(status, why);
+            return false;
+        }
         if self.login.operational.is_empty() {
             // The target's MaxRecvDataSegmentLength must reach the initiator once.
             let mut n = Negotiation::new(&self.params.limits, &mut self.neg, true);
@@ -973,6 +1092,8 @@ impl IscsiConn {
         self.session = Some(Session {
             tsih: grant.tsih,
             kind: self.login.session_type,
+            initiator: initiator.clone(),
+            chap_name: self.login.chap_name.clone(),
             scsi: target.as_ref().map(|t| Arc::clone(&t.scsi)),
             target,
             nexus,
@@ -983,6 +1104,7 @@ impl IscsiConn {
         resp.tsih = grant.tsih;
         self.push_login_response(resp, &out);
         self.phase = Phase::FullFeature;
+        debug_assert_eq!(self.check_login_invariants(), Ok(()));
         self.events.push(ConnEvent::LoggedIn {
             initiator,
             target: target_name,

@@ -826,6 +826,183 @@ fn login_naming_a_tsih_adds_no_connection() {
     assert!(first.conn.tick(2_000), "the live session is untouched");
 }
 
+/// The text of `keys`, as a login or text request carries it.
+fn text_of(keys: &[(&str, &str)]) -> Vec<u8> {
+    let mut text = Vec::new();
+    for (k, v) in keys {
+        answer(&mut text, k, v);
+    }
+    text
+}
+
+/// A Login Request with the C bit: its text goes on in the next request.
+fn login_continued(csg: u8, nsg: u8, text: &[u8]) -> Vec<u8> {
+    let mut p = login_raw(csg, nsg, false, 0, text);
+    p[1] |= flags::C;
+    p
+}
+
+#[test]
+fn identity_spread_over_continued_requests_is_checked() {
+    // The identity keys split inside a value over two requests (section 6.1): the first
+    // PDU has the C bit, and the login is judged on the joined text.
+    let text = text_of(&identity());
+    let (head, tail) = text.split_at(20);
+    let first = login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, head);
+    let last = login_raw(stage::OPERATIONAL, stage::FULL_FEATURE, true, 0, tail);
+    // A target with CHAP: skipping the security stage is refused, as in one piece.
+    let reg = chap_registry(false);
+    assert_eq!(
+        refusal(&reg, &[first.clone(), last.clone()]),
+        login_status::AUTHENTICATION_FAILURE
+    );
+    assert_eq!(reg.lock().unwrap().session_count(), 0);
+    // The allow-list.
+    let text = text_of(&[("InitiatorName", INITIATOR), ("TargetName", PRIVATE)]);
+    let (head, tail) = text.split_at(30);
+    let reg = registry();
+    let private = [
+        login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, head),
+        login_raw(stage::OPERATIONAL, stage::FULL_FEATURE, true, 0, tail),
+    ];
+    assert_eq!(refusal(&reg, &private), login_status::AUTHORIZATION_FAILURE);
+    // The whole text in the first PDU, the last one empty; and no TargetName at all.
+    let whole = login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, &text);
+    let empty = login_raw(stage::OPERATIONAL, stage::FULL_FEATURE, true, 0, &[]);
+    assert_eq!(
+        refusal(&reg, &[whole, empty.clone()]),
+        login_status::AUTHORIZATION_FAILURE
+    );
+    let nameless = text_of(&[("InitiatorName", INITIATOR)]);
+    let nameless = login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, &nameless);
+    assert_eq!(
+        refusal(&reg, &[nameless, empty]),
+        login_status::MISSING_PARAMETER
+    );
+    // C and T together (section 11.12.2).
+    let mut both = login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, head);
+    both[1] |= flags::T;
+    assert_eq!(refusal(&reg, &[both]), login_status::INITIATOR_ERROR);
+    assert_eq!(reg.lock().unwrap().session_count(), 0);
+
+    // A target open to the initiator: the continued login reaches it.
+    let mut rig = Rig::new(&reg);
+    let r = rig.send(&first);
+    assert_eq!(r.len(), 1);
+    let r0 = r[0].login();
+    assert!(!r0.transit && r0.status == login_status::SUCCESS && r[0].data.is_empty());
+    let r = rig.send(&last);
+    let r1 = r[0].login();
+    assert!(r1.transit && r1.nsg == stage::FULL_FEATURE && r1.tsih != 0);
+    assert_eq!(
+        r[0].key("TargetPortalGroupTag"),
+        None,
+        "it went in the first response"
+    );
+    assert!(matches!(
+        rig.conn.take_events().as_slice(),
+        [ConnEvent::LoggedIn { initiator, target: Some(t), .. }]
+            if initiator == INITIATOR && t == TARGET
+    ));
+    assert_eq!(rig.conn.check_login_invariants(), Ok(()));
+    let out = rig.command(1, flags::F, 0, &TUR, &[]);
+    assert_eq!(out[0].code(), status::GOOD);
+}
+
+#[test]
+fn full_feature_phase_implies_a_resolved_target_and_completed_chap() {
+    // Every sequence of up to three of these requests, against a target without CHAP, one
+    // with CHAP, and one with CHAP and an allow-list that excludes INITIATOR. Whenever the
+    // target grants the full feature phase, the session has its target, the allow-list
+    // admits the initiator, and CHAP was completed when the target requires it.
+    let chap_r = hex(&chap::response(
+        RANDOM[0],
+        b"initiator-secret",
+        &RANDOM[1..],
+    ));
+    let ident = text_of(&identity());
+    let mut ident_chap = ident.clone();
+    answer(&mut ident_chap, "AuthMethod", "CHAP,None");
+    let mut ident_none = ident.clone();
+    answer(&mut ident_none, "AuthMethod", "None");
+    let (s, o, ffp) = (stage::SECURITY, stage::OPERATIONAL, stage::FULL_FEATURE);
+    let blocks: Vec<Vec<u8>> = vec![
+        login_continued(o, ffp, &ident[..25]),
+        login_raw(o, ffp, true, 0, &ident[25..]),
+        login_raw(o, ffp, true, 0, &ident),
+        login_raw(o, ffp, true, 0, &[]),
+        login_continued(s, o, &ident_chap),
+        login_raw(s, o, false, 0, &ident_chap),
+        login_raw(s, ffp, true, 0, &ident_none),
+        login_raw(s, o, false, 0, &text_of(&[("CHAP_A", "5")])),
+        login_raw(
+            s,
+            ffp,
+            true,
+            0,
+            &text_of(&[("CHAP_N", "alice"), ("CHAP_R", &chap_r)]),
+        ),
+        login_raw(s, o, true, 0, &[]),
+        login_raw(3, ffp, false, 0, &ident),
+    ];
+    let n = blocks.len();
+    let mut sequences: Vec<Vec<usize>> = (0..n).map(|a| vec![a]).collect();
+    for a in 0..n {
+        for b in 0..n {
+            sequences.push(vec![a, b]);
+            for c in 0..n {
+                sequences.push(vec![a, b, c]);
+            }
+        }
+    }
+    let registries = [
+        (registry(), None),
+        (chap_registry(false), Some("alice")),
+        (
+            registry_with(vec![node(
+                TARGET,
+                Some(OTHER_INITIATOR),
+                Some(chap_config(false)),
+            )]),
+            Some("alice"),
+        ),
+    ];
+    for (k, (reg, chap_name)) in registries.iter().enumerate() {
+        let mut logged_in = 0;
+        for seq in &sequences {
+            let mut conn = IscsiConn::new(
+                params(TargetLimits::default()),
+                Arc::clone(reg),
+                None,
+                RANDOM,
+            );
+            for &i in seq {
+                conn.receive(&blocks[i], 1_000);
+                assert_eq!(conn.check_login_invariants(), Ok(()), "{seq:?}");
+            }
+            let bytes = conn.output().to_vec();
+            let granted = parse_pdus(&bytes, (false, false)).iter().any(|p| {
+                let r = p.login();
+                r.status == login_status::SUCCESS && r.transit && r.nsg == ffp
+            });
+            let id = conn.logged_in_identity();
+            assert_eq!(granted, id.is_some(), "{seq:?}");
+            if let Some(id) = id {
+                logged_in += 1;
+                assert_ne!(k, 2, "{seq:?}: the allow-list excludes {INITIATOR}");
+                assert_eq!(id.target.as_deref(), Some(TARGET), "{seq:?}");
+                assert_eq!(id.chap_name.as_deref(), *chap_name, "{seq:?}");
+            }
+            conn.teardown();
+        }
+        assert!(
+            k == 2 || logged_in > 0,
+            "some sequence logs in to registry {k}"
+        );
+        assert_eq!(reg.lock().unwrap().session_count(), 0);
+    }
+}
+
 // ---- Digests --------------------------------------------------------------------------------
 
 fn nop_out(itt: u32, ttt: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
