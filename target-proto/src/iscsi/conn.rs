@@ -33,7 +33,7 @@ use target_wire::iscsi::{
 
 use super::chap::{CHALLENGE_LEN, Chap};
 use super::params::{self, Negotiated, Negotiation, TargetLimits, answer};
-use super::{PORTAL_GROUP, Registry, TargetNode};
+use super::{PORTAL_GROUP, Registry, SessionRefused, TargetNode};
 use crate::block::{AlignedBuf, BlockIo, IoOutcome};
 use crate::scsi::{self, Asc, Nexus, ScsiTarget, Sense, Step, TaskManagement, key};
 
@@ -1070,15 +1070,31 @@ impl IscsiConn {
         }
         let initiator = self.login.initiator.clone().unwrap_or_default();
         let target_name = self.login.target.as_ref().map(|t| t.iqn.clone());
-        let grant = lock(&self.registry).open_session(
-            &initiator,
-            self.login.isid,
-            target_name.as_deref().unwrap_or(""),
-        );
         let isid_hex: String = self.login.isid.iter().fold(String::new(), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s
         });
+        let grant = lock(&self.registry).open_session(
+            &initiator,
+            self.login.isid,
+            target_name.as_deref().unwrap_or(""),
+            self.login.chap_name.as_deref(),
+        );
+        let grant = match grant {
+            Ok(g) => g,
+            Err(SessionRefused::OtherIdentity { chap_name }) => {
+                // Section 6.3.5 reinstates on the names and ISID alone; a session is only
+                // ended by a login that authenticated as it did.
+                let why = format!(
+                    "session reinstatement refused: the live session of {initiator} with \
+                     ISID 0x{isid_hex} authenticated with CHAP name {chap_name:?}, this \
+                     login with {:?}",
+                    self.login.chap_name
+                );
+                self.fail_login(login_status::AUTHENTICATION_FAILURE, &why);
+                return false;
+            }
+        };
         let nexus = Nexus {
             id: grant.nexus_id,
             initiator_port: format!("{initiator},i,0x{isid_hex}"),

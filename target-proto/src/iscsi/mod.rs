@@ -87,6 +87,8 @@ struct SessionEntry {
     initiator: String,
     isid: [u8; 6],
     target: String,
+    /// The CHAP name the initiator authenticated as; `None` without CHAP.
+    chap_name: Option<String>,
     tsih: u16,
     /// Set when a newer login reinstates this session: its connection ends itself.
     killed: Arc<AtomicBool>,
@@ -101,6 +103,16 @@ pub struct SessionGrant {
     pub killed: Arc<AtomicBool>,
     /// A session with the same initiator, ISID and target was ended (reinstatement).
     pub reinstated: bool,
+}
+
+/// Why the registry gave no session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// A session with the same initiator name, ISID and target lives, but it authenticated
+    /// with another CHAP name (or with CHAP where this login had none, or the reverse):
+    /// reinstating it would let one set of credentials end another's session. Carries the
+    /// live session's CHAP name, for the log.
+    OtherIdentity { chap_name: Option<String> },
 }
 
 /// Targets, portals and live sessions, shared by all connections behind a mutex; touched
@@ -144,17 +156,34 @@ impl Registry {
     }
 
     /// Opens a session; one with the same initiator name, ISID and target is ended
-    /// (session reinstatement, RFC 7143 section 6.3.5).
-    pub fn open_session(&mut self, initiator: &str, isid: [u8; 6], target: &str) -> SessionGrant {
-        let mut reinstated = false;
-        self.sessions.retain(|s| {
-            let same = s.initiator == initiator && s.isid == isid && s.target == target;
-            if same {
-                s.killed.store(true, Ordering::Relaxed);
-                reinstated = true;
-            }
-            !same
-        });
+    /// (session reinstatement, RFC 7143 section 6.3.5) when it authenticated as the same
+    /// CHAP name (`chap_name`, `None` without CHAP); otherwise the old session stays and
+    /// the new one is refused.
+    pub fn open_session(
+        &mut self,
+        initiator: &str,
+        isid: [u8; 6],
+        target: &str,
+        chap_name: Option<&str>,
+    ) -> Result<SessionGrant, SessionRefused> {
+        let old = self
+            .sessions
+            .iter()
+            .position(|s| s.initiator == initiator && s.isid == isid && s.target == target);
+        if let Some(i) = old
+            && self.sessions[i].chap_name.as_deref() != chap_name
+        {
+            return Err(SessionRefused::OtherIdentity {
+                chap_name: self.sessions[i].chap_name.clone(),
+            });
+        }
+        let reinstated = old.is_some();
+        if let Some(i) = old {
+            self.sessions
+                .swap_remove(i)
+                .killed
+                .store(true, Ordering::Relaxed);
+        }
         let mut tsih = self.next_tsih;
         while tsih == 0 || self.sessions.iter().any(|s| s.tsih == tsih) {
             tsih = tsih.wrapping_add(1);
@@ -167,15 +196,16 @@ impl Registry {
             initiator: initiator.to_string(),
             isid,
             target: target.to_string(),
+            chap_name: chap_name.map(str::to_string),
             tsih,
             killed: Arc::clone(&killed),
         });
-        SessionGrant {
+        Ok(SessionGrant {
             tsih,
             nexus_id,
             killed,
             reinstated,
-        }
+        })
     }
 
     /// Whether a session with this TSIH lives (a login naming it adds a connection).

@@ -16,7 +16,7 @@ use super::chap::{self, ChapConfig, ChapSecret};
 use super::conn::{ConnEvent, ConnParams, IscsiConn, QUEUE_DEPTH, Timers};
 use super::host::{HostError, IscsiHost, LoginOptions, ScsiCompletion};
 use super::params::{TargetLimits, answer};
-use super::{Portal, Registry, TargetNode};
+use super::{Portal, Registry, SessionRefused, TargetNode};
 use crate::block::{BlockOp, IoOutcome};
 use crate::scsi::{LunConfig, ScsiTarget, key, status};
 
@@ -682,11 +682,11 @@ fn login_through_the_security_stage_with_auth_method_none() {
 #[test]
 fn registry_reinstatement_kills_the_old_session() {
     let mut r = Registry::new(Vec::new(), Vec::new());
-    let a = r.open_session("iqn.i", [1; 6], "iqn.t");
-    let b = r.open_session("iqn.i", [2; 6], "iqn.t");
+    let a = r.open_session("iqn.i", [1; 6], "iqn.t", None).unwrap();
+    let b = r.open_session("iqn.i", [2; 6], "iqn.t", None).unwrap();
     assert_ne!(a.tsih, b.tsih);
     assert!(!a.reinstated && !b.reinstated);
-    let c = r.open_session("iqn.i", [1; 6], "iqn.t");
+    let c = r.open_session("iqn.i", [1; 6], "iqn.t", None).unwrap();
     assert!(c.reinstated);
     assert!(a.killed.load(Ordering::Relaxed));
     assert!(!b.killed.load(Ordering::Relaxed));
@@ -694,6 +694,37 @@ fn registry_reinstatement_kills_the_old_session() {
     assert_eq!(r.session_count(), 2);
     r.close_session(b.tsih);
     assert!(!r.session_exists(b.tsih));
+}
+
+#[test]
+fn registry_reinstates_only_the_same_chap_identity() {
+    let mut r = Registry::new(Vec::new(), Vec::new());
+    let a = r
+        .open_session("iqn.i", [1; 6], "iqn.t", Some("alice"))
+        .unwrap();
+    let other = |name: Option<&str>| SessionRefused::OtherIdentity {
+        chap_name: name.map(str::to_string),
+    };
+    for name in [Some("mallory"), None] {
+        assert_eq!(
+            r.open_session("iqn.i", [1; 6], "iqn.t", name).unwrap_err(),
+            other(Some("alice"))
+        );
+    }
+    assert!(!a.killed.load(Ordering::Relaxed) && r.session_exists(a.tsih));
+    let b = r
+        .open_session("iqn.i", [1; 6], "iqn.t", Some("alice"))
+        .unwrap();
+    assert!(b.reinstated && a.killed.load(Ordering::Relaxed));
+    // A session without CHAP is not ended by a login with CHAP either.
+    let c = r.open_session("iqn.i", [2; 6], "iqn.t", None).unwrap();
+    assert_eq!(
+        r.open_session("iqn.i", [2; 6], "iqn.t", Some("alice"))
+            .unwrap_err(),
+        other(None)
+    );
+    assert!(!c.killed.load(Ordering::Relaxed));
+    assert_eq!(r.session_count(), 2);
 }
 
 // ---- Login failures -------------------------------------------------------------------------
@@ -2029,4 +2060,65 @@ fn a_new_login_with_the_same_isid_reinstates_the_session() {
     assert!(b.conn.tick(2_002));
     a.conn.teardown();
     assert_eq!(reg.lock().unwrap().session_count(), 2, "b and c live on");
+}
+
+#[test]
+fn reinstatement_needs_the_chap_identity_that_logged_in() {
+    // Discovery sessions, whose CHAP setting can change while sessions live (as a
+    // reloaded configuration would change it).
+    let reg = registry();
+    let carol = ChapConfig {
+        initiator: ChapSecret {
+            name: "carol".into(),
+            secret: b"carol-secret-123".to_vec(),
+        },
+        target: None,
+    };
+    let discovery = |isid: u8, chap: Option<(&str, &[u8])>| {
+        let mut o = LoginOptions::new(INITIATOR, None);
+        o.isid[5] = isid;
+        o.chap = chap.map(|(n, s)| (n.to_string(), s.to_vec()));
+        o
+    };
+    let refused_login = |o: LoginOptions| {
+        let mut rig = Rig::new(&reg);
+        let mut host = IscsiHost::new(o);
+        let (_, r) = rig.pump(&mut host);
+        assert_eq!(
+            r,
+            Err(HostError::LoginRefused(
+                login_status::AUTHENTICATION_FAILURE
+            ))
+        );
+        assert!(rig.conn.closing());
+        assert!(matches!(
+            rig.conn.take_events().last(),
+            Some(ConnEvent::LoginFailed { why, .. }) if why.contains("reinstatement refused")
+        ));
+    };
+    let alice = ("alice", &b"initiator-secret"[..]);
+    // A session without CHAP; then CHAP is required, and alice logs in with its ISID.
+    let mut a = Rig::new(&reg);
+    login(&mut a, discovery(1, None));
+    reg.lock().unwrap().discovery_chap = Some(chap_config(false));
+    refused_login(discovery(1, Some(alice)));
+    assert!(a.conn.tick(2_000), "the session without CHAP lives");
+    // alice's session; then carol is the discovery CHAP name, and logs in with its ISID.
+    let mut c = Rig::new(&reg);
+    login(&mut c, discovery(2, Some(alice)));
+    reg.lock().unwrap().discovery_chap = Some(carol);
+    refused_login(discovery(2, Some(("carol", b"carol-secret-123"))));
+    assert!(c.conn.tick(2_000), "alice's session lives");
+    assert_eq!(reg.lock().unwrap().session_count(), 2);
+    // The same identities reinstate their sessions.
+    reg.lock().unwrap().discovery_chap = Some(chap_config(false));
+    let mut e = Rig::new(&reg);
+    login(&mut e, discovery(2, Some(alice)));
+    assert!(!c.conn.tick(2_001), "alice's old session ends");
+    reg.lock().unwrap().discovery_chap = None;
+    let mut f = Rig::new(&reg);
+    login(&mut f, discovery(1, None));
+    assert!(!a.conn.tick(2_001));
+    assert!(e.conn.tick(2_002) && f.conn.tick(2_002));
+    assert_eq!(reg.lock().unwrap().session_count(), 2);
 }
