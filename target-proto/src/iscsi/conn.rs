@@ -183,6 +183,8 @@ struct TaskSlot {
     unsolicited_open: bool,
     unsolicited_sn: u32,
     unsolicited_limit: usize,
+    /// The BufferOffset the next unsolicited Data-Out must have (after the immediate data).
+    unsolicited_offset: usize,
     /// Next offset to solicit, R2TSN, and the R2Ts in flight.
     next_r2t_offset: usize,
     r2t_sn: u32,
@@ -211,6 +213,7 @@ impl TaskSlot {
             unsolicited_open: false,
             unsolicited_sn: 0,
             unsolicited_limit: 0,
+            unsolicited_offset: 0,
             next_r2t_offset: 0,
             r2t_sn: 0,
             r2ts: Vec::new(),
@@ -220,7 +223,18 @@ impl TaskSlot {
     }
 
     /// Takes one Data-Out PDU's data, checking it against the command's limits, its
-    /// sequence (DataSN) and its R2T.
+    /// sequence (DataSN), its R2T and its place in the sequence.
+    ///
+    /// Every byte is counted once: this target negotiates DataPDUInOrder=Yes, under which
+    /// "the data PDUs within sequences MUST be at continuously increasing addresses and
+    /// overlays are forbidden" (RFC 7143 section 13.19), so each PDU must start where the
+    /// previous one of its sequence ended (unsolicited data where the immediate data ended,
+    /// an R2T's data at its offset), and the sequences' ranges do not overlap. Otherwise a
+    /// PDU repeating an earlier range would count twice toward `need`, and the task would
+    /// complete with a hole of stale buffer bytes written to the disk. ERL 0 cannot recover
+    /// this: as Linux LIO, which fails the connection when a Data-Out's offset is not the one
+    /// it expects, the connection ends, after a Reject (PROTOCOL_ERROR) as for the other
+    /// Data-Out errors here.
     fn accept_data(
         &mut self,
         unsolicited: bool,
@@ -248,6 +262,13 @@ impl TaskSlot {
                 )));
             }
             self.unsolicited_sn += 1;
+            if offset != self.unsolicited_offset {
+                return Err(DataError::Fatal(format!(
+                    "unsolicited Data-Out at offset {offset}, expected {}",
+                    self.unsolicited_offset
+                )));
+            }
+            self.unsolicited_offset = end;
             if final_bit {
                 self.unsolicited_open = false;
             }
@@ -265,6 +286,12 @@ impl TaskSlot {
                 )));
             }
             r2t.next_data_sn += 1;
+            if offset != r2t.offset + r2t.received {
+                return Err(DataError::Fatal(format!(
+                    "Data-Out at offset {offset}, expected {}",
+                    r2t.offset + r2t.received
+                )));
+            }
             r2t.received += data.len();
             if r2t.received >= r2t.len || final_bit {
                 self.r2ts.remove(r);
@@ -1634,6 +1661,7 @@ impl IscsiConn {
         let final_bit = fl & flags::F != 0;
         s.unsolicited_open = write && !final_bit;
         s.unsolicited_sn = 0;
+        s.unsolicited_offset = data.len();
         s.unsolicited_limit = if self.neg.initial_r2t {
             data.len()
         } else {

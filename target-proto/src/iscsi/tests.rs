@@ -1719,6 +1719,64 @@ fn data_out_beyond_the_expected_length_ends_the_connection() {
     assert!(rig.conn.closing());
 }
 
+#[test]
+fn data_out_repeating_received_data_ends_the_connection() {
+    // DataPDUInOrder=Yes (section 13.19): no overlays. A PDU over bytes already received
+    // must not count toward the task's length, or the task completes with a hole.
+    let check = |rig: &mut Rig, out: Vec<Pdu>| {
+        assert_eq!(ops(&out), [Opcode::Reject], "{out:?}");
+        assert_eq!(out[0].code(), reject::PROTOCOL_ERROR);
+        assert!(rig.conn.closing());
+        assert!(rig.conn.next_io().is_none(), "nothing is written");
+    };
+    let r2t_only = TargetLimits {
+        initial_r2t: true,
+        immediate_data: false,
+        ..TargetLimits::default()
+    };
+    // The first half of an R2T twice, with the next DataSN.
+    let reg = registry();
+    let mut rig = session(&reg, r2t_only);
+    let r2t = rig.command(5, flags::F | flags::W, 1024, &write10(40, 2), &[]);
+    assert_eq!(ops(&r2t), [Opcode::R2t]);
+    let ttt = r2t[0].ttt();
+    assert!(
+        rig.data_out(5, ttt, (0, 0), false, &pattern(BS, 1))
+            .is_empty()
+    );
+    let out = rig.data_out(5, ttt, (1, 0), true, &pattern(BS, 2));
+    check(&mut rig, out);
+    assert_eq!(rig.disk_at(40, 2 * BS), [0; 2 * BS]);
+    // An R2T's data skipping ahead, then filling in (out of order).
+    let reg = registry();
+    let mut rig = session(&reg, r2t_only);
+    let r2t = rig.command(5, flags::F | flags::W, 1024, &write10(40, 2), &[]);
+    let ttt = r2t[0].ttt();
+    let out = rig.data_out(5, ttt, (0, 512), false, &pattern(BS, 1));
+    check(&mut rig, out);
+    // Unsolicited data over the immediate data.
+    let reg = registry();
+    let mut rig = session(&reg, TargetLimits::default());
+    let out = rig.command(6, flags::W, 1024, &write10(50, 2), &pattern(BS, 3));
+    assert!(out.is_empty());
+    let out = rig.data_out(6, TAG, (0, 0), true, &pattern(BS, 4));
+    check(&mut rig, out);
+    assert_eq!(rig.disk_at(50, 2 * BS), [0; 2 * BS]);
+    // Unsolicited data repeating itself.
+    let reg = registry();
+    let mut rig = session(&reg, TargetLimits::default());
+    assert!(
+        rig.command(7, flags::W, 1536, &write10(60, 3), &[])
+            .is_empty()
+    );
+    assert!(
+        rig.data_out(7, TAG, (0, 0), false, &pattern(BS, 5))
+            .is_empty()
+    );
+    let out = rig.data_out(7, TAG, (1, 0), false, &pattern(2 * BS, 6));
+    check(&mut rig, out);
+}
+
 // ---- Full feature phase: command numbering --------------------------------------------------
 
 fn tur(itt: u32, cmd_sn: u32, immediate: bool) -> [u8; BHS_LEN] {
