@@ -1121,6 +1121,13 @@ impl IscsiConn {
                 self.fail_login(login_status::AUTHENTICATION_FAILURE, &why);
                 return false;
             }
+            Err(SessionRefused::NoTsih) => {
+                self.fail_login(
+                    login_status::OUT_OF_RESOURCES,
+                    "every TSIH belongs to a live session",
+                );
+                return false;
+            }
         };
         let nexus = Nexus {
             id: grant.nexus_id,

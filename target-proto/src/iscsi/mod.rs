@@ -113,6 +113,8 @@ pub enum SessionRefused {
     /// reinstating it would let one set of credentials end another's session. Carries the
     /// live session's CHAP name, for the log.
     OtherIdentity { chap_name: Option<String> },
+    /// Every TSIH (1 to 65535) belongs to a live session.
+    NoTsih,
 }
 
 /// Targets, portals and live sessions, shared by all connections behind a mutex; touched
@@ -158,7 +160,7 @@ impl Registry {
     /// Opens a session; one with the same initiator name, ISID and target is ended
     /// (session reinstatement, RFC 7143 section 6.3.5) when it authenticated as the same
     /// CHAP name (`chap_name`, `None` without CHAP); otherwise the old session stays and
-    /// the new one is refused.
+    /// the new one is refused. Refused too when every TSIH is taken.
     pub fn open_session(
         &mut self,
         initiator: &str,
@@ -177,6 +179,21 @@ impl Registry {
                 chap_name: self.sessions[i].chap_name.clone(),
             });
         }
+        // The TSIHs in use but the reinstated session's, one bit each: the search below is
+        // bounded by the 65535 TSIHs there are, and ends without one when all are taken
+        // (it runs under the registry lock every connection's login takes).
+        let mut used = [0u64; 1 << 10];
+        for (i, s) in self.sessions.iter().enumerate() {
+            if Some(i) != old {
+                used[usize::from(s.tsih) / 64] |= 1 << (s.tsih % 64);
+            }
+        }
+        let tsih = (0..=u16::MAX)
+            .map(|k| self.next_tsih.wrapping_add(k))
+            // TSIH 0 is reserved (RFC 7143 section 11.12.5).
+            .find(|&t| t != 0 && used[usize::from(t) / 64] & (1 << (t % 64)) == 0)
+            .ok_or(SessionRefused::NoTsih)?;
+        self.next_tsih = tsih.wrapping_add(1);
         let reinstated = old.is_some();
         if let Some(i) = old {
             self.sessions
@@ -184,11 +201,6 @@ impl Registry {
                 .killed
                 .store(true, Ordering::Relaxed);
         }
-        let mut tsih = self.next_tsih;
-        while tsih == 0 || self.sessions.iter().any(|s| s.tsih == tsih) {
-            tsih = tsih.wrapping_add(1);
-        }
-        self.next_tsih = tsih.wrapping_add(1);
         let nexus_id = self.next_nexus;
         self.next_nexus += 1;
         let killed = Arc::new(AtomicBool::new(false));

@@ -1034,6 +1034,55 @@ fn full_feature_phase_implies_a_resolved_target_and_completed_chap() {
     }
 }
 
+/// Takes every TSIH there is (1 to 65535) with sessions of other initiators, without
+/// 65535 logins.
+fn take_every_tsih(reg: &Arc<Mutex<Registry>>) {
+    let mut r = reg.lock().unwrap();
+    let taken: std::collections::HashSet<u16> = r.sessions.iter().map(|s| s.tsih).collect();
+    for tsih in 1..=u16::MAX {
+        if taken.contains(&tsih) {
+            continue;
+        }
+        r.sessions.push(super::SessionEntry {
+            initiator: format!("iqn.2026-01.org.example:filler-{tsih}"),
+            isid: ISID,
+            target: TARGET.into(),
+            chap_name: None,
+            tsih,
+            killed: Arc::default(),
+        });
+    }
+}
+
+#[test]
+fn a_login_when_every_tsih_is_taken_is_out_of_resources() {
+    let reg = registry();
+    let mut first = Rig::new(&reg);
+    let (_, pdus) = login(&mut first, opts());
+    let tsih = pdus[0].login().tsih;
+    take_every_tsih(&reg);
+    // Another session: no TSIH is left (section 11.13.5, 0x0302).
+    let mut keys = identity();
+    keys[0].1 = OTHER_INITIATOR;
+    assert_eq!(
+        refusal(&reg, &[op_login(&keys)]),
+        login_status::OUT_OF_RESOURCES
+    );
+    // Reinstating a session frees its TSIH for the new one.
+    let mut again = Rig::new(&reg);
+    let (_, pdus) = login(&mut again, opts());
+    assert_eq!(pdus[0].login().tsih, tsih);
+    assert!(!first.conn.tick(2_000));
+    // A session that ends frees its TSIH.
+    reg.lock().unwrap().close_session(777);
+    let mut other = Rig::new(&reg);
+    let mut o = opts();
+    o.initiator = OTHER_INITIATOR.into();
+    let (_, pdus) = login(&mut other, o);
+    assert_eq!(pdus[0].login().tsih, 777);
+    assert_eq!(reg.lock().unwrap().session_count(), usize::from(u16::MAX));
+}
+
 // ---- Digests --------------------------------------------------------------------------------
 
 fn nop_out(itt: u32, ttt: u32, cmd_sn: u32) -> [u8; BHS_LEN] {
