@@ -1,9 +1,13 @@
 //! A fresh iSCSI connection in its login phase fed arbitrary initiator bytes, from the
 //! first byte or after a valid first Login Request (security stage with CHAP offered, or
-//! the operational stage), against targets with and without CHAP, discovery CHAP and an
-//! allow-list. Whatever the initiator sends: no panic, the output is always whole PDUs
-//! (login responses without digests, digests as answered once the login is over), and a
-//! connection that is closing says nothing more.
+//! the operational stage; whole, or with the C bit so the fuzzed bytes continue its text),
+//! against targets with and without CHAP, discovery CHAP and an allow-list. Whatever the
+//! initiator sends: no panic, the output is always whole PDUs
+//! (login responses without digests, digests as answered once the login is over), a
+//! connection that is closing says nothing more, and the full feature phase is granted only
+//! with a resolved target that admits the initiator and with CHAP completed where the
+//! target (or discovery) requires it: the engine's own `check_login_invariants`, and the
+//! same checked here from outside against what this registry was configured with.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -58,6 +62,8 @@ fn chap_config() -> ChapConfig {
 struct Checker {
     answered: (bool, bool),
     digests: (bool, bool),
+    /// A final login response granted the full feature phase.
+    granted: bool,
 }
 
 impl Checker {
@@ -82,6 +88,7 @@ impl Checker {
                 let r = LoginResponseRepr::parse(&h).unwrap();
                 if r.status == 0 && r.transit && r.nsg == stage::FULL_FEATURE {
                     self.digests = self.answered;
+                    self.granted = true;
                 }
             }
             out = &out[l.total..];
@@ -89,7 +96,7 @@ impl Checker {
     }
 }
 
-fn first_login(operational: bool, keys: &[(&str, &str)]) -> Vec<u8> {
+fn first_login(operational: bool, continued: bool, keys: &[(&str, &str)]) -> Vec<u8> {
     let mut text = Vec::new();
     for (k, v) in keys {
         answer(&mut text, k, v);
@@ -98,10 +105,16 @@ fn first_login(operational: bool, keys: &[(&str, &str)]) -> Vec<u8> {
     let mut h = Bhs::new_unchecked(&mut b[..]);
     h.init(Opcode::LoginRequest);
     h.set_immediate(true);
-    h.set_flags(if operational {
+    let f = if operational {
         flags::T | (stage::OPERATIONAL << 2)
     } else {
         stage::OPERATIONAL
+    };
+    // A request with C set has T clear (RFC 7143 section 11.12.2).
+    h.set_flags(if continued {
+        (f & !flags::T) | flags::C
+    } else {
+        f
     });
     h.set_data_segment_len(text.len()).unwrap();
     h.set_u32(field::CMD_SN, 1);
@@ -112,11 +125,41 @@ fn first_login(operational: bool, keys: &[(&str, &str)]) -> Vec<u8> {
     p
 }
 
+/// The full feature phase only for whom this registry lets in, as it requires.
+fn check_login(conn: &IscsiConn, checker: &Checker, target_chap: bool, discovery_chap: bool) {
+    if let Err(e) = conn.check_login_invariants() {
+        panic!("login invariant: {e}");
+    }
+    let id = conn.logged_in_identity();
+    assert_eq!(
+        checker.granted,
+        id.is_some(),
+        "a session iff it was granted"
+    );
+    let Some(id) = id else { return };
+    let chap_required = match id.target.as_deref() {
+        None => {
+            assert!(id.discovery, "a normal session without a target");
+            discovery_chap
+        }
+        Some("iqn.t") => target_chap,
+        Some("iqn.private") => {
+            assert_eq!(id.initiator, "iqn.i2", "the allow-list of iqn.private");
+            false
+        }
+        Some(t) => panic!("a session to {t:?}, which does not exist"),
+    };
+    if chap_required {
+        assert_eq!(id.chap_name.as_deref(), Some("alice"), "CHAP not completed");
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let [opts, rest @ ..] = input else { return };
+    let (target_chap, discovery_chap) = (opts & 4 != 0, opts & 8 != 0);
     let mut reg = Registry::new(
         vec![
-            node("iqn.t", opts & 4 != 0, None),
+            node("iqn.t", target_chap, None),
             node("iqn.private", false, Some("iqn.i2")),
         ],
         vec![Portal {
@@ -124,7 +167,7 @@ fuzz_target!(|input: &[u8]| {
             port: 3260,
         }],
     );
-    if opts & 8 != 0 {
+    if discovery_chap {
         reg.discovery_chap = Some(chap_config());
     }
     let params = ConnParams {
@@ -146,12 +189,12 @@ fuzz_target!(|input: &[u8]| {
             ("TargetName", "iqn.t"),
             ("AuthMethod", "CHAP,None"),
         ];
-        conn.receive(&first_login(opts & 2 != 0, &keys), now);
+        conn.receive(&first_login(opts & 2 != 0, opts & 16 != 0, &keys), now);
         let out = conn.output().to_vec();
         conn.consume_output(out.len());
         checker.check(&out);
     }
-    let chunk = usize::from(opts >> 4) + 1;
+    let chunk = usize::from(opts >> 5) + 1;
     for piece in rest.chunks(chunk) {
         let was_closing = conn.closing();
         now += 10;
@@ -167,6 +210,7 @@ fuzz_target!(|input: &[u8]| {
         }
         checker.check(&out);
         let _ = conn.take_events();
+        check_login(&conn, &checker, target_chap, discovery_chap);
     }
     conn.teardown();
 });

@@ -491,6 +491,32 @@ impl Config {
             if s.mutual_chap.is_some() && s.chap.is_none() {
                 return Err(bad("mutual_chap needs chap".into()));
             }
+            // RFC 7143 section 12.1.3: a secret that authenticates initiators must not
+            // authenticate a target, so the secrets of the two directions differ.
+            if let Some(m) = &s.mutual_chap {
+                let same_as = if s.chap.as_ref().is_some_and(|c| c.secret == m.secret) {
+                    Some("chap.secret".to_string())
+                } else if self
+                    .iscsi
+                    .discovery_chap
+                    .as_ref()
+                    .is_some_and(|c| c.secret == m.secret)
+                {
+                    Some("iscsi.discovery_chap.secret".to_string())
+                } else {
+                    self.subsystems
+                        .iter()
+                        .find(|o| o.chap.as_ref().is_some_and(|c| c.secret == m.secret))
+                        .map(|o| format!("the chap.secret of subsystem {:?}", o.nqn))
+                };
+                if let Some(other) = same_as {
+                    return Err(bad(format!(
+                        "mutual_chap.secret is the same as {other}; the secrets of the two \
+                         CHAP directions must differ (RFC 7143 12.1.3): choose another \
+                         mutual_chap secret"
+                    )));
+                }
+            }
             if s.chap.is_some() && s.iqn.is_none() {
                 return Err(bad("chap applies to iSCSI: set iqn too".into()));
             }
@@ -663,6 +689,45 @@ mod tests {
             let err = parse(&text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn mutual_chap_secret_differs_from_initiator_secrets() {
+        let sub = |nqn: &str, iqn: &str, chap: &str, mutual: &str| {
+            format!(
+                "[[subsystem]]\nnqn = \"{nqn}\"\niqn = \"{iqn}\"\n\
+                 chap = {{ user = \"alice\", secret = \"{chap}\" }}\n\
+                 mutual_chap = {{ user = \"target\", secret = \"{mutual}\" }}\n"
+            )
+        };
+        let a = "initiator-secret";
+        let b = "target-secret-12";
+        assert!(parse(&sub("nqn.a", "iqn.a", a, b)).is_ok());
+        let err = parse(&sub("nqn.a", "iqn.a", a, a)).unwrap_err();
+        assert!(
+            err.contains("nqn.a")
+                && err.contains("mutual_chap.secret is the same as chap.secret")
+                && err.contains("choose another mutual_chap secret")
+                && !err.contains('\n'),
+            "{err}"
+        );
+        let discovery =
+            format!("[iscsi]\ndiscovery_chap = {{ user = \"disc\", secret = \"{b}\" }}\n");
+        let err = parse(&format!("{discovery}{}", sub("nqn.a", "iqn.a", a, b))).unwrap_err();
+        assert!(
+            err.contains("the same as iscsi.discovery_chap.secret"),
+            "{err}"
+        );
+        let two = format!(
+            "{}{}",
+            sub("nqn.a", "iqn.a", a, b),
+            sub("nqn.b", "iqn.b", b, "third-secret-1234")
+        );
+        let err = parse(&two).unwrap_err();
+        assert!(
+            err.contains("the same as the chap.secret of subsystem \"nqn.b\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use target_wire::iscsi::{
 
 use super::chap::{CHALLENGE_LEN, Chap};
 use super::params::{self, Negotiated, Negotiation, TargetLimits, answer};
-use super::{PORTAL_GROUP, Registry, TargetNode};
+use super::{PORTAL_GROUP, Registry, SessionRefused, TargetNode};
 use crate::OUTPUT_HIGH_WATER;
 use crate::block::{AlignedBuf, BlockIo, IoOutcome};
 use crate::scsi::{self, Asc, Nexus, ScsiTarget, Sense, Step, TaskManagement, key};
@@ -109,12 +109,18 @@ struct Login {
     csg: u8,
     started_ms: Option<u64>,
     isid: [u8; 6],
+    /// The TSIH of the first request; every request of the login carries the same.
+    tsih: u16,
     itt: u32,
+    /// Set by [`IscsiConn::identify`] from the first complete text (whatever number of
+    /// continued PDUs carried it); `None` until then.
     initiator: Option<String>,
     session_type: SessionType,
     target: Option<Arc<TargetNode>>,
     chap: Option<Chap>,
     authenticated: bool,
+    /// The CHAP name the initiator proved (CHAP_N with a right CHAP_R).
+    chap_name: Option<String>,
     /// Text of continued requests, joined.
     text: Vec<u8>,
     /// The first response was sent (TargetPortalGroupTag goes in it).
@@ -127,6 +133,9 @@ struct Login {
 struct Session {
     tsih: u16,
     kind: SessionType,
+    initiator: String,
+    /// The CHAP name the initiator authenticated as; `None` without CHAP.
+    chap_name: Option<String>,
     target: Option<Arc<TargetNode>>,
     scsi: Option<Arc<ScsiTarget>>,
     nexus: Nexus,
@@ -175,6 +184,8 @@ struct TaskSlot {
     unsolicited_open: bool,
     unsolicited_sn: u32,
     unsolicited_limit: usize,
+    /// The BufferOffset the next unsolicited Data-Out must have (after the immediate data).
+    unsolicited_offset: usize,
     /// Next offset to solicit, R2TSN, and the R2Ts in flight.
     next_r2t_offset: usize,
     r2t_sn: u32,
@@ -203,6 +214,7 @@ impl TaskSlot {
             unsolicited_open: false,
             unsolicited_sn: 0,
             unsolicited_limit: 0,
+            unsolicited_offset: 0,
             next_r2t_offset: 0,
             r2t_sn: 0,
             r2ts: Vec::new(),
@@ -212,7 +224,18 @@ impl TaskSlot {
     }
 
     /// Takes one Data-Out PDU's data, checking it against the command's limits, its
-    /// sequence (DataSN) and its R2T.
+    /// sequence (DataSN), its R2T and its place in the sequence.
+    ///
+    /// Every byte is counted once: this target negotiates DataPDUInOrder=Yes, under which
+    /// "the data PDUs within sequences MUST be at continuously increasing addresses and
+    /// overlays are forbidden" (RFC 7143 section 13.19), so each PDU must start where the
+    /// previous one of its sequence ended (unsolicited data where the immediate data ended,
+    /// an R2T's data at its offset), and the sequences' ranges do not overlap. Otherwise a
+    /// PDU repeating an earlier range would count twice toward `need`, and the task would
+    /// complete with a hole of stale buffer bytes written to the disk. ERL 0 cannot recover
+    /// this: as Linux LIO, which fails the connection when a Data-Out's offset is not the one
+    /// it expects, the connection ends, after a Reject (PROTOCOL_ERROR) as for the other
+    /// Data-Out errors here.
     fn accept_data(
         &mut self,
         unsolicited: bool,
@@ -240,6 +263,13 @@ impl TaskSlot {
                 )));
             }
             self.unsolicited_sn += 1;
+            if offset != self.unsolicited_offset {
+                return Err(DataError::Fatal(format!(
+                    "unsolicited Data-Out at offset {offset}, expected {}",
+                    self.unsolicited_offset
+                )));
+            }
+            self.unsolicited_offset = end;
             if final_bit {
                 self.unsolicited_open = false;
             }
@@ -257,6 +287,12 @@ impl TaskSlot {
                 )));
             }
             r2t.next_data_sn += 1;
+            if offset != r2t.offset + r2t.received {
+                return Err(DataError::Fatal(format!(
+                    "Data-Out at offset {offset}, expected {}",
+                    r2t.offset + r2t.received
+                )));
+            }
             r2t.received += data.len();
             if r2t.received >= r2t.len || final_bit {
                 self.r2ts.remove(r);
@@ -319,6 +355,19 @@ pub enum ConnEvent {
     Reinstated,
 }
 
+/// Who a logged-in session is, as the login established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedInIdentity {
+    pub tsih: u16,
+    pub isid: [u8; 6],
+    pub initiator: String,
+    /// `None` for a discovery session.
+    pub target: Option<String>,
+    pub discovery: bool,
+    /// The CHAP name the initiator proved; `None` when it did not use CHAP.
+    pub chap_name: Option<String>,
+}
+
 /// One iSCSI connection's engine.
 pub struct IscsiConn {
     params: ConnParams,
@@ -367,12 +416,14 @@ impl IscsiConn {
                 csg: stage::SECURITY,
                 started_ms: None,
                 isid: [0; 6],
+                tsih: 0,
                 itt: 0,
                 initiator: None,
                 session_type: SessionType::Normal,
                 target: None,
                 chap: None,
                 authenticated: false,
+                chap_name: None,
                 text: Vec::new(),
                 responded: false,
                 operational: Vec::new(),
@@ -716,9 +767,13 @@ impl IscsiConn {
                 return;
             }
             self.login.isid = req.isid;
+            self.login.tsih = req.tsih;
             self.exp_cmd_sn = req.cmd_sn;
         } else if req.isid != self.login.isid {
             self.fail_login(login_status::INITIATOR_ERROR, "ISID changed during login");
+            return;
+        } else if req.tsih != self.login.tsih {
+            self.fail_login(login_status::INITIATOR_ERROR, "TSIH changed during login");
             return;
         }
         self.login.itt = req.itt;
@@ -728,6 +783,11 @@ impl IscsiConn {
         }
         self.login.text.extend_from_slice(data);
         if req.cont {
+            if req.transit {
+                // Section 11.12.2: a request with C set must have T clear.
+                self.fail_login(login_status::INITIATOR_ERROR, "C and T bits both set");
+                return;
+            }
             // More text follows: answer with an empty response (section 6.1).
             let resp = self.login_response(&req, false, req.csg, login_status::SUCCESS, 0);
             self.push_login_response(resp, &[]);
@@ -749,7 +809,10 @@ impl IscsiConn {
                 }
             }
         }
-        if req.csg == 2 || (req.transit && (req.nsg == 2 || req.nsg <= req.csg)) {
+        if req.csg == 2
+            || req.csg == stage::FULL_FEATURE
+            || (req.transit && (req.nsg == 2 || req.nsg <= req.csg))
+        {
             self.fail_login(
                 login_status::INITIATOR_ERROR,
                 "invalid login stage transition",
@@ -761,7 +824,9 @@ impl IscsiConn {
             return;
         }
         self.login.csg = req.csg;
-        if first && !self.identify(&pairs, &req) {
+        // The identity keys come with the first complete text, which may have been spread
+        // over several continued (C bit) requests: `first` only means the first PDU.
+        if self.login.initiator.is_none() && !self.identify(&pairs, &req) {
             return;
         }
         let mut out = Vec::new();
@@ -952,6 +1017,7 @@ impl IscsiConn {
             }
             if chap.done() {
                 self.login.authenticated = true;
+                self.login.chap_name = Some(cfg.initiator.name.clone());
             } else {
                 *transit = false;
             }
@@ -972,8 +1038,88 @@ impl IscsiConn {
         true
     }
 
+    /// What the full feature phase needs (sections 6.3 and 12): a named initiator, for a
+    /// Normal session a resolved target that allows it, and the authentication required
+    /// completed. `identify` and the stage checks see to each on the way; the one place a
+    /// session starts checks them again, so no path through the login can skip one.
+    fn login_complete(&self) -> Result<(), (u16, &'static str)> {
+        let Some(initiator) = &self.login.initiator else {
+            return Err((login_status::MISSING_PARAMETER, "no InitiatorName"));
+        };
+        if self.login.session_type == SessionType::Normal {
+            let Some(target) = &self.login.target else {
+                return Err((login_status::MISSING_PARAMETER, "no TargetName"));
+            };
+            if !target.allows(initiator) {
+                return Err((login_status::AUTHORIZATION_FAILURE, "initiator not allowed"));
+            }
+        }
+        if self.auth_required() && !(self.login.authenticated && self.login.chap_name.is_some()) {
+            return Err((
+                login_status::AUTHENTICATION_FAILURE,
+                "CHAP is required but was not completed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Who the session logged in as; `None` before the full feature phase.
+    pub fn logged_in_identity(&self) -> Option<LoggedInIdentity> {
+        let s = self.session.as_ref()?;
+        Some(LoggedInIdentity {
+            tsih: s.tsih,
+            isid: self.login.isid,
+            initiator: s.initiator.clone(),
+            target: s.target.as_ref().map(|t| t.iqn.clone()),
+            discovery: s.kind == SessionType::Discovery,
+            chap_name: s.chap_name.clone(),
+        })
+    }
+
+    /// The login's invariants, for tests and fuzzing: a session exists exactly from the
+    /// full feature phase on; a Normal session has its target, the target allows the
+    /// initiator, and when the target requires CHAP the initiator proved the target's CHAP
+    /// name. (A discovery session's CHAP is checked at login against a setting that may
+    /// change later, so it is not re-checked here.)
+    pub fn check_login_invariants(&self) -> Result<(), String> {
+        let Some(s) = &self.session else {
+            return match self.phase {
+                Phase::FullFeature => Err("full feature phase without a session".into()),
+                _ => Ok(()),
+            };
+        };
+        if self.phase == Phase::Login {
+            return Err("a session during login".into());
+        }
+        if s.kind == SessionType::Discovery {
+            return match s.target {
+                Some(_) => Err("a discovery session with a target".into()),
+                None => Ok(()),
+            };
+        }
+        let Some(t) = &s.target else {
+            return Err("a normal session without a target".into());
+        };
+        if !t.allows(&s.initiator) {
+            return Err(format!("{} is not allowed on {}", s.initiator, t.iqn));
+        }
+        if let Some(chap) = &t.chap
+            && s.chap_name.as_ref() != Some(&chap.initiator.name)
+        {
+            return Err(format!(
+                "{} requires CHAP as {:?}, the session authenticated as {:?}",
+                t.iqn, chap.initiator.name, s.chap_name
+            ));
+        }
+        Ok(())
+    }
+
     /// The final login response: the session exists from here.
     fn start_session(&mut self, req: &LoginRequestRepr, mut out: Vec<u8>) -> bool {
+        if let Err((status, why)) = self.login_complete() {
+            self.fail_login(status, why);
+            return false;
+        }
         if self.login.operational.is_empty() {
             // The target's MaxRecvDataSegmentLength must reach the initiator once.
             let mut n = Negotiation::new(&self.params.limits, &mut self.neg, true);
@@ -981,15 +1127,38 @@ impl IscsiConn {
         }
         let initiator = self.login.initiator.clone().unwrap_or_default();
         let target_name = self.login.target.as_ref().map(|t| t.iqn.clone());
-        let grant = lock(&self.registry).open_session(
-            &initiator,
-            self.login.isid,
-            target_name.as_deref().unwrap_or(""),
-        );
         let isid_hex: String = self.login.isid.iter().fold(String::new(), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s
         });
+        let grant = lock(&self.registry).open_session(
+            &initiator,
+            self.login.isid,
+            target_name.as_deref().unwrap_or(""),
+            self.login.chap_name.as_deref(),
+        );
+        let grant = match grant {
+            Ok(g) => g,
+            Err(SessionRefused::OtherIdentity { chap_name }) => {
+                // Section 6.3.5 reinstates on the names and ISID alone; a session is only
+                // ended by a login that authenticated as it did.
+                let why = format!(
+                    "session reinstatement refused: the live session of {initiator} with \
+                     ISID 0x{isid_hex} authenticated with CHAP name {chap_name:?}, this \
+                     login with {:?}",
+                    self.login.chap_name
+                );
+                self.fail_login(login_status::AUTHENTICATION_FAILURE, &why);
+                return false;
+            }
+            Err(SessionRefused::NoTsih) => {
+                self.fail_login(
+                    login_status::OUT_OF_RESOURCES,
+                    "every TSIH belongs to a live session",
+                );
+                return false;
+            }
+        };
         let nexus = Nexus {
             id: grant.nexus_id,
             initiator_port: format!("{initiator},i,0x{isid_hex}"),
@@ -1003,6 +1172,8 @@ impl IscsiConn {
         self.session = Some(Session {
             tsih: grant.tsih,
             kind: self.login.session_type,
+            initiator: initiator.clone(),
+            chap_name: self.login.chap_name.clone(),
             scsi: target.as_ref().map(|t| Arc::clone(&t.scsi)),
             target,
             nexus,
@@ -1013,6 +1184,7 @@ impl IscsiConn {
         resp.tsih = grant.tsih;
         self.push_login_response(resp, &out);
         self.phase = Phase::FullFeature;
+        debug_assert_eq!(self.check_login_invariants(), Ok(()));
         self.events.push(ConnEvent::LoggedIn {
             initiator,
             target: target_name,
@@ -1526,6 +1698,7 @@ impl IscsiConn {
         let final_bit = fl & flags::F != 0;
         s.unsolicited_open = write && !final_bit;
         s.unsolicited_sn = 0;
+        s.unsolicited_offset = data.len();
         s.unsolicited_limit = if self.neg.initial_r2t {
             data.len()
         } else {

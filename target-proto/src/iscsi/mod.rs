@@ -87,6 +87,8 @@ struct SessionEntry {
     initiator: String,
     isid: [u8; 6],
     target: String,
+    /// The CHAP name the initiator authenticated as; `None` without CHAP.
+    chap_name: Option<String>,
     tsih: u16,
     /// Set when a newer login reinstates this session: its connection ends itself.
     killed: Arc<AtomicBool>,
@@ -101,6 +103,18 @@ pub struct SessionGrant {
     pub killed: Arc<AtomicBool>,
     /// A session with the same initiator, ISID and target was ended (reinstatement).
     pub reinstated: bool,
+}
+
+/// Why the registry gave no session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// A session with the same initiator name, ISID and target lives, but it authenticated
+    /// with another CHAP name (or with CHAP where this login had none, or the reverse):
+    /// reinstating it would let one set of credentials end another's session. Carries the
+    /// live session's CHAP name, for the log.
+    OtherIdentity { chap_name: Option<String> },
+    /// Every TSIH (1 to 65535) belongs to a live session.
+    NoTsih,
 }
 
 /// Targets, portals and live sessions, shared by all connections behind a mutex; touched
@@ -144,22 +158,49 @@ impl Registry {
     }
 
     /// Opens a session; one with the same initiator name, ISID and target is ended
-    /// (session reinstatement, RFC 7143 section 6.3.5).
-    pub fn open_session(&mut self, initiator: &str, isid: [u8; 6], target: &str) -> SessionGrant {
-        let mut reinstated = false;
-        self.sessions.retain(|s| {
-            let same = s.initiator == initiator && s.isid == isid && s.target == target;
-            if same {
-                s.killed.store(true, Ordering::Relaxed);
-                reinstated = true;
-            }
-            !same
-        });
-        let mut tsih = self.next_tsih;
-        while tsih == 0 || self.sessions.iter().any(|s| s.tsih == tsih) {
-            tsih = tsih.wrapping_add(1);
+    /// (session reinstatement, RFC 7143 section 6.3.5) when it authenticated as the same
+    /// CHAP name (`chap_name`, `None` without CHAP); otherwise the old session stays and
+    /// the new one is refused. Refused too when every TSIH is taken.
+    pub fn open_session(
+        &mut self,
+        initiator: &str,
+        isid: [u8; 6],
+        target: &str,
+        chap_name: Option<&str>,
+    ) -> Result<SessionGrant, SessionRefused> {
+        let old = self
+            .sessions
+            .iter()
+            .position(|s| s.initiator == initiator && s.isid == isid && s.target == target);
+        if let Some(i) = old
+            && self.sessions[i].chap_name.as_deref() != chap_name
+        {
+            return Err(SessionRefused::OtherIdentity {
+                chap_name: self.sessions[i].chap_name.clone(),
+            });
         }
+        // The TSIHs in use but the reinstated session's, one bit each: the search below is
+        // bounded by the 65535 TSIHs there are, and ends without one when all are taken
+        // (it runs under the registry lock every connection's login takes).
+        let mut used = [0u64; 1 << 10];
+        for (i, s) in self.sessions.iter().enumerate() {
+            if Some(i) != old {
+                used[usize::from(s.tsih) / 64] |= 1 << (s.tsih % 64);
+            }
+        }
+        let tsih = (0..=u16::MAX)
+            .map(|k| self.next_tsih.wrapping_add(k))
+            // TSIH 0 is reserved (RFC 7143 section 11.12.5).
+            .find(|&t| t != 0 && used[usize::from(t) / 64] & (1 << (t % 64)) == 0)
+            .ok_or(SessionRefused::NoTsih)?;
         self.next_tsih = tsih.wrapping_add(1);
+        let reinstated = old.is_some();
+        if let Some(i) = old {
+            self.sessions
+                .swap_remove(i)
+                .killed
+                .store(true, Ordering::Relaxed);
+        }
         let nexus_id = self.next_nexus;
         self.next_nexus += 1;
         let killed = Arc::new(AtomicBool::new(false));
@@ -167,15 +208,16 @@ impl Registry {
             initiator: initiator.to_string(),
             isid,
             target: target.to_string(),
+            chap_name: chap_name.map(str::to_string),
             tsih,
             killed: Arc::clone(&killed),
         });
-        SessionGrant {
+        Ok(SessionGrant {
             tsih,
             nexus_id,
             killed,
             reinstated,
-        }
+        })
     }
 
     /// Whether a session with this TSIH lives (a login naming it adds a connection).

@@ -16,7 +16,7 @@ use super::chap::{self, ChapConfig, ChapSecret};
 use super::conn::{ConnEvent, ConnParams, IscsiConn, QUEUE_DEPTH, Timers};
 use super::host::{HostError, IscsiHost, LoginOptions, ScsiCompletion};
 use super::params::{TargetLimits, answer};
-use super::{Portal, Registry, TargetNode};
+use super::{Portal, Registry, SessionRefused, TargetNode};
 use crate::block::{BlockOp, IoOutcome};
 use crate::scsi::{LunConfig, ScsiTarget, key, status};
 
@@ -698,11 +698,11 @@ fn login_through_the_security_stage_with_auth_method_none() {
 #[test]
 fn registry_reinstatement_kills_the_old_session() {
     let mut r = Registry::new(Vec::new(), Vec::new());
-    let a = r.open_session("iqn.i", [1; 6], "iqn.t");
-    let b = r.open_session("iqn.i", [2; 6], "iqn.t");
+    let a = r.open_session("iqn.i", [1; 6], "iqn.t", None).unwrap();
+    let b = r.open_session("iqn.i", [2; 6], "iqn.t", None).unwrap();
     assert_ne!(a.tsih, b.tsih);
     assert!(!a.reinstated && !b.reinstated);
-    let c = r.open_session("iqn.i", [1; 6], "iqn.t");
+    let c = r.open_session("iqn.i", [1; 6], "iqn.t", None).unwrap();
     assert!(c.reinstated);
     assert!(a.killed.load(Ordering::Relaxed));
     assert!(!b.killed.load(Ordering::Relaxed));
@@ -710,6 +710,37 @@ fn registry_reinstatement_kills_the_old_session() {
     assert_eq!(r.session_count(), 2);
     r.close_session(b.tsih);
     assert!(!r.session_exists(b.tsih));
+}
+
+#[test]
+fn registry_reinstates_only_the_same_chap_identity() {
+    let mut r = Registry::new(Vec::new(), Vec::new());
+    let a = r
+        .open_session("iqn.i", [1; 6], "iqn.t", Some("alice"))
+        .unwrap();
+    let other = |name: Option<&str>| SessionRefused::OtherIdentity {
+        chap_name: name.map(str::to_string),
+    };
+    for name in [Some("mallory"), None] {
+        assert_eq!(
+            r.open_session("iqn.i", [1; 6], "iqn.t", name).unwrap_err(),
+            other(Some("alice"))
+        );
+    }
+    assert!(!a.killed.load(Ordering::Relaxed) && r.session_exists(a.tsih));
+    let b = r
+        .open_session("iqn.i", [1; 6], "iqn.t", Some("alice"))
+        .unwrap();
+    assert!(b.reinstated && a.killed.load(Ordering::Relaxed));
+    // A session without CHAP is not ended by a login with CHAP either.
+    let c = r.open_session("iqn.i", [2; 6], "iqn.t", None).unwrap();
+    assert_eq!(
+        r.open_session("iqn.i", [2; 6], "iqn.t", Some("alice"))
+            .unwrap_err(),
+        other(None)
+    );
+    assert!(!c.killed.load(Ordering::Relaxed));
+    assert_eq!(r.session_count(), 2);
 }
 
 // ---- Login failures -------------------------------------------------------------------------
@@ -840,6 +871,232 @@ fn login_naming_a_tsih_adds_no_connection() {
     );
     assert_eq!(refusal(&reg, &[none]), login_status::SESSION_DOES_NOT_EXIST);
     assert!(first.conn.tick(2_000), "the live session is untouched");
+}
+
+/// The text of `keys`, as a login or text request carries it.
+fn text_of(keys: &[(&str, &str)]) -> Vec<u8> {
+    let mut text = Vec::new();
+    for (k, v) in keys {
+        answer(&mut text, k, v);
+    }
+    text
+}
+
+/// A Login Request with the C bit: its text goes on in the next request.
+fn login_continued(csg: u8, nsg: u8, text: &[u8]) -> Vec<u8> {
+    let mut p = login_raw(csg, nsg, false, 0, text);
+    p[1] |= flags::C;
+    p
+}
+
+#[test]
+fn identity_spread_over_continued_requests_is_checked() {
+    // The identity keys split inside a value over two requests (section 6.1): the first
+    // PDU has the C bit, and the login is judged on the joined text.
+    let text = text_of(&identity());
+    let (head, tail) = text.split_at(20);
+    let first = login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, head);
+    let last = login_raw(stage::OPERATIONAL, stage::FULL_FEATURE, true, 0, tail);
+    // A target with CHAP: skipping the security stage is refused, as in one piece.
+    let reg = chap_registry(false);
+    assert_eq!(
+        refusal(&reg, &[first.clone(), last.clone()]),
+        login_status::AUTHENTICATION_FAILURE
+    );
+    assert_eq!(reg.lock().unwrap().session_count(), 0);
+    // The allow-list.
+    let text = text_of(&[("InitiatorName", INITIATOR), ("TargetName", PRIVATE)]);
+    let (head, tail) = text.split_at(30);
+    let reg = registry();
+    let private = [
+        login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, head),
+        login_raw(stage::OPERATIONAL, stage::FULL_FEATURE, true, 0, tail),
+    ];
+    assert_eq!(refusal(&reg, &private), login_status::AUTHORIZATION_FAILURE);
+    // The whole text in the first PDU, the last one empty; and no TargetName at all.
+    let whole = login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, &text);
+    let empty = login_raw(stage::OPERATIONAL, stage::FULL_FEATURE, true, 0, &[]);
+    assert_eq!(
+        refusal(&reg, &[whole, empty.clone()]),
+        login_status::AUTHORIZATION_FAILURE
+    );
+    let nameless = text_of(&[("InitiatorName", INITIATOR)]);
+    let nameless = login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, &nameless);
+    assert_eq!(
+        refusal(&reg, &[nameless, empty]),
+        login_status::MISSING_PARAMETER
+    );
+    // C and T together (section 11.12.2).
+    let mut both = login_continued(stage::OPERATIONAL, stage::FULL_FEATURE, head);
+    both[1] |= flags::T;
+    assert_eq!(refusal(&reg, &[both]), login_status::INITIATOR_ERROR);
+    assert_eq!(reg.lock().unwrap().session_count(), 0);
+
+    // A target open to the initiator: the continued login reaches it.
+    let mut rig = Rig::new(&reg);
+    let r = rig.send(&first);
+    assert_eq!(r.len(), 1);
+    let r0 = r[0].login();
+    assert!(!r0.transit && r0.status == login_status::SUCCESS && r[0].data.is_empty());
+    let r = rig.send(&last);
+    let r1 = r[0].login();
+    assert!(r1.transit && r1.nsg == stage::FULL_FEATURE && r1.tsih != 0);
+    assert_eq!(
+        r[0].key("TargetPortalGroupTag"),
+        None,
+        "it went in the first response"
+    );
+    assert!(matches!(
+        rig.conn.take_events().as_slice(),
+        [ConnEvent::LoggedIn { initiator, target: Some(t), .. }]
+            if initiator == INITIATOR && t == TARGET
+    ));
+    assert_eq!(rig.conn.check_login_invariants(), Ok(()));
+    let out = rig.command(1, flags::F, 0, &TUR, &[]);
+    assert_eq!(out[0].code(), status::GOOD);
+}
+
+#[test]
+fn full_feature_phase_implies_a_resolved_target_and_completed_chap() {
+    // Every sequence of up to three of these requests, against a target without CHAP, one
+    // with CHAP, and one with CHAP and an allow-list that excludes INITIATOR. Whenever the
+    // target grants the full feature phase, the session has its target, the allow-list
+    // admits the initiator, and CHAP was completed when the target requires it.
+    let chap_r = hex(&chap::response(
+        RANDOM[0],
+        b"initiator-secret",
+        &RANDOM[1..],
+    ));
+    let ident = text_of(&identity());
+    let mut ident_chap = ident.clone();
+    answer(&mut ident_chap, "AuthMethod", "CHAP,None");
+    let mut ident_none = ident.clone();
+    answer(&mut ident_none, "AuthMethod", "None");
+    let (s, o, ffp) = (stage::SECURITY, stage::OPERATIONAL, stage::FULL_FEATURE);
+    let blocks: Vec<Vec<u8>> = vec![
+        login_continued(o, ffp, &ident[..25]),
+        login_raw(o, ffp, true, 0, &ident[25..]),
+        login_raw(o, ffp, true, 0, &ident),
+        login_raw(o, ffp, true, 0, &[]),
+        login_continued(s, o, &ident_chap),
+        login_raw(s, o, false, 0, &ident_chap),
+        login_raw(s, ffp, true, 0, &ident_none),
+        login_raw(s, o, false, 0, &text_of(&[("CHAP_A", "5")])),
+        login_raw(
+            s,
+            ffp,
+            true,
+            0,
+            &text_of(&[("CHAP_N", "alice"), ("CHAP_R", &chap_r)]),
+        ),
+        login_raw(s, o, true, 0, &[]),
+        login_raw(3, ffp, false, 0, &ident),
+    ];
+    let n = blocks.len();
+    let mut sequences: Vec<Vec<usize>> = (0..n).map(|a| vec![a]).collect();
+    for a in 0..n {
+        for b in 0..n {
+            sequences.push(vec![a, b]);
+            for c in 0..n {
+                sequences.push(vec![a, b, c]);
+            }
+        }
+    }
+    let registries = [
+        (registry(), None),
+        (chap_registry(false), Some("alice")),
+        (
+            registry_with(vec![node(
+                TARGET,
+                Some(OTHER_INITIATOR),
+                Some(chap_config(false)),
+            )]),
+            Some("alice"),
+        ),
+    ];
+    for (k, (reg, chap_name)) in registries.iter().enumerate() {
+        let mut logged_in = 0;
+        for seq in &sequences {
+            let mut conn = IscsiConn::new(
+                params(TargetLimits::default()),
+                Arc::clone(reg),
+                None,
+                RANDOM,
+            );
+            for &i in seq {
+                conn.receive(&blocks[i], 1_000);
+                assert_eq!(conn.check_login_invariants(), Ok(()), "{seq:?}");
+            }
+            let bytes = conn.output().to_vec();
+            let granted = parse_pdus(&bytes, (false, false)).iter().any(|p| {
+                let r = p.login();
+                r.status == login_status::SUCCESS && r.transit && r.nsg == ffp
+            });
+            let id = conn.logged_in_identity();
+            assert_eq!(granted, id.is_some(), "{seq:?}");
+            if let Some(id) = id {
+                logged_in += 1;
+                assert_ne!(k, 2, "{seq:?}: the allow-list excludes {INITIATOR}");
+                assert_eq!(id.target.as_deref(), Some(TARGET), "{seq:?}");
+                assert_eq!(id.chap_name.as_deref(), *chap_name, "{seq:?}");
+            }
+            conn.teardown();
+        }
+        assert!(
+            k == 2 || logged_in > 0,
+            "some sequence logs in to registry {k}"
+        );
+        assert_eq!(reg.lock().unwrap().session_count(), 0);
+    }
+}
+
+/// Takes every TSIH there is (1 to 65535) with sessions of other initiators, without
+/// 65535 logins.
+fn take_every_tsih(reg: &Arc<Mutex<Registry>>) {
+    let mut r = reg.lock().unwrap();
+    let taken: std::collections::HashSet<u16> = r.sessions.iter().map(|s| s.tsih).collect();
+    for tsih in 1..=u16::MAX {
+        if taken.contains(&tsih) {
+            continue;
+        }
+        r.sessions.push(super::SessionEntry {
+            initiator: format!("iqn.2026-01.org.example:filler-{tsih}"),
+            isid: ISID,
+            target: TARGET.into(),
+            chap_name: None,
+            tsih,
+            killed: Arc::default(),
+        });
+    }
+}
+
+#[test]
+fn a_login_when_every_tsih_is_taken_is_out_of_resources() {
+    let reg = registry();
+    let mut first = Rig::new(&reg);
+    let (_, pdus) = login(&mut first, opts());
+    let tsih = pdus[0].login().tsih;
+    take_every_tsih(&reg);
+    // Another session: no TSIH is left (section 11.13.5, 0x0302).
+    let mut keys = identity();
+    keys[0].1 = OTHER_INITIATOR;
+    assert_eq!(
+        refusal(&reg, &[op_login(&keys)]),
+        login_status::OUT_OF_RESOURCES
+    );
+    // Reinstating a session frees its TSIH for the new one.
+    let mut again = Rig::new(&reg);
+    let (_, pdus) = login(&mut again, opts());
+    assert_eq!(pdus[0].login().tsih, tsih);
+    assert!(!first.conn.tick(2_000));
+    // A session that ends frees its TSIH.
+    reg.lock().unwrap().close_session(777);
+    let mut other = Rig::new(&reg);
+    let mut o = opts();
+    o.initiator = OTHER_INITIATOR.into();
+    let (_, pdus) = login(&mut other, o);
+    assert_eq!(pdus[0].login().tsih, 777);
+    assert_eq!(reg.lock().unwrap().session_count(), usize::from(u16::MAX));
 }
 
 // ---- Digests --------------------------------------------------------------------------------
@@ -1527,6 +1784,64 @@ fn data_out_beyond_the_expected_length_ends_the_connection() {
     assert!(rig.conn.closing());
 }
 
+#[test]
+fn data_out_repeating_received_data_ends_the_connection() {
+    // DataPDUInOrder=Yes (section 13.19): no overlays. A PDU over bytes already received
+    // must not count toward the task's length, or the task completes with a hole.
+    let check = |rig: &mut Rig, out: Vec<Pdu>| {
+        assert_eq!(ops(&out), [Opcode::Reject], "{out:?}");
+        assert_eq!(out[0].code(), reject::PROTOCOL_ERROR);
+        assert!(rig.conn.closing());
+        assert!(rig.conn.next_io().is_none(), "nothing is written");
+    };
+    let r2t_only = TargetLimits {
+        initial_r2t: true,
+        immediate_data: false,
+        ..TargetLimits::default()
+    };
+    // The first half of an R2T twice, with the next DataSN.
+    let reg = registry();
+    let mut rig = session(&reg, r2t_only);
+    let r2t = rig.command(5, flags::F | flags::W, 1024, &write10(40, 2), &[]);
+    assert_eq!(ops(&r2t), [Opcode::R2t]);
+    let ttt = r2t[0].ttt();
+    assert!(
+        rig.data_out(5, ttt, (0, 0), false, &pattern(BS, 1))
+            .is_empty()
+    );
+    let out = rig.data_out(5, ttt, (1, 0), true, &pattern(BS, 2));
+    check(&mut rig, out);
+    assert_eq!(rig.disk_at(40, 2 * BS), [0; 2 * BS]);
+    // An R2T's data skipping ahead, then filling in (out of order).
+    let reg = registry();
+    let mut rig = session(&reg, r2t_only);
+    let r2t = rig.command(5, flags::F | flags::W, 1024, &write10(40, 2), &[]);
+    let ttt = r2t[0].ttt();
+    let out = rig.data_out(5, ttt, (0, 512), false, &pattern(BS, 1));
+    check(&mut rig, out);
+    // Unsolicited data over the immediate data.
+    let reg = registry();
+    let mut rig = session(&reg, TargetLimits::default());
+    let out = rig.command(6, flags::W, 1024, &write10(50, 2), &pattern(BS, 3));
+    assert!(out.is_empty());
+    let out = rig.data_out(6, TAG, (0, 0), true, &pattern(BS, 4));
+    check(&mut rig, out);
+    assert_eq!(rig.disk_at(50, 2 * BS), [0; 2 * BS]);
+    // Unsolicited data repeating itself.
+    let reg = registry();
+    let mut rig = session(&reg, TargetLimits::default());
+    assert!(
+        rig.command(7, flags::W, 1536, &write10(60, 3), &[])
+            .is_empty()
+    );
+    assert!(
+        rig.data_out(7, TAG, (0, 0), false, &pattern(BS, 5))
+            .is_empty()
+    );
+    let out = rig.data_out(7, TAG, (1, 0), false, &pattern(2 * BS, 6));
+    check(&mut rig, out);
+}
+
 // ---- Full feature phase: command numbering --------------------------------------------------
 
 fn tur(itt: u32, cmd_sn: u32, immediate: bool) -> [u8; BHS_LEN] {
@@ -1868,6 +2183,67 @@ fn a_new_login_with_the_same_isid_reinstates_the_session() {
     assert!(b.conn.tick(2_002));
     a.conn.teardown();
     assert_eq!(reg.lock().unwrap().session_count(), 2, "b and c live on");
+}
+
+#[test]
+fn reinstatement_needs_the_chap_identity_that_logged_in() {
+    // Discovery sessions, whose CHAP setting can change while sessions live (as a
+    // reloaded configuration would change it).
+    let reg = registry();
+    let carol = ChapConfig {
+        initiator: ChapSecret {
+            name: "carol".into(),
+            secret: b"carol-secret-123".to_vec(),
+        },
+        target: None,
+    };
+    let discovery = |isid: u8, chap: Option<(&str, &[u8])>| {
+        let mut o = LoginOptions::new(INITIATOR, None);
+        o.isid[5] = isid;
+        o.chap = chap.map(|(n, s)| (n.to_string(), s.to_vec()));
+        o
+    };
+    let refused_login = |o: LoginOptions| {
+        let mut rig = Rig::new(&reg);
+        let mut host = IscsiHost::new(o);
+        let (_, r) = rig.pump(&mut host);
+        assert_eq!(
+            r,
+            Err(HostError::LoginRefused(
+                login_status::AUTHENTICATION_FAILURE
+            ))
+        );
+        assert!(rig.conn.closing());
+        assert!(matches!(
+            rig.conn.take_events().last(),
+            Some(ConnEvent::LoginFailed { why, .. }) if why.contains("reinstatement refused")
+        ));
+    };
+    let alice = ("alice", &b"initiator-secret"[..]);
+    // A session without CHAP; then CHAP is required, and alice logs in with its ISID.
+    let mut a = Rig::new(&reg);
+    login(&mut a, discovery(1, None));
+    reg.lock().unwrap().discovery_chap = Some(chap_config(false));
+    refused_login(discovery(1, Some(alice)));
+    assert!(a.conn.tick(2_000), "the session without CHAP lives");
+    // alice's session; then carol is the discovery CHAP name, and logs in with its ISID.
+    let mut c = Rig::new(&reg);
+    login(&mut c, discovery(2, Some(alice)));
+    reg.lock().unwrap().discovery_chap = Some(carol);
+    refused_login(discovery(2, Some(("carol", b"carol-secret-123"))));
+    assert!(c.conn.tick(2_000), "alice's session lives");
+    assert_eq!(reg.lock().unwrap().session_count(), 2);
+    // The same identities reinstate their sessions.
+    reg.lock().unwrap().discovery_chap = Some(chap_config(false));
+    let mut e = Rig::new(&reg);
+    login(&mut e, discovery(2, Some(alice)));
+    assert!(!c.conn.tick(2_001), "alice's old session ends");
+    reg.lock().unwrap().discovery_chap = None;
+    let mut f = Rig::new(&reg);
+    login(&mut f, discovery(1, None));
+    assert!(!a.conn.tick(2_001));
+    assert!(e.conn.tick(2_002) && f.conn.tick(2_002));
+    assert_eq!(reg.lock().unwrap().session_count(), 2);
 }
 
 // ---- Resource bounds ----------------------------------------------------------------------
