@@ -165,15 +165,16 @@ fn identify_namespace(buf: &mut [u8], ns: &Namespace, _vwc_enabled: bool) {
 }
 
 /// Get Log Page: builds the whole page, then returns the part the host asked for (LPO and
-/// NUMD), zero-padded past the page's end.
+/// NUMD), zero-padded past the page's end. `host_nqn` is the NQN the host gave in Connect.
 pub fn get_log_page(
     sqe: &Sqe<&[u8]>,
     attached: &Attached,
     registry: &Registry,
+    host_nqn: &str,
     local: Option<IpAddr>,
 ) -> Response {
     let page = match (sqe.log_id(), attached.discovery) {
-        (LogPageId::Discovery, true) => discovery_log(registry, local),
+        (LogPageId::Discovery, true) => discovery_log(registry, host_nqn, local),
         (LogPageId::SupportedLogPages, discovery) => supported_log_pages(discovery),
         (LogPageId::ErrorInformation, _) => vec![0u8; ERROR_LOG_ENTRY_LEN],
         (LogPageId::SmartHealth, false) => smart_log(attached),
@@ -274,9 +275,12 @@ fn commands_effects() -> Vec<u8> {
     b
 }
 
-/// One entry per NVM subsystem and I/O port, plus the discovery subsystem itself on each
-/// port (subtype "current discovery subsystem", which Linux's host expects to find).
-fn discovery_log(registry: &Registry, local: Option<IpAddr>) -> Vec<u8> {
+/// One entry per NVM subsystem that allows `host_nqn` and I/O port, plus the discovery
+/// subsystem itself on each port (subtype "current discovery subsystem", which Linux's host
+/// expects to find). Subsystems whose allow list leaves the host out are not listed, as
+/// Linux's nvmet does (`nvmet_execute_disc_get_log_page` checks `nvmet_host_allowed`):
+/// discovery must not tell a host the names of subsystems it may not use.
+fn discovery_log(registry: &Registry, host_nqn: &str, local: Option<IpAddr>) -> Vec<u8> {
     struct Entry<'a> {
         subtype: SubType,
         nqn: &'a str,
@@ -285,7 +289,7 @@ fn discovery_log(registry: &Registry, local: Option<IpAddr>) -> Vec<u8> {
     let mut entries = Vec::new();
     for port in registry.ports() {
         if port.io {
-            for s in registry.subsystems() {
+            for s in registry.subsystems().iter().filter(|s| s.allows(host_nqn)) {
                 entries.push(Entry {
                     subtype: SubType::Nvm,
                     nqn: &s.nqn,

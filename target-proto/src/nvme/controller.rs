@@ -452,6 +452,7 @@ impl QueueController {
                 sqe,
                 attached,
                 &lock(registry),
+                &self.host_nqn,
                 self.local,
             )),
             AdminOpcode::KeepAlive => Plan::Respond(Response::ok()),

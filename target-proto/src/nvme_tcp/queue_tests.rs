@@ -23,24 +23,36 @@ const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:test-host";
 const BLOCKS: u64 = 4096;
 
 fn registry() -> Mutex<Registry> {
-    let mut r = Registry::new(vec![Subsystem {
-        nqn: NQN.into(),
+    registry_of(vec![subsystem(NQN, &[0], None)])
+}
+
+/// A subsystem of `BLOCKS`-block namespaces 1, 2, ... on `backends`, open to `hosts`.
+fn subsystem(nqn: &str, backends: &[u32], hosts: Option<&[&str]>) -> Subsystem {
+    Subsystem {
+        nqn: nqn.into(),
         serial: "XDPT0001".into(),
         model: "xdp-target memory".into(),
         firmware: "0.1.0".into(),
-        namespaces: vec![Namespace {
-            nsid: 1,
-            block_size: 512,
-            blocks: BLOCKS,
-            nguid: [0x11; 16],
-            eui64: [0x22; 8],
-            uuid: [0x33; 16],
-            volatile_write_cache: false,
-            deallocate: true,
-            backend: 0,
-        }],
-        allowed_hosts: None,
-    }]);
+        namespaces: (1..)
+            .zip(backends)
+            .map(|(nsid, &backend)| Namespace {
+                nsid,
+                block_size: 512,
+                blocks: BLOCKS,
+                nguid: [0x11; 16],
+                eui64: [0x22; 8],
+                uuid: [0x33; 16],
+                volatile_write_cache: false,
+                deallocate: true,
+                backend,
+            })
+            .collect(),
+        allowed_hosts: hosts.map(|h| h.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+fn registry_of(subsystems: Vec<Subsystem>) -> Mutex<Registry> {
+    let mut r = Registry::new(subsystems);
     r.set_ports(vec![Port {
         id: 1,
         addr: None,
@@ -491,6 +503,49 @@ fn discovery_controller_lists_subsystems() {
         0,
     );
     assert_eq!(status(&r), Status::invalid_field());
+}
+
+/// The SUBNQNs of the Discovery Log Page a discovery controller returns.
+fn discovery_nqns(d: &mut Host<'_>) -> Vec<String> {
+    let len = 8192;
+    let log = d.admin(
+        AdminOpcode::GetLogPage,
+        u32::from(u8::from(LogPageId::Discovery)) | ((len / 4 - 1) << 16),
+        0,
+        0,
+        len,
+    );
+    assert!(status(&log).is_success());
+    let h = DiscoveryLogHeader::new_checked(&log.data[..]).unwrap();
+    (0..h.numrec() as usize)
+        .map(|i| {
+            let e = discovery_entry(&log.data, i).unwrap();
+            e.subnqn().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn discovery_log_lists_only_subsystems_that_allow_the_host() {
+    // Linux nvmet (nvmet_execute_disc_get_log_page) skips subsystems whose allow list
+    // does not name the host: a host must not learn of subsystems it may not use.
+    let registry = registry_of(vec![
+        subsystem("nqn.open", &[0], None),
+        subsystem("nqn.mine", &[1], Some(&[HOST])),
+        subsystem(
+            "nqn.theirs",
+            &[2],
+            Some(&["nqn.2014-08.org.nvmexpress:uuid:other"]),
+        ),
+    ]);
+    let disk = Mutex::new(Vec::new());
+    let mut d = Host::new(&registry, &disk, false);
+    assert!(d.connect(0, 0xffff, DISCOVERY_NQN).status.is_success());
+    d.enable();
+    assert_eq!(
+        discovery_nqns(&mut d),
+        ["nqn.open", "nqn.mine", DISCOVERY_NQN]
+    );
 }
 
 #[test]
