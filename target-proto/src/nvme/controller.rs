@@ -40,6 +40,7 @@ const KATO_GRACE_MS: u64 = 1000;
 /// Offsets in the Connect SQE and data, for the Invalid Parameters result (IATTR/IPO).
 const CONNECT_QID_OFFSET: u16 = 42;
 const CONNECT_SQSIZE_OFFSET: u16 = 44;
+const CONNECT_DATA_HOSTID_OFFSET: u16 = 0;
 const CONNECT_DATA_CNTLID_OFFSET: u16 = 16;
 const CONNECT_DATA_SUBNQN_OFFSET: u16 = 256;
 const CONNECT_DATA_HOSTNQN_OFFSET: u16 = 512;
@@ -315,12 +316,13 @@ impl QueueController {
         let Some(host_nqn) = d.hostnqn().ok().filter(|n| !n.is_empty()) else {
             return invalid(true, CONNECT_DATA_HOSTNQN_OFFSET);
         };
+        let host_id = d.hostid();
         let result = {
             let mut r = lock(registry);
             if qid == 0 {
-                r.create_controller(sub_nqn, host_nqn)
+                r.create_controller(sub_nqn, host_nqn, host_id)
             } else {
-                r.attach_io_queue(cntlid, sub_nqn, host_nqn, qid)
+                r.attach_io_queue(cntlid, sub_nqn, host_nqn, host_id, qid)
             }
         };
         let attached = match result {
@@ -330,6 +332,9 @@ impl QueueController {
             }
             Err(ConnectError::UnknownController) => {
                 return invalid(true, CONNECT_DATA_CNTLID_OFFSET);
+            }
+            Err(ConnectError::HostIdMismatch) => {
+                return invalid(true, CONNECT_DATA_HOSTID_OFFSET);
             }
             Err(ConnectError::InvalidQueue) => return invalid(false, CONNECT_QID_OFFSET),
             Err(ConnectError::HostNotAllowed) => {

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use target_wire::nvme::cqe::CqeRepr;
-use target_wire::nvme::fabrics::PropertySize;
+use target_wire::nvme::fabrics::{ConnectData, PropertySize};
 use target_wire::nvme::identify::IdentifyController;
 use target_wire::nvme::log::{DiscoveryLogHeader, SmartLog, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
@@ -20,6 +20,7 @@ use crate::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem
 
 const NQN: &str = "nqn.2026-11.io.xdp-target:test";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:test-host";
+const HOST_ID: [u8; 16] = [0x5a; 16];
 const BLOCKS: u64 = 4096;
 
 fn registry() -> Mutex<Registry> {
@@ -196,8 +197,24 @@ impl<'r> Host<'r> {
     }
 
     fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str) -> CqeRepr {
+        self.connect_as(qid, cntlid, subnqn, HOST, HOST_ID)
+    }
+
+    /// Connect as host `hostnqn` with Host Identifier `hostid`.
+    fn connect_as(
+        &mut self,
+        qid: u16,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+        hostid: [u8; 16],
+    ) -> CqeRepr {
         let kato = if qid == 0 { 5000 } else { 0 };
-        let (sqe, data) = commands::connect(qid, cntlid, 31, kato, subnqn, HOST).expect("NQNs fit");
+        let (sqe, mut data) =
+            commands::connect(qid, cntlid, 31, kato, subnqn, hostnqn).expect("NQNs fit");
+        ConnectData::new_checked(&mut data[..])
+            .unwrap()
+            .set_hostid(hostid);
         self.command(sqe, &data, true, 0)
             .cqe
             .expect("Connect response")
@@ -465,6 +482,32 @@ fn connect_refusals() {
         status(&r),
         Status::generic(GenericStatus::CommandSequenceError)
     );
+}
+
+#[test]
+fn io_queue_connect_needs_the_admin_queue_host_nqn_and_host_id() {
+    let registry = registry();
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let invalid = Status::command_specific(CommandSpecificStatus::ConnectInvalidParameters);
+    // Another host naming this controller: as if it did not exist (Linux nvmet's
+    // nvmet_ctrl_find_get: Invalid Parameters, IATTR data, IPO CNTLID).
+    let mut io = Host::new(&registry, &disk, false);
+    let c = io.connect_as(
+        1,
+        cntlid,
+        NQN,
+        "nqn.2014-08.org.nvmexpress:uuid:intruder",
+        HOST_ID,
+    );
+    assert_eq!((c.status, c.dw0), (invalid, (1 << 16) | 16));
+    // The same Host NQN with another Host Identifier: Invalid Parameters, IPO HOSTID.
+    let mut io = Host::new(&registry, &disk, false);
+    let c = io.connect_as(1, cntlid, NQN, HOST, [0xa5; 16]);
+    assert_eq!((c.status, c.dw0), (invalid, 1 << 16));
+    // Both as the admin queue gave them: the queue connects.
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
 }
 
 #[test]
