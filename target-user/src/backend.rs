@@ -109,7 +109,7 @@ impl MemoryBackend {
                     (true, false) => IoOutcome::Miscompare,
                 }
             }
-            BlockOp::Flush => IoOutcome::Ok,
+            BlockOp::Flush | BlockOp::FlushAll { .. } => IoOutcome::Ok,
         }
     }
 }

@@ -573,17 +573,21 @@ fn io_command(sqe: &Sqe<&[u8]>, data: &[u8], subsystem: &Subsystem) -> Plan {
     let op = sqe.io_opcode();
     let nsid = sqe.nsid();
     if op == IoOpcode::Flush {
-        // Flush of all namespaces (FFFFFFFFh) is what the volatile cache feature implies.
-        let backend = match subsystem.namespace(nsid) {
-            Some(ns) => ns.backend,
-            None if nsid == u32::MAX => ALL_BACKENDS,
+        // Flush of all namespaces (FFFFFFFFh, VWC "flush all supported") means all of this
+        // controller's subsystem, so it names their backends: one host must not make the
+        // target sync every other subsystem's files.
+        let (backend, op) = match subsystem.namespace(nsid) {
+            Some(ns) => (ns.backend, BlockOp::Flush),
+            None if nsid == u32::MAX => {
+                let mut backends: Vec<u32> =
+                    subsystem.namespaces.iter().map(|n| n.backend).collect();
+                backends.sort_unstable();
+                backends.dedup();
+                (ALL_BACKENDS, BlockOp::FlushAll { backends })
+            }
             None => return respond(Status::invalid_namespace()),
         };
-        return Plan::Io(BlockIo {
-            nsid,
-            backend,
-            op: BlockOp::Flush,
-        });
+        return Plan::Io(BlockIo { nsid, backend, op });
     }
     let Some(ns) = subsystem.namespace(nsid) else {
         return match op {

@@ -15,7 +15,7 @@ use target_wire::nvme_tcp::{DataRepr, Fes, PduType, TermReqRepr};
 use super::host::{HostError, HostQueue, commands};
 use super::icreq::ControllerParams;
 use super::queue::NvmeTcpQueue;
-use crate::nvme::controller::{BlockOp, IoOutcome};
+use crate::nvme::controller::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
 use crate::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem};
 
 const NQN: &str = "nqn.2026-11.io.xdp-target:test";
@@ -76,6 +76,8 @@ struct Host<'r> {
     h: HostQueue,
     registry: &'r Mutex<Registry>,
     disk: &'r Mutex<Vec<u8>>,
+    /// Every block operation the queue asked for, in order.
+    ios: Vec<BlockIo>,
 }
 
 impl<'r> Host<'r> {
@@ -85,6 +87,7 @@ impl<'r> Host<'r> {
             h: HostQueue::new(digests, digests),
             registry,
             disk,
+            ios: Vec::new(),
         };
         host.pump().expect("ICReq/ICResp");
         assert!(host.h.established());
@@ -118,6 +121,7 @@ impl<'r> Host<'r> {
     /// Runs queued block operations against the disk.
     fn run_io(&mut self) {
         while let Some((slot, io)) = self.q.next_io() {
+            self.ios.push(io.clone());
             let mut disk = self.disk.lock().unwrap();
             let buf = self.q.buffer_mut(slot);
             let range = |o: u64, l: u64| o as usize..(o + l) as usize;
@@ -141,7 +145,7 @@ impl<'r> Host<'r> {
                         IoOutcome::Miscompare
                     }
                 }
-                BlockOp::Flush => IoOutcome::Ok,
+                BlockOp::Flush | BlockOp::FlushAll { .. } => IoOutcome::Ok,
                 BlockOp::Deallocate { ranges } => {
                     for (o, l) in ranges {
                         disk[range(o, l)].fill(0);
@@ -508,6 +512,34 @@ fn io_queue_connect_needs_the_admin_queue_host_nqn_and_host_id() {
     // Both as the admin queue gave them: the queue connects.
     let mut io = Host::new(&registry, &disk, false);
     assert!(io.connect(1, cntlid, NQN).status.is_success());
+}
+
+#[test]
+fn flush_of_all_namespaces_names_only_the_subsystems_backends() {
+    // Subsystem NQN has namespaces on backends 0 and 1; another subsystem owns backend 2.
+    let registry = registry_of(vec![
+        subsystem(NQN, &[0, 1], None),
+        subsystem("nqn.other", &[2], None),
+    ]);
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    let r = io.command(commands::io(IoOpcode::Flush, u32::MAX, 0, 0), &[], false, 0);
+    assert!(status(&r).is_success());
+    let flush = io.ios.last().expect("the flush reached the backends");
+    assert_eq!(flush.backend, ALL_BACKENDS, "no single backend");
+    assert_eq!(
+        flush.op,
+        BlockOp::FlushAll {
+            backends: vec![0, 1]
+        },
+        "backend 2 belongs to another subsystem"
+    );
+    // A Flush of one namespace is that namespace's backend alone.
+    io.command(commands::io(IoOpcode::Flush, 2, 0, 0), &[], false, 0);
+    let flush = io.ios.last().unwrap();
+    assert_eq!((flush.backend, &flush.op), (1, &BlockOp::Flush));
 }
 
 #[test]
