@@ -4,7 +4,8 @@
 
 use std::net::IpAddr;
 use target_wire::nvme::identify::{
-    self, IDENTIFY_LEN, IdentifyController, IdentifyNamespace, LbaFormat, NsIdDescriptor, NsIdList,
+    self, IDENTIFY_LEN, IdentifyController, IdentifyControllerNvm, IdentifyNamespace, LbaFormat,
+    NsIdDescriptor, NsIdList,
 };
 
 use target_wire::nvme::log::{
@@ -12,11 +13,14 @@ use target_wire::nvme::log::{
     FIRMWARE_SLOT_LOG_LEN, FirmwareSlotLog, SMART_LOG_LEN, SecType, SmartLog, SubType, TrType,
     data_units, discovery_entry_mut, discovery_log_len, effects, treq,
 };
-use target_wire::nvme::opcode::{AdminOpcode, Cns, IoOpcode, LogPageId};
+use target_wire::nvme::opcode::{AdminOpcode, Cns, Csi, IoOpcode, LogPageId};
 use target_wire::nvme::sqe::Sqe;
 use target_wire::nvme::status::{CommandSpecificStatus, Status};
 
-use super::controller::{MAX_AERS, MAX_QUEUE_ENTRIES, MAX_TRANSFER, MDTS_SHIFT, Response, VERSION};
+use super::controller::{
+    DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT, MAX_AERS, MAX_QUEUE_ENTRIES, MAX_TRANSFER,
+    MDTS_SHIFT, Response, VERSION, WZSL,
+};
 use super::subsystem::{Attached, DISCOVERY_NQN, Namespace, Port, Registry};
 
 /// Keep Alive granularity reported in KAS, in 100 ms units: one second.
@@ -44,6 +48,13 @@ pub fn identify(
             Ok(())
         }
         _ if attached.discovery => Err(Status::invalid_field()),
+        Cns::CsController => match sqe.identify_csi() {
+            Csi::Nvm => {
+                identify_controller_nvm(&mut buf);
+                Ok(())
+            }
+            _ => Err(Status::invalid_field()),
+        },
         Cns::Namespace => match attached.subsystem.namespace(sqe.nsid()) {
             Some(ns) => {
                 identify_namespace(&mut buf, ns, vwc_enabled);
@@ -138,6 +149,17 @@ fn identify_controller(buf: &mut [u8], attached: &Attached, limits: TransportLim
     if s.namespaces.iter().any(|n| n.volatile_write_cache) {
         id.set_vwc(identify::vwc::PRESENT | identify::vwc::FLUSH_ALL_SUPPORTED);
     }
+}
+
+/// The NVM command set's size limits (CNS 06h, CSI 00h), which the I/O queues enforce.
+/// Linux reads DMRSL for its discard size and WZSL for its write-zeroes size (without
+/// WZSL it keeps write zeroes within MDTS). VSL and WUSL stay 0: Verify and Write
+/// Uncorrectable are not supported.
+fn identify_controller_nvm(buf: &mut [u8]) {
+    let mut id = IdentifyControllerNvm::new_unchecked(buf);
+    id.set_wzsl(WZSL);
+    id.set_dmrsl(DSM_RANGE_BLOCKS_LIMIT);
+    id.set_dmsl(DSM_BLOCKS_LIMIT);
 }
 
 fn identify_namespace(buf: &mut [u8], ns: &Namespace, _vwc_enabled: bool) {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use target_wire::nvme::cqe::CqeRepr;
 use target_wire::nvme::fabrics::{ConnectData, PropertySize};
-use target_wire::nvme::identify::IdentifyController;
+use target_wire::nvme::identify::{IdentifyController, IdentifyControllerNvm};
 use target_wire::nvme::log::{DiscoveryLogHeader, SmartLog, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
 use target_wire::nvme::sqe::Sqe;
@@ -15,7 +15,10 @@ use target_wire::nvme_tcp::{DataRepr, Fes, PduType, TermReqRepr};
 use super::host::{HostError, HostQueue, commands};
 use super::icreq::ControllerParams;
 use super::queue::NvmeTcpQueue;
-use crate::nvme::controller::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
+use crate::nvme::controller::{
+    ALL_BACKENDS, BlockIo, BlockOp, DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT, IoOutcome,
+    WRITE_ZEROES_MAX_BYTES,
+};
 use crate::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem};
 
 const NQN: &str = "nqn.2026-11.io.xdp-target:test";
@@ -419,6 +422,26 @@ fn linux_connect_sequence_identify_and_io_with_and_without_digests() {
         );
         assert!(status(&io.io(IoOpcode::Flush, 0, 0, &[], false)).is_success());
     }
+}
+
+#[test]
+fn identify_reports_the_nvm_command_set_limits_it_enforces() {
+    let registry = registry();
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (mut admin, _) = admin_session(&registry, &disk, false);
+    // CNS 06h, CSI 00h (CDW11 bits 31:24), which Linux reads for DMRSL and WZSL.
+    let cs = u32::from(u8::from(Cns::CsController));
+    let id = admin.admin(AdminOpcode::Identify, cs, 0, 0, 4096);
+    assert!(status(&id).is_success(), "{:?}", id.cqe);
+    let l = IdentifyControllerNvm::new_checked(&id.data[..]).unwrap();
+    assert_eq!(l.dmrsl(), DSM_RANGE_BLOCKS_LIMIT);
+    assert_eq!(l.dmsl(), DSM_BLOCKS_LIMIT);
+    assert_eq!(l.dmrl(), 0, "the command's own 256 ranges");
+    assert_eq!(4096u64 << l.wzsl(), WRITE_ZEROES_MAX_BYTES);
+    // Another command set's structure is not there.
+    let zns = admin.admin(AdminOpcode::Identify, cs, 2 << 24, 0, 4096);
+    assert_eq!(status(&zns), Status::invalid_field());
+    // (controller::tests check that commands beyond the limits are refused.)
 }
 
 #[test]
