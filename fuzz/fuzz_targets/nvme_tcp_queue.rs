@@ -86,7 +86,7 @@ fuzz_target!(|input: &[u8]| {
                     assert!(ranges.iter().all(|&(o, l)| o + l <= DISK));
                     IoOutcome::Ok
                 }
-                BlockOp::Flush => IoOutcome::Ok,
+                BlockOp::Flush | BlockOp::FlushAll { .. } => IoOutcome::Ok,
             };
             q.io_done(slot, outcome);
         }

@@ -84,7 +84,7 @@ fn execute(target: &ScsiTarget, disks: &mut [Vec<u8>], io: &BlockIo, buf: &mut A
                 disk[a..b].fill(0);
             }
         }
-        BlockOp::Flush => {}
+        BlockOp::Flush | BlockOp::FlushAll { .. } => {}
     }
 }
 

@@ -11,6 +11,10 @@ pub enum BlockOp {
     Write { offset: u64, len: u64, fua: bool },
     /// Make every completed write durable.
     Flush,
+    /// Flush with NSID FFFFFFFFh: make every completed write to each of these backends
+    /// durable. They are the namespaces of the issuing controller's subsystem, never
+    /// another subsystem's; [`BlockIo::backend`] is [`ALL_BACKENDS`].
+    FlushAll { backends: Vec<u32> },
     /// Zero the range; with `deallocate` the backend may unmap it.
     WriteZeroes {
         offset: u64,
@@ -27,13 +31,13 @@ pub enum BlockOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockIo {
     pub nsid: u32,
-    /// The namespace's [`Namespace::backend`]; for a Flush of every namespace
-    /// ([`ALL_BACKENDS`]) the flush applies to each backend of the subsystem.
+    /// The namespace's [`Namespace::backend`]; [`ALL_BACKENDS`] for a
+    /// [`BlockOp::FlushAll`], which names its backends itself.
     pub backend: u32,
     pub op: BlockOp,
 }
 
-/// [`BlockIo::backend`] of a Flush with NSID FFFFFFFFh.
+/// [`BlockIo::backend`] of a [`BlockOp::FlushAll`]: no backend has this index.
 pub const ALL_BACKENDS: u32 = u32::MAX;
 
 /// How a block operation ended.

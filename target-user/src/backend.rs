@@ -2,9 +2,11 @@
 //!
 //! Today: memory. It is split into 1 MiB chunks, each behind its own mutex, so concurrent
 //! reactors rarely contend and a block (512 B or 4 KiB, never straddling a chunk) is
-//! always written whole: a reader never sees half of a concurrent write. The chunks are
-//! zeroed allocations, which the allocator takes from fresh anonymous pages, so a 1 GiB
-//! namespace costs memory only for what was written.
+//! always written whole: a reader never sees half of a concurrent write. A chunk holds no
+//! memory until it is first written, and lets it go again when it is zeroed or deallocated
+//! whole, so a 1 GiB namespace costs memory only for what holds data, and zeroing or
+//! deallocating a large range costs a drop per chunk, not a memset on the reactor: only
+//! the partial chunks at a range's ends are zeroed byte by byte.
 //!
 //! Memory has no write cache to flush: a completed write is as durable as this backend
 //! ever makes data (it is gone when the process ends), so no volatile write cache is
@@ -16,8 +18,11 @@ use target_proto::nvme::controller::{BlockOp, IoOutcome};
 
 const CHUNK: usize = 1 << 20;
 
+/// A chunk's bytes; `None` reads as zeroes (never written, or zeroed whole since).
+type Chunk = Option<Box<[u8]>>;
+
 pub struct MemoryBackend {
-    chunks: Vec<Mutex<Box<[u8]>>>,
+    chunks: Vec<Mutex<Chunk>>,
     size: u64,
 }
 
@@ -25,26 +30,24 @@ impl MemoryBackend {
     /// A zeroed backend of `size` bytes (rounded up to whole chunks internally).
     pub fn new(size: u64) -> Self {
         let n = usize::try_from(size.div_ceil(CHUNK as u64)).expect("size fits the address space");
-        let chunks = (0..n)
-            .map(|_| Mutex::new(vec![0u8; CHUNK].into_boxed_slice()))
-            .collect();
+        let chunks = (0..n).map(|_| Mutex::new(None)).collect();
         Self { chunks, size }
     }
 
-    fn chunk(&self, i: usize) -> MutexGuard<'_, Box<[u8]>> {
+    fn chunk(&self, i: usize) -> MutexGuard<'_, Chunk> {
         // A panic in a copy leaves bytes, not broken invariants: keep serving.
         self.chunks[i]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Calls `f(chunk bytes, range in the caller's buffer)` for each piece of
+    /// Calls `f(chunk, range in the chunk, range in the caller's buffer)` for each piece of
     /// `[offset, offset + len)`.
     fn for_each(
         &self,
         offset: u64,
         len: u64,
-        mut f: impl FnMut(&mut [u8], std::ops::Range<usize>),
+        mut f: impl FnMut(&mut Chunk, std::ops::Range<usize>, std::ops::Range<usize>),
     ) -> bool {
         let Some(end) = offset.checked_add(len).filter(|&e| e <= self.size) else {
             return false;
@@ -56,17 +59,31 @@ impl MemoryBackend {
             let n = (CHUNK - within).min((end - at) as usize);
             let done = (at - offset) as usize;
             let mut c = self.chunk(i);
-            f(&mut c[within..within + n], done..done + n);
+            f(&mut c, within..within + n, done..done + n);
             at += n as u64;
         }
         true
+    }
+
+    /// Zeroes `[offset, offset + len)`: whole chunks are dropped, the rest zeroed in place.
+    fn zero(&self, offset: u64, len: u64) -> bool {
+        self.for_each(offset, len, |chunk, w, _| {
+            if w.len() == CHUNK {
+                *chunk = None;
+            } else if let Some(c) = chunk {
+                c[w].fill(0);
+            }
+        })
     }
 
     /// Runs one block operation; `buf` is the command's buffer (sized by the engine).
     pub fn execute(&self, op: &BlockOp, buf: &mut [u8]) -> IoOutcome {
         match op {
             BlockOp::Read { offset, len } => {
-                let ok = self.for_each(*offset, *len, |chunk, r| buf[r].copy_from_slice(chunk));
+                let ok = self.for_each(*offset, *len, |chunk, w, r| match chunk {
+                    Some(c) => buf[r].copy_from_slice(&c[w]),
+                    None => buf[r].fill(0),
+                });
                 if ok {
                     IoOutcome::Ok
                 } else {
@@ -74,7 +91,10 @@ impl MemoryBackend {
                 }
             }
             BlockOp::Write { offset, len, .. } => {
-                let ok = self.for_each(*offset, *len, |chunk, r| chunk.copy_from_slice(&buf[r]));
+                let ok = self.for_each(*offset, *len, |chunk, w, r| {
+                    let c = chunk.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                    c[w].copy_from_slice(&buf[r]);
+                });
                 if ok {
                     IoOutcome::Ok
                 } else {
@@ -82,8 +102,7 @@ impl MemoryBackend {
                 }
             }
             BlockOp::WriteZeroes { offset, len, .. } => {
-                let ok = self.for_each(*offset, *len, |chunk, _| chunk.fill(0));
-                if ok {
+                if self.zero(*offset, *len) {
                     IoOutcome::Ok
                 } else {
                     IoOutcome::WriteError
@@ -91,9 +110,7 @@ impl MemoryBackend {
             }
             BlockOp::Deallocate { ranges } => {
                 // Deallocated blocks read as zeroes (Identify Namespace DLFEAT says so).
-                let ok = ranges
-                    .iter()
-                    .all(|&(o, l)| self.for_each(o, l, |chunk, _| chunk.fill(0)));
+                let ok = ranges.iter().all(|&(o, l)| self.zero(o, l));
                 if ok {
                     IoOutcome::Ok
                 } else {
@@ -102,14 +119,19 @@ impl MemoryBackend {
             }
             BlockOp::Compare { offset, len } => {
                 let mut same = true;
-                let ok = self.for_each(*offset, *len, |chunk, r| same &= *chunk == buf[r]);
+                let ok = self.for_each(*offset, *len, |chunk, w, r| {
+                    same &= match chunk {
+                        Some(c) => c[w] == buf[r],
+                        None => buf[r].iter().all(|&b| b == 0),
+                    };
+                });
                 match (ok, same) {
                     (false, _) => IoOutcome::ReadError,
                     (true, true) => IoOutcome::Ok,
                     (true, false) => IoOutcome::Miscompare,
                 }
             }
-            BlockOp::Flush => IoOutcome::Ok,
+            BlockOp::Flush | BlockOp::FlushAll { .. } => IoOutcome::Ok,
         }
     }
 }
@@ -170,6 +192,79 @@ mod tests {
             IoOutcome::Ok
         );
         assert!(z.iter().all(|&b| b == 0));
+    }
+
+    /// Whether chunk `i` holds memory.
+    fn allocated(m: &MemoryBackend, i: usize) -> bool {
+        m.chunk(i).is_some()
+    }
+
+    #[test]
+    fn whole_chunks_are_released_and_only_partial_ones_zeroed() {
+        let m = MemoryBackend::new(3 * CHUNK as u64);
+        let all = 3 * CHUNK as u64;
+        let mut data = vec![0xabu8; 3 * CHUNK];
+        let write = BlockOp::Write {
+            offset: 0,
+            len: all,
+            fua: false,
+        };
+        assert_eq!(m.execute(&write, &mut data), IoOutcome::Ok);
+        assert!((0..3).all(|i| allocated(&m, i)));
+        // From the middle of chunk 0 to the middle of chunk 2: chunk 1 is dropped, not
+        // zeroed byte by byte; the halves of chunks 0 and 2 are zeroed in place.
+        let half = CHUNK as u64 / 2;
+        let dealloc = BlockOp::Deallocate {
+            ranges: vec![(half, 2 * CHUNK as u64)],
+        };
+        assert_eq!(m.execute(&dealloc, &mut []), IoOutcome::Ok);
+        assert_eq!(
+            (0..3).map(|i| allocated(&m, i)).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        let mut r = vec![1u8; 3 * CHUNK];
+        let read = BlockOp::Read {
+            offset: 0,
+            len: all,
+        };
+        assert_eq!(m.execute(&read, &mut r), IoOutcome::Ok);
+        let (a, b) = (half as usize, half as usize + 2 * CHUNK);
+        assert!(r[..a].iter().all(|&x| x == 0xab));
+        assert!(r[a..b].iter().all(|&x| x == 0));
+        assert!(r[b..].iter().all(|&x| x == 0xab));
+        // A released chunk compares equal to zeroes only, and a write brings it back.
+        let chunk1 = |len| BlockOp::Compare {
+            offset: CHUNK as u64,
+            len,
+        };
+        assert_eq!(m.execute(&chunk1(4096), &mut [0u8; 4096]), IoOutcome::Ok);
+        assert_eq!(
+            m.execute(&chunk1(4096), &mut [7u8; 4096]),
+            IoOutcome::Miscompare
+        );
+        let w = BlockOp::Write {
+            offset: CHUNK as u64 + 512,
+            len: 512,
+            fua: false,
+        };
+        assert_eq!(m.execute(&w, &mut [9u8; 512]), IoOutcome::Ok);
+        assert!(allocated(&m, 1));
+        let mut r = vec![1u8; 1024];
+        let read = BlockOp::Read {
+            offset: CHUNK as u64,
+            len: 1024,
+        };
+        assert_eq!(m.execute(&read, &mut r), IoOutcome::Ok);
+        assert!(r[..512].iter().all(|&x| x == 0) && r[512..].iter().all(|&x| x == 9));
+        // Write Zeroes of whole chunks releases them as well.
+        let zero = BlockOp::WriteZeroes {
+            offset: 0,
+            len: all,
+            deallocate: false,
+            fua: false,
+        };
+        assert_eq!(m.execute(&zero, &mut []), IoOutcome::Ok);
+        assert!((0..3).all(|i| !allocated(&m, i)));
     }
 
     #[test]

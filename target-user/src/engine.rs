@@ -266,13 +266,17 @@ impl BlockRunner {
                     None
                 }
                 None if io.backend == ALL_BACKENDS => {
-                    // Flush of every namespace: sync every file (memory has no cache).
-                    let fds: Vec<i32> = self
-                        .backends
+                    // Flush of every namespace of the controller's subsystem: sync the files
+                    // among the backends it names (memory has no cache), no one else's.
+                    let named: &[u32] = match &io.op {
+                        BlockOp::FlushAll { backends } => backends,
+                        _ => &[],
+                    };
+                    let fds: Vec<i32> = named
                         .iter()
-                        .filter_map(|b| match &**b {
-                            Backend::File(f) => Some(f.file.as_raw_fd()),
-                            Backend::Memory(_) => None,
+                        .filter_map(|&b| match self.backends.get(b as usize).map(|b| &**b) {
+                            Some(Backend::File(f)) => Some(f.file.as_raw_fd()),
+                            _ => None,
                         })
                         .collect();
                     for fd in &fds {
@@ -565,7 +569,7 @@ fn submit_file_io(
             );
             p.scratch = Some((scratch, start));
         }
-        BlockOp::Flush => {
+        BlockOp::Flush | BlockOp::FlushAll { .. } => {
             push(ring, fdatasync(fd, k));
         }
         BlockOp::WriteZeroes {

@@ -352,7 +352,7 @@ fn execute(disk: &Mutex<Vec<u8>>, op: &BlockOp, buf: &mut [u8]) -> IoOutcome {
                 return IoOutcome::Miscompare;
             }
         }
-        BlockOp::Flush => {}
+        BlockOp::Flush | BlockOp::FlushAll { .. } => {}
     }
     IoOutcome::Ok
 }

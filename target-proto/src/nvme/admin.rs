@@ -4,7 +4,8 @@
 
 use std::net::IpAddr;
 use target_wire::nvme::identify::{
-    self, IDENTIFY_LEN, IdentifyController, IdentifyNamespace, LbaFormat, NsIdDescriptor, NsIdList,
+    self, IDENTIFY_LEN, IdentifyController, IdentifyControllerNvm, IdentifyNamespace, LbaFormat,
+    NsIdDescriptor, NsIdList,
 };
 
 use target_wire::nvme::log::{
@@ -12,11 +13,14 @@ use target_wire::nvme::log::{
     FIRMWARE_SLOT_LOG_LEN, FirmwareSlotLog, SMART_LOG_LEN, SecType, SmartLog, SubType, TrType,
     data_units, discovery_entry_mut, discovery_log_len, effects, treq,
 };
-use target_wire::nvme::opcode::{AdminOpcode, Cns, IoOpcode, LogPageId};
+use target_wire::nvme::opcode::{AdminOpcode, Cns, Csi, IoOpcode, LogPageId};
 use target_wire::nvme::sqe::Sqe;
 use target_wire::nvme::status::{CommandSpecificStatus, Status};
 
-use super::controller::{MAX_AERS, MAX_QUEUE_ENTRIES, MAX_TRANSFER, MDTS_SHIFT, Response, VERSION};
+use super::controller::{
+    DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT, MAX_AERS, MAX_QUEUE_ENTRIES, MAX_TRANSFER,
+    MDTS_SHIFT, Response, VERSION, WZSL,
+};
 use super::subsystem::{Attached, DISCOVERY_NQN, Namespace, Port, Registry};
 
 /// Keep Alive granularity reported in KAS, in 100 ms units: one second.
@@ -44,6 +48,13 @@ pub fn identify(
             Ok(())
         }
         _ if attached.discovery => Err(Status::invalid_field()),
+        Cns::CsController => match sqe.identify_csi() {
+            Csi::Nvm => {
+                identify_controller_nvm(&mut buf);
+                Ok(())
+            }
+            _ => Err(Status::invalid_field()),
+        },
         Cns::Namespace => match attached.subsystem.namespace(sqe.nsid()) {
             Some(ns) => {
                 identify_namespace(&mut buf, ns, vwc_enabled);
@@ -140,6 +151,17 @@ fn identify_controller(buf: &mut [u8], attached: &Attached, limits: TransportLim
     }
 }
 
+/// The NVM command set's size limits (CNS 06h, CSI 00h), which the I/O queues enforce.
+/// Linux reads DMRSL for its discard size and WZSL for its write-zeroes size (without
+/// WZSL it keeps write zeroes within MDTS). VSL and WUSL stay 0: Verify and Write
+/// Uncorrectable are not supported.
+fn identify_controller_nvm(buf: &mut [u8]) {
+    let mut id = IdentifyControllerNvm::new_unchecked(buf);
+    id.set_wzsl(WZSL);
+    id.set_dmrsl(DSM_RANGE_BLOCKS_LIMIT);
+    id.set_dmsl(DSM_BLOCKS_LIMIT);
+}
+
 fn identify_namespace(buf: &mut [u8], ns: &Namespace, _vwc_enabled: bool) {
     let mut id = IdentifyNamespace::new_unchecked(buf);
     id.set_nsze(ns.blocks);
@@ -165,15 +187,16 @@ fn identify_namespace(buf: &mut [u8], ns: &Namespace, _vwc_enabled: bool) {
 }
 
 /// Get Log Page: builds the whole page, then returns the part the host asked for (LPO and
-/// NUMD), zero-padded past the page's end.
+/// NUMD), zero-padded past the page's end. `host_nqn` is the NQN the host gave in Connect.
 pub fn get_log_page(
     sqe: &Sqe<&[u8]>,
     attached: &Attached,
     registry: &Registry,
+    host_nqn: &str,
     local: Option<IpAddr>,
 ) -> Response {
     let page = match (sqe.log_id(), attached.discovery) {
-        (LogPageId::Discovery, true) => discovery_log(registry, local),
+        (LogPageId::Discovery, true) => discovery_log(registry, host_nqn, local),
         (LogPageId::SupportedLogPages, discovery) => supported_log_pages(discovery),
         (LogPageId::ErrorInformation, _) => vec![0u8; ERROR_LOG_ENTRY_LEN],
         (LogPageId::SmartHealth, false) => smart_log(attached),
@@ -274,9 +297,12 @@ fn commands_effects() -> Vec<u8> {
     b
 }
 
-/// One entry per NVM subsystem and I/O port, plus the discovery subsystem itself on each
-/// port (subtype "current discovery subsystem", which Linux's host expects to find).
-fn discovery_log(registry: &Registry, local: Option<IpAddr>) -> Vec<u8> {
+/// One entry per NVM subsystem that allows `host_nqn` and I/O port, plus the discovery
+/// subsystem itself on each port (subtype "current discovery subsystem", which Linux's host
+/// expects to find). Subsystems whose allow list leaves the host out are not listed, as
+/// Linux's nvmet does (`nvmet_execute_disc_get_log_page` checks `nvmet_host_allowed`):
+/// discovery must not tell a host the names of subsystems it may not use.
+fn discovery_log(registry: &Registry, host_nqn: &str, local: Option<IpAddr>) -> Vec<u8> {
     struct Entry<'a> {
         subtype: SubType,
         nqn: &'a str,
@@ -285,7 +311,7 @@ fn discovery_log(registry: &Registry, local: Option<IpAddr>) -> Vec<u8> {
     let mut entries = Vec::new();
     for port in registry.ports() {
         if port.io {
-            for s in registry.subsystems() {
+            for s in registry.subsystems().iter().filter(|s| s.allows(host_nqn)) {
                 entries.push(Entry {
                     subtype: SubType::Nvm,
                     nqn: &s.nqn,

@@ -33,6 +33,17 @@ pub const MAX_QUEUE_ENTRIES: u16 = 128;
 pub const MAX_IO_QUEUES: u16 = 64;
 /// Asynchronous Event Requests held at once (Identify AERL + 1).
 pub const MAX_AERS: usize = 4;
+/// Dataset Management limits (NVM Command Set Identify Controller, CNS 06h): logical blocks
+/// per range (DMRSL) and per command (DMSL). As iSCSI's UNMAP (`scsi::MAX_UNMAP_BLOCKS`):
+/// 2^20 blocks, 512 MiB of 512-byte or 4 GiB of 4 KiB blocks. Linux caps each discard
+/// request at DMRSL, so it never meets DMSL. DMRL is not limited below the 256 ranges
+/// a command can carry (it reads 0, "no limit": the field has 8 bits).
+pub const DSM_RANGE_BLOCKS_LIMIT: u32 = 1 << 20;
+pub const DSM_BLOCKS_LIMIT: u64 = 1 << 20;
+/// Write Zeroes Size Limit (WZSL): 2^12 units of CAP.MPSMIN (4 KiB), 16 MiB, as iSCSI's
+/// WRITE SAME limit for 512-byte blocks (`scsi::MAX_WRITE_SAME_BLOCKS`).
+pub const WZSL: u8 = 12;
+pub const WRITE_ZEROES_MAX_BYTES: u64 = 4096 << WZSL;
 /// Extra time on top of KATO before the controller gives up on a silent host (the keep
 /// alive granularity the controller reports is 100 ms; Linux sends Keep Alive every KATO/2).
 const KATO_GRACE_MS: u64 = 1000;
@@ -40,6 +51,7 @@ const KATO_GRACE_MS: u64 = 1000;
 /// Offsets in the Connect SQE and data, for the Invalid Parameters result (IATTR/IPO).
 const CONNECT_QID_OFFSET: u16 = 42;
 const CONNECT_SQSIZE_OFFSET: u16 = 44;
+const CONNECT_DATA_HOSTID_OFFSET: u16 = 0;
 const CONNECT_DATA_CNTLID_OFFSET: u16 = 16;
 const CONNECT_DATA_SUBNQN_OFFSET: u16 = 256;
 const CONNECT_DATA_HOSTNQN_OFFSET: u16 = 512;
@@ -315,12 +327,13 @@ impl QueueController {
         let Some(host_nqn) = d.hostnqn().ok().filter(|n| !n.is_empty()) else {
             return invalid(true, CONNECT_DATA_HOSTNQN_OFFSET);
         };
+        let host_id = d.hostid();
         let result = {
             let mut r = lock(registry);
             if qid == 0 {
-                r.create_controller(sub_nqn, host_nqn)
+                r.create_controller(sub_nqn, host_nqn, host_id)
             } else {
-                r.attach_io_queue(cntlid, sub_nqn, host_nqn, qid)
+                r.attach_io_queue(cntlid, sub_nqn, host_nqn, host_id, qid)
             }
         };
         let attached = match result {
@@ -330,6 +343,9 @@ impl QueueController {
             }
             Err(ConnectError::UnknownController) => {
                 return invalid(true, CONNECT_DATA_CNTLID_OFFSET);
+            }
+            Err(ConnectError::HostIdMismatch) => {
+                return invalid(true, CONNECT_DATA_HOSTID_OFFSET);
             }
             Err(ConnectError::InvalidQueue) => return invalid(false, CONNECT_QID_OFFSET),
             Err(ConnectError::HostNotAllowed) => {
@@ -452,6 +468,7 @@ impl QueueController {
                 sqe,
                 attached,
                 &lock(registry),
+                &self.host_nqn,
                 self.local,
             )),
             AdminOpcode::KeepAlive => Plan::Respond(Response::ok()),
@@ -567,17 +584,21 @@ fn io_command(sqe: &Sqe<&[u8]>, data: &[u8], subsystem: &Subsystem) -> Plan {
     let op = sqe.io_opcode();
     let nsid = sqe.nsid();
     if op == IoOpcode::Flush {
-        // Flush of all namespaces (FFFFFFFFh) is what the volatile cache feature implies.
-        let backend = match subsystem.namespace(nsid) {
-            Some(ns) => ns.backend,
-            None if nsid == u32::MAX => ALL_BACKENDS,
+        // Flush of all namespaces (FFFFFFFFh, VWC "flush all supported") means all of this
+        // controller's subsystem, so it names their backends: one host must not make the
+        // target sync every other subsystem's files.
+        let (backend, op) = match subsystem.namespace(nsid) {
+            Some(ns) => (ns.backend, BlockOp::Flush),
+            None if nsid == u32::MAX => {
+                let mut backends: Vec<u32> =
+                    subsystem.namespaces.iter().map(|n| n.backend).collect();
+                backends.sort_unstable();
+                backends.dedup();
+                (ALL_BACKENDS, BlockOp::FlushAll { backends })
+            }
             None => return respond(Status::invalid_namespace()),
         };
-        return Plan::Io(BlockIo {
-            nsid,
-            backend,
-            op: BlockOp::Flush,
-        });
+        return Plan::Io(BlockIo { nsid, backend, op });
     }
     let Some(ns) = subsystem.namespace(nsid) else {
         return match op {
@@ -593,6 +614,10 @@ fn io_command(sqe: &Sqe<&[u8]>, data: &[u8], subsystem: &Subsystem) -> Plan {
             };
             let needs_data = op != IoOpcode::WriteZeroes;
             if needs_data && len > MAX_TRANSFER as u64 {
+                return respond(Status::invalid_field());
+            }
+            // Beyond WZSL: Invalid Field in Command, DNR (as for MDTS above).
+            if !needs_data && len > WRITE_ZEROES_MAX_BYTES {
                 return respond(Status::invalid_field());
             }
             let io = match op {
@@ -629,10 +654,19 @@ fn io_command(sqe: &Sqe<&[u8]>, data: &[u8], subsystem: &Subsystem) -> Plan {
                 return respond(Status::generic(GenericStatus::Success));
             }
             let mut ranges = Vec::with_capacity(count);
+            let mut total = 0u64;
             for i in 0..count {
                 let Ok(r) = dsm_range(data, i) else {
                     return respond(Status::generic(GenericStatus::DataSglLengthInvalid));
                 };
+                // A range beyond DMRSL or a command beyond DMSL: Invalid Field in Command,
+                // DNR, as iSCSI's UNMAP refuses beyond its limits (QEMU skips such ranges
+                // instead; the command is advisory, but a host that read the limits never
+                // sends one, and skipping would hide the mistake).
+                total += u64::from(r.nlb());
+                if r.nlb() > DSM_RANGE_BLOCKS_LIMIT || total > DSM_BLOCKS_LIMIT {
+                    return respond(Status::invalid_field());
+                }
                 match lba_range(ns, r.slba(), u64::from(r.nlb())) {
                     Ok((_, 0)) => {}
                     Ok(range) => ranges.push(range),
@@ -657,5 +691,108 @@ fn lba_range(ns: &Namespace, slba: u64, count: u64) -> Result<(u64, u64), Plan> 
             Ok((slba << shift, count << shift))
         }
         _ => Err(respond(Status::lba_out_of_range())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use target_wire::nvme::sqe::DsmRange;
+
+    use super::*;
+
+    /// One namespace of 2^32 blocks of `block_size` bytes on backend 7, deallocation on.
+    fn subsystem(block_size: u32) -> Subsystem {
+        Subsystem {
+            nqn: "nqn.test".into(),
+            serial: "S".into(),
+            model: "M".into(),
+            firmware: "F".into(),
+            namespaces: vec![Namespace {
+                nsid: 1,
+                block_size,
+                blocks: 1 << 32,
+                nguid: [1; 16],
+                eui64: [2; 8],
+                uuid: [3; 16],
+                volatile_write_cache: false,
+                deallocate: true,
+                backend: 7,
+            }],
+            allowed_hosts: None,
+        }
+    }
+
+    /// Dataset Management, attribute Deallocate, of `(slba, nlb)` ranges.
+    fn deallocate(s: &Subsystem, ranges: &[(u64, u32)]) -> Plan {
+        let mut sqe = [0u8; 64];
+        let mut q = Sqe::new_unchecked(&mut sqe[..]);
+        q.set_opcode(IoOpcode::DatasetManagement.into());
+        q.set_nsid(1);
+        q.set_dsm_range_count(ranges.len() as u16);
+        q.set_cdw11(1 << 2);
+        let mut data = vec![0u8; ranges.len() * 16];
+        for (i, &(slba, nlb)) in ranges.iter().enumerate() {
+            let mut r = DsmRange::new_unchecked(&mut data[i * 16..]);
+            r.set_slba(slba);
+            r.set_nlb(nlb);
+        }
+        io_command(&Sqe::new_unchecked(&sqe[..]), &data, s)
+    }
+
+    fn write_zeroes(s: &Subsystem, slba: u64, blocks: u32) -> Plan {
+        let mut sqe = [0u8; 64];
+        let mut q = Sqe::new_unchecked(&mut sqe[..]);
+        q.set_opcode(IoOpcode::WriteZeroes.into());
+        q.set_nsid(1);
+        q.set_slba(slba);
+        q.set_nlb((blocks - 1) as u16);
+        io_command(&Sqe::new_unchecked(&sqe[..]), &[], s)
+    }
+
+    fn is_io(p: &Plan) -> bool {
+        matches!(p, Plan::Io(_))
+    }
+
+    #[test]
+    fn dataset_management_is_bounded_per_range_and_per_command() {
+        let s = subsystem(4096);
+        let range = DSM_RANGE_BLOCKS_LIMIT;
+        assert!(is_io(&deallocate(&s, &[(0, range)])), "at the range limit");
+        assert_eq!(
+            deallocate(&s, &[(0, range + 1)]),
+            respond(Status::invalid_field()),
+            "one range beyond DMRSL"
+        );
+        assert_eq!(
+            deallocate(&s, &[(0, u32::MAX)]),
+            respond(Status::invalid_field()),
+            "16 TiB in one range"
+        );
+        // 256 ranges each within DMRSL, together beyond DMSL.
+        let ranges: Vec<(u64, u32)> = (0..256u64).map(|i| (i << 24, range)).collect();
+        assert_eq!(
+            deallocate(&s, &ranges),
+            respond(Status::invalid_field()),
+            "the command beyond DMSL"
+        );
+        let per = u32::try_from(DSM_BLOCKS_LIMIT / 256).unwrap();
+        let ranges: Vec<(u64, u32)> = (0..256u64).map(|i| (i << 24, per)).collect();
+        assert!(is_io(&deallocate(&s, &ranges)), "at the command limit");
+    }
+
+    #[test]
+    fn write_zeroes_is_bounded_by_wzsl() {
+        for block_size in [512u32, 4096] {
+            let s = subsystem(block_size);
+            let most = u32::try_from(WRITE_ZEROES_MAX_BYTES / u64::from(block_size)).unwrap();
+            assert!(is_io(&write_zeroes(&s, 0, most.min(65536))));
+            if most < 65536 {
+                assert_eq!(
+                    write_zeroes(&s, 0, most + 1),
+                    respond(Status::invalid_field()),
+                    "{block_size}-byte blocks"
+                );
+            }
+        }
     }
 }

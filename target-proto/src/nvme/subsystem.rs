@@ -90,6 +90,9 @@ pub enum ConnectError {
     /// No such controller for an I/O queue, or it belongs to another host or subsystem
     /// (Connect Invalid Parameters, in CNTLID).
     UnknownController,
+    /// An I/O queue's Host Identifier differs from the one its controller's admin queue
+    /// gave (Connect Invalid Parameters, in HOSTID).
+    HostIdMismatch,
     /// The controller is not enabled (CC.EN, CSTS.RDY) yet (Command Sequence Error).
     NotReady,
     /// The controller ID space is used up (Connect Controller Busy).
@@ -125,6 +128,8 @@ struct ControllerEntry {
     subsystem: Arc<Subsystem>,
     stats: Arc<ControllerStats>,
     host_nqn: String,
+    /// The Host Identifier (HOSTID) of the admin queue's Connect.
+    host_id: [u8; 16],
     ready: bool,
     /// I/O queues the host may create (from Set Features Number of Queues).
     io_queues: u16,
@@ -176,11 +181,13 @@ impl Registry {
         &self.subsystems
     }
 
-    /// An admin-queue Connect (dynamic model): a new controller on `sub_nqn` for `host_nqn`.
+    /// An admin-queue Connect (dynamic model): a new controller on `sub_nqn` for the host
+    /// `host_nqn` with Host Identifier `host_id`.
     pub fn create_controller(
         &mut self,
         sub_nqn: &str,
         host_nqn: &str,
+        host_id: [u8; 16],
     ) -> Result<Attached, ConnectError> {
         let (subsystem, discovery) = if sub_nqn == DISCOVERY_NQN {
             (Arc::clone(&self.discovery), true)
@@ -203,6 +210,7 @@ impl Registry {
                 subsystem: Arc::clone(&subsystem),
                 stats: Arc::clone(&stats),
                 host_nqn: host_nqn.to_string(),
+                host_id,
                 ready: false,
                 io_queues: 0,
                 connected: Vec::new(),
@@ -227,21 +235,29 @@ impl Registry {
         None
     }
 
-    /// An I/O-queue Connect to controller `cntlid`.
+    /// An I/O-queue Connect to controller `cntlid`: only the host that created it, with the
+    /// same Host NQN and Host Identifier, may add queues to it.
     pub fn attach_io_queue(
         &mut self,
         cntlid: u16,
         sub_nqn: &str,
         host_nqn: &str,
+        host_id: [u8; 16],
         qid: u16,
     ) -> Result<Attached, ConnectError> {
         let c = self
             .controllers
             .get_mut(&cntlid)
             .ok_or(ConnectError::UnknownController)?;
+        // Another host's controller is answered as if it did not exist, as Linux's nvmet
+        // does (nvmet_ctrl_find_get skips a controller whose host NQN differs).
         if c.subsystem.nqn != sub_nqn || c.host_nqn != host_nqn || c.subsystem.nqn == DISCOVERY_NQN
         {
             return Err(ConnectError::UnknownController);
+        }
+        // nvmet does not compare HOSTID; FreeBSD's nvmft does, pointing at the field.
+        if c.host_id != host_id {
+            return Err(ConnectError::HostIdMismatch);
         }
         if !c.ready {
             return Err(ConnectError::NotReady);
@@ -295,6 +311,8 @@ impl Registry {
 mod tests {
     use super::*;
 
+    const ID: [u8; 16] = [7; 16];
+
     fn subsystem(nqn: &str, hosts: Option<&[&str]>) -> Subsystem {
         Subsystem {
             nqn: nqn.into(),
@@ -319,38 +337,49 @@ mod tests {
     #[test]
     fn admin_then_io_connect() {
         let mut r = Registry::new(vec![subsystem("nqn.a", None)]);
-        let a = r.create_controller("nqn.a", "nqn.host1").unwrap();
+        let a = r.create_controller("nqn.a", "nqn.host1", ID).unwrap();
         assert_eq!((a.cntlid, a.discovery), (1, false));
         assert_eq!(
-            r.attach_io_queue(1, "nqn.a", "nqn.host1", 1).unwrap_err(),
+            r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 1)
+                .unwrap_err(),
             ConnectError::NotReady
         );
         r.set_ready(1, true);
         assert_eq!(
-            r.attach_io_queue(1, "nqn.a", "nqn.host1", 1).unwrap_err(),
+            r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 1)
+                .unwrap_err(),
             ConnectError::InvalidQueue
         );
         r.set_io_queues(1, 2);
-        assert!(r.attach_io_queue(1, "nqn.a", "nqn.host1", 1).is_ok());
+        assert!(r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 1).is_ok());
         assert_eq!(
-            r.attach_io_queue(1, "nqn.a", "nqn.host1", 1).unwrap_err(),
+            r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 1)
+                .unwrap_err(),
             ConnectError::InvalidQueue,
             "twice"
         );
         assert_eq!(
-            r.attach_io_queue(1, "nqn.a", "nqn.host1", 3).unwrap_err(),
+            r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 3)
+                .unwrap_err(),
             ConnectError::InvalidQueue
         );
         assert_eq!(
-            r.attach_io_queue(1, "nqn.a", "nqn.other", 2).unwrap_err(),
+            r.attach_io_queue(1, "nqn.a", "nqn.other", ID, 2)
+                .unwrap_err(),
             ConnectError::UnknownController
         );
+        assert_eq!(
+            r.attach_io_queue(1, "nqn.a", "nqn.host1", [8; 16], 2)
+                .unwrap_err(),
+            ConnectError::HostIdMismatch
+        );
         r.detach_io_queue(1, 1);
-        assert!(r.attach_io_queue(1, "nqn.a", "nqn.host1", 1).is_ok());
+        assert!(r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 1).is_ok());
         r.remove_controller(1);
         assert!(!r.controller_alive(1));
         assert_eq!(
-            r.attach_io_queue(1, "nqn.a", "nqn.host1", 2).unwrap_err(),
+            r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 2)
+                .unwrap_err(),
             ConnectError::UnknownController
         );
     }
@@ -359,20 +388,22 @@ mod tests {
     fn allow_list_discovery_and_unknown_subsystems() {
         let mut r = Registry::new(vec![subsystem("nqn.a", Some(&["nqn.good"]))]);
         assert_eq!(
-            r.create_controller("nqn.a", "nqn.bad").unwrap_err(),
+            r.create_controller("nqn.a", "nqn.bad", ID).unwrap_err(),
             ConnectError::HostNotAllowed
         );
-        assert!(r.create_controller("nqn.a", "nqn.good").is_ok());
+        assert!(r.create_controller("nqn.a", "nqn.good", ID).is_ok());
         assert_eq!(
-            r.create_controller("nqn.b", "nqn.good").unwrap_err(),
+            r.create_controller("nqn.b", "nqn.good", ID).unwrap_err(),
             ConnectError::UnknownSubsystem
         );
-        let d = r.create_controller(DISCOVERY_NQN, "nqn.anyone").unwrap();
+        let d = r
+            .create_controller(DISCOVERY_NQN, "nqn.anyone", ID)
+            .unwrap();
         assert!(d.discovery);
         r.set_ready(d.cntlid, true);
         r.set_io_queues(d.cntlid, 4);
         assert_eq!(
-            r.attach_io_queue(d.cntlid, DISCOVERY_NQN, "nqn.anyone", 1)
+            r.attach_io_queue(d.cntlid, DISCOVERY_NQN, "nqn.anyone", ID, 1)
                 .unwrap_err(),
             ConnectError::UnknownController,
             "discovery controllers have no I/O queues"
@@ -384,18 +415,18 @@ mod tests {
         let mut r = Registry::new(vec![subsystem("nqn.a", None)]);
         r.next_cntlid = MAX_CNTLID;
         assert_eq!(
-            r.create_controller("nqn.a", "h").unwrap().cntlid,
+            r.create_controller("nqn.a", "h", ID).unwrap().cntlid,
             MAX_CNTLID
         );
         assert_eq!(
-            r.create_controller("nqn.a", "h").unwrap().cntlid,
+            r.create_controller("nqn.a", "h", ID).unwrap().cntlid,
             1,
             "wraps past the reserved range"
         );
-        assert_eq!(r.create_controller("nqn.a", "h").unwrap().cntlid, 2);
+        assert_eq!(r.create_controller("nqn.a", "h", ID).unwrap().cntlid, 2);
         r.next_cntlid = 1;
         assert_eq!(
-            r.create_controller("nqn.a", "h").unwrap().cntlid,
+            r.create_controller("nqn.a", "h", ID).unwrap().cntlid,
             3,
             "skips live IDs"
         );

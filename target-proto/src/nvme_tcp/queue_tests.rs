@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 
 use target_wire::nvme::cqe::CqeRepr;
-use target_wire::nvme::fabrics::PropertySize;
-use target_wire::nvme::identify::IdentifyController;
+use target_wire::nvme::fabrics::{ConnectData, PropertySize};
+use target_wire::nvme::identify::{IdentifyController, IdentifyControllerNvm};
 use target_wire::nvme::log::{DiscoveryLogHeader, SmartLog, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
 use target_wire::nvme::sqe::Sqe;
@@ -15,32 +15,48 @@ use target_wire::nvme_tcp::{DataRepr, Fes, PduType, TermReqRepr};
 use super::host::{HostError, HostQueue, commands};
 use super::icreq::ControllerParams;
 use super::queue::NvmeTcpQueue;
-use crate::nvme::controller::{BlockOp, IoOutcome};
+use crate::nvme::controller::{
+    ALL_BACKENDS, BlockIo, BlockOp, DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT, IoOutcome,
+    WRITE_ZEROES_MAX_BYTES,
+};
 use crate::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem};
 
 const NQN: &str = "nqn.2026-11.io.xdp-target:test";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:test-host";
+const HOST_ID: [u8; 16] = [0x5a; 16];
 const BLOCKS: u64 = 4096;
 
 fn registry() -> Mutex<Registry> {
-    let mut r = Registry::new(vec![Subsystem {
-        nqn: NQN.into(),
+    registry_of(vec![subsystem(NQN, &[0], None)])
+}
+
+/// A subsystem of `BLOCKS`-block namespaces 1, 2, ... on `backends`, open to `hosts`.
+fn subsystem(nqn: &str, backends: &[u32], hosts: Option<&[&str]>) -> Subsystem {
+    Subsystem {
+        nqn: nqn.into(),
         serial: "XDPT0001".into(),
         model: "xdp-target memory".into(),
         firmware: "0.1.0".into(),
-        namespaces: vec![Namespace {
-            nsid: 1,
-            block_size: 512,
-            blocks: BLOCKS,
-            nguid: [0x11; 16],
-            eui64: [0x22; 8],
-            uuid: [0x33; 16],
-            volatile_write_cache: false,
-            deallocate: true,
-            backend: 0,
-        }],
-        allowed_hosts: None,
-    }]);
+        namespaces: (1..)
+            .zip(backends)
+            .map(|(nsid, &backend)| Namespace {
+                nsid,
+                block_size: 512,
+                blocks: BLOCKS,
+                nguid: [0x11; 16],
+                eui64: [0x22; 8],
+                uuid: [0x33; 16],
+                volatile_write_cache: false,
+                deallocate: true,
+                backend,
+            })
+            .collect(),
+        allowed_hosts: hosts.map(|h| h.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+fn registry_of(subsystems: Vec<Subsystem>) -> Mutex<Registry> {
+    let mut r = Registry::new(subsystems);
     r.set_ports(vec![Port {
         id: 1,
         addr: None,
@@ -63,6 +79,8 @@ struct Host<'r> {
     h: HostQueue,
     registry: &'r Mutex<Registry>,
     disk: &'r Mutex<Vec<u8>>,
+    /// Every block operation the queue asked for, in order.
+    ios: Vec<BlockIo>,
 }
 
 impl<'r> Host<'r> {
@@ -72,6 +90,7 @@ impl<'r> Host<'r> {
             h: HostQueue::new(digests, digests),
             registry,
             disk,
+            ios: Vec::new(),
         };
         host.pump().expect("ICReq/ICResp");
         assert!(host.h.established());
@@ -115,6 +134,7 @@ impl<'r> Host<'r> {
     /// Runs queued block operations against the disk.
     fn run_io(&mut self) {
         while let Some((slot, io)) = self.q.next_io() {
+            self.ios.push(io.clone());
             let mut disk = self.disk.lock().unwrap();
             let buf = self.q.buffer_mut(slot);
             let range = |o: u64, l: u64| o as usize..(o + l) as usize;
@@ -138,7 +158,7 @@ impl<'r> Host<'r> {
                         IoOutcome::Miscompare
                     }
                 }
-                BlockOp::Flush => IoOutcome::Ok,
+                BlockOp::Flush | BlockOp::FlushAll { .. } => IoOutcome::Ok,
                 BlockOp::Deallocate { ranges } => {
                     for (o, l) in ranges {
                         disk[range(o, l)].fill(0);
@@ -194,8 +214,24 @@ impl<'r> Host<'r> {
     }
 
     fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str) -> CqeRepr {
+        self.connect_as(qid, cntlid, subnqn, HOST, HOST_ID)
+    }
+
+    /// Connect as host `hostnqn` with Host Identifier `hostid`.
+    fn connect_as(
+        &mut self,
+        qid: u16,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+        hostid: [u8; 16],
+    ) -> CqeRepr {
         let kato = if qid == 0 { 5000 } else { 0 };
-        let (sqe, data) = commands::connect(qid, cntlid, 31, kato, subnqn, HOST).expect("NQNs fit");
+        let (sqe, mut data) =
+            commands::connect(qid, cntlid, 31, kato, subnqn, hostnqn).expect("NQNs fit");
+        ConnectData::new_checked(&mut data[..])
+            .unwrap()
+            .set_hostid(hostid);
         self.command(sqe, &data, true, 0)
             .cqe
             .expect("Connect response")
@@ -399,6 +435,26 @@ fn linux_connect_sequence_identify_and_io_with_and_without_digests() {
 }
 
 #[test]
+fn identify_reports_the_nvm_command_set_limits_it_enforces() {
+    let registry = registry();
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (mut admin, _) = admin_session(&registry, &disk, false);
+    // CNS 06h, CSI 00h (CDW11 bits 31:24), which Linux reads for DMRSL and WZSL.
+    let cs = u32::from(u8::from(Cns::CsController));
+    let id = admin.admin(AdminOpcode::Identify, cs, 0, 0, 4096);
+    assert!(status(&id).is_success(), "{:?}", id.cqe);
+    let l = IdentifyControllerNvm::new_checked(&id.data[..]).unwrap();
+    assert_eq!(l.dmrsl(), DSM_RANGE_BLOCKS_LIMIT);
+    assert_eq!(l.dmsl(), DSM_BLOCKS_LIMIT);
+    assert_eq!(l.dmrl(), 0, "the command's own 256 ranges");
+    assert_eq!(4096u64 << l.wzsl(), WRITE_ZEROES_MAX_BYTES);
+    // Another command set's structure is not there.
+    let zns = admin.admin(AdminOpcode::Identify, cs, 2 << 24, 0, 4096);
+    assert_eq!(status(&zns), Status::invalid_field());
+    // (controller::tests check that commands beyond the limits are refused.)
+}
+
+#[test]
 fn io_errors_get_their_status() {
     let registry = registry();
     let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
@@ -466,6 +522,60 @@ fn connect_refusals() {
 }
 
 #[test]
+fn io_queue_connect_needs_the_admin_queue_host_nqn_and_host_id() {
+    let registry = registry();
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let invalid = Status::command_specific(CommandSpecificStatus::ConnectInvalidParameters);
+    // Another host naming this controller: as if it did not exist (Linux nvmet's
+    // nvmet_ctrl_find_get: Invalid Parameters, IATTR data, IPO CNTLID).
+    let mut io = Host::new(&registry, &disk, false);
+    let c = io.connect_as(
+        1,
+        cntlid,
+        NQN,
+        "nqn.2014-08.org.nvmexpress:uuid:intruder",
+        HOST_ID,
+    );
+    assert_eq!((c.status, c.dw0), (invalid, (1 << 16) | 16));
+    // The same Host NQN with another Host Identifier: Invalid Parameters, IPO HOSTID.
+    let mut io = Host::new(&registry, &disk, false);
+    let c = io.connect_as(1, cntlid, NQN, HOST, [0xa5; 16]);
+    assert_eq!((c.status, c.dw0), (invalid, 1 << 16));
+    // Both as the admin queue gave them: the queue connects.
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+}
+
+#[test]
+fn flush_of_all_namespaces_names_only_the_subsystems_backends() {
+    // Subsystem NQN has namespaces on backends 0 and 1; another subsystem owns backend 2.
+    let registry = registry_of(vec![
+        subsystem(NQN, &[0, 1], None),
+        subsystem("nqn.other", &[2], None),
+    ]);
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    let r = io.command(commands::io(IoOpcode::Flush, u32::MAX, 0, 0), &[], false, 0);
+    assert!(status(&r).is_success());
+    let flush = io.ios.last().expect("the flush reached the backends");
+    assert_eq!(flush.backend, ALL_BACKENDS, "no single backend");
+    assert_eq!(
+        flush.op,
+        BlockOp::FlushAll {
+            backends: vec![0, 1]
+        },
+        "backend 2 belongs to another subsystem"
+    );
+    // A Flush of one namespace is that namespace's backend alone.
+    io.command(commands::io(IoOpcode::Flush, 2, 0, 0), &[], false, 0);
+    let flush = io.ios.last().unwrap();
+    assert_eq!((flush.backend, &flush.op), (1, &BlockOp::Flush));
+}
+
+#[test]
 fn discovery_controller_lists_subsystems() {
     let registry = registry();
     let disk = Mutex::new(Vec::new());
@@ -501,6 +611,49 @@ fn discovery_controller_lists_subsystems() {
         0,
     );
     assert_eq!(status(&r), Status::invalid_field());
+}
+
+/// The SUBNQNs of the Discovery Log Page a discovery controller returns.
+fn discovery_nqns(d: &mut Host<'_>) -> Vec<String> {
+    let len = 8192;
+    let log = d.admin(
+        AdminOpcode::GetLogPage,
+        u32::from(u8::from(LogPageId::Discovery)) | ((len / 4 - 1) << 16),
+        0,
+        0,
+        len,
+    );
+    assert!(status(&log).is_success());
+    let h = DiscoveryLogHeader::new_checked(&log.data[..]).unwrap();
+    (0..h.numrec() as usize)
+        .map(|i| {
+            let e = discovery_entry(&log.data, i).unwrap();
+            e.subnqn().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn discovery_log_lists_only_subsystems_that_allow_the_host() {
+    // Linux nvmet (nvmet_execute_disc_get_log_page) skips subsystems whose allow list
+    // does not name the host: a host must not learn of subsystems it may not use.
+    let registry = registry_of(vec![
+        subsystem("nqn.open", &[0], None),
+        subsystem("nqn.mine", &[1], Some(&[HOST])),
+        subsystem(
+            "nqn.theirs",
+            &[2],
+            Some(&["nqn.2014-08.org.nvmexpress:uuid:other"]),
+        ),
+    ]);
+    let disk = Mutex::new(Vec::new());
+    let mut d = Host::new(&registry, &disk, false);
+    assert!(d.connect(0, 0xffff, DISCOVERY_NQN).status.is_success());
+    d.enable();
+    assert_eq!(
+        discovery_nqns(&mut d),
+        ["nqn.open", "nqn.mine", DISCOVERY_NQN]
+    );
 }
 
 #[test]

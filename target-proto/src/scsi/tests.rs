@@ -155,7 +155,7 @@ impl Harness {
                 }
                 IoOutcome::Ok
             }
-            BlockOp::Flush => IoOutcome::Ok,
+            BlockOp::Flush | BlockOp::FlushAll { .. } => IoOutcome::Ok,
         }
     }
 }

@@ -3,7 +3,9 @@
 //! fabrics fields at bytes 1792-2047 from NVMe over Fabrics 1.1 Figure 28), Active Namespace
 //! ID list (CNS 02h), Namespace Identification Descriptor list (CNS 03h, Figures 277-278);
 //! and the NVM Command Set Specification 1.0 section 4.1.5.1 Identify Namespace (CNS 00h,
-//! Figures 97-98). Layouts as Linux `struct nvme_id_ctrl`, `nvme_id_ns`, `nvme_ns_id_desc`.
+//! Figures 97-98) and 4.1.5.3 I/O Command Set Specific Identify Controller (CNS 06h, CSI
+//! 00h, Figure 101). Layouts as Linux `struct nvme_id_ctrl`, `nvme_id_ns`,
+//! `nvme_ns_id_desc`, `nvme_id_ctrl_nvm`.
 //!
 //! Each is 4096 bytes. The controller zeroes a buffer, wraps it with `new_unchecked` or
 //! `new_checked`, and sets the fields it supports; reserved bytes stay zero.
@@ -14,6 +16,7 @@ use crate::{Error, Result};
 /// Length of every Identify data structure.
 pub const IDENTIFY_LEN: usize = 4096;
 const _: () = assert!(IdentifyController::<&[u8]>::LEN == IDENTIFY_LEN);
+const _: () = assert!(IdentifyControllerNvm::<&[u8]>::LEN == IDENTIFY_LEN);
 const _: () = assert!(IdentifyNamespace::<&[u8]>::LEN == IDENTIFY_LEN);
 const _: () = assert!(NsIdList::<&[u8]>::LEN == IDENTIFY_LEN);
 
@@ -395,6 +398,24 @@ wire_view! {
     nvmsetid, set_nvmsetid: u16 = 100;
     /// Endurance Group Identifier.
     endgid, set_endgid: u16 = 102;
+}
+
+wire_view! {
+    /// I/O Command Set Specific Identify Controller data structure for the NVM command set
+    /// (CNS 06h, CSI 00h): the command size limits. Every field 0 means "no limit".
+    pub struct IdentifyControllerNvm, len = IDENTIFY_LEN;
+    /// Verify Size Limit: 2 ^ VSL units of CAP.MPSMIN.
+    vsl, set_vsl: u8 = 0;
+    /// Write Zeroes Size Limit: 2 ^ WZSL units of CAP.MPSMIN.
+    wzsl, set_wzsl: u8 = 1;
+    /// Write Uncorrectable Size Limit: 2 ^ WUSL units of CAP.MPSMIN.
+    wusl, set_wusl: u8 = 2;
+    /// Dataset Management Ranges Limit: ranges per command (not 0-based).
+    dmrl, set_dmrl: u8 = 3;
+    /// Dataset Management Range Size Limit: logical blocks per range.
+    dmrsl, set_dmrsl: u32 = 4;
+    /// Dataset Management Size Limit: logical blocks of all ranges of one command.
+    dmsl, set_dmsl: u64 = 8;
 }
 
 /// NSFEAT bits.
@@ -809,6 +830,27 @@ mod tests {
             Some(Error::Truncated)
         );
         assert_eq!(NsIdList::new_checked(&b[..]).err(), Some(Error::Truncated));
+    }
+
+    #[test]
+    fn nvm_controller_limits_offsets() {
+        let mut b = [0u8; 4096];
+        let mut c = IdentifyControllerNvm::new_checked(&mut b[..]).unwrap();
+        c.set_vsl(1);
+        c.set_wzsl(12);
+        c.set_wusl(3);
+        c.set_dmrl(255);
+        c.set_dmrsl(0x0010_0000);
+        c.set_dmsl(0x0102_0304_0506_0708);
+        assert_eq!(&b[..8], &[1, 12, 3, 255, 0x00, 0x00, 0x10, 0x00]);
+        assert_eq!(&b[8..16], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert!(b[16..].iter().all(|&x| x == 0));
+        let c = IdentifyControllerNvm::new_checked(&b[..]).unwrap();
+        assert_eq!(
+            (c.wzsl(), c.dmrsl(), c.dmsl()),
+            (12, 1 << 20, 0x0102_0304_0506_0708)
+        );
+        assert!(IdentifyControllerNvm::new_checked(&b[..4095]).is_err());
     }
 
     #[test]
