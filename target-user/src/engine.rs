@@ -5,7 +5,6 @@
 //! how bytes reach an engine and leave it; both run block I/O through here.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -42,19 +41,15 @@ pub struct Shared {
 
 impl Shared {
     /// A fresh engine for a connection accepted on a `proto` port at local address `local`.
-    pub fn engine(
-        &self,
-        proto: Proto,
-        local: Option<IpAddr>,
-        urandom: &mut Option<std::fs::File>,
-    ) -> Engine {
-        match proto {
+    /// Fails only when the kernel gives no random bytes for the iSCSI CHAP challenge: a
+    /// predictable challenge would let a recorded answer log in again, so the connection
+    /// is refused instead.
+    pub fn engine(&self, proto: Proto, local: Option<IpAddr>) -> std::io::Result<Engine> {
+        Ok(match proto {
             Proto::Nvme => Engine::Nvme(Box::new(NvmeTcpQueue::new(self.params, local))),
             Proto::Iscsi => {
                 let mut random = [0u8; 17];
-                if let Some(u) = urandom {
-                    let _ = u.read_exact(&mut random);
-                }
+                fill_random(&mut random)?;
                 Engine::Iscsi(Box::new(IscsiConn::new(
                     self.iscsi_params,
                     Arc::clone(&self.iscsi_registry),
@@ -62,7 +57,7 @@ impl Shared {
                     random,
                 )))
             }
-        }
+        })
     }
 
     /// A block runner for one reactor; it owns an io_uring when any backend is a file.
@@ -177,7 +172,14 @@ impl<T> Conns<T> {
     /// Hands finished block operations to their engines (which may queue more) and frees
     /// dead connections whose last one finished. Returns the live connections that made
     /// progress: their output wants sending.
-    pub fn complete_io(&mut self, blocks: &mut BlockRunner) -> Vec<usize> {
+    ///
+    /// A panic in an engine (a bug) is caught per completion: that connection is listed in
+    /// `failed` with the panic's message for the reactor to close, the others go on.
+    pub fn complete_io(
+        &mut self,
+        blocks: &mut BlockRunner,
+        failed: &mut Vec<(usize, String)>,
+    ) -> Vec<usize> {
         let mut progressed = Vec::new();
         for r in blocks.reap() {
             let i = r.conn;
@@ -186,10 +188,18 @@ impl<T> Conns<T> {
             };
             c.inflight -= 1;
             if !c.dead {
-                r.complete(&mut c.q);
-                // A multi-step command (iSCSI COMPARE AND WRITE, WRITE SAME) may go on.
-                c.inflight += blocks.run(i, &mut c.q);
-                progressed.push(i);
+                let step = catch(|| {
+                    r.complete(&mut c.q);
+                    // A multi-step command (iSCSI COMPARE AND WRITE, WRITE SAME) may go on.
+                    blocks.run(i, &mut c.q)
+                });
+                match step {
+                    Ok(started) => {
+                        c.inflight += started;
+                        progressed.push(i);
+                    }
+                    Err(why) => failed.push((i, why)),
+                }
             }
             self.release(i);
         }
@@ -262,8 +272,17 @@ impl BlockRunner {
                         q.buffer_mut(slot),
                         k,
                     );
-                    self.pending.insert(k, p);
-                    None
+                    if p.remaining == 0 {
+                        // Nothing reached the ring: fail it now, or the slot waits forever.
+                        Some(if p.read {
+                            IoOutcome::ReadError
+                        } else {
+                            IoOutcome::WriteError
+                        })
+                    } else {
+                        self.pending.insert(k, p);
+                        None
+                    }
                 }
                 None if io.backend == ALL_BACKENDS => {
                     // Flush of every namespace of the controller's subsystem: sync the files
@@ -279,18 +298,27 @@ impl BlockRunner {
                             _ => None,
                         })
                         .collect();
+                    let mut ring = Queued {
+                        ring: &mut self.ring,
+                        n: 0,
+                        lost: false,
+                    };
                     for fd in &fds {
-                        push(&mut self.ring, fdatasync(types::Fd(*fd), k));
+                        ring.push(fdatasync(types::Fd(*fd), k));
                     }
-                    if fds.is_empty() {
-                        Some(IoOutcome::Ok)
+                    let (remaining, lost) = (ring.n, ring.lost);
+                    if remaining == 0 {
+                        Some(if lost {
+                            IoOutcome::WriteError
+                        } else {
+                            IoOutcome::Ok
+                        })
                     } else {
-                        let remaining = u32::try_from(fds.len()).unwrap_or(u32::MAX);
                         self.pending.insert(
                             k,
                             SlotIo {
                                 remaining,
-                                failed: false,
+                                failed: lost,
                                 read: false,
                                 len: 0,
                                 scratch: None,
@@ -490,8 +518,8 @@ fn key(conn: usize, slot: usize) -> u64 {
 }
 
 /// Queues an SQE, submitting the ring first when it is full.
-fn push(ring: &mut Option<IoUring>, e: squeue::Entry) {
-    let Some(ring) = ring else { return };
+fn push(ring: &mut Option<IoUring>, e: squeue::Entry) -> bool {
+    let Some(ring) = ring else { return false };
     loop {
         // SAFETY: every buffer an entry points to outlives the operation: it is a slot
         // buffer of a connection that is not freed while it has operations in flight
@@ -499,10 +527,29 @@ fn push(ring: &mut Option<IoUring>, e: squeue::Entry) {
         // alone while its block operation runs; a Compare's scratch buffer lives in
         // `Reactor::pending` until the operation completes.
         if unsafe { ring.submission().push(&e) }.is_ok() {
-            return;
+            return true;
         }
-        if ring.submit().is_err() {
-            return;
+        // The ring is full: hand it to the kernel to make room.
+        if let Err(e) = ring.submit() {
+            warn!("io_uring submit failed, the block operation fails: {e}");
+            return false;
+        }
+    }
+}
+
+/// Counts the entries of one block operation that reached the ring.
+struct Queued<'r> {
+    ring: &'r mut Option<IoUring>,
+    n: u32,
+    lost: bool,
+}
+
+impl Queued<'_> {
+    fn push(&mut self, e: squeue::Entry) {
+        if push(self.ring, e) {
+            self.n += 1;
+        } else {
+            self.lost = true;
         }
     }
 }
@@ -524,8 +571,13 @@ fn submit_file_io(
     k: u64,
 ) -> SlotIo {
     let fd = types::Fd(fd);
+    let mut ring = Queued {
+        ring,
+        n: 0,
+        lost: false,
+    };
     let mut p = SlotIo {
-        remaining: 1,
+        remaining: 0,
         failed: false,
         read: false,
         len: 0,
@@ -536,8 +588,7 @@ fn submit_file_io(
         BlockOp::Read { offset, len } => {
             p.read = true;
             p.len = *len as usize;
-            push(
-                ring,
+            ring.push(
                 opcode::Read::new(fd, buf.as_mut_ptr(), len32(*len))
                     .offset(*offset)
                     .build()
@@ -551,7 +602,7 @@ fn submit_file_io(
                 .offset(*offset)
                 .rw_flags(flags)
                 .build();
-            push(ring, e.user_data(k));
+            ring.push(e.user_data(k));
         }
         BlockOp::Compare { offset, len } => {
             p.read = true;
@@ -560,8 +611,7 @@ fn submit_file_io(
             let mut scratch = vec![0u8; *len as usize + 4096];
             let start = scratch.as_ptr().align_offset(4096).min(4096);
             let ptr = scratch[start..].as_mut_ptr();
-            push(
-                ring,
+            ring.push(
                 opcode::Read::new(fd, ptr, len32(*len))
                     .offset(*offset)
                     .build()
@@ -570,7 +620,7 @@ fn submit_file_io(
             p.scratch = Some((scratch, start));
         }
         BlockOp::Flush | BlockOp::FlushAll { .. } => {
-            push(ring, fdatasync(fd, k));
+            ring.push(fdatasync(fd, k));
         }
         BlockOp::WriteZeroes {
             offset,
@@ -590,18 +640,17 @@ fn submit_file_io(
                 .build();
             if *fua {
                 // The sync must follow the zeroing: link them.
-                push(ring, e.flags(squeue::Flags::IO_LINK).user_data(k));
-                push(ring, fdatasync(fd, k));
+                ring.push(e.flags(squeue::Flags::IO_LINK).user_data(k));
+                ring.push(fdatasync(fd, k));
                 p.remaining = 2;
             } else {
-                push(ring, e.user_data(k));
+                ring.push(e.user_data(k));
             }
         }
         BlockOp::Deallocate { ranges } => {
             for (offset, len) in ranges {
                 let mode = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE;
-                push(
-                    ring,
+                ring.push(
                     opcode::Fallocate::new(fd, *len)
                         .offset(*offset)
                         .mode(mode)
@@ -609,13 +658,89 @@ fn submit_file_io(
                         .user_data(k),
                 );
             }
-            p.remaining = u32::try_from(ranges.len()).unwrap_or(u32::MAX);
-            if p.remaining == 0 {
+            if ranges.is_empty() {
                 // Nothing to deallocate: complete through the ring all the same.
-                push(ring, opcode::Nop::new().build().user_data(k));
-                p.remaining = 1;
+                ring.push(opcode::Nop::new().build().user_data(k));
             }
         }
     }
+    // What did not reach the ring never completes: the operation fails, once what did
+    // reach it has completed (its buffers are in use until then).
+    p.remaining = ring.n;
+    p.failed = ring.lost;
     p
+}
+
+/// Fills `buf` from the kernel's random pool (getrandom(2)).
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            got += n.unsigned_abs();
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f`, turning a panic into its message. Engines must never panic on any input; if a
+/// bug makes one do so anyway, the reactor ends that one connection (tearing its
+/// controller or session down) and keeps serving the rest, instead of dying with every
+/// connection it held and leaving their registrations stale.
+pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Set when a reactor thread died: the process then stops and exits non-zero.
+pub static REACTOR_FAILED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The body of a reactor thread: `run` under a guard. A panic outside any one connection's
+/// work (the reactor's own loop) is logged, and the whole target stops loudly (SIGTERM to
+/// itself, exit status 1) rather than serving on with a reactor missing: its listeners
+/// would keep accepting connections nobody serves.
+pub fn reactor_thread(name: &str, run: impl FnOnce()) {
+    if let Err(why) = catch(run) {
+        tracing::error!(reactor = name, "reactor failed, the target stops: {why}");
+        REACTOR_FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: kill(2) on our own pid; the signal handler installed by main wakes it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_its_message() {
+        assert_eq!(catch(|| 7), Ok(7));
+        assert_eq!(
+            catch(|| -> u8 { panic!("slot {} out of range", 3) }),
+            Err("slot 3 out of range".into())
+        );
+        let v: Vec<u8> = Vec::new();
+        let e = catch(|| v[1]).unwrap_err();
+        assert!(e.contains("index out of bounds"), "{e}");
+    }
+
+    #[test]
+    fn random_bytes_are_not_all_zero() {
+        let mut b = [0u8; 32];
+        fill_random(&mut b).unwrap();
+        assert_ne!(b, [0u8; 32]);
+    }
 }

@@ -177,5 +177,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.stop();
     }
     drop(steering);
+    if engine::REACTOR_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("a reactor failed (see the error above); the target stopped");
+    }
     Ok(())
 }

@@ -25,7 +25,7 @@ use target_proto::iscsi::{Portal, Registry as IscsiRegistry, TargetNode};
 use target_proto::nvme::subsystem::{Namespace, Port, Registry, Subsystem};
 use target_proto::nvme_tcp::icreq::ControllerParams;
 use target_proto::scsi::{LunConfig, ScsiTarget};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, FileBackend, FileBackendError, MemoryBackend};
 use crate::config::{BackendKind, ChapCredentials, Config};
@@ -361,14 +361,15 @@ pub fn start(
             conns: Conns::new(),
             blocks: shared.block_runner().map_err(ServeError::Uring)?,
             shared: Arc::clone(&shared),
-            urandom: std::fs::File::open("/dev/urandom").ok(),
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
         };
         let stop = Arc::clone(&stop);
         let t = std::thread::Builder::new()
             .name(format!("reactor-{r}"))
-            .spawn(move || reactor.run(&stop))
+            .spawn(move || {
+                crate::engine::reactor_thread(&format!("reactor-{r}"), || reactor.run(&stop))
+            })
             .map_err(ServeError::Reactor)?;
         threads.push(t);
     }
@@ -396,7 +397,6 @@ struct Reactor {
     conns: Conns<TcpStream>,
     shared: Arc<Shared>,
     blocks: BlockRunner,
-    urandom: Option<std::fs::File>,
     started: Instant,
     buf: Vec<u8>,
 }
@@ -450,7 +450,8 @@ impl Reactor {
                 if t.0 < self.listeners.len() {
                     self.accept(t.0);
                 } else {
-                    self.service(t.0 - self.listeners.len());
+                    let i = t.0 - self.listeners.len();
+                    self.guarded(i, |r| r.service(i));
                 }
             }
             self.reap();
@@ -481,9 +482,14 @@ impl Reactor {
                         continue;
                     }
                     debug!(reactor = self.id, %peer, "connection accepted");
-                    let q = self
-                        .shared
-                        .engine(self.listeners[l].1, local, &mut self.urandom);
+                    let q = match self.shared.engine(self.listeners[l].1, local) {
+                        Ok(q) => q,
+                        Err(e) => {
+                            error!(%peer, "connection refused: no random bytes for its CHAP challenge: {e}");
+                            let _ = self.poll.registry().deregister(&mut stream);
+                            continue;
+                        }
+                    };
                     self.conns.insert(stream, peer, q);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -553,21 +559,40 @@ impl Reactor {
         }
     }
 
+    /// Runs `f` for connection `i`; a panic (a bug) ends that connection only.
+    fn guarded(&mut self, i: usize, f: impl FnOnce(&mut Self)) {
+        if let Err(why) = crate::engine::catch(|| f(self)) {
+            self.failed(i, &why);
+        }
+    }
+
+    fn failed(&mut self, i: usize, why: &str) {
+        error!(
+            reactor = self.id,
+            "internal error on a connection (a bug), closing it: {why}"
+        );
+        self.close(i, "internal error");
+    }
+
     fn tick(&mut self) {
         let now = self.now_ms();
         for i in 0..self.conns.len() {
-            let Some(c) = self.conns.live(i) else {
-                continue;
-            };
-            let r = c.q.tick(now, &self.shared.registry);
-            c.q.log_events(c.peer);
-            if let Err(why) = r {
-                self.close(i, why);
-            } else if !c.unread.is_empty() {
-                self.service(i);
-            } else if !flush(c) {
-                self.close(i, "send failed");
-            }
+            self.guarded(i, |r| r.tick_one(i, now));
+        }
+    }
+
+    fn tick_one(&mut self, i: usize, now: u64) {
+        let Some(c) = self.conns.live(i) else {
+            return;
+        };
+        let r = c.q.tick(now, &self.shared.registry);
+        c.q.log_events(c.peer);
+        if let Err(why) = r {
+            self.close(i, why);
+        } else if !c.unread.is_empty() {
+            self.service(i);
+        } else if !flush(c) {
+            self.close(i, "send failed");
         }
     }
 
@@ -575,7 +600,13 @@ impl Reactor {
         let Some(c) = self.conns.live(i) else {
             return;
         };
-        c.q.teardown(&self.shared.registry);
+        let registry = &self.shared.registry;
+        if let Err(why) = crate::engine::catch(|| c.q.teardown(registry)) {
+            error!(
+                reactor = self.id,
+                "tearing a connection down failed (a bug): {why}"
+            );
+        }
         let _ = self.poll.registry().deregister(&mut c.link);
         info!(reactor = self.id, peer = %c.peer, engine = c.q.describe(), "connection closed: {why}");
         c.dead = true;
@@ -584,10 +615,15 @@ impl Reactor {
 
     /// Completes the io_uring operations that finished and sends what they produced.
     fn reap(&mut self) {
-        for i in self.conns.complete_io(&mut self.blocks) {
+        let mut failed = Vec::new();
+        let progressed = self.conns.complete_io(&mut self.blocks, &mut failed);
+        for (i, why) in failed {
+            self.failed(i, &why);
+        }
+        for i in progressed {
             if let Some(c) = self.conns.live(i) {
                 if !c.unread.is_empty() {
-                    self.service(i);
+                    self.guarded(i, |r| r.service(i));
                 } else if !flush(c) {
                     self.close(i, "send failed");
                 } else if c.q.closing() && c.q.output().is_empty() {

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use target_tcp::{ConnId, ConnState, Stack, StackConfig};
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::afxdp::{BindMode, Xsk, XskError, XskSizes};
 use crate::config::{Config, ZeroCopy};
@@ -67,19 +67,7 @@ pub enum AfXdpError {
 /// Three words from the kernel's random pool: the stacks' seed and their ISN secret.
 fn random_words() -> std::io::Result<[u64; 3]> {
     let mut b = [0u8; 24];
-    let mut got = 0;
-    while got < b.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `b`.
-        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        } else {
-            got += n as usize;
-        }
-    }
+    crate::engine::fill_random(&mut b)?;
     let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
     Ok([w(0), w(1), w(2)])
 }
@@ -340,14 +328,15 @@ pub fn start(
             conns: Conns::new(),
             blocks: shared.block_runner().map_err(AfXdpError::Thread)?,
             shared: Arc::clone(shared),
-            urandom: std::fs::File::open("/dev/urandom").ok(),
             started: Instant::now(),
         };
         let stop = Arc::clone(stop);
         threads.push(
             std::thread::Builder::new()
                 .name(format!("xdp-q{q}"))
-                .spawn(move || reactor.run(&stop))
+                .spawn(move || {
+                    crate::engine::reactor_thread(&format!("xdp-q{q}"), || reactor.run(&stop));
+                })
                 .map_err(AfXdpError::Thread)?,
         );
     }
@@ -363,7 +352,6 @@ struct XdpReactor {
     conns: Conns<ConnId>,
     blocks: BlockRunner,
     shared: Arc<Shared>,
-    urandom: Option<std::fs::File>,
     started: Instant,
 }
 
@@ -385,7 +373,7 @@ impl XdpReactor {
                 work = true;
             }
             for i in 0..self.conns.len() {
-                work |= self.service(i);
+                work |= self.guarded(i, |r| r.service(i)).unwrap_or(true);
             }
             work |= self.reap();
             self.blocks.submit();
@@ -451,9 +439,14 @@ impl XdpReactor {
             self.stack.release(a.id, false);
             return;
         };
-        let q = self
-            .shared
-            .engine(proto, Some(a.local.ip()), &mut self.urandom);
+        let q = match self.shared.engine(proto, Some(a.local.ip())) {
+            Ok(q) => q,
+            Err(e) => {
+                error!(peer = %a.remote, "connection refused: no random bytes for its CHAP challenge: {e}");
+                self.stack.release(a.id, false);
+                return;
+            }
+        };
         self.conns.insert(a.id, a.remote, q);
         debug!(queue = self.queue, peer = %a.remote, ?proto, "connection accepted (AF_XDP)");
     }
@@ -512,26 +505,53 @@ impl XdpReactor {
 
     /// Completes the io_uring operations that finished and queues what they produced.
     fn reap(&mut self) -> bool {
-        let progressed = self.conns.complete_io(&mut self.blocks);
+        let mut failed = Vec::new();
+        let progressed = self.conns.complete_io(&mut self.blocks, &mut failed);
+        for (i, why) in failed {
+            self.failed(i, &why);
+        }
         for &i in &progressed {
             self.push_output(i);
         }
         !progressed.is_empty()
     }
 
+    /// Runs `f` for connection `i`; a panic (a bug) ends that connection only.
+    fn guarded<R>(&mut self, i: usize, f: impl FnOnce(&mut Self) -> R) -> Option<R> {
+        match crate::engine::catch(|| f(self)) {
+            Ok(r) => Some(r),
+            Err(why) => {
+                self.failed(i, &why);
+                None
+            }
+        }
+    }
+
+    fn failed(&mut self, i: usize, why: &str) {
+        error!(
+            queue = self.queue,
+            "internal error on a connection (a bug), closing it: {why}"
+        );
+        self.close(i, "internal error", false);
+    }
+
     fn tick(&mut self) {
         let now_ms = self.now_us() / 1000;
         for i in 0..self.conns.len() {
-            let Some(c) = self.conns.live(i) else {
-                continue;
-            };
-            let r = c.q.tick(now_ms, &self.shared.registry);
-            c.q.log_events(c.peer);
-            if let Err(why) = r {
-                self.close(i, why, true);
-            } else {
-                self.push_output(i);
-            }
+            self.guarded(i, |r| r.tick_one(i, now_ms));
+        }
+    }
+
+    fn tick_one(&mut self, i: usize, now_ms: u64) {
+        let Some(c) = self.conns.live(i) else {
+            return;
+        };
+        let r = c.q.tick(now_ms, &self.shared.registry);
+        c.q.log_events(c.peer);
+        if let Err(why) = r {
+            self.close(i, why, true);
+        } else {
+            self.push_output(i);
         }
     }
 
@@ -539,7 +559,13 @@ impl XdpReactor {
         let Some(c) = self.conns.live(i) else {
             return;
         };
-        c.q.teardown(&self.shared.registry);
+        let registry = &self.shared.registry;
+        if let Err(why) = crate::engine::catch(|| c.q.teardown(registry)) {
+            error!(
+                queue = self.queue,
+                "tearing a connection down failed (a bug): {why}"
+            );
+        }
         self.stack.release(c.link, graceful);
         info!(queue = self.queue, peer = %c.peer, engine = c.q.describe(), "connection closed (AF_XDP): {why}");
         c.dead = true;
