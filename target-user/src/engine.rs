@@ -136,6 +136,11 @@ impl<T> Conns<T> {
         }
     }
 
+    /// Connections held: live ones and closed ones whose block I/O is still in flight.
+    pub fn held(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     /// One past the highest index in use, for walking every connection.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -446,10 +451,8 @@ impl Engine {
             Self::Nvme(q) => {
                 if q.tick(now, registry) {
                     Ok(())
-                } else if q.controller().qid() == Some(0) {
-                    Err("keep-alive timeout expired")
                 } else {
-                    Err("its controller is gone")
+                    Err(q.end_reason().unwrap_or("the queue ended"))
                 }
             }
             Self::Iscsi(c) => {

@@ -40,6 +40,8 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// (worse, a virtual one) costs tens of microseconds per request at low queue depth,
 /// while an idle target still sleeps and costs nothing.
 const BUSY_POLL: Duration = Duration::from_micros(200);
+/// Connections one reactor serves at most; more are accepted and closed at once.
+const MAX_CONNECTIONS: usize = 4096;
 /// MAXH2CDATA offered to hosts.
 const MAX_H2C_DATA: u32 = 128 * 1024;
 
@@ -363,6 +365,7 @@ pub fn start(
             shared: Arc::clone(&shared),
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
+            refused: 0,
         };
         let stop = Arc::clone(&stop);
         let t = std::thread::Builder::new()
@@ -399,6 +402,8 @@ struct Reactor {
     blocks: BlockRunner,
     started: Instant,
     buf: Vec<u8>,
+    /// Connections refused at [`MAX_CONNECTIONS`].
+    refused: u64,
 }
 
 impl Reactor {
@@ -464,12 +469,28 @@ impl Reactor {
         for i in 0..self.conns.len() {
             self.close(i, "the target is stopping");
         }
+        if self.refused > 0 {
+            warn!(
+                reactor = self.id,
+                refused = self.refused,
+                "connections refused at the limit of {MAX_CONNECTIONS}"
+            );
+        }
     }
 
     fn accept(&mut self, l: usize) {
         loop {
             match self.listeners[l].0.accept() {
                 Ok((mut stream, peer)) => {
+                    if self.conns.held() >= MAX_CONNECTIONS {
+                        // Closed at once: a storm of idle connections cannot take every
+                        // descriptor and buffer, and the ones already served go on.
+                        if self.refused == 0 {
+                            warn!(reactor = self.id, %peer, "connection refused: {MAX_CONNECTIONS} connections on this reactor (more refusals are counted at close)");
+                        }
+                        self.refused += 1;
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().ok().map(|a| a.ip());
                     let token = Token(self.listeners.len() + self.conns.vacant());

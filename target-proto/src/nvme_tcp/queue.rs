@@ -68,6 +68,8 @@ struct Slot {
     /// A data digest failed: the command ends with a transient transport error.
     digest_failed: bool,
     io: Option<BlockIo>,
+    /// When the R2T went out (AwaitingData).
+    r2t_ms: u64,
 }
 
 impl Slot {
@@ -80,6 +82,7 @@ impl Slot {
             received: 0,
             digest_failed: false,
             io: None,
+            r2t_ms: 0,
         }
     }
 
@@ -108,7 +111,18 @@ pub struct NvmeTcpQueue {
     closing: bool,
     /// The host sent an H2CTermReq.
     peer_terminated: bool,
+    /// The first tick: a host has [`CONNECT_TIMEOUT_MS`] from then to connect.
+    started_ms: Option<u64>,
+    /// Why `tick` ended the queue.
+    ended: Option<&'static str>,
 }
+
+/// How long a new connection may take to send ICReq and a successful Connect: a peer that
+/// opens connections and stays silent holds a socket and a queue's slots.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long the data an R2T asked for may take to arrive in full. Linux sends it at once;
+/// a host that never does would hold the slot (and its buffer) for ever.
+pub const DATA_TIMEOUT_MS: u64 = 30_000;
 
 impl NvmeTcpQueue {
     /// A queue on a new connection; `local` is the address the host connected to.
@@ -137,6 +151,8 @@ impl NvmeTcpQueue {
             out: Vec::new(),
             closing: false,
             peer_terminated: false,
+            started_ms: None,
+            ended: None,
         }
     }
 
@@ -186,15 +202,38 @@ impl NvmeTcpQueue {
         self.respond(slot, response);
     }
 
-    /// Periodic work: keep-alive expiry, and I/O queues whose controller is gone.
-    /// Returns false when the queue must close now.
+    /// Periodic work: keep-alive expiry, I/O queues whose controller is gone, hosts that
+    /// never finish Connect, and R2Ts whose data never comes. Returns false when the queue
+    /// must close now; [`Self::end_reason`] says why.
     pub fn tick(&mut self, now_ms: u64, registry: &Mutex<Registry>) -> bool {
-        if self.controller.keep_alive_expired(now_ms) || !self.controller.controller_alive(registry)
+        let started = *self.started_ms.get_or_insert(now_ms);
+        let waited = |since: u64| now_ms.saturating_sub(since);
+        self.ended = if self.controller.qid().is_none() && waited(started) >= CONNECT_TIMEOUT_MS {
+            // Hosts send ICReq and Connect right after the TCP handshake.
+            Some("no ICReq and Connect within 10 s")
+        } else if self.controller.keep_alive_expired(now_ms) {
+            Some("keep-alive timeout expired")
+        } else if !self.controller.controller_alive(registry) {
+            Some("its controller is gone")
+        } else if self
+            .slots
+            .iter()
+            .any(|s| s.state == SlotState::AwaitingData && waited(s.r2t_ms) >= DATA_TIMEOUT_MS)
         {
+            Some("the data an R2T asked for did not come within 30 s")
+        } else {
+            None
+        };
+        if self.ended.is_some() {
             self.closing = true;
             return false;
         }
         true
+    }
+
+    /// Why [`Self::tick`] ended the queue.
+    pub fn end_reason(&self) -> Option<&'static str> {
+        self.ended
     }
 
     /// The connection is gone: release the controller or the queue's place in it.
@@ -365,6 +404,7 @@ impl NvmeTcpQueue {
             self.sink = Sink::Slot(i);
         } else if s.expected > 0 {
             s.state = SlotState::AwaitingData;
+            s.r2t_ms = now_ms;
             let n = self.negotiated.expect("capsules come after ICReq");
             let ttag = u16::try_from(i).expect("slots fit a TTAG");
             let len = u32::try_from(s.expected).expect("bounded by MDTS");

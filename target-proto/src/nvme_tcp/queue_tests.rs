@@ -746,3 +746,40 @@ fn a_host_that_stops_reading_stops_being_read() {
         "{answered} bytes answered"
     );
 }
+
+#[test]
+fn silent_connections_and_missing_r2t_data_time_out() {
+    use super::queue::{CONNECT_TIMEOUT_MS, DATA_TIMEOUT_MS};
+    let registry = registry();
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    // A connection that never sends ICReq.
+    let mut q = NvmeTcpQueue::new(ControllerParams::default(), None);
+    assert!(q.tick(1_000, &registry));
+    assert!(q.tick(1_000 + CONNECT_TIMEOUT_MS - 1, &registry));
+    assert!(!q.tick(1_000 + CONNECT_TIMEOUT_MS, &registry));
+    assert_eq!(q.end_reason(), Some("no ICReq and Connect within 10 s"));
+    // ICReq but no Connect.
+    let mut h = Host::new(&registry, &disk, false);
+    assert!(h.q.tick(0, &registry));
+    assert!(!h.q.tick(CONNECT_TIMEOUT_MS, &registry));
+    // A write whose R2T is never answered: the slot is given up with the connection.
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    assert!(io.q.tick(0, &registry));
+    let sqe = commands::io(IoOpcode::Write, 1, 0, 128);
+    let mut capsule = Vec::new();
+    io.h.submit(sqe, vec![0u8; 65536], false, 0);
+    // The capsule goes out, the R2T comes back, the host sends nothing more.
+    let bytes = io.h.output().to_vec();
+    capsule.extend_from_slice(&bytes[..72]);
+    io.h.consume_output(bytes.len());
+    assert_eq!(io.q.receive(&capsule, &registry, 500), capsule.len());
+    assert_eq!(io.q.output()[0], 0x09, "an R2T");
+    assert!(io.q.tick(500 + DATA_TIMEOUT_MS - 1, &registry));
+    assert!(!io.q.tick(500 + DATA_TIMEOUT_MS, &registry));
+    assert_eq!(
+        io.q.end_reason(),
+        Some("the data an R2T asked for did not come within 30 s")
+    );
+}
