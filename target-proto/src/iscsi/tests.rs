@@ -1781,6 +1781,55 @@ fn abort_task_with_io_in_flight_answers_once_the_io_is_back() {
     );
 }
 
+// ---- Full feature phase: persistent reservations across sessions ----------------------------
+
+/// Two sessions on [`TARGET`] sharing one disk: A with the default limits, B soliciting
+/// all its write data by R2T (no immediate or unsolicited data).
+fn two_sessions() -> (Rig, Rig) {
+    let reg = registry();
+    let disk = new_disk();
+    let mut a = Rig::with(&reg, params(TargetLimits::default()), Arc::clone(&disk));
+    login(&mut a, opts());
+    let limits = TargetLimits {
+        initial_r2t: true,
+        immediate_data: false,
+        ..TargetLimits::default()
+    };
+    let mut b = Rig::with(&reg, params(limits), disk);
+    let mut o = opts();
+    o.isid[5] = 9;
+    login(&mut b, o);
+    (a, b)
+}
+
+/// PERSISTENT RESERVE OUT with its 24-byte parameter list as immediate data.
+fn prout(rig: &mut Rig, itt: u32, sa: u8, kind: u8, key: u64, sark: u64) -> u8 {
+    let cdb = [0x5f, sa, kind, 0, 0, 0, 0, 0, 24, 0];
+    let mut p = key.to_be_bytes().to_vec();
+    p.extend_from_slice(&sark.to_be_bytes());
+    p.resize(24, 0);
+    let out = rig.command(itt, flags::W | flags::F, 24, &cdb, &p);
+    assert_eq!(ops(&out), [Opcode::ScsiResponse], "{out:?}");
+    out[0].code()
+}
+
+#[test]
+fn a_reservation_taken_while_a_write_waits_for_its_r2t_data_conflicts() {
+    let (mut a, mut b) = two_sessions();
+    let out = b.command(7, flags::W | flags::F, 1024, &write10(50, 2), &[]);
+    assert_eq!(ops(&out), [Opcode::R2t]);
+    let ttt = out[0].ttt();
+    assert_eq!(prout(&mut a, 1, 0, 0, 0, 0xa), status::GOOD);
+    assert_eq!(prout(&mut a, 2, 1, 1, 0xa, 0), status::GOOD);
+    let out = b.data_out(7, ttt, (0, 0), true, &pattern(1024, 1));
+    assert_eq!(ops(&out), [Opcode::ScsiResponse]);
+    assert_eq!(
+        (out[0].itt(), out[0].code()),
+        (7, status::RESERVATION_CONFLICT)
+    );
+    assert_eq!(b.disk_at(50, 1024), [0; 1024], "nothing reached the disk");
+}
+
 // ---- Full feature phase: logout, errors, reinstatement --------------------------------------
 
 #[test]

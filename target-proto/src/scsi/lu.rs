@@ -9,6 +9,8 @@
 //! 4.17 table 10 for persistent reservations.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use super::cdb::op;
 use super::mode::ModeParams;
@@ -49,23 +51,94 @@ pub(crate) enum Access {
     Write,
 }
 
+/// What a logical unit publishes of its reservations for readers that do not take its
+/// lock: tasks re-checking before a block operation (one load while nothing changed) and
+/// the NVMe namespace exported on the same medium (one load while nothing is reserved).
+/// Updated under the logical unit's lock by [`LuState::reservations_changed`].
+#[derive(Debug, Default)]
+pub struct LunReservations {
+    /// What an initiator that is neither holder nor registrant may do: [`OPEN`],
+    /// [`NO_WRITES`] or [`NO_ACCESS`].
+    outsiders: AtomicU8,
+    /// Bumped on every change of the reservations or registrations.
+    changes: AtomicU64,
+}
+
+const OPEN: u8 = 0;
+const NO_WRITES: u8 = 1;
+const NO_ACCESS: u8 = 2;
+
+impl LunReservations {
+    /// Whether a command from an initiator that neither holds the reservation nor is
+    /// registered (an NVMe host: never a SCSI I_T nexus) conflicts with it: Write
+    /// Exclusive types refuse its writes, Exclusive Access types and RESERVE(6) its reads
+    /// too (SPC-4 5.12.1 table 61, SBC-3 4.17 table 10; SPC-2 5.5.1).
+    pub fn outsider_conflicts(&self, write: bool) -> bool {
+        match self.outsiders.load(Ordering::Acquire) {
+            OPEN => false,
+            NO_WRITES => write,
+            _ => true,
+        }
+    }
+
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+}
+
+/// One I_T nexus as a logical unit knows it, shared with the nexus's tasks so that they
+/// can re-check reservations without copying the nexus.
+#[derive(Debug)]
+pub(crate) struct NexusGate {
+    pub nexus: Nexus,
+    pub ports: Ports,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct LuState {
     pub mode: ModeParams,
-    nexuses: HashMap<u64, Ports>,
+    nexuses: HashMap<u64, Arc<NexusGate>>,
     uas: HashMap<u64, VecDeque<Asc>>,
     /// The I_T nexus (session id) holding the RESERVE(6) reservation.
     pub reserve6: Option<u64>,
     /// I_T nexuses with PREVENT set.
     pub prevent: HashSet<u64>,
     pub pr: PrState,
+    /// Published copy for readers outside the lock.
+    pub published: Arc<LunReservations>,
 }
 
 impl LuState {
     /// Notes an I_T nexus on its first command; unit attentions reach only nexuses seen.
     /// No power-on unit attention is queued for a new nexus.
-    pub fn seen(&mut self, n: &Nexus) {
-        self.nexuses.entry(n.id).or_insert_with(|| Ports::of(n));
+    pub fn seen(&mut self, n: &Nexus) -> Arc<NexusGate> {
+        let gate = self.nexuses.entry(n.id).or_insert_with(|| {
+            Arc::new(NexusGate {
+                nexus: n.clone(),
+                ports: Ports::of(n),
+            })
+        });
+        Arc::clone(gate)
+    }
+
+    /// To be called after any change of the RESERVE(6) reservation or the persistent
+    /// reservations and registrations: publishes them (see [`LunReservations`]).
+    pub fn reservations_changed(&mut self) {
+        let outsiders = if self.reserve6.is_some() {
+            NO_ACCESS
+        } else {
+            match self.pr.reservation.as_ref().map(|r| r.kind) {
+                None => OPEN,
+                Some(
+                    ResType::WriteExclusive
+                    | ResType::WriteExclusiveRegistrantsOnly
+                    | ResType::WriteExclusiveAllRegistrants,
+                ) => NO_WRITES,
+                Some(_) => NO_ACCESS,
+            }
+        };
+        self.published.outsiders.store(outsiders, Ordering::Release);
+        self.published.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn take_ua(&mut self, nexus: u64) -> Option<Asc> {
@@ -106,7 +179,8 @@ impl LuState {
         let ids: Vec<u64> = self
             .nexuses
             .iter()
-            .filter(|(id, p)| {
+            .filter(|(id, g)| {
+                let p = &g.ports;
                 **id != except && p.initiator == ports.initiator && p.target == ports.target
             })
             .map(|(id, _)| *id)
@@ -123,7 +197,9 @@ impl LuState {
     /// libiscsi's Reserve6.LUNReset counts on the issuer's next command succeeding).
     /// Persistent reservations stay.
     pub fn reset(&mut self, asc: Asc, issuer: Option<u64>) {
-        self.reserve6 = None;
+        if self.reserve6.take().is_some() {
+            self.reservations_changed();
+        }
         self.prevent.clear();
         self.mode = ModeParams::default();
         self.queue_ua_all(asc, issuer);
@@ -135,6 +211,7 @@ impl LuState {
         self.prevent.remove(&id);
         if self.reserve6 == Some(id) {
             self.reserve6 = None;
+            self.reservations_changed();
         }
     }
 

@@ -40,6 +40,7 @@ pub use sense::{Asc, FieldPointer, Sense, key, status};
 pub use task::{Completion, Step, Task};
 
 use lu::LuState;
+pub use lu::LunReservations;
 
 /// Largest data transfer of one READ/WRITE in bytes at 512-byte blocks (LIO's fileio default,
 /// 8192 sectors; libiscsi's suite writes 2048 blocks at once whatever the limits say): the block limits
@@ -118,18 +119,28 @@ impl LunConfig {
 pub struct LogicalUnit {
     cfg: LunConfig,
     state: Mutex<LuState>,
+    reservations: Arc<LunReservations>,
 }
 
 impl LogicalUnit {
     pub fn new(cfg: LunConfig) -> Self {
+        let state = LuState::default();
+        let reservations = Arc::clone(&state.published);
         Self {
             cfg,
-            state: Mutex::new(LuState::default()),
+            state: Mutex::new(state),
+            reservations,
         }
     }
 
     pub fn config(&self) -> &LunConfig {
         &self.cfg
+    }
+
+    /// The logical unit's reservations as another protocol on the same medium (NVMe)
+    /// must honour them; reading them takes no lock.
+    pub fn reservations(&self) -> &Arc<LunReservations> {
+        &self.reservations
     }
 
     fn lock(&self) -> MutexGuard<'_, LuState> {

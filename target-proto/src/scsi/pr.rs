@@ -201,6 +201,20 @@ pub(crate) fn reserve_out(
     scope_type: u8,
     data: &[u8],
 ) -> Result<(), Reject> {
+    let r = service_action(st, n, sa, scope_type, data);
+    // Published whatever the outcome: a refused action changed nothing, and an extra
+    // change only costs waiting tasks one re-check.
+    st.reservations_changed();
+    r
+}
+
+fn service_action(
+    st: &mut LuState,
+    n: &Nexus,
+    sa: u8,
+    scope_type: u8,
+    data: &[u8],
+) -> Result<(), Reject> {
     if data.len() < PROUT_PARAM_LEN {
         return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR).into());
     }

@@ -5,13 +5,15 @@
 //! Order of checks (SAM-5 5.14, SPC-4 5.12, SBC-3 4.17): a pending unit attention first
 //! (except for INQUIRY, REPORT LUNS and REQUEST SENSE), then reservation conflicts, then
 //! the CDB's fields, the LBA range (LOGICAL BLOCK ADDRESS OUT OF RANGE), the transfer
-//! length against the block limits, and write protection.
+//! length against the block limits, and write protection. Reservations are checked again
+//! before each block operation when they changed since (a write waiting for its data-out,
+//! the write half of COMPARE AND WRITE, a WRITE SAME chunk).
 
 use std::sync::Arc;
 
 use super::cdb::{Cdb, be_at, cdb_len, op};
 use super::inquiry;
-use super::lu::{Access, LuState};
+use super::lu::{Access, LuState, NexusGate};
 use super::mode;
 use super::opcodes;
 use super::pr::{self, PROUT_PARAM_LEN};
@@ -124,10 +126,22 @@ enum State {
     Finished,
 }
 
+/// Where a task on a logical unit came from, for the checks it repeats before each block
+/// operation.
+#[derive(Debug)]
+struct Origin {
+    gate: Arc<NexusGate>,
+    opcode: u8,
+    /// [`LunReservations::changes`](super::LunReservations) when reservations were last
+    /// checked for this task.
+    checked: u64,
+}
+
 /// A command in progress.
 #[derive(Debug)]
 pub struct Task {
     lu: Option<Arc<LogicalUnit>>,
+    origin: Option<Origin>,
     data_out_len: usize,
     data_in: bool,
     descriptor_sense: bool,
@@ -181,20 +195,26 @@ impl Task {
         nexus: &Nexus,
         cdb: &[u8],
     ) -> Self {
-        let (p, descriptor_sense) = match &lu {
-            None => (no_lu(target, nexus, cdb), false),
+        let (p, descriptor_sense, origin) = match &lu {
+            None => (no_lu(target, nexus, cdb), false, None),
             Some(lu) => {
                 let mut st = lu.lock();
-                st.seen(nexus);
+                let gate = st.seen(nexus);
                 let p =
                     prepare(target, &lu.cfg, &mut st, nexus, cdb).unwrap_or_else(Prepared::fail);
+                let origin = Origin {
+                    gate,
+                    opcode: cdb.first().copied().unwrap_or(0),
+                    checked: lu.reservations.changes(),
+                };
                 // The format of this command's sense follows D_SENSE as it was when the
                 // command arrived.
-                (p, st.mode.d_sense)
+                (p, st.mode.d_sense, Some(origin))
             }
         };
         Self {
             lu,
+            origin,
             data_out_len: p.data_out,
             data_in: p.data_in,
             descriptor_sense,
@@ -207,6 +227,7 @@ impl Task {
     pub fn failed(sense: Sense) -> Self {
         Self {
             lu: None,
+            origin: None,
             data_out_len: 0,
             data_in: false,
             descriptor_sense: false,
@@ -249,12 +270,31 @@ impl Task {
         Step::Done(c)
     }
 
-    fn io(&self, op: BlockOp) -> Step {
+    fn io(&mut self, op: BlockOp) -> Step {
+        if self.reservation_conflict() {
+            return self.finish(self.reject(Reject::Conflict));
+        }
         let (nsid, backend) = self
             .lu
             .as_ref()
             .map_or((0, 0), |lu| (lu.cfg.lun as u32, lu.cfg.backend));
         Step::Io(BlockIo { nsid, backend, op })
+    }
+
+    /// Reservations are checked when a command arrives (SPC-4 5.12.1), but a write may wait
+    /// long for its data-out and a multi-step command runs several block operations: a
+    /// reservation another I_T nexus took (or a registration it removed) meanwhile
+    /// conflicts before the next one. One atomic load while reservations stay as they were.
+    fn reservation_conflict(&mut self) -> bool {
+        let (Some(lu), Some(o)) = (&self.lu, &mut self.origin) else {
+            return false;
+        };
+        if lu.reservations.changes() == o.checked {
+            return false;
+        }
+        let st = lu.lock();
+        o.checked = lu.reservations.changes();
+        st.conflicts(&o.gate.nexus, o.opcode, access(o.opcode))
     }
 
     fn cfg(&self) -> Option<&LunConfig> {
@@ -370,6 +410,9 @@ impl Task {
                 let Some(lu) = self.lu.clone() else {
                     return self.finish(Completion::good(0));
                 };
+                if self.reservation_conflict() {
+                    return self.finish(self.reject(Reject::Conflict));
+                }
                 let mut st = lu.lock();
                 let mut params = st.mode;
                 match mode::select(ten, buf.as_slice(), &lu.cfg, &mut params) {
@@ -824,11 +867,13 @@ fn prepare(
                 return Err(Sense::invalid_cdb(1, None).into());
             }
             st.reserve6 = Some(n.id);
+            st.reservations_changed();
             Ok(Prepared::good())
         }
         op::RELEASE_6 => {
             if st.reserve6 == Some(n.id) {
                 st.reserve6 = None;
+                st.reservations_changed();
             }
             Ok(Prepared::good())
         }

@@ -550,6 +550,65 @@ fn reserve6_conflicts_and_nexus_loss() {
     assert!(h.run(&c, 0, &[0; 6], &[]).good());
 }
 
+fn caw(lba: u64, blocks: u8) -> Vec<u8> {
+    let mut c = vec![0x89, 0];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.extend_from_slice(&[0, 0, 0, blocks, 0, 0]);
+    c
+}
+
+/// A reservation taken while a command waits for its data-out (an R2T can wait long) or
+/// between the block operations of a multi-step command is checked again before each
+/// block operation: RESERVATION CONFLICT, and nothing reaches the medium.
+#[test]
+fn reservation_taken_while_a_command_waits_is_checked_before_its_block_io() {
+    let mut h = Harness::one();
+    let (a, b) = (nexus(1), nexus(2));
+    let mut buf = AlignedBuf::default();
+    // B's WRITE arrives with no reservation held: it passes and waits for its data.
+    let mut write = h.target.command(&b, 0, &write10(0, 1, 0));
+    assert_eq!(write.data_out_len(), BS);
+    // A registers and reserves Write Exclusive meanwhile.
+    let (c, p) = prout(0, 0, 0, 0xa);
+    assert!(h.run(&a, 0, &c, &p).good());
+    let (c, p) = prout(1, 1, 0xa, 0);
+    assert!(h.run(&a, 0, &c, &p).good());
+    buf.set_len(BS);
+    buf.as_mut_slice().fill(0x5a);
+    let Step::Done(c) = write.step(&mut buf, None) else {
+        panic!("B's write went to the medium under A's reservation");
+    };
+    assert_eq!(c.status, status::RESERVATION_CONFLICT);
+    assert!(c.sense.is_empty());
+    // A's own writes and B's reads still run under A's reservation.
+    let mut read = h.target.command(&b, 0, &read10(0, 1));
+    assert!(matches!(read.step(&mut buf, None), Step::Io(_)));
+    assert!(h.run(&a, 0, &write10(1, 1, 0), &[7; BS]).good());
+
+    // COMPARE AND WRITE: the reservation comes between the compare and the write half.
+    let (c, p) = prout(2, 1, 0xa, 0);
+    assert!(h.run(&a, 0, &c, &p).good());
+    let mut cw = h.target.command(&b, 0, &caw(0, 1));
+    buf.set_len(2 * BS);
+    buf.as_mut_slice().fill(0);
+    let Step::Io(io) = cw.step(&mut buf, None) else {
+        panic!("the compare half runs");
+    };
+    assert!(matches!(io.op, BlockOp::Compare { .. }));
+    let (c, p) = prout(1, 3, 0xa, 0);
+    assert!(h.run(&a, 0, &c, &p).good());
+    let Step::Done(c) = cw.step(&mut buf, Some(IoOutcome::Ok)) else {
+        panic!("the write half went to the medium under A's reservation");
+    };
+    assert_eq!(c.status, status::RESERVATION_CONFLICT);
+    // Released again: a command that waited across the release runs.
+    let mut write = h.target.command(&a, 0, &write10(2, 1, 0));
+    let (c, p) = prout(2, 3, 0xa, 0);
+    assert!(h.run(&a, 0, &c, &p).good());
+    buf.set_len(BS);
+    assert!(matches!(write.step(&mut buf, None), Step::Io(_)));
+}
+
 #[test]
 fn compare_and_write() {
     let mut h = Harness::one();
@@ -557,12 +616,6 @@ fn compare_and_write() {
     let old = pattern(2 * BS, 3);
     assert!(h.run(&n, 0, &write10(100, 2, 0), &old).good());
     let new = pattern(2 * BS, 4);
-    let caw = |lba: u64, blocks: u8| {
-        let mut c = vec![0x89, 0];
-        c.extend_from_slice(&lba.to_be_bytes());
-        c.extend_from_slice(&[0, 0, 0, blocks, 0, 0]);
-        c
-    };
     let mut data = old.clone();
     data.extend_from_slice(&new);
     assert!(h.run(&n, 0, &caw(100, 2), &data).good());
