@@ -64,6 +64,15 @@ pub struct LunReservations {
     changes: AtomicU64,
 }
 
+/// Two handles are equal when they are the same logical unit's.
+impl PartialEq for LunReservations {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for LunReservations {}
+
 const OPEN: u8 = 0;
 const NO_WRITES: u8 = 1;
 const NO_ACCESS: u8 = 2;
