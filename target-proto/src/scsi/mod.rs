@@ -7,7 +7,10 @@
 //! [`Task::step`], which either answers at once ([`Step::Done`]) or asks for block I/O on
 //! the command's buffer ([`Step::Io`]) and continues with its outcome. Nothing here reads
 //! a socket or a file, and no input panics: bad CDBs, parameter lists and outcomes all
-//! become CHECK CONDITION with sense data (`sense`).
+//! become CHECK CONDITION with sense data (`sense`). A task whose I_T nexus another one
+//! preempted with PREEMPT AND ABORT ends with [`Step::Aborted`] (no status, TAS 0) instead
+//! of starting another block operation, and that PERSISTENT RESERVE OUT answers
+//! [`Step::Wait`] until the aborted tasks' block operations in flight are back.
 //!
 //! State shared by all I_T nexuses of a logical unit (`lu`): mode parameters (one set per
 //! logical unit, SPC-4 7.5.1), unit attention queues per I_T nexus (SAM-5 5.14), the

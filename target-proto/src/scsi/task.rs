@@ -30,6 +30,14 @@ pub enum Step {
     Io(BlockIo),
     /// The command is over.
     Done(Completion),
+    /// Another I_T nexus aborted the command (PREEMPT AND ABORT, SPC-4 5.12.11.2.5). TAS is
+    /// 0 in the control mode page, so it ends without status: the transport sends nothing
+    /// for it and frees it.
+    Aborted,
+    /// The command waits for other I_T nexuses (PREEMPT AND ABORT, for the block operations
+    /// of the tasks it aborted to come back): call `step` again, without an outcome, later
+    /// (on a timer tick, or whenever the transport runs).
+    Wait,
 }
 
 /// How a command ended.
@@ -123,6 +131,11 @@ enum State {
     },
     /// A single operation whose success is GOOD.
     AwaitDone,
+    /// PREEMPT AND ABORT succeeded; GOOD once these nexuses' aborted tasks have no block
+    /// operation in flight.
+    AwaitAborts {
+        gates: Vec<Arc<NexusGate>>,
+    },
     Finished,
 }
 
@@ -131,6 +144,10 @@ enum State {
 #[derive(Debug)]
 struct Origin {
     gate: Arc<NexusGate>,
+    /// The nexus's abort generation when the task began ([`NexusGate`]).
+    generation: u32,
+    /// A block operation [`NexusGate::begin`] allowed has not come back.
+    in_io: bool,
     opcode: u8,
     /// [`LunReservations::changes`](super::LunReservations) when reservations were last
     /// checked for this task.
@@ -203,7 +220,9 @@ impl Task {
                 let p =
                     prepare(target, &lu.cfg, &mut st, nexus, cdb).unwrap_or_else(Prepared::fail);
                 let origin = Origin {
+                    generation: gate.generation(),
                     gate,
+                    in_io: false,
                     opcode: cdb.first().copied().unwrap_or(0),
                     checked: lu.reservations.changes(),
                 };
@@ -246,6 +265,14 @@ impl Task {
         self.data_in
     }
 
+    /// Whether another I_T nexus aborted the command (its next step is [`Step::Aborted`]):
+    /// a transport may stop collecting its data-out. One atomic load.
+    pub fn aborted(&self) -> bool {
+        self.origin
+            .as_ref()
+            .is_some_and(|o| o.gate.generation() != o.generation)
+    }
+
     fn check(&self, sense: Sense) -> Completion {
         Completion {
             status: status::CHECK_CONDITION,
@@ -273,6 +300,13 @@ impl Task {
     fn io(&mut self, op: BlockOp) -> Step {
         if self.reservation_conflict() {
             return self.finish(self.reject(Reject::Conflict));
+        }
+        if let Some(o) = &mut self.origin {
+            if !o.gate.begin(o.generation) {
+                self.state = State::Finished;
+                return Step::Aborted;
+            }
+            o.in_io = true;
         }
         let (nsid, backend) = self
             .lu
@@ -305,6 +339,13 @@ impl Task {
     /// (possibly shorter than [`Self::data_out_len`]). After [`Step::Io`], call again with
     /// the operation's outcome.
     pub fn step(&mut self, buf: &mut AlignedBuf, outcome: Option<IoOutcome>) -> Step {
+        if outcome.is_some() {
+            self.io_back();
+        }
+        if self.aborted() {
+            self.state = State::Finished;
+            return Step::Aborted;
+        }
         let state = std::mem::replace(&mut self.state, State::Finished);
         // A waiting state needs an outcome; a starting state ignores one.
         let waiting = matches!(
@@ -327,6 +368,15 @@ impl Task {
             return self.resume(state, buf, outcome);
         }
         self.start(state, buf)
+    }
+
+    /// The block operation in flight came back (or never will).
+    fn io_back(&mut self) {
+        if let Some(o) = &mut self.origin
+            && std::mem::take(&mut o.in_io)
+        {
+            o.gate.end(o.generation);
+        }
     }
 
     fn start(&mut self, state: State, buf: &mut AlignedBuf) -> Step {
@@ -441,8 +491,16 @@ impl Task {
                 };
                 let r = pr::reserve_out(&mut lu.lock(), &nexus, sa, scope_type, buf.as_slice());
                 match r {
-                    Ok(()) => self.finish(Completion::good(0)),
+                    Ok(gates) => self.start(State::AwaitAborts { gates }, buf),
                     Err(r) => self.finish(self.reject(r)),
+                }
+            }
+            State::AwaitAborts { gates } => {
+                if gates.iter().all(|g| g.drained()) {
+                    self.finish(Completion::good(0))
+                } else {
+                    self.state = State::AwaitAborts { gates };
+                    Step::Wait
                 }
             }
             State::AwaitRead { .. }
@@ -601,6 +659,14 @@ impl Task {
             len,
             fua: false,
         })
+    }
+}
+
+impl Drop for Task {
+    /// A task dropped with a block operation in flight (its connection went away; the
+    /// transport keeps it until the operation is back) no longer holds up PREEMPT AND ABORT.
+    fn drop(&mut self) {
+        self.io_back();
     }
 }
 

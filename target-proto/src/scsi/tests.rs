@@ -104,6 +104,8 @@ impl Harness {
                     outcome = Some(self.execute(&io, &mut buf));
                     self.ios.push(io);
                 }
+                Step::Aborted => panic!("no other nexus aborts tasks run to the end here"),
+                Step::Wait => outcome = None,
             }
         }
         panic!("task never finished");
@@ -548,6 +550,93 @@ fn reserve6_conflicts_and_nexus_loss() {
         .task_management(&b, TaskManagement::LunReset, Some(0));
     let c = nexus(3);
     assert!(h.run(&c, 0, &[0; 6], &[]).good());
+}
+
+/// PREEMPT AND ABORT (SPC-4 5.12.11.2.5) aborts every task of the preempted I_T nexuses:
+/// none of them starts a block operation afterwards, and the command completes only once
+/// the block operations they had in flight are back. Other nexuses' tasks, the issuer's
+/// included, run on; plain PREEMPT aborts nothing.
+#[test]
+fn preempt_and_abort_aborts_the_preempted_nexuses_tasks() {
+    let mut h = Harness::one();
+    let (a, b, c) = (nexus(1), nexus(2), nexus(3));
+    for (n, k) in [(&a, 0xau64), (&b, 0xb), (&c, 0xc)] {
+        let (cdb, p) = prout(0, 0, 0, k);
+        assert!(h.run(n, 0, &cdb, &p).good());
+    }
+    let (cdb, p) = prout(1, 1, 0xb, 0);
+    assert!(h.run(&b, 0, &cdb, &p).good());
+    let buf = |len: usize| {
+        let mut b = AlignedBuf::default();
+        b.set_len(len);
+        b
+    };
+    // B (the holder): a write waiting for its data, a write and a read in flight. C and A:
+    // a read in flight each.
+    let mut b_waiting = h.target.command(&b, 0, &write10(0, 1, 0));
+    let (mut b_write, mut b_write_buf) = (h.target.command(&b, 0, &write10(1, 1, 0)), buf(BS));
+    assert!(matches!(b_write.step(&mut b_write_buf, None), Step::Io(_)));
+    let (mut b_read, mut b_read_buf) = (h.target.command(&b, 0, &read10(0, 1)), buf(0));
+    assert!(matches!(b_read.step(&mut b_read_buf, None), Step::Io(_)));
+    let (mut c_read, mut c_read_buf) = (h.target.command(&c, 0, &read10(0, 1)), buf(0));
+    assert!(matches!(c_read.step(&mut c_read_buf, None), Step::Io(_)));
+    let (mut a_read, mut a_read_buf) = (h.target.command(&a, 0, &read10(0, 1)), buf(0));
+    assert!(matches!(a_read.step(&mut a_read_buf, None), Step::Io(_)));
+
+    // Plain PREEMPT of C's registration aborts nothing of C's.
+    let (cdb, p) = prout(4, 1, 0xa, 0xc);
+    assert!(h.run(&a, 0, &cdb, &p).good());
+    assert!(!c_read.aborted());
+    assert!(matches!(
+        c_read.step(&mut c_read_buf, Some(IoOutcome::Ok)),
+        Step::Done(_)
+    ));
+
+    // A preempts B and aborts B's tasks: it waits for B's two operations in flight.
+    let (cdb, p) = prout(5, 1, 0xa, 0xb);
+    let mut pa = h.target.command(&a, 0, &cdb);
+    let mut pa_buf = buf(p.len());
+    pa_buf.as_mut_slice().copy_from_slice(&p);
+    assert_eq!(pa.step(&mut pa_buf, None), Step::Wait);
+    assert!(b_waiting.aborted() && b_write.aborted() && !a_read.aborted());
+    // B's waiting write never starts; its write in flight comes back aborted.
+    let mut data = buf(BS);
+    data.as_mut_slice().fill(0x77);
+    assert_eq!(b_waiting.step(&mut data, None), Step::Aborted);
+    assert_eq!(
+        b_write.step(&mut b_write_buf, Some(IoOutcome::Ok)),
+        Step::Aborted
+    );
+    assert_eq!(
+        pa.step(&mut pa_buf, None),
+        Step::Wait,
+        "B's read is still out"
+    );
+    // A task dropped with its operation in flight (its connection went away) counts as
+    // back.
+    drop(b_read);
+    let Step::Done(done) = pa.step(&mut pa_buf, None) else {
+        panic!("PREEMPT AND ABORT completes once B's operations are back");
+    };
+    assert_eq!(done.status, status::GOOD);
+    // The issuer's own task runs on.
+    assert!(matches!(
+        a_read.step(&mut a_read_buf, Some(IoOutcome::Ok)),
+        Step::Done(_)
+    ));
+    // B learns of it; its new tasks run under A's reservation (Write Exclusive).
+    let o = h.run(&b, 0, &[0; 6], &[]);
+    assert!(o.check(key::UNIT_ATTENTION, Asc::REGISTRATIONS_PREEMPTED));
+    assert!(h.run(&b, 0, &read10(0, 1), &[]).good());
+    let o = h.run(&b, 0, &write10(0, 1, 0), &[0; BS]);
+    assert_eq!(o.status, status::RESERVATION_CONFLICT);
+    assert_eq!(h.disks[0][..BS], [0; BS], "B's aborted write never ran");
+
+    // Nothing in flight: PREEMPT AND ABORT answers at once.
+    let (cdb, p) = prout(0, 0, 0, 0xb);
+    assert!(h.run(&b, 0, &cdb, &p).good());
+    let (cdb, p) = prout(5, 3, 0xa, 0xb);
+    assert!(h.run(&a, 0, &cdb, &p).good());
 }
 
 fn caw(lba: u64, blocks: u8) -> Vec<u8> {
