@@ -55,6 +55,7 @@ fn namespace(nsid: u32, backend: u32) -> Namespace {
         volatile_write_cache: true,
         deallocate: true,
         backend,
+        scsi_reservations: None,
     }
 }
 
@@ -398,8 +399,13 @@ fuzz_target!(|input: &[u8]| {
                     _ => 1,
                 };
                 if links[i].live {
-                    links[i].q.receive(piece, &registry, now);
-                    sent[i] += piece.len();
+                    // Everything is taken unless the output is full (back-pressure).
+                    let took = links[i].q.receive(piece, &registry, now);
+                    assert!(
+                        took == piece.len()
+                            || links[i].q.output().len() >= target_proto::OUTPUT_HIGH_WATER
+                    );
+                    sent[i] += took;
                 }
             }
             4 => {

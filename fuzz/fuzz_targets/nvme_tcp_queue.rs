@@ -34,6 +34,7 @@ fuzz_target!(|input: &[u8]| {
             volatile_write_cache: opts & 4 != 0,
             deallocate: true,
             backend: 0,
+            scsi_reservations: None,
         }],
         allowed_hosts: None,
     }]));

@@ -149,15 +149,26 @@ fn build(config: &Config) -> Result<Built, ServeError> {
                 volatile_write_cache: backend.volatile_cache(),
                 deallocate: true,
                 backend: id,
+                scsi_reservations: None,
             });
             backends.push(Arc::new(backend));
         }
         namespaces.sort_by_key(|n| n.nsid);
         if let Some(iqn) = &s.iqn {
+            let scsi = Arc::new(ScsiTarget::new(luns));
+            // A namespace that is also a LUN honours the LUN's reservations on NVMe I/O.
+            for ns in &mut namespaces {
+                let lun = u64::from(ns.nsid - 1);
+                ns.scsi_reservations = scsi
+                    .luns()
+                    .iter()
+                    .find(|l| l.config().lun == lun)
+                    .map(|l| Arc::clone(l.reservations()));
+            }
             targets.push(TargetNode {
                 iqn: iqn.clone(),
                 alias: None,
-                scsi: Arc::new(ScsiTarget::new(luns)),
+                scsi,
                 allowed_initiators: (!s.allow_initiators.is_empty())
                     .then(|| s.allow_initiators.clone()),
                 chap: s.chap.as_ref().map(|c| ChapConfig {

@@ -19,6 +19,10 @@
 //!   there is sense data; residual over/underflow against the Expected Data Transfer Length.
 //! - Task management (section 11.5), NOP-In pings with a timeout (section 11.19), Text with
 //!   SendTargets (appendix C), Logout (section 11.14).
+//! - Another session's PREEMPT AND ABORT (SPC-4 5.12.11.2.5) ends this session's tasks
+//!   without a response (TAS 0) at their next Data-Out, step or I/O completion; a PREEMPT
+//!   AND ABORT issued here waits, stepped again on every tick and whenever the connection
+//!   runs, until the block operations of the tasks it aborted are back.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -151,6 +155,9 @@ enum SlotState {
     Ready,
     /// A block operation is with user space.
     InIo,
+    /// Waiting on other sessions (PREEMPT AND ABORT, for the tasks it aborted there):
+    /// stepped again on every tick and whenever the connection runs.
+    Waiting,
 }
 
 /// An R2T in flight.
@@ -385,6 +392,8 @@ pub struct IscsiConn {
     held: BTreeMap<u32, Vec<u8>>,
     slots: Vec<TaskSlot>,
     ready: VecDeque<usize>,
+    /// Slots in [`SlotState::Waiting`].
+    waiting: Vec<usize>,
     io: VecDeque<(usize, BlockIo)>,
     rx: Vec<u8>,
     out: Vec<u8>,
@@ -438,6 +447,7 @@ impl IscsiConn {
                 .map(|_| TaskSlot::new())
                 .collect(),
             ready: VecDeque::new(),
+            waiting: Vec::new(),
             io: VecDeque::new(),
             rx: Vec::new(),
             out: Vec::new(),
@@ -514,6 +524,7 @@ impl IscsiConn {
             self.events.push(ConnEvent::Reinstated);
             return false;
         }
+        self.run_waiting();
         let t = self.params.timers;
         if self.phase == Phase::Login {
             let started = *self.login.started_ms.get_or_insert(now_ms);
@@ -552,6 +563,7 @@ impl IscsiConn {
             }
         }
         self.ready.clear();
+        self.waiting.clear();
         self.io.clear();
     }
 
@@ -1792,6 +1804,16 @@ impl IscsiConn {
             return;
         };
         let unsolicited = ttt == RESERVED_TAG;
+        if self.slots[slot]
+            .task
+            .as_ref()
+            .is_some_and(scsi::Task::aborted)
+        {
+            // Another session's PREEMPT AND ABORT ended the task: no more R2Ts, no status
+            // (TAS 0); the rest of its data is dropped like that of any aborted task.
+            self.free_slot(slot);
+            return;
+        }
         match self.slots[slot].accept_data(unsolicited, offset, data, data_sn, final_bit) {
             Ok(()) => {}
             Err(DataError::Fatal(why)) => {
@@ -1839,6 +1861,19 @@ impl IscsiConn {
             }
             self.advance(slot, None);
         }
+        self.run_waiting();
+    }
+
+    /// Steps the tasks waiting on other sessions.
+    fn run_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        for slot in std::mem::take(&mut self.waiting) {
+            if self.slots[slot].state == SlotState::Waiting {
+                self.advance(slot, None);
+            }
+        }
     }
 
     fn advance(&mut self, slot: usize, outcome: Option<IoOutcome>) {
@@ -1853,6 +1888,13 @@ impl IscsiConn {
                 self.io.push_back((slot, io));
             }
             Step::Done(c) => self.complete(slot, c.status, &c.sense, c.data_in),
+            Step::Aborted => self.free_slot(slot),
+            Step::Wait => {
+                s.state = SlotState::Waiting;
+                if !self.waiting.contains(&slot) {
+                    self.waiting.push(slot);
+                }
+            }
         }
     }
 

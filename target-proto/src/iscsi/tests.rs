@@ -2112,6 +2112,132 @@ fn abort_task_with_io_in_flight_answers_once_the_io_is_back() {
     );
 }
 
+// ---- Full feature phase: persistent reservations across sessions ----------------------------
+
+/// Two sessions on [`TARGET`] sharing one disk: A with the default limits, B soliciting
+/// all its write data by R2T (no immediate or unsolicited data).
+fn two_sessions() -> (Rig, Rig) {
+    let reg = registry();
+    let disk = new_disk();
+    let mut a = Rig::with(&reg, params(TargetLimits::default()), Arc::clone(&disk));
+    login(&mut a, opts());
+    let limits = TargetLimits {
+        initial_r2t: true,
+        immediate_data: false,
+        ..TargetLimits::default()
+    };
+    let mut b = Rig::with(&reg, params(limits), disk);
+    let mut o = opts();
+    o.isid[5] = 9;
+    login(&mut b, o);
+    (a, b)
+}
+
+/// PERSISTENT RESERVE OUT with its 24-byte parameter list solicited by R2T; what the
+/// target answered the data with.
+fn prout_pdus(rig: &mut Rig, itt: u32, sa: u8, kind: u8, key: u64, sark: u64) -> Vec<Pdu> {
+    let cdb = [0x5f, sa, kind, 0, 0, 0, 0, 0, 24, 0];
+    let mut p = key.to_be_bytes().to_vec();
+    p.extend_from_slice(&sark.to_be_bytes());
+    p.resize(24, 0);
+    let out = rig.command(itt, flags::W | flags::F, 24, &cdb, &[]);
+    assert_eq!(ops(&out), [Opcode::R2t], "{out:?}");
+    rig.data_out(itt, out[0].ttt(), (0, 0), true, &p)
+}
+
+/// [`prout_pdus`] answered at once: the status.
+fn prout(rig: &mut Rig, itt: u32, sa: u8, kind: u8, key: u64, sark: u64) -> u8 {
+    let out = prout_pdus(rig, itt, sa, kind, key, sark);
+    assert_eq!(ops(&out), [Opcode::ScsiResponse], "{out:?}");
+    out[0].code()
+}
+
+#[test]
+fn a_reservation_taken_while_a_write_waits_for_its_r2t_data_conflicts() {
+    let (mut a, mut b) = two_sessions();
+    let out = b.command(7, flags::W | flags::F, 1024, &write10(50, 2), &[]);
+    assert_eq!(ops(&out), [Opcode::R2t]);
+    let ttt = out[0].ttt();
+    assert_eq!(prout(&mut a, 1, 0, 0, 0, 0xa), status::GOOD);
+    assert_eq!(prout(&mut a, 2, 1, 1, 0xa, 0), status::GOOD);
+    let out = b.data_out(7, ttt, (0, 0), true, &pattern(1024, 1));
+    assert_eq!(ops(&out), [Opcode::ScsiResponse]);
+    assert_eq!(
+        (out[0].itt(), out[0].code()),
+        (7, status::RESERVATION_CONFLICT)
+    );
+    assert_eq!(b.disk_at(50, 1024), [0; 1024], "nothing reached the disk");
+}
+
+/// PREEMPT AND ABORT (SPC-4 5.12.11.2.5) aborts the tasks of the preempted session: a
+/// write still waiting for its data never reaches the disk, the one whose block write is
+/// in flight ends without status (TAS 0), and the PERSISTENT RESERVE OUT completes only
+/// once that write is back.
+#[test]
+fn preempt_and_abort_aborts_the_preempted_sessions_tasks() {
+    let (mut a, mut b) = two_sessions();
+    assert_eq!(prout(&mut a, 1, 0, 0, 0, 0xa), status::GOOD);
+    assert_eq!(prout(&mut b, 1, 0, 0, 0, 0xb), status::GOOD);
+    assert_eq!(prout(&mut b, 2, 1, 1, 0xb, 0), status::GOOD);
+    // B, the holder: a write waiting for its data, and one whose block write is in flight.
+    let out = b.command(10, flags::W | flags::F, 1024, &write10(50, 2), &[]);
+    let waiting_ttt = out[0].ttt();
+    let out = b.command(11, flags::W | flags::F, 1024, &write10(60, 2), &[]);
+    b.auto_io = false;
+    assert!(
+        b.data_out(11, out[0].ttt(), (0, 0), true, &pattern(1024, 2))
+            .is_empty()
+    );
+    let (slot, io) = b.conn.next_io().expect("B's write");
+    assert!(matches!(io.op, BlockOp::Write { .. }));
+
+    // A preempts B's registration and reservation, and aborts B's tasks.
+    let out = prout_pdus(&mut a, 2, 5, 1, 0xa, 0xb);
+    assert!(out.is_empty(), "answered before B's write is back: {out:?}");
+    a.now += 100;
+    assert!(a.conn.tick(a.now));
+    assert!(a.output().is_empty(), "still waiting for B's write");
+    // B's write comes back: no status for it; then A's command completes.
+    let outcome = execute(&b.disk, &io.op, b.conn.buffer_mut(slot));
+    b.conn.io_done(slot, outcome);
+    assert!(
+        b.output().is_empty(),
+        "no status for an aborted task (TAS 0)"
+    );
+    a.now += 100;
+    assert!(a.conn.tick(a.now));
+    let out = a.output();
+    assert_eq!(ops(&out), [Opcode::ScsiResponse]);
+    assert_eq!((out[0].itt(), out[0].code()), (2, status::GOOD));
+
+    // The waiting write's data arrives: nothing reaches the disk, nothing is answered.
+    b.auto_io = true;
+    assert!(
+        b.data_out(10, waiting_ttt, (0, 0), true, &pattern(1024, 1))
+            .is_empty()
+    );
+    assert_eq!(b.disk_at(50, 1024), [0; 1024]);
+    // B learns of the preemption; its slots are free again.
+    let out = b.command(12, flags::F, 0, &TUR, &[]);
+    assert_eq!(out[0].code(), status::CHECK_CONDITION);
+    assert_eq!(out[0].sense(), (key::UNIT_ATTENTION, 0x2a, 0x05));
+    let out = b.command(13, flags::F, 0, &TUR, &[]);
+    assert_eq!(out[0].code(), status::GOOD);
+    assert_eq!(
+        out[0].max_cmd_sn(),
+        out[0].exp_cmd_sn() + QUEUE_DEPTH as u32 - 1
+    );
+    // A's own tasks were not touched: it writes under its new reservation.
+    let out = a.command(
+        3,
+        flags::W | flags::F,
+        512,
+        &write10(70, 1),
+        &pattern(512, 3),
+    );
+    assert_eq!(out[0].code(), status::GOOD);
+}
+
 // ---- Full feature phase: logout, errors, reinstatement --------------------------------------
 
 #[test]

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::scsi::LunReservations;
+
 /// The NQN of the discovery subsystem (NVMe Base 2.x, section 4.7).
 pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 
@@ -31,6 +33,9 @@ pub struct Namespace {
     /// Opaque to the controller: user space's index of the namespace's backend, carried
     /// in every [`BlockIo`](super::controller::BlockIo).
     pub backend: u32,
+    /// The reservations of the iSCSI LUN on the same medium, when the namespace is one:
+    /// its I/O honours them as an initiator that is neither holder nor registrant.
+    pub scsi_reservations: Option<Arc<LunReservations>>,
 }
 
 impl Namespace {
@@ -329,6 +334,7 @@ mod tests {
                 volatile_write_cache: false,
                 deallocate: true,
                 backend: 0,
+                scsi_reservations: None,
             }],
             allowed_hosts: hosts.map(|h| h.iter().map(|s| s.to_string()).collect()),
         }

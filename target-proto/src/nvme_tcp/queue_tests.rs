@@ -1,7 +1,7 @@
 //! Engine tests of an NVMe/TCP queue: a scripted host that follows the sequence Linux's
 //! nvme-tcp host sends, and a memory "disk" executing the block operations.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use target_wire::nvme::cqe::CqeRepr;
 use target_wire::nvme::fabrics::{ConnectData, PropertySize};
@@ -20,6 +20,7 @@ use crate::nvme::controller::{
     WRITE_ZEROES_MAX_BYTES,
 };
 use crate::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem};
+use crate::scsi::{self, LunConfig, LunReservations, Nexus, ScsiTarget};
 
 const NQN: &str = "nqn.2026-11.io.xdp-target:test";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:test-host";
@@ -28,6 +29,13 @@ const BLOCKS: u64 = 4096;
 
 fn registry() -> Mutex<Registry> {
     registry_of(vec![subsystem(NQN, &[0], None)])
+}
+
+/// The registry; NSID 1 is also the iSCSI LUN with these reservations, when given.
+fn registry_with(scsi_reservations: Option<Arc<LunReservations>>) -> Mutex<Registry> {
+    let mut s = subsystem(NQN, &[0], None);
+    s.namespaces[0].scsi_reservations = scsi_reservations;
+    registry_of(vec![s])
 }
 
 /// A subsystem of `BLOCKS`-block namespaces 1, 2, ... on `backends`, open to `hosts`.
@@ -49,6 +57,7 @@ fn subsystem(nqn: &str, backends: &[u32], hosts: Option<&[&str]>) -> Subsystem {
                 volatile_write_cache: false,
                 deallocate: true,
                 backend,
+                scsi_reservations: None,
             })
             .collect(),
         allowed_hosts: hosts.map(|h| h.iter().map(|s| s.to_string()).collect()),
@@ -432,6 +441,108 @@ fn linux_connect_sequence_identify_and_io_with_and_without_digests() {
         );
         assert!(status(&io.io(IoOpcode::Flush, 0, 0, &[], false)).is_success());
     }
+}
+
+/// Runs a CDB without data-in on the SCSI side of the medium; its status.
+fn scsi_command(t: &ScsiTarget, n: &Nexus, cdb: &[u8], data: &[u8]) -> u8 {
+    let mut task = t.command(n, 0, cdb);
+    let mut buf = crate::block::AlignedBuf::default();
+    buf.set_len(data.len());
+    buf.as_mut_slice().copy_from_slice(data);
+    match task.step(&mut buf, None) {
+        scsi::Step::Done(c) => c.status,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn prout(t: &ScsiTarget, n: &Nexus, sa: u8, kind: u8, key: u64, sark: u64) {
+    let cdb = [0x5f, sa, kind, 0, 0, 0, 0, 0, 24, 0];
+    let mut p = key.to_be_bytes().to_vec();
+    p.extend_from_slice(&sark.to_be_bytes());
+    p.resize(24, 0);
+    assert_eq!(scsi_command(t, n, &cdb, &p), scsi::status::GOOD);
+}
+
+/// A namespace that is also an iSCSI LUN (the default configuration) honours the LUN's
+/// reservations: an NVMe host is neither holder nor registrant, so Write Exclusive types
+/// refuse its writes and Exclusive Access types (and RESERVE(6)) its reads too.
+#[test]
+fn io_honours_the_scsi_reservations_of_the_same_medium() {
+    let scsi = ScsiTarget::new(vec![LunConfig {
+        lun: 0,
+        block_size: 512,
+        blocks: BLOCKS,
+        backend: 0,
+        volatile_write_cache: false,
+        thin: true,
+        read_only: false,
+        identity: [0x11; 16],
+        vendor: "XDPT".into(),
+        product: "test".into(),
+        revision: "1".into(),
+    }]);
+    let registry = registry_with(Some(Arc::clone(scsi.luns()[0].reservations())));
+    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    let holder = Nexus {
+        id: 1,
+        initiator_port: "iqn.2026-01.org.example:host,i,0x801234560001".into(),
+        target_port: "iqn.2026-01.io.xdp-target:disk,t,0x0001".into(),
+        relative_port: 1,
+    };
+    let conflict = Status::generic(GenericStatus::ReservationConflict).with_dnr();
+    let block = [0u8; 512];
+    let mut dsm = [0u8; 64];
+    {
+        let mut s = Sqe::new_unchecked(&mut dsm[..]);
+        s.set_opcode(IoOpcode::DatasetManagement.into());
+        s.set_nsid(1);
+        s.set_dsm_range_count(1);
+        s.set_cdw11(1 << 2); // AD
+    }
+    let mut range = [0u8; 16];
+    range[4..8].copy_from_slice(&1u32.to_le_bytes());
+    // (read, compare, write, write zeroes, DSM deallocate) succeeded.
+    let try_all = |io: &mut Host<'_>| {
+        [
+            status(&io.io(IoOpcode::Read, 0, 1, &[], false)),
+            status(&io.io(IoOpcode::Compare, 0, 1, &block, true)),
+            status(&io.io(IoOpcode::Write, 0, 1, &block, true)),
+            status(&io.io(IoOpcode::WriteZeroes, 0, 1, &[], false)),
+            status(&io.command(dsm, &range, true, 0)),
+        ]
+        .map(|s| {
+            assert!(s.is_success() || s == conflict, "{s:?}");
+            s.is_success()
+        })
+    };
+    assert_eq!(try_all(&mut io), [true; 5], "nothing reserved");
+    prout(&scsi, &holder, 0, 0, 0, 0xa);
+    prout(&scsi, &holder, 1, 1, 0xa, 0);
+    assert_eq!(
+        try_all(&mut io),
+        [true, true, false, false, false],
+        "Write Exclusive"
+    );
+    prout(&scsi, &holder, 2, 1, 0xa, 0);
+    prout(&scsi, &holder, 1, 6, 0xa, 0);
+    assert_eq!(
+        try_all(&mut io),
+        [false; 5],
+        "Exclusive Access, Registrants Only"
+    );
+    prout(&scsi, &holder, 2, 6, 0xa, 0);
+    assert_eq!(try_all(&mut io), [true; 5], "released");
+    prout(&scsi, &holder, 0, 0, 0xa, 0);
+    assert_eq!(scsi_command(&scsi, &holder, &[0x16, 0, 0, 0, 0, 0], &[]), 0);
+    assert_eq!(try_all(&mut io), [false; 5], "RESERVE(6)");
+    assert_eq!(scsi_command(&scsi, &holder, &[0x17, 0, 0, 0, 0, 0], &[]), 0);
+    assert_eq!(try_all(&mut io), [true; 5], "RELEASE(6)");
+    // Flush is not refused (it moves no data).
+    assert_eq!(scsi_command(&scsi, &holder, &[0x16, 0, 0, 0, 0, 0], &[]), 0);
+    assert!(status(&io.io(IoOpcode::Flush, 0, 0, &[], false)).is_success());
 }
 
 #[test]

@@ -7,7 +7,10 @@
 //! [`Task::step`], which either answers at once ([`Step::Done`]) or asks for block I/O on
 //! the command's buffer ([`Step::Io`]) and continues with its outcome. Nothing here reads
 //! a socket or a file, and no input panics: bad CDBs, parameter lists and outcomes all
-//! become CHECK CONDITION with sense data (`sense`).
+//! become CHECK CONDITION with sense data (`sense`). A task whose I_T nexus another one
+//! preempted with PREEMPT AND ABORT ends with [`Step::Aborted`] (no status, TAS 0) instead
+//! of starting another block operation, and that PERSISTENT RESERVE OUT answers
+//! [`Step::Wait`] until the aborted tasks' block operations in flight are back.
 //!
 //! State shared by all I_T nexuses of a logical unit (`lu`): mode parameters (one set per
 //! logical unit, SPC-4 7.5.1), unit attention queues per I_T nexus (SAM-5 5.14), the
@@ -40,6 +43,7 @@ pub use sense::{Asc, FieldPointer, Sense, key, status};
 pub use task::{Completion, Step, Task};
 
 use lu::LuState;
+pub use lu::LunReservations;
 
 /// Largest data transfer of one READ/WRITE in bytes at 512-byte blocks (LIO's fileio default,
 /// 8192 sectors; libiscsi's suite writes 2048 blocks at once whatever the limits say): the block limits
@@ -118,18 +122,28 @@ impl LunConfig {
 pub struct LogicalUnit {
     cfg: LunConfig,
     state: Mutex<LuState>,
+    reservations: Arc<LunReservations>,
 }
 
 impl LogicalUnit {
     pub fn new(cfg: LunConfig) -> Self {
+        let state = LuState::default();
+        let reservations = Arc::clone(&state.published);
         Self {
             cfg,
-            state: Mutex::new(LuState::default()),
+            state: Mutex::new(state),
+            reservations,
         }
     }
 
     pub fn config(&self) -> &LunConfig {
         &self.cfg
+    }
+
+    /// The logical unit's reservations as another protocol on the same medium (NVMe)
+    /// must honour them; reading them takes no lock.
+    pub fn reservations(&self) -> &Arc<LunReservations> {
+        &self.reservations
     }
 
     fn lock(&self) -> MutexGuard<'_, LuState> {

@@ -4,8 +4,10 @@
 //! (REPORT CAPABILITIES PTPL_C=0). Register-and-move, SPEC_I_PT and ALL_TG_PT are not
 //! supported and say so in REPORT CAPABILITIES.
 
+use std::sync::Arc;
+
 use super::cdb::be_at;
-use super::lu::{LuState, Ports};
+use super::lu::{LuState, NexusGate, Ports};
 use super::sense::{Asc, Reject, Sense};
 use super::{MAX_REGISTRATIONS, Nexus};
 
@@ -193,14 +195,30 @@ pub(crate) fn transport_id(initiator_port: &str) -> Vec<u8> {
     t
 }
 
-/// Runs a PERSISTENT RESERVE OUT service action with its parameter list.
+/// Runs a PERSISTENT RESERVE OUT service action with its parameter list. PREEMPT AND
+/// ABORT returns the I_T nexuses whose tasks it aborted: the command completes once their
+/// block operations in flight are back ([`NexusGate::drained`]).
 pub(crate) fn reserve_out(
     st: &mut LuState,
     n: &Nexus,
     sa: u8,
     scope_type: u8,
     data: &[u8],
-) -> Result<(), Reject> {
+) -> Result<Vec<Arc<NexusGate>>, Reject> {
+    let r = service_action(st, n, sa, scope_type, data);
+    // Published whatever the outcome: a refused action changed nothing, and an extra
+    // change only costs waiting tasks one re-check.
+    st.reservations_changed();
+    r
+}
+
+fn service_action(
+    st: &mut LuState,
+    n: &Nexus,
+    sa: u8,
+    scope_type: u8,
+    data: &[u8],
+) -> Result<Vec<Arc<NexusGate>>, Reject> {
     if data.len() < PROUT_PARAM_LEN {
         return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR).into());
     }
@@ -256,7 +274,7 @@ pub(crate) fn reserve_out(
                     st.pr.bump();
                 }
             }
-            Ok(())
+            Ok(Vec::new())
         }
         sa_out::RESERVE => {
             if own != Some(key) {
@@ -266,7 +284,7 @@ pub(crate) fn reserve_out(
             match &st.pr.reservation {
                 Some(res) => {
                     if st.pr.is_holder(n) && res.kind == kind {
-                        Ok(())
+                        Ok(Vec::new())
                     } else {
                         Err(Reject::Conflict)
                     }
@@ -276,7 +294,7 @@ pub(crate) fn reserve_out(
                         holder: Ports::of(n),
                         kind,
                     });
-                    Ok(())
+                    Ok(Vec::new())
                 }
             }
         }
@@ -285,10 +303,10 @@ pub(crate) fn reserve_out(
                 return Err(Reject::Conflict);
             }
             let Some(res) = st.pr.reservation.clone() else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             if !st.pr.is_holder(n) {
-                return Ok(());
+                return Ok(Vec::new());
             }
             if scope_type >> 4 != LU_SCOPE
                 || ResType::from_code(scope_type & 0x0f) != Some(res.kind)
@@ -299,7 +317,7 @@ pub(crate) fn reserve_out(
             if res.kind.registrants_type() {
                 notify_registrants(st, n, Asc::RESERVATIONS_RELEASED);
             }
-            Ok(())
+            Ok(Vec::new())
         }
         sa_out::CLEAR => {
             if own != Some(key) {
@@ -309,13 +327,21 @@ pub(crate) fn reserve_out(
             st.pr.regs.clear();
             st.pr.reservation = None;
             st.pr.bump();
-            Ok(())
+            Ok(Vec::new())
         }
         sa_out::PREEMPT | sa_out::PREEMPT_AND_ABORT => {
             if own != Some(key) {
                 return Err(Reject::Conflict);
             }
-            preempt(st, n, sark, kind)
+            let preempted = preempt(st, n, sark, kind)?;
+            if sa == sa_out::PREEMPT {
+                return Ok(Vec::new());
+            }
+            // SPC-4 5.12.11.2.5: the tasks of the preempted I_T nexuses are aborted (as by
+            // ABORT TASK SET on each, the issuer's own excepted); TAS is 0, so they end
+            // without status, and the unit attention REGISTRATIONS PREEMPTED (queued by
+            // the preempt) tells those nexuses.
+            Ok(st.abort_tasks_of(&preempted, n.id))
         }
         _ => Err(Sense::invalid_cdb(1, Some(4)).into()),
     }
@@ -355,13 +381,14 @@ fn notify_registrants(st: &mut LuState, n: &Nexus, asc: Asc) {
 }
 
 /// PREEMPT (SPC-4 5.12.11.4): remove the registrations with the service action
-/// reservation key and, if they held the reservation, take it over.
+/// reservation key and, if they held the reservation, take it over. Returns the ports of
+/// the registrations removed.
 fn preempt(
     st: &mut LuState,
     n: &Nexus,
     sark: u64,
     kind: impl Fn() -> Result<ResType, Reject>,
-) -> Result<(), Reject> {
+) -> Result<Vec<Ports>, Reject> {
     let res = st.pr.reservation.clone();
     let removes_holder = match &res {
         None => false,
@@ -380,18 +407,18 @@ fn preempt(
         if !st.pr.regs.iter().any(|r| r.key == sark) {
             return Err(Reject::Conflict);
         }
-        remove_keys(st, n, |k| k == sark);
+        let gone = remove_keys(st, n, |k| k == sark);
         st.pr.bump();
-        return Ok(());
+        return Ok(gone);
     }
     let kind = kind()?;
     let all = res.as_ref().is_some_and(|r| r.kind.all_registrants());
-    if all {
+    let gone = if all {
         // SARK 0 under an all-registrants reservation: every other registration goes.
-        remove_keys(st, n, |_| true);
+        remove_keys(st, n, |_| true)
     } else {
-        remove_keys(st, n, |k| k == sark);
-    }
+        remove_keys(st, n, |k| k == sark)
+    };
     let changed = res.as_ref().is_some_and(|r| r.kind != kind);
     st.pr.reservation = Some(Reservation {
         holder: Ports::of(n),
@@ -401,11 +428,11 @@ fn preempt(
         notify_registrants(st, n, Asc::RESERVATIONS_RELEASED);
     }
     st.pr.bump();
-    Ok(())
+    Ok(gone)
 }
 
-/// Removes the other nexuses' registrations whose key matches, telling them.
-fn remove_keys(st: &mut LuState, n: &Nexus, matches: impl Fn(u64) -> bool) {
+/// Removes the other nexuses' registrations whose key matches, telling them; their ports.
+fn remove_keys(st: &mut LuState, n: &Nexus, matches: impl Fn(u64) -> bool) -> Vec<Ports> {
     let gone: Vec<Ports> = st
         .pr
         .regs
@@ -414,7 +441,8 @@ fn remove_keys(st: &mut LuState, n: &Nexus, matches: impl Fn(u64) -> bool) {
         .map(|r| r.ports.clone())
         .collect();
     st.pr.regs.retain(|r| r.ports.is(n) || !matches(r.key));
-    for p in gone {
-        st.queue_ua_ports(&p, Asc::REGISTRATIONS_PREEMPTED, n.id);
+    for p in &gone {
+        st.queue_ua_ports(p, Asc::REGISTRATIONS_PREEMPTED, n.id);
     }
+    gone
 }

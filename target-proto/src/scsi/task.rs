@@ -5,13 +5,15 @@
 //! Order of checks (SAM-5 5.14, SPC-4 5.12, SBC-3 4.17): a pending unit attention first
 //! (except for INQUIRY, REPORT LUNS and REQUEST SENSE), then reservation conflicts, then
 //! the CDB's fields, the LBA range (LOGICAL BLOCK ADDRESS OUT OF RANGE), the transfer
-//! length against the block limits, and write protection.
+//! length against the block limits, and write protection. Reservations are checked again
+//! before each block operation when they changed since (a write waiting for its data-out,
+//! the write half of COMPARE AND WRITE, a WRITE SAME chunk).
 
 use std::sync::Arc;
 
 use super::cdb::{Cdb, be_at, cdb_len, op};
 use super::inquiry;
-use super::lu::{Access, LuState};
+use super::lu::{Access, LuState, NexusGate};
 use super::mode;
 use super::opcodes;
 use super::pr::{self, PROUT_PARAM_LEN};
@@ -28,6 +30,14 @@ pub enum Step {
     Io(BlockIo),
     /// The command is over.
     Done(Completion),
+    /// Another I_T nexus aborted the command (PREEMPT AND ABORT, SPC-4 5.12.11.2.5). TAS is
+    /// 0 in the control mode page, so it ends without status: the transport sends nothing
+    /// for it and frees it.
+    Aborted,
+    /// The command waits for other I_T nexuses (PREEMPT AND ABORT, for the block operations
+    /// of the tasks it aborted to come back): call `step` again, without an outcome, later
+    /// (on a timer tick, or whenever the transport runs).
+    Wait,
 }
 
 /// How a command ended.
@@ -121,13 +131,34 @@ enum State {
     },
     /// A single operation whose success is GOOD.
     AwaitDone,
+    /// PREEMPT AND ABORT succeeded; GOOD once these nexuses' aborted tasks have no block
+    /// operation in flight.
+    AwaitAborts {
+        gates: Vec<Arc<NexusGate>>,
+    },
     Finished,
+}
+
+/// Where a task on a logical unit came from, for the checks it repeats before each block
+/// operation.
+#[derive(Debug)]
+struct Origin {
+    gate: Arc<NexusGate>,
+    /// The nexus's abort generation when the task began ([`NexusGate`]).
+    generation: u32,
+    /// A block operation [`NexusGate::begin`] allowed has not come back.
+    in_io: bool,
+    opcode: u8,
+    /// [`LunReservations::changes`](super::LunReservations) when reservations were last
+    /// checked for this task.
+    checked: u64,
 }
 
 /// A command in progress.
 #[derive(Debug)]
 pub struct Task {
     lu: Option<Arc<LogicalUnit>>,
+    origin: Option<Origin>,
     data_out_len: usize,
     data_in: bool,
     descriptor_sense: bool,
@@ -181,20 +212,28 @@ impl Task {
         nexus: &Nexus,
         cdb: &[u8],
     ) -> Self {
-        let (p, descriptor_sense) = match &lu {
-            None => (no_lu(target, nexus, cdb), false),
+        let (p, descriptor_sense, origin) = match &lu {
+            None => (no_lu(target, nexus, cdb), false, None),
             Some(lu) => {
                 let mut st = lu.lock();
-                st.seen(nexus);
+                let gate = st.seen(nexus);
                 let p =
                     prepare(target, &lu.cfg, &mut st, nexus, cdb).unwrap_or_else(Prepared::fail);
+                let origin = Origin {
+                    generation: gate.generation(),
+                    gate,
+                    in_io: false,
+                    opcode: cdb.first().copied().unwrap_or(0),
+                    checked: lu.reservations.changes(),
+                };
                 // The format of this command's sense follows D_SENSE as it was when the
                 // command arrived.
-                (p, st.mode.d_sense)
+                (p, st.mode.d_sense, Some(origin))
             }
         };
         Self {
             lu,
+            origin,
             data_out_len: p.data_out,
             data_in: p.data_in,
             descriptor_sense,
@@ -207,6 +246,7 @@ impl Task {
     pub fn failed(sense: Sense) -> Self {
         Self {
             lu: None,
+            origin: None,
             data_out_len: 0,
             data_in: false,
             descriptor_sense: false,
@@ -223,6 +263,14 @@ impl Task {
     /// Whether the command transfers data-in.
     pub fn data_in(&self) -> bool {
         self.data_in
+    }
+
+    /// Whether another I_T nexus aborted the command (its next step is [`Step::Aborted`]):
+    /// a transport may stop collecting its data-out. One atomic load.
+    pub fn aborted(&self) -> bool {
+        self.origin
+            .as_ref()
+            .is_some_and(|o| o.gate.generation() != o.generation)
     }
 
     fn check(&self, sense: Sense) -> Completion {
@@ -249,12 +297,38 @@ impl Task {
         Step::Done(c)
     }
 
-    fn io(&self, op: BlockOp) -> Step {
+    fn io(&mut self, op: BlockOp) -> Step {
+        if self.reservation_conflict() {
+            return self.finish(self.reject(Reject::Conflict));
+        }
+        if let Some(o) = &mut self.origin {
+            if !o.gate.begin(o.generation) {
+                self.state = State::Finished;
+                return Step::Aborted;
+            }
+            o.in_io = true;
+        }
         let (nsid, backend) = self
             .lu
             .as_ref()
             .map_or((0, 0), |lu| (lu.cfg.lun as u32, lu.cfg.backend));
         Step::Io(BlockIo { nsid, backend, op })
+    }
+
+    /// Reservations are checked when a command arrives (SPC-4 5.12.1), but a write may wait
+    /// long for its data-out and a multi-step command runs several block operations: a
+    /// reservation another I_T nexus took (or a registration it removed) meanwhile
+    /// conflicts before the next one. One atomic load while reservations stay as they were.
+    fn reservation_conflict(&mut self) -> bool {
+        let (Some(lu), Some(o)) = (&self.lu, &mut self.origin) else {
+            return false;
+        };
+        if lu.reservations.changes() == o.checked {
+            return false;
+        }
+        let st = lu.lock();
+        o.checked = lu.reservations.changes();
+        st.conflicts(&o.gate.nexus, o.opcode, access(o.opcode))
     }
 
     fn cfg(&self) -> Option<&LunConfig> {
@@ -265,6 +339,13 @@ impl Task {
     /// (possibly shorter than [`Self::data_out_len`]). After [`Step::Io`], call again with
     /// the operation's outcome.
     pub fn step(&mut self, buf: &mut AlignedBuf, outcome: Option<IoOutcome>) -> Step {
+        if outcome.is_some() {
+            self.io_back();
+        }
+        if self.aborted() {
+            self.state = State::Finished;
+            return Step::Aborted;
+        }
         let state = std::mem::replace(&mut self.state, State::Finished);
         // A waiting state needs an outcome; a starting state ignores one.
         let waiting = matches!(
@@ -287,6 +368,15 @@ impl Task {
             return self.resume(state, buf, outcome);
         }
         self.start(state, buf)
+    }
+
+    /// The block operation in flight came back (or never will).
+    fn io_back(&mut self) {
+        if let Some(o) = &mut self.origin
+            && std::mem::take(&mut o.in_io)
+        {
+            o.gate.end(o.generation);
+        }
     }
 
     fn start(&mut self, state: State, buf: &mut AlignedBuf) -> Step {
@@ -370,6 +460,9 @@ impl Task {
                 let Some(lu) = self.lu.clone() else {
                     return self.finish(Completion::good(0));
                 };
+                if self.reservation_conflict() {
+                    return self.finish(self.reject(Reject::Conflict));
+                }
                 let mut st = lu.lock();
                 let mut params = st.mode;
                 match mode::select(ten, buf.as_slice(), &lu.cfg, &mut params) {
@@ -398,8 +491,16 @@ impl Task {
                 };
                 let r = pr::reserve_out(&mut lu.lock(), &nexus, sa, scope_type, buf.as_slice());
                 match r {
-                    Ok(()) => self.finish(Completion::good(0)),
+                    Ok(gates) => self.start(State::AwaitAborts { gates }, buf),
                     Err(r) => self.finish(self.reject(r)),
+                }
+            }
+            State::AwaitAborts { gates } => {
+                if gates.iter().all(|g| g.drained()) {
+                    self.finish(Completion::good(0))
+                } else {
+                    self.state = State::AwaitAborts { gates };
+                    Step::Wait
                 }
             }
             State::AwaitRead { .. }
@@ -558,6 +659,14 @@ impl Task {
             len,
             fua: false,
         })
+    }
+}
+
+impl Drop for Task {
+    /// A task dropped with a block operation in flight (its connection went away; the
+    /// transport keeps it until the operation is back) no longer holds up PREEMPT AND ABORT.
+    fn drop(&mut self) {
+        self.io_back();
     }
 }
 
@@ -824,11 +933,13 @@ fn prepare(
                 return Err(Sense::invalid_cdb(1, None).into());
             }
             st.reserve6 = Some(n.id);
+            st.reservations_changed();
             Ok(Prepared::good())
         }
         op::RELEASE_6 => {
             if st.reserve6 == Some(n.id) {
                 st.reserve6 = None;
+                st.reservations_changed();
             }
             Ok(Prepared::good())
         }

@@ -104,6 +104,8 @@ impl Harness {
                     outcome = Some(self.execute(&io, &mut buf));
                     self.ios.push(io);
                 }
+                Step::Aborted => panic!("no other nexus aborts tasks run to the end here"),
+                Step::Wait => outcome = None,
             }
         }
         panic!("task never finished");
@@ -550,6 +552,152 @@ fn reserve6_conflicts_and_nexus_loss() {
     assert!(h.run(&c, 0, &[0; 6], &[]).good());
 }
 
+/// PREEMPT AND ABORT (SPC-4 5.12.11.2.5) aborts every task of the preempted I_T nexuses:
+/// none of them starts a block operation afterwards, and the command completes only once
+/// the block operations they had in flight are back. Other nexuses' tasks, the issuer's
+/// included, run on; plain PREEMPT aborts nothing.
+#[test]
+fn preempt_and_abort_aborts_the_preempted_nexuses_tasks() {
+    let mut h = Harness::one();
+    let (a, b, c) = (nexus(1), nexus(2), nexus(3));
+    for (n, k) in [(&a, 0xau64), (&b, 0xb), (&c, 0xc)] {
+        let (cdb, p) = prout(0, 0, 0, k);
+        assert!(h.run(n, 0, &cdb, &p).good());
+    }
+    let (cdb, p) = prout(1, 1, 0xb, 0);
+    assert!(h.run(&b, 0, &cdb, &p).good());
+    let buf = |len: usize| {
+        let mut b = AlignedBuf::default();
+        b.set_len(len);
+        b
+    };
+    // B (the holder): a write waiting for its data, a write and a read in flight. C and A:
+    // a read in flight each.
+    let mut b_waiting = h.target.command(&b, 0, &write10(0, 1, 0));
+    let (mut b_write, mut b_write_buf) = (h.target.command(&b, 0, &write10(1, 1, 0)), buf(BS));
+    assert!(matches!(b_write.step(&mut b_write_buf, None), Step::Io(_)));
+    let (mut b_read, mut b_read_buf) = (h.target.command(&b, 0, &read10(0, 1)), buf(0));
+    assert!(matches!(b_read.step(&mut b_read_buf, None), Step::Io(_)));
+    let (mut c_read, mut c_read_buf) = (h.target.command(&c, 0, &read10(0, 1)), buf(0));
+    assert!(matches!(c_read.step(&mut c_read_buf, None), Step::Io(_)));
+    let (mut a_read, mut a_read_buf) = (h.target.command(&a, 0, &read10(0, 1)), buf(0));
+    assert!(matches!(a_read.step(&mut a_read_buf, None), Step::Io(_)));
+
+    // Plain PREEMPT of C's registration aborts nothing of C's.
+    let (cdb, p) = prout(4, 1, 0xa, 0xc);
+    assert!(h.run(&a, 0, &cdb, &p).good());
+    assert!(!c_read.aborted());
+    assert!(matches!(
+        c_read.step(&mut c_read_buf, Some(IoOutcome::Ok)),
+        Step::Done(_)
+    ));
+
+    // A preempts B and aborts B's tasks: it waits for B's two operations in flight.
+    let (cdb, p) = prout(5, 1, 0xa, 0xb);
+    let mut pa = h.target.command(&a, 0, &cdb);
+    let mut pa_buf = buf(p.len());
+    pa_buf.as_mut_slice().copy_from_slice(&p);
+    assert_eq!(pa.step(&mut pa_buf, None), Step::Wait);
+    assert!(b_waiting.aborted() && b_write.aborted() && !a_read.aborted());
+    // B's waiting write never starts; its write in flight comes back aborted.
+    let mut data = buf(BS);
+    data.as_mut_slice().fill(0x77);
+    assert_eq!(b_waiting.step(&mut data, None), Step::Aborted);
+    assert_eq!(
+        b_write.step(&mut b_write_buf, Some(IoOutcome::Ok)),
+        Step::Aborted
+    );
+    assert_eq!(
+        pa.step(&mut pa_buf, None),
+        Step::Wait,
+        "B's read is still out"
+    );
+    // A task dropped with its operation in flight (its connection went away) counts as
+    // back.
+    drop(b_read);
+    let Step::Done(done) = pa.step(&mut pa_buf, None) else {
+        panic!("PREEMPT AND ABORT completes once B's operations are back");
+    };
+    assert_eq!(done.status, status::GOOD);
+    // The issuer's own task runs on.
+    assert!(matches!(
+        a_read.step(&mut a_read_buf, Some(IoOutcome::Ok)),
+        Step::Done(_)
+    ));
+    // B learns of it; its new tasks run under A's reservation (Write Exclusive).
+    let o = h.run(&b, 0, &[0; 6], &[]);
+    assert!(o.check(key::UNIT_ATTENTION, Asc::REGISTRATIONS_PREEMPTED));
+    assert!(h.run(&b, 0, &read10(0, 1), &[]).good());
+    let o = h.run(&b, 0, &write10(0, 1, 0), &[0; BS]);
+    assert_eq!(o.status, status::RESERVATION_CONFLICT);
+    assert_eq!(h.disks[0][..BS], [0; BS], "B's aborted write never ran");
+
+    // Nothing in flight: PREEMPT AND ABORT answers at once.
+    let (cdb, p) = prout(0, 0, 0, 0xb);
+    assert!(h.run(&b, 0, &cdb, &p).good());
+    let (cdb, p) = prout(5, 3, 0xa, 0xb);
+    assert!(h.run(&a, 0, &cdb, &p).good());
+}
+
+fn caw(lba: u64, blocks: u8) -> Vec<u8> {
+    let mut c = vec![0x89, 0];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.extend_from_slice(&[0, 0, 0, blocks, 0, 0]);
+    c
+}
+
+/// A reservation taken while a command waits for its data-out (an R2T can wait long) or
+/// between the block operations of a multi-step command is checked again before each
+/// block operation: RESERVATION CONFLICT, and nothing reaches the medium.
+#[test]
+fn reservation_taken_while_a_command_waits_is_checked_before_its_block_io() {
+    let mut h = Harness::one();
+    let (a, b) = (nexus(1), nexus(2));
+    let mut buf = AlignedBuf::default();
+    // B's WRITE arrives with no reservation held: it passes and waits for its data.
+    let mut write = h.target.command(&b, 0, &write10(0, 1, 0));
+    assert_eq!(write.data_out_len(), BS);
+    // A registers and reserves Write Exclusive meanwhile.
+    let (c, p) = prout(0, 0, 0, 0xa);
+    assert!(h.run(&a, 0, &c, &p).good());
+    let (c, p) = prout(1, 1, 0xa, 0);
+    assert!(h.run(&a, 0, &c, &p).good());
+    buf.set_len(BS);
+    buf.as_mut_slice().fill(0x5a);
+    let Step::Done(c) = write.step(&mut buf, None) else {
+        panic!("B's write went to the medium under A's reservation");
+    };
+    assert_eq!(c.status, status::RESERVATION_CONFLICT);
+    assert!(c.sense.is_empty());
+    // A's own writes and B's reads still run under A's reservation.
+    let mut read = h.target.command(&b, 0, &read10(0, 1));
+    assert!(matches!(read.step(&mut buf, None), Step::Io(_)));
+    assert!(h.run(&a, 0, &write10(1, 1, 0), &[7; BS]).good());
+
+    // COMPARE AND WRITE: the reservation comes between the compare and the write half.
+    let (c, p) = prout(2, 1, 0xa, 0);
+    assert!(h.run(&a, 0, &c, &p).good());
+    let mut cw = h.target.command(&b, 0, &caw(0, 1));
+    buf.set_len(2 * BS);
+    buf.as_mut_slice().fill(0);
+    let Step::Io(io) = cw.step(&mut buf, None) else {
+        panic!("the compare half runs");
+    };
+    assert!(matches!(io.op, BlockOp::Compare { .. }));
+    let (c, p) = prout(1, 3, 0xa, 0);
+    assert!(h.run(&a, 0, &c, &p).good());
+    let Step::Done(c) = cw.step(&mut buf, Some(IoOutcome::Ok)) else {
+        panic!("the write half went to the medium under A's reservation");
+    };
+    assert_eq!(c.status, status::RESERVATION_CONFLICT);
+    // Released again: a command that waited across the release runs.
+    let mut write = h.target.command(&a, 0, &write10(2, 1, 0));
+    let (c, p) = prout(2, 3, 0xa, 0);
+    assert!(h.run(&a, 0, &c, &p).good());
+    buf.set_len(BS);
+    assert!(matches!(write.step(&mut buf, None), Step::Io(_)));
+}
+
 #[test]
 fn compare_and_write() {
     let mut h = Harness::one();
@@ -557,12 +705,6 @@ fn compare_and_write() {
     let old = pattern(2 * BS, 3);
     assert!(h.run(&n, 0, &write10(100, 2, 0), &old).good());
     let new = pattern(2 * BS, 4);
-    let caw = |lba: u64, blocks: u8| {
-        let mut c = vec![0x89, 0];
-        c.extend_from_slice(&lba.to_be_bytes());
-        c.extend_from_slice(&[0, 0, 0, blocks, 0, 0]);
-        c
-    };
     let mut data = old.clone();
     data.extend_from_slice(&new);
     assert!(h.run(&n, 0, &caw(100, 2), &data).good());
