@@ -220,7 +220,7 @@ fn execute(disk: &mut [u8], io: &BlockIo, buf: &mut AlignedBuf) -> IoOutcome {
                 disk[span(*o, *l)].fill(0);
             }
         }
-        BlockOp::Flush => {}
+        BlockOp::Flush | BlockOp::FlushAll { .. } => {}
     }
     IoOutcome::Ok
 }

@@ -382,7 +382,7 @@ pub fn start(
         let t = std::thread::Builder::new()
             .name(format!("reactor-{r}"))
             .spawn(move || {
-                crate::engine::reactor_thread(&format!("reactor-{r}"), || reactor.run(&stop))
+                crate::engine::reactor_thread(&format!("reactor-{r}"), || reactor.run(&stop));
             })
             .map_err(ServeError::Reactor)?;
         threads.push(t);
