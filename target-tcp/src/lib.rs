@@ -577,6 +577,21 @@ impl Stack {
         }
     }
 
+    /// Whether a connection from `peer` to our `port` is handshaking or established (not
+    /// closed, not in TIME-WAIT). The AF_XDP device asks before letting a SYN re-teach the
+    /// next hop of that four-tuple: a live connection keeps its own.
+    pub fn holds(&self, peer: SocketAddr, port: u16) -> bool {
+        self.conns.iter().flatten().any(|slot| {
+            let s = self.sockets.get::<tcp::Socket<'static>>(slot.handle);
+            let live = !matches!(
+                s.state(),
+                tcp::State::Closed | tcp::State::Listen | tcp::State::TimeWait
+            );
+            live && s.local_endpoint().is_some_and(|l| l.port == port)
+                && s.remote_endpoint().is_some_and(|r| socket_addr(r) == peer)
+        })
+    }
+
     /// Connections the user holds (accepted and not released).
     pub fn connections(&self) -> usize {
         self.conns

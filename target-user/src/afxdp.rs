@@ -8,9 +8,13 @@
 //! again when the completion ring returns it.
 //!
 //! Ethernet is handled here, not in the stack, because ARP stays with the kernel (the XDP
-//! program passes it): the MAC to answer a peer with is learned from the frames the peer
-//! sends (its source MAC is the next hop towards it), so no ARP is ever needed for the
-//! connections a target serves.
+//! program passes it): the MAC to answer a connection with is learned from the SYN that
+//! opened it (its source MAC is the next hop towards the peer), so no ARP is ever needed
+//! for the connections a target serves. Only a SYN to one of the stack's addresses teaches
+//! a MAC, for its own connection (peer address, peer port, our port): a forged frame can
+//! at most misdirect the answers of a connection it opened itself, never another peer's,
+//! and a SYN that names a live connection's four-tuple with another MAC changes nothing
+//! (see [`Xsk::take_contested`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -198,48 +202,151 @@ struct TxSide {
     stats: XskStats,
 }
 
-/// Peers' MACs (the next hop towards them), learned from the frames they send.
+/// A TCP connection as its frames name it: the peer's address and port, and our port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub peer: IpAddr,
+    pub peer_port: u16,
+    pub port: u16,
+}
+
+/// The next hop (MAC) of each connection, learned from the SYN that opened it.
 ///
-/// Bounded, because every steered frame teaches it, spoofed SYN floods included: beyond
-/// `NEIGHBOURS_MAX` addresses an arbitrary one gives way, and if that was a live peer its
-/// next frame (a retransmission at worst) teaches it again. The last address used is kept
-/// aside: a burst of frames from or to one peer costs no lookup.
+/// Bounded, because SYNs are cheap to forge: beyond `NEIGHBOURS_MAX` connections an
+/// arbitrary one gives way (a live one then stops being answered until the peer opens a
+/// new connection, which only a flood of this size can cause). The last connection used is
+/// kept aside: a burst of frames to one connection costs no lookup.
 #[derive(Default)]
 struct Neighbours {
-    map: HashMap<IpAddr, [u8; 6]>,
-    last: Option<(IpAddr, [u8; 6])>,
+    map: HashMap<Flow, [u8; 6]>,
+    last: Option<(Flow, [u8; 6])>,
+    /// SYNs that named a known connection with another MAC, for the reactor to settle.
+    contested: Vec<(Flow, [u8; 6])>,
 }
 
 const NEIGHBOURS_MAX: usize = 4096;
+/// Contested SYNs kept between two reactor loops; more are ignored (their peers retry).
+const CONTESTED_MAX: usize = 64;
 
 impl Neighbours {
-    fn learn(&mut self, ip: IpAddr, mac: [u8; 6]) {
-        if self.last == Some((ip, mac)) {
-            return;
+    /// A SYN opening `flow` came from `mac`.
+    fn heard_syn(&mut self, flow: Flow, mac: [u8; 6]) {
+        match self.map.get(&flow) {
+            Some(&known) if known == mac => {}
+            Some(_) => {
+                if self.contested.len() < CONTESTED_MAX {
+                    self.contested.push((flow, mac));
+                }
+            }
+            None => self.set(flow, mac),
         }
-        self.last = Some((ip, mac));
-        if let Some(known) = self.map.get_mut(&ip) {
-            *known = mac;
-            return;
+    }
+
+    fn set(&mut self, flow: Flow, mac: [u8; 6]) {
+        if self.last.is_some_and(|(f, _)| f == flow) {
+            self.last = None;
         }
         if self.map.len() >= NEIGHBOURS_MAX
+            && !self.map.contains_key(&flow)
             && let Some(old) = self.map.keys().next().copied()
         {
             self.map.remove(&old);
+            if self.last.is_some_and(|(f, _)| f == old) {
+                self.last = None;
+            }
         }
-        self.map.insert(ip, mac);
+        self.map.insert(flow, mac);
     }
 
-    fn get(&mut self, ip: IpAddr) -> Option<[u8; 6]> {
+    fn get(&mut self, flow: Flow) -> Option<[u8; 6]> {
         match self.last {
-            Some((last, mac)) if last == ip => Some(mac),
+            Some((last, mac)) if last == flow => Some(mac),
             _ => {
-                let mac = *self.map.get(&ip)?;
-                self.last = Some((ip, mac));
+                let mac = *self.map.get(&flow)?;
+                self.last = Some((flow, mac));
                 Some(mac)
             }
         }
     }
+}
+
+/// What a received frame is, for the table and the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Heard {
+    /// A SYN (without ACK) opening `Flow`, from this MAC.
+    Syn(Flow, [u8; 6]),
+    /// Another TCP segment to one of our addresses.
+    Segment,
+    /// Not an untagged IPv4/IPv6 TCP segment to one of our addresses: dropped here. (The
+    /// XDP program steers storage-port frames whatever their destination and tag.)
+    Foreign,
+}
+
+/// Classifies a received Ethernet frame, with the XDP program's own parser.
+fn heard(f: &[u8], locals: &[IpAddr]) -> Heard {
+    use target_common::parse::{ETH_P_IPV4, ETH_P_IPV6, parse};
+    let Some(ethertype) = f.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]])) else {
+        return Heard::Foreign;
+    };
+    let dst = match ethertype {
+        ETH_P_IPV4 => f
+            .get(ETH_HEADER + 16..ETH_HEADER + 20)
+            .and_then(|a| <[u8; 4]>::try_from(a).ok())
+            .map(IpAddr::from),
+        ETH_P_IPV6 => f
+            .get(ETH_HEADER + 24..ETH_HEADER + 40)
+            .and_then(|a| <[u8; 16]>::try_from(a).ok())
+            .map(IpAddr::from),
+        // 802.1Q/802.1ad: the stack's frames are untagged, so it could not answer.
+        _ => None,
+    };
+    let (Some(dst), Some(p)) = (dst, parse(f)) else {
+        return Heard::Foreign;
+    };
+    if !locals.contains(&dst) {
+        return Heard::Foreign;
+    }
+    let Some(tcp) = f.get(p.l4_offset..p.l4_offset + 14) else {
+        return Heard::Foreign;
+    };
+    let (syn, ack) = (tcp[13] & 0x02 != 0, tcp[13] & 0x10 != 0);
+    if !syn || ack {
+        return Heard::Segment;
+    }
+    let peer = match p.source {
+        target_common::parse::Source::V4(a) => IpAddr::from(a),
+        target_common::parse::Source::V6(a) => IpAddr::from(a),
+    };
+    let mac: [u8; 6] = f[6..12].try_into().expect("6 bytes of a parsed frame");
+    Heard::Syn(
+        Flow {
+            peer,
+            peer_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+            port: p.dst_port,
+        },
+        mac,
+    )
+}
+
+/// The connection an IP packet the stack wrote belongs to (its destination), or `None`.
+fn flow_of(ip: &[u8]) -> Option<Flow> {
+    let (peer, tcp) = match ip.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let a: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            (IpAddr::from(a), ip.get(ihl..ihl + 4)?)
+        }
+        Some(6) => {
+            let a: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (IpAddr::from(a), ip.get(40..44)?)
+        }
+        _ => return None,
+    };
+    Some(Flow {
+        peer,
+        peer_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+        port: u16::from_be_bytes([tcp[0], tcp[1]]),
+    })
 }
 
 /// What the socket did, for the logs and the benchmark.
@@ -257,19 +364,10 @@ pub struct XskStats {
     pub tx_multi: u64,
     /// Multi-buffer packets longer than an IP packet can be, dropped.
     pub rx_too_long: u64,
+    /// Frames that were not TCP to one of the stack's addresses (tagged, other
+    /// destinations), dropped.
+    pub rx_foreign: u64,
     pub wakeups: u64,
-}
-
-/// The source IP address and MAC of an Ethernet frame carrying IPv4 or IPv6.
-fn sender(f: &[u8]) -> Option<(IpAddr, [u8; 6])> {
-    let mac: [u8; 6] = f.get(6..12)?.try_into().ok()?;
-    let ip = f.get(ETH_HEADER..)?;
-    let src = match u16::from_be_bytes([f[12], f[13]]) {
-        0x0800 => IpAddr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?),
-        0x86dd => IpAddr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?),
-        _ => return None,
-    };
-    Some((src, mac))
 }
 
 /// An AF_XDP socket on one queue. Field order is drop order: rings, then the UMEM, then
@@ -284,6 +382,8 @@ pub struct Xsk {
     mtu: usize,
     mode: BindMode,
     multi_buffer: bool,
+    /// The stack's addresses: frames to others are dropped, and teach nothing.
+    locals: Vec<IpAddr>,
 }
 
 // SAFETY: the raw pointers (UMEM base, rings) point into mappings owned by this value and
@@ -437,7 +537,26 @@ impl Xsk {
             mtu,
             mode,
             multi_buffer,
+            locals: Vec::new(),
         })
+    }
+
+    /// The addresses the stack answers for; until set, every frame is foreign.
+    pub fn set_local_addrs(&mut self, addrs: Vec<IpAddr>) {
+        self.locals = addrs;
+    }
+
+    /// SYNs that named a known connection with another MAC since the last call. The
+    /// reactor lets one re-teach its connection's MAC only when the stack holds no live
+    /// connection on that four-tuple ([`Self::relearn`]); else the live peer keeps its
+    /// MAC and the stack answers the SYN with a challenge ACK to it.
+    pub fn take_contested(&mut self) -> Vec<(Flow, [u8; 6])> {
+        std::mem::take(&mut self.tx.neighbours.contested)
+    }
+
+    /// Sets `flow`'s MAC (a contested SYN the reactor found no live connection for).
+    pub fn relearn(&mut self, flow: Flow, mac: [u8; 6]) {
+        self.tx.neighbours.set(flow, mac);
     }
 
     pub fn fd(&self) -> i32 {
@@ -501,10 +620,11 @@ impl Xsk {
                     // Longer than any IP packet: not gathered further, dropped whole.
                     self.tx.stats.rx_too_long += 1;
                     self.rx.spare.push(buf);
-                } else {
-                    self.learn(sender(&buf));
+                } else if self.learn(&buf) {
                     self.tx.stats.rx_multi += 1;
                     self.rx.pending.push_back(Received::Gathered(buf));
+                } else {
+                    self.rx.spare.push(buf);
                 }
             } else if more {
                 // The first part of a multi-buffer packet: gather it (the stack reads one
@@ -515,8 +635,12 @@ impl Xsk {
                 self.rx.recycle.push(d.addr);
                 self.rx.partial = Some(buf);
             } else {
-                self.learn(sender(self.frame(d)));
-                self.rx.pending.push_back(Received::Frame(d));
+                let h = heard(self.frame(d), &self.locals);
+                if self.heard(h) {
+                    self.rx.pending.push_back(Received::Frame(d));
+                } else {
+                    self.rx.recycle.push(d.addr);
+                }
             }
         }
         self.tx.stats.rx_packets += n as u64;
@@ -532,11 +656,23 @@ impl Xsk {
         }
     }
 
-    /// Remembers a sender's MAC for its IP address: the next hop to answer it through.
-    fn learn(&mut self, sender: Option<(IpAddr, [u8; 6])>) {
-        if let Some((ip, mac)) = sender {
-            self.tx.neighbours.learn(ip, mac);
+    /// Classifies a gathered frame (see [`Self::heard`]).
+    fn learn(&mut self, frame: &[u8]) -> bool {
+        let h = heard(frame, &self.locals);
+        self.heard(h)
+    }
+
+    /// Learns a SYN's MAC for its connection; false for a frame to drop.
+    fn heard(&mut self, h: Heard) -> bool {
+        match h {
+            Heard::Syn(flow, mac) => self.tx.neighbours.heard_syn(flow, mac),
+            Heard::Segment => {}
+            Heard::Foreign => {
+                self.tx.stats.rx_foreign += 1;
+                return false;
+            }
         }
+        true
     }
 
     /// Puts sent packets on the tx ring, takes back completed frames and gives read frames
@@ -621,21 +757,18 @@ pub struct TxToken<'a> {
 
 impl TxSide {
     /// Fills in the Ethernet header of `frame` (an IP packet behind 14 bytes) for its
-    /// destination; false when the destination's MAC was never seen.
+    /// connection; false when no SYN taught that connection's MAC.
     fn ethernet(&mut self, frame: &mut [u8]) -> bool {
         let ip = &frame[ETH_HEADER..];
-        let (ethertype, dst) = match ip.first().map(|b| b >> 4) {
-            Some(4) if ip.len() >= 20 => (
-                0x0800u16,
-                IpAddr::from(<[u8; 4]>::try_from(&ip[16..20]).expect("4 bytes")),
-            ),
-            Some(6) if ip.len() >= 40 => (
-                0x86dd,
-                IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes")),
-            ),
-            _ => return false,
+        let Some(flow) = flow_of(ip) else {
+            return false;
         };
-        let Some(mac) = self.neighbours.get(dst) else {
+        let ethertype = if flow.peer.is_ipv4() {
+            0x0800u16
+        } else {
+            0x86dd
+        };
+        let Some(mac) = self.neighbours.get(flow) else {
             self.stats.tx_no_neighbour += 1;
             return false;
         };
@@ -966,16 +1099,80 @@ mod tests {
         IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
     }
 
+    fn flow(i: u32) -> Flow {
+        Flow {
+            peer: ip(i),
+            peer_port: 40_000,
+            port: 4420,
+        }
+    }
+
+    /// An Ethernet/IPv4/TCP frame from `src` (MAC `mac`, port 40000) to `dst`:4420.
+    fn frame(mac: [u8; 6], src: IpAddr, dst: IpAddr, flags: u8, tag: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 6];
+        f.extend_from_slice(&mac);
+        if tag {
+            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+        }
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+            unreachable!("IPv4 in these tests")
+        };
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&s.octets());
+        f.extend_from_slice(&d.octets());
+        f.extend_from_slice(&40_000u16.to_be_bytes());
+        f.extend_from_slice(&4420u16.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        f
+    }
+
     #[test]
-    fn neighbours_follow_a_changed_mac() {
+    fn only_a_syn_to_one_of_our_addresses_teaches_its_connections_mac() {
+        let us = ip(100);
+        let other = ip(101);
+        let syn = frame([1; 6], ip(1), us, 0x02, false);
+        assert_eq!(heard(&syn, &[us]), Heard::Syn(flow(1), [1; 6]));
+        // Not for us, tagged, or not a SYN: nothing learned (the first two dropped).
+        assert_eq!(
+            heard(&frame([1; 6], ip(1), other, 0x02, false), &[us]),
+            Heard::Foreign
+        );
+        assert_eq!(
+            heard(&frame([1; 6], ip(1), us, 0x02, true), &[us]),
+            Heard::Foreign
+        );
+        assert_eq!(
+            heard(&frame([1; 6], ip(1), us, 0x12, false), &[us]),
+            Heard::Segment
+        );
+        assert_eq!(
+            heard(&frame([1; 6], ip(1), us, 0x10, false), &[us]),
+            Heard::Segment
+        );
+        assert_eq!(heard(&syn[..30], &[us]), Heard::Foreign, "truncated");
+        // The answer's flow is the SYN's, seen from the other side.
+        let answer = frame([0; 6], us, ip(1), 0x12, false);
+        let mut swapped = answer.clone();
+        swapped[34..36].copy_from_slice(&4420u16.to_be_bytes());
+        swapped[36..38].copy_from_slice(&40_000u16.to_be_bytes());
+        assert_eq!(flow_of(&swapped[ETH_HEADER..]), Some(flow(1)));
+    }
+
+    #[test]
+    fn a_forged_syn_cannot_take_over_a_known_connection() {
         let mut n = Neighbours::default();
-        n.learn(ip(1), [1; 6]);
-        n.learn(ip(2), [2; 6]);
-        assert_eq!(n.get(ip(1)), Some([1; 6]));
-        n.learn(ip(1), [9; 6]);
-        assert_eq!(n.get(ip(2)), Some([2; 6]));
-        assert_eq!(n.get(ip(1)), Some([9; 6]), "the newer MAC wins");
-        assert_eq!(n.get(ip(3)), None);
+        n.heard_syn(flow(1), [1; 6]);
+        n.heard_syn(flow(2), [2; 6]);
+        // The same four-tuple from another MAC: held for the reactor, not learned.
+        n.heard_syn(flow(1), [9; 6]);
+        assert_eq!(n.get(flow(1)), Some([1; 6]));
+        assert_eq!(n.contested, vec![(flow(1), [9; 6])]);
+        // Once the stack holds no connection on it, the reactor lets it re-teach.
+        n.set(flow(1), [9; 6]);
+        assert_eq!(n.get(flow(1)), Some([9; 6]));
+        assert_eq!(n.get(flow(2)), Some([2; 6]));
+        assert_eq!(n.get(flow(3)), None);
     }
 
     #[test]
@@ -1001,17 +1198,17 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_addresses_cannot_grow_the_neighbours_without_bound() {
+    fn a_flood_of_syns_cannot_grow_the_neighbours_without_bound() {
         let mut n = Neighbours::default();
-        n.learn(ip(0), [7; 6]);
+        n.heard_syn(flow(0), [7; 6]);
         for i in 1..100_000 {
-            n.learn(ip(i), [1; 6]);
+            n.heard_syn(flow(i), [1; 6]);
         }
         assert_eq!(n.map.len(), NEIGHBOURS_MAX);
-        assert_eq!(n.get(ip(99_999)), Some([1; 6]));
-        // A peer pushed out is known again from its next frame.
-        n.learn(ip(0), [7; 6]);
-        assert_eq!(n.get(ip(0)), Some([7; 6]));
-        assert_eq!(n.map.len(), NEIGHBOURS_MAX);
+        assert_eq!(n.get(flow(99_999)), Some([1; 6]));
+        for i in 0..1000 {
+            n.heard_syn(flow(1), [i as u8; 6]);
+        }
+        assert!(n.contested.len() <= CONTESTED_MAX);
     }
 }

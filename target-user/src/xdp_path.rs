@@ -309,6 +309,7 @@ pub fn start(
             &mut xsk,
             0,
         );
+        xsk.set_local_addrs(stack.addrs());
         info!(
             iface,
             queue = q,
@@ -366,6 +367,7 @@ impl XdpReactor {
         while !stop.load(Ordering::Relaxed) {
             let now = self.now_us();
             let mut work = self.xsk.pull() > 0;
+            self.settle_contested();
             // Ingress only: the ACKs of what arrived wait for the answers below.
             work |= self.stack.poll_ingress(now, &mut self.xsk);
             while let Some(a) = self.stack.accept() {
@@ -404,10 +406,25 @@ impl XdpReactor {
             rx_multi = s.rx_multi,
             tx_multi = s.tx_multi,
             rx_too_long = s.rx_too_long,
+            rx_foreign = s.rx_foreign,
             wakeups = s.wakeups,
             kernel = ?self.xsk.kernel_stats(),
             "AF_XDP reactor stopped"
         );
+    }
+
+    /// SYNs that named a known connection with another MAC: they re-teach it only when the
+    /// stack holds no live connection on that four-tuple (a peer whose next hop changed
+    /// between two connections); a forged SYN for a live connection changes nothing.
+    fn settle_contested(&mut self) {
+        for (flow, mac) in self.xsk.take_contested() {
+            let peer = std::net::SocketAddr::new(flow.peer, flow.peer_port);
+            if self.stack.holds(peer, flow.port) {
+                debug!(queue = self.queue, %peer, "a SYN for a live connection from another MAC: ignored");
+            } else {
+                self.xsk.relearn(flow, mac);
+            }
+        }
     }
 
     /// Sleeps until a frame arrives, an I/O completes, a TCP timer is due or the tick.

@@ -40,6 +40,11 @@ impl Client {
         Ok(c)
     }
 
+    /// The client's end of the TCP connection.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
     /// How long a read may wait for the target (10 s unless changed): longer to ride out
     /// an outage on the path.
     pub fn set_timeout(&self, timeout: Duration) -> io::Result<()> {

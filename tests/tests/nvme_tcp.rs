@@ -655,3 +655,78 @@ fn a_host_that_stops_reading_cannot_exhaust_memory() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
 }
+
+/// Frames forged with a connected host's address and another MAC (on the XDP path the
+/// target learns next hops from frames, not ARP) must not redirect that host's answers:
+/// only a SYN teaches a MAC, for its own connection, and a SYN naming a live connection
+/// teaches nothing.
+#[test]
+fn forged_frames_cannot_redirect_a_hosts_answers() {
+    use xdp_target_tests::frames::{ETH_P_IPV4, RawSender, ethernet, ipv4_tcp_syn, mac_of};
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("forged", 4 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let addr = IpAddr::V4(pair.target_addr);
+    let (client_ip, target_ip) = (pair.client_addr, pair.target_addr);
+    let target_mac = mac_of(&pair.target, &pair.target_if).expect("target MAC");
+    let raw = RawSender::open(&pair.client, &pair.client_if).expect("raw socket");
+    let (mut a, cntlid) = pair.client.run(move || admin(addr, false)).expect("admin");
+    let mut io = pair
+        .client
+        .run(move || io_queue(addr, cntlid, 1, false))
+        .expect("io queue");
+    let port = io.local_addr().expect("local addr").port();
+    let forger = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
+    // A SYN for the live connection's four-tuple, and a plain ACK segment (bad checksum:
+    // only a learner that looks at every frame would take it), both from another MAC.
+    let syn = ipv4_tcp_syn(client_ip, target_ip, port, 4420, 0x1234_5678);
+    let mut ack = syn.clone();
+    ack[20 + 13] = 0x10;
+    // Forged frames keep coming while the host works (a learner that took them would send
+    // every answer and every retransmission to the forger; the host would wait in vain).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forging = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let frames = [
+                ethernet(target_mac, forger, ETH_P_IPV4, &syn),
+                ethernet(target_mac, forger, ETH_P_IPV4, &ack),
+            ];
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 2_000_000 {
+                raw.send(&frames[(sent % 2) as usize]).expect("send");
+                sent += 1;
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // The host's queues still get their answers.
+    let (io, a) = pair
+        .client
+        .run(move || {
+            io.set_timeout(std::time::Duration::from_secs(5))
+                .expect("timeout");
+            let data = pattern(7, 1, 512);
+            let w = io
+                .io(IoOpcode::Write, 7, 1, 512, data.clone())
+                .expect("write answered");
+            assert!(w.cqe.status.is_success());
+            let r = io
+                .io(IoOpcode::Read, 7, 1, 512, Vec::new())
+                .expect("read answered");
+            assert_eq!(r.data, data);
+            let k = a
+                .admin(AdminOpcode::KeepAlive, 0, 0, 0, 0)
+                .expect("keep-alive answered");
+            assert!(k.cqe.status.is_success());
+            (io, a)
+        })
+        .expect("namespace thread");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    forging.join().expect("forger");
+    drop((io, a));
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
