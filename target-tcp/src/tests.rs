@@ -1193,6 +1193,139 @@ fn rst_from_the_initiator_closes_the_connection() {
     net.run(SECOND, |n| n.stack.sockets() == n.baseline);
 }
 
+/// The initiator's next sequence number (the target's RCV.NXT once all of it has arrived):
+/// where its last segment ended.
+fn initiator_next_seq(net: &Net, port: u16) -> u32 {
+    let (_, last) = *net
+        .c2s
+        .segs()
+        .iter()
+        .rfind(|(_, s)| s.src.port() == port)
+        .expect("the initiator sent something");
+    last.seq
+        .wrapping_add(last.len as u32)
+        .wrapping_add(u32::from(last.syn || last.fin))
+}
+
+/// RFC 5961 3.2 (fourth smoltcp patch): an RST inside the window but not at exactly RCV.NXT,
+/// what a blind attacker's guess would be, only gets a challenge ACK; the connection stays
+/// and carries data. An RST at exactly RCV.NXT (what a peer that reset sends) closes it.
+#[test]
+fn in_window_rst_gets_a_challenge_ack_and_only_an_exact_one_resets() {
+    let mut net = Net::new(false, 1500, |_| {});
+    net.capture();
+    let mut echo = Echo::default();
+    let peer = connected(&mut net, &mut echo, 5000);
+    net.run_for(SECOND / 10, |n| echo.serve(&mut n.stack));
+    let id = echo.conns[0].acc.id;
+    let from = SocketAddr::new(net.client, peer.port);
+    let rcv_nxt = initiator_next_seq(&net, peer.port);
+    let (_, last_ack) = *net.s2c.segs().last().unwrap();
+    assert_eq!(
+        last_ack.ack_no, rcv_nxt,
+        "the target acknowledged everything"
+    );
+
+    // (a) One past RCV.NXT, well inside the window.
+    net.capture();
+    let near = raw_segment(
+        from,
+        net.server_addr(),
+        TcpControl::Rst,
+        rcv_nxt.wrapping_add(1),
+        None,
+        None,
+        &[],
+    );
+    net.sdev.rx.push_back(near);
+    net.run_for(3 * LINK_DELAY_US, |n| echo.serve(&mut n.stack));
+    assert_eq!(
+        net.stack.state(id),
+        ConnState::Open,
+        "a near miss resets nothing"
+    );
+    let answers: Vec<Seg> = net.s2c.segs().into_iter().map(|(_, s)| s).collect();
+    assert!(
+        matches!(answers[..], [s] if s.ack && !s.rst && !s.syn && !s.fin && s.len == 0
+            && s.ack_no == rcv_nxt && s.dst == from),
+        "one challenge ACK of RCV.NXT: {answers:#?}"
+    );
+    assert_eq!(net.sock(peer.h).state(), tcp::State::Established);
+
+    // Data still flows both ways.
+    let more = pattern(9, 3000);
+    net.sock(peer.h).send_slice(&more).unwrap();
+    let mut back = Vec::new();
+    net.run(SECOND, |n| {
+        echo.serve(&mut n.stack);
+        let s = n.sock(peer.h);
+        while s.can_recv() {
+            s.recv(|b| {
+                back.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        back.len() == more.len()
+    });
+    assert!(back == more, "the echo after the near miss differs");
+    net.run_for(SECOND / 10, |n| echo.serve(&mut n.stack));
+    assert_eq!(net.stack.state(id), ConnState::Open);
+
+    // (b) Exactly RCV.NXT: the connection is reset.
+    let rcv_nxt = initiator_next_seq(&net, peer.port);
+    let exact = raw_segment(
+        from,
+        net.server_addr(),
+        TcpControl::Rst,
+        rcv_nxt,
+        None,
+        None,
+        &[],
+    );
+    net.sdev.rx.push_back(exact);
+    net.run(SECOND, |n| n.stack.state(id) == ConnState::Closed);
+    net.stack.release(id, false);
+    net.run(SECOND, |n| n.stack.sockets() == n.baseline);
+}
+
+/// The same rule in SYN-RECEIVED: a near-miss RST does not send a half-open connection's
+/// socket back to listening; the exact one does.
+#[test]
+fn half_open_connection_is_reset_only_at_its_exact_sequence_number() {
+    let mut net = Net::new(false, 1500, |_| {});
+    let ghost = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99)), 30_000);
+    net.capture();
+    let syn = raw_segment(
+        ghost,
+        net.server_addr(),
+        TcpControl::Syn,
+        9,
+        None,
+        None,
+        &[],
+    );
+    net.sdev.rx.push_back(syn);
+    net.run_for(3 * LINK_DELAY_US, |_| {});
+    assert_eq!(net.stack.sockets(), net.baseline + 1, "half-open");
+
+    net.capture();
+    let server = net.server_addr();
+    let rst = |seq| raw_segment(ghost, server, TcpControl::Rst, seq, None, None, &[]);
+    net.sdev.rx.push_back(rst(11));
+    net.run_for(3 * LINK_DELAY_US, |_| {});
+    assert_eq!(net.stack.sockets(), net.baseline + 1, "still half-open");
+    let answers: Vec<Seg> = net.s2c.segs().into_iter().map(|(_, s)| s).collect();
+    assert!(
+        matches!(answers[..], [s] if s.ack && !s.rst && !s.syn && s.ack_no == 10 && s.dst == ghost),
+        "one challenge ACK of RCV.NXT: {answers:#?}"
+    );
+
+    net.sdev.rx.push_back(rst(10));
+    net.run_for(3 * LINK_DELAY_US, |_| {});
+    assert_eq!(net.stack.sockets(), net.baseline, "the exact RST ended it");
+}
+
 #[test]
 fn abortive_release_sends_rst() {
     let mut net = Net::new(false, 1500, |_| {});

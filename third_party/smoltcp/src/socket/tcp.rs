@@ -1622,7 +1622,8 @@ impl<'a> Socket<'a> {
                     return None;
                 }
             }
-            // Any other RST need only have a valid sequence number.
+            // Any other RST need only have a valid sequence number (exactly RCV.NXT, see
+            // xdp-target patch 4 below).
             (_, TcpControl::Rst, _) => (),
             // The initial SYN cannot contain an acknowledgement.
             (State::Listen, _, None) => (),
@@ -1775,6 +1776,27 @@ impl<'a> Socket<'a> {
                     }
                 };
 
+                // xdp-target patch 4: RFC 5961 3.2, blind reset attack mitigation. In every
+                // state but SYN-SENT (which checks the RST's ACK above) an RST is acted on only
+                // if its sequence number is exactly RCV.NXT (`window_start`, the ACK number
+                // `ack_reply` sends). An in-window RST that is not an exact match gets a
+                // challenge ACK (rate-limited) and changes nothing: a peer that really reset
+                // answers it with an RST at the right number, an off-path attacker must guess
+                // the exact 32-bit number instead of any number in the window. This covers
+                // SYN-RECEIVED too, as Linux does (tcp_validate_incoming); the out-of-window
+                // RSTs were already dropped below.
+                if segment_in_window
+                    && repr.control == TcpControl::Rst
+                    && segment_start != window_start
+                {
+                    net_debug!(
+                        "in-window RST not at RCV.NXT ({} != {}), will send challenge ACK",
+                        segment_start,
+                        window_start
+                    );
+                    return self.challenge_ack_reply(cx, ip_repr, repr);
+                }
+
                 if segment_in_window {
                     let overlap_start = window_start.max(segment_start);
                     let overlap_end = window_end.min(segment_end);
@@ -1886,7 +1908,8 @@ impl<'a> Socket<'a> {
             // RSTs are not accepted in the LISTEN state.
             (State::Listen, TcpControl::Rst) => return None,
 
-            // RSTs in SYN-RECEIVED flip the socket back to the LISTEN state.
+            // RSTs in SYN-RECEIVED flip the socket back to the LISTEN state (only an RST at
+            // exactly RCV.NXT gets here, xdp-target patch 4).
             // Here we need to additionally check `listen_endpoint`, because we want to make sure
             // that SYN-RECEIVED was actually converted from the LISTEN state (another possible
             // reason is TCP simultaneous open).
@@ -1897,7 +1920,7 @@ impl<'a> Socket<'a> {
                 return None;
             }
 
-            // RSTs in any other state close the socket.
+            // RSTs in any other state close the socket (again only at exactly RCV.NXT).
             (_, TcpControl::Rst) => {
                 tcp_trace!("received RST");
                 self.set_state(State::Closed);
