@@ -69,6 +69,8 @@ pub enum ConfigError {
     Subsystem { nqn: String, message: String },
     #[error("reactors: must be between 1 and 256")]
     Reactors,
+    #[error("max_connections_per_reactor: must be between 1 and 65536")]
+    MaxConnections,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -84,6 +86,14 @@ pub struct Config {
     pub subsystems: Vec<SubsystemConfig>,
     /// Reactor threads; by default one per CPU in the process's affinity mask.
     pub reactors: Option<usize>,
+    /// Connections one reactor (socket path) or one AF_XDP queue (XDP path) serves at
+    /// most; more are closed at once (sockets) or refused with RST (XDP path).
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_reactor: usize,
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 impl Default for Config {
@@ -94,6 +104,7 @@ impl Default for Config {
             iscsi: IscsiConfig::default(),
             subsystems: default_subsystems(),
             reactors: None,
+            max_connections_per_reactor: default_max_connections(),
         }
     }
 }
@@ -444,6 +455,9 @@ impl Config {
         self.xdp.validate()?;
         if self.reactors.is_some_and(|r| r == 0 || r > 256) {
             return Err(ConfigError::Reactors);
+        }
+        if !(1..=65_536).contains(&self.max_connections_per_reactor) {
+            return Err(ConfigError::MaxConnections);
         }
         for l in &self.nvme.listen {
             l.parse::<std::net::SocketAddr>()

@@ -40,8 +40,6 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// (worse, a virtual one) costs tens of microseconds per request at low queue depth,
 /// while an idle target still sleeps and costs nothing.
 const BUSY_POLL: Duration = Duration::from_micros(200);
-/// Connections one reactor serves at most; more are accepted and closed at once.
-const MAX_CONNECTIONS: usize = 4096;
 /// MAXH2CDATA offered to hosts.
 const MAX_H2C_DATA: u32 = 128 * 1024;
 
@@ -376,6 +374,7 @@ pub fn start(
             shared: Arc::clone(&shared),
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
+            max_connections: config.max_connections_per_reactor,
             refused: 0,
         };
         let stop = Arc::clone(&stop);
@@ -413,7 +412,9 @@ struct Reactor {
     blocks: BlockRunner,
     started: Instant,
     buf: Vec<u8>,
-    /// Connections refused at [`MAX_CONNECTIONS`].
+    /// Connections held at most (`max_connections_per_reactor`).
+    max_connections: usize,
+    /// Connections refused at that limit.
     refused: u64,
 }
 
@@ -484,7 +485,8 @@ impl Reactor {
             warn!(
                 reactor = self.id,
                 refused = self.refused,
-                "connections refused at the limit of {MAX_CONNECTIONS}"
+                "connections refused at max_connections_per_reactor ({})",
+                self.max_connections
             );
         }
     }
@@ -493,11 +495,11 @@ impl Reactor {
         loop {
             match self.listeners[l].0.accept() {
                 Ok((mut stream, peer)) => {
-                    if self.conns.held() >= MAX_CONNECTIONS {
+                    if self.conns.held() >= self.max_connections {
                         // Closed at once: a storm of idle connections cannot take every
                         // descriptor and buffer, and the ones already served go on.
                         if self.refused == 0 {
-                            warn!(reactor = self.id, %peer, "connection refused: {MAX_CONNECTIONS} connections on this reactor (more refusals are counted at close)");
+                            warn!(reactor = self.id, %peer, "connection refused: max_connections_per_reactor ({}) reached (more refusals are counted at stop)", self.max_connections);
                         }
                         self.refused += 1;
                         continue;

@@ -304,6 +304,7 @@ pub fn start(
                 ports: ports.keys().copied().collect(),
                 seed: seed ^ u64::from(q).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 isn_secret: [isn0, isn1],
+                max_connections: config.max_connections_per_reactor,
                 ..StackConfig::default()
             },
             &mut xsk,

@@ -730,3 +730,41 @@ fn forged_frames_cannot_redirect_a_hosts_answers() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
 }
+
+/// Connections beyond `max_connections_per_reactor` are turned away at once, and the ones
+/// being served go on.
+#[test]
+fn connections_beyond_the_limit_are_refused_and_the_others_go_on() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = std::env::temp_dir().join(format!("xdp-target-{}-limit.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!(
+            "reactors = 1\nmax_connections_per_reactor = 2\n[[subsystem]]\nnqn = \"{NQN}\"\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = {}\n",
+            4 * MIB
+        ),
+    )
+    .expect("write config");
+    // The readiness probe's connection counts until it is gone: give it a moment.
+    let t = serve(&pair, &cfg);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
+    pair.client
+        .run(move || {
+            let mut first = Client::connect(addr, false).expect("first connection");
+            let _second = Client::connect(addr, false).expect("second connection");
+            assert!(
+                Client::connect(addr, false).is_err(),
+                "a third connection was served"
+            );
+            let c = first
+                .fabrics_connect(0, 0xffff, NQN, HOST_NQN)
+                .expect("the first connection still answers");
+            assert!(c.cqe.status.is_success(), "{:?}", c.cqe);
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
