@@ -386,6 +386,32 @@ impl BlockRunner {
     }
 }
 
+impl Drop for BlockRunner {
+    /// The kernel may still be writing into the buffers of operations in flight (the
+    /// connections' slots, a Compare's scratch buffer) when a reactor ends, normally or by
+    /// a panic: wait for them before anything is freed. The reactors declare their
+    /// `BlockRunner` before their connections, so this runs first.
+    fn drop(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(ring) = &mut self.ring else { return };
+            if let Err(e) = ring.submit_and_wait(1) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Nothing more can be waited for: the scratch buffers it owns are leaked
+                // rather than freed under the kernel (the process is ending anyway).
+                tracing::error!(
+                    operations = self.pending.len(),
+                    "io_uring wait failed at reactor exit with operations in flight: {e}"
+                );
+                std::mem::forget(std::mem::take(&mut self.pending));
+                return;
+            }
+            drop(self.reap());
+        }
+    }
+}
+
 /// A connection's protocol engine.
 pub enum Engine {
     Nvme(Box<NvmeTcpQueue>),

@@ -406,10 +406,12 @@ struct Reactor {
     id: usize,
     poll: Poll,
     listeners: Vec<(TcpListener, Proto)>,
+    /// Block I/O. Declared before `conns`: dropped first, it waits for the operations
+    /// still writing into the connections' buffers (see `BlockRunner`'s `Drop`).
+    blocks: BlockRunner,
     /// Connections by token (token = listeners + index).
     conns: Conns<TcpStream>,
     shared: Arc<Shared>,
-    blocks: BlockRunner,
     started: Instant,
     buf: Vec<u8>,
     /// Connections held at most (`max_connections_per_reactor`).

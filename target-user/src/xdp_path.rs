@@ -350,9 +350,11 @@ struct XdpReactor {
     xsk: Xsk,
     stack: Stack,
     ports: HashMap<u16, Proto>,
+    /// Block I/O. Declared before `conns`: dropped first, it waits for the operations
+    /// still writing into the connections' buffers (see `BlockRunner`'s `Drop`).
+    blocks: BlockRunner,
     /// Connections; `link` is the stack's id for the connection.
     conns: Conns<ConnId>,
-    blocks: BlockRunner,
     shared: Arc<Shared>,
     started: Instant,
 }
