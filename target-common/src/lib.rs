@@ -22,6 +22,7 @@
 #![no_std]
 
 pub mod parse;
+pub mod rx;
 
 /// Names of the maps in the object file, as user space looks them up and pins them.
 pub mod map_names {

@@ -22,6 +22,8 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::ptr::NonNull;
 
+pub use target_common::rx::Flow;
+use target_common::rx::{Heard, flow_of, heard};
 use target_tcp::checksum;
 use target_tcp::phy::{self, DeviceCapabilities, Medium};
 use xdpilone::xdp::XdpDesc;
@@ -202,14 +204,6 @@ struct TxSide {
     stats: XskStats,
 }
 
-/// A TCP connection as its frames name it: the peer's address and port, and our port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Flow {
-    pub peer: IpAddr,
-    pub peer_port: u16,
-    pub port: u16,
-}
-
 /// The next hop (MAC) of each connection, learned from the SYN that opened it.
 ///
 /// Bounded, because SYNs are cheap to forge: beyond `NEIGHBOURS_MAX` connections an
@@ -268,85 +262,6 @@ impl Neighbours {
             }
         }
     }
-}
-
-/// What a received frame is, for the table and the stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Heard {
-    /// A SYN (without ACK) opening `Flow`, from this MAC.
-    Syn(Flow, [u8; 6]),
-    /// Another TCP segment to one of our addresses.
-    Segment,
-    /// Not an untagged IPv4/IPv6 TCP segment to one of our addresses: dropped here. (The
-    /// XDP program steers storage-port frames whatever their destination and tag.)
-    Foreign,
-}
-
-/// Classifies a received Ethernet frame, with the XDP program's own parser.
-fn heard(f: &[u8], locals: &[IpAddr]) -> Heard {
-    use target_common::parse::{ETH_P_IPV4, ETH_P_IPV6, parse};
-    let Some(ethertype) = f.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]])) else {
-        return Heard::Foreign;
-    };
-    let dst = match ethertype {
-        ETH_P_IPV4 => f
-            .get(ETH_HEADER + 16..ETH_HEADER + 20)
-            .and_then(|a| <[u8; 4]>::try_from(a).ok())
-            .map(IpAddr::from),
-        ETH_P_IPV6 => f
-            .get(ETH_HEADER + 24..ETH_HEADER + 40)
-            .and_then(|a| <[u8; 16]>::try_from(a).ok())
-            .map(IpAddr::from),
-        // 802.1Q/802.1ad: the stack's frames are untagged, so it could not answer.
-        _ => None,
-    };
-    let (Some(dst), Some(p)) = (dst, parse(f)) else {
-        return Heard::Foreign;
-    };
-    if !locals.contains(&dst) {
-        return Heard::Foreign;
-    }
-    let Some(tcp) = f.get(p.l4_offset..p.l4_offset + 14) else {
-        return Heard::Foreign;
-    };
-    let (syn, ack) = (tcp[13] & 0x02 != 0, tcp[13] & 0x10 != 0);
-    if !syn || ack {
-        return Heard::Segment;
-    }
-    let peer = match p.source {
-        target_common::parse::Source::V4(a) => IpAddr::from(a),
-        target_common::parse::Source::V6(a) => IpAddr::from(a),
-    };
-    let mac: [u8; 6] = f[6..12].try_into().expect("6 bytes of a parsed frame");
-    Heard::Syn(
-        Flow {
-            peer,
-            peer_port: u16::from_be_bytes([tcp[0], tcp[1]]),
-            port: p.dst_port,
-        },
-        mac,
-    )
-}
-
-/// The connection an IP packet the stack wrote belongs to (its destination), or `None`.
-fn flow_of(ip: &[u8]) -> Option<Flow> {
-    let (peer, tcp) = match ip.first().map(|b| b >> 4) {
-        Some(4) => {
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let a: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-            (IpAddr::from(a), ip.get(ihl..ihl + 4)?)
-        }
-        Some(6) => {
-            let a: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            (IpAddr::from(a), ip.get(40..44)?)
-        }
-        _ => return None,
-    };
-    Some(Flow {
-        peer,
-        peer_port: u16::from_be_bytes([tcp[2], tcp[3]]),
-        port: u16::from_be_bytes([tcp[0], tcp[1]]),
-    })
 }
 
 /// What the socket did, for the logs and the benchmark.
@@ -1105,58 +1020,6 @@ mod tests {
             peer_port: 40_000,
             port: 4420,
         }
-    }
-
-    /// An Ethernet/IPv4/TCP frame from `src` (MAC `mac`, port 40000) to `dst`:4420.
-    fn frame(mac: [u8; 6], src: IpAddr, dst: IpAddr, flags: u8, tag: bool) -> Vec<u8> {
-        let mut f = vec![0u8; 6];
-        f.extend_from_slice(&mac);
-        if tag {
-            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
-        }
-        let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-            unreachable!("IPv4 in these tests")
-        };
-        f.extend_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
-        f.extend_from_slice(&s.octets());
-        f.extend_from_slice(&d.octets());
-        f.extend_from_slice(&40_000u16.to_be_bytes());
-        f.extend_from_slice(&4420u16.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        f
-    }
-
-    #[test]
-    fn only_a_syn_to_one_of_our_addresses_teaches_its_connections_mac() {
-        let us = ip(100);
-        let other = ip(101);
-        let syn = frame([1; 6], ip(1), us, 0x02, false);
-        assert_eq!(heard(&syn, &[us]), Heard::Syn(flow(1), [1; 6]));
-        // Not for us, tagged, or not a SYN: nothing learned (the first two dropped).
-        assert_eq!(
-            heard(&frame([1; 6], ip(1), other, 0x02, false), &[us]),
-            Heard::Foreign
-        );
-        assert_eq!(
-            heard(&frame([1; 6], ip(1), us, 0x02, true), &[us]),
-            Heard::Foreign
-        );
-        assert_eq!(
-            heard(&frame([1; 6], ip(1), us, 0x12, false), &[us]),
-            Heard::Segment
-        );
-        assert_eq!(
-            heard(&frame([1; 6], ip(1), us, 0x10, false), &[us]),
-            Heard::Segment
-        );
-        assert_eq!(heard(&syn[..30], &[us]), Heard::Foreign, "truncated");
-        // The answer's flow is the SYN's, seen from the other side.
-        let answer = frame([0; 6], us, ip(1), 0x12, false);
-        let mut swapped = answer.clone();
-        swapped[34..36].copy_from_slice(&4420u16.to_be_bytes());
-        swapped[36..38].copy_from_slice(&40_000u16.to_be_bytes());
-        assert_eq!(flow_of(&swapped[ETH_HEADER..]), Some(flow(1)));
     }
 
     #[test]
