@@ -9,7 +9,6 @@ mod backend;
 mod bpffs;
 mod config;
 mod engine;
-mod perf;
 mod server;
 mod stats;
 mod xdp;
@@ -40,7 +39,7 @@ enum Command {
     /// Serve NVMe/TCP (and with --xdp, attach the XDP steering program) until SIGINT/SIGTERM.
     Serve(ServeArgs),
     /// Measure (and with --verify, check) an NVMe/TCP target, like spdk_nvme_perf.
-    Perf(perf::PerfArgs),
+    Perf(target_initiator::perf::PerfArgs),
     /// Print the XDP counters of a running `serve --xdp`.
     Stats {
         /// The interface the target serves.
@@ -93,7 +92,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Perf(args) => perf::run(&args).map_err(anyhow::Error::from),
+        Command::Perf(args) => target_initiator::perf::run(&args).map_err(anyhow::Error::from),
         Command::Stats { iface, json, watch } => {
             stats::run(&iface, json, watch).map_err(anyhow::Error::from)
         }

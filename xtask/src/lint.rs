@@ -24,6 +24,20 @@ const SANS_IO: &[(&str, &[&str])] = &[
     ("target-proto", &["target-wire"]),
 ];
 
+/// Crates that must build without the eBPF toolchain (the initiator runs on machines that
+/// only measure): what they may not reach, directly or not.
+const NO_EBPF: &[(&str, &[&str])] = &[(
+    "target-initiator",
+    &[
+        "aya",
+        "aya-obj",
+        "target-common",
+        "target-user",
+        "io-uring",
+        "xdpilone",
+    ],
+)];
+
 /// Workspace crates that no other workspace crate may depend on.
 const LEAVES: &[&str] = &["target-user", "xtask", "xdp-target-tests"];
 
@@ -110,6 +124,25 @@ fn str_of(v: &Value) -> Result<String> {
         .context("expected a string in cargo metadata")
 }
 
+/// Every normal dependency of `id`, direct or not, with the path that reaches it.
+fn reachable(g: &Graph, id: &str, name: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![(id.to_string(), name.to_string())];
+    while let Some((cur, path)) = stack.pop() {
+        for dep in &g.normal[&cur] {
+            if !seen.insert(dep.clone()) {
+                continue;
+            }
+            let dep_name = g.names[dep].clone();
+            let via = format!("{path} -> {dep_name}");
+            out.push((dep_name, via.clone()));
+            stack.push((dep.clone(), via));
+        }
+    }
+    out
+}
+
 fn check_layers(root: &Path) -> Result<()> {
     let g = load(root)?;
     let member_names: BTreeSet<&str> = g.members.iter().map(|id| g.names[id].as_str()).collect();
@@ -124,26 +157,24 @@ fn check_layers(root: &Path) -> Result<()> {
                 ));
             }
         }
+        if let Some((_, banned)) = NO_EBPF.iter().find(|(n, _)| *n == name) {
+            for (dep_name, via) in reachable(&g, id, name) {
+                if banned.contains(&dep_name.as_str()) {
+                    errors.push(format!("{name} must build without eBPF but reaches {via}"));
+                }
+            }
+        }
         let Some((_, allowed)) = SANS_IO.iter().find(|(n, _)| *n == name) else {
             continue;
         };
-        // Walk every normal dependency, direct or not, and say through which path.
-        let mut seen = BTreeSet::new();
-        let mut stack = vec![(id.clone(), name.to_string())];
-        while let Some((cur, path)) = stack.pop() {
-            for dep in &g.normal[&cur] {
-                if !seen.insert(dep.clone()) {
-                    continue;
-                }
-                let dep_name = g.names[dep].as_str();
-                let via = format!("{path} -> {dep_name}");
-                if IO_CRATES.contains(&dep_name) {
-                    errors.push(format!("{name} must stay sans-I/O but reaches {via}"));
-                }
-                if member_names.contains(dep_name) && !allowed.contains(&dep_name) {
-                    errors.push(format!("{name} may not depend on {dep_name} ({via})"));
-                }
-                stack.push((dep.clone(), via));
+        // Every normal dependency, direct or not, and through which path.
+        for (dep_name, via) in reachable(&g, id, name) {
+            let dep_name = dep_name.as_str();
+            if IO_CRATES.contains(&dep_name) {
+                errors.push(format!("{name} must stay sans-I/O but reaches {via}"));
+            }
+            if member_names.contains(dep_name) && !allowed.contains(&dep_name) {
+                errors.push(format!("{name} may not depend on {dep_name} ({via})"));
             }
         }
     }
