@@ -41,7 +41,8 @@ pub const PROGRAM_NAME: &str = "xdp_steer";
 
 /// How many distinct storage ports the program can match.
 pub const MAX_STORAGE_PORTS: u32 = 16;
-/// Counter slot for traffic that is not for a storage port (and anything unparsable).
+/// Counter slot for traffic that is not for a storage port, and for anything whose port
+/// the program cannot read (see [`parse::Class`]).
 pub const SLOT_OTHER: u32 = MAX_STORAGE_PORTS;
 /// Entries in `COUNTERS`: one per storage port plus [`SLOT_OTHER`].
 pub const COUNTER_SLOTS: u32 = MAX_STORAGE_PORTS + 1;
@@ -78,7 +79,10 @@ pub struct Settings {
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 4);
 
-/// Storage-port packets whose source is in neither `ACL_V4` nor `ACL_V6` are dropped.
+/// Storage-port packets whose source is in neither `ACL_V4` nor `ACL_V6` are dropped, and so
+/// are IP packets from such a source that may be TCP but whose TCP header the program
+/// cannot reach ([`parse::Class::Opaque`]: fragments, long IPv6 header chains), whatever
+/// their port.
 pub const SETTINGS_FLAG_ACL: u32 = 1;
 
 /// What the program did with a packet; the index into [`Counters`]' arrays.
@@ -91,7 +95,9 @@ pub enum Action {
     Passed = 1,
     /// A storage-port packet whose rx queue had no AF_XDP socket; it went to the kernel.
     RedirectFailed = 2,
-    /// A storage-port packet from a source outside the allow-list; dropped.
+    /// A packet from a source outside the allow-list; dropped. In a port's slot, a packet
+    /// for that storage port; in [`SLOT_OTHER`], one whose TCP header the program could not
+    /// reach ([`parse::Class::Opaque`]).
     DroppedAcl = 3,
 }
 

@@ -2,8 +2,15 @@
 //! queue, everything else goes to the kernel.
 //!
 //! It fails open: anything it cannot parse is `XDP_PASS`, so the kernel keeps ARP, SSH,
-//! ICMP, fragments and malformed frames. The only drop is the optional source allow-list,
-//! and it only ever applies to packets for a storage port.
+//! ICMP, UDP and malformed frames. The only drop is the optional source allow-list. It
+//! applies to packets for a storage port, and, a deliberate fail-closed exception, to IP
+//! packets that are or may be TCP but whose TCP header the program cannot reach (IPv4 TCP
+//! fragments, IPv6 fragments, extension-header chains too long to walk, truncated TCP
+//! headers; see `target_common::parse::Class::Opaque`): their port is unknown, and the
+//! kernel would reassemble or parse them and could hand them to a storage-port socket. So
+//! with the allow-list on, such traffic from outside the list is dropped on this interface
+//! whatever its port (counted as `dropped_acl` in the "other" slot); from inside the list,
+//! and with the list off, it passes as before.
 //!
 //! The object holds a second program, `xdp_fault`, a test tool that the end-to-end tests
 //! attach to the hops of a routed path to drop, cut or reorder frames (see its doc).
@@ -22,7 +29,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use target_common::fault::{self, FaultCounters, FaultSettings};
-use target_common::parse::{parse, Frame, Source};
+use target_common::parse::{classify, parse, Class, Frame, Source};
 use target_common::{
     Action, AclV4Addr, AclV6Addr, Counters, PortEntry, Settings, ACL_MAX_ENTRIES, COUNTER_SLOTS,
     MAX_QUEUES, MAX_STORAGE_PORTS, PORT_FLAG_STEER, SETTINGS_FLAG_ACL, SLOT_OTHER,
@@ -62,9 +69,17 @@ impl Frame for Packet<'_> {
 #[xdp(frags)]
 pub fn xdp_steer(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let Some(pkt) = parse(&Packet(&ctx)) else {
-        count(SLOT_OTHER, Action::Passed, len);
-        return xdp_action::XDP_PASS;
+    let pkt = match classify(&Packet(&ctx)) {
+        Class::Tcp(pkt) => pkt,
+        // Fail closed for this one case (see the module doc): the port is unknown.
+        Class::Opaque(source) if acl_enabled() && !source_allowed(&source) => {
+            count(SLOT_OTHER, Action::DroppedAcl, len);
+            return xdp_action::XDP_DROP;
+        }
+        Class::Opaque(_) | Class::Other => {
+            count(SLOT_OTHER, Action::Passed, len);
+            return xdp_action::XDP_PASS;
+        }
     };
     // SAFETY: the value is copied out at once; user space may replace it concurrently,
     // which at worst applies the old or the new entry to this one packet.

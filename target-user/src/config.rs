@@ -37,7 +37,8 @@
 //! ports = [4420, 8009, 3260]        # TCP ports the XDP program steers (default shown)
 //! mode = "auto"                     # auto (native, else skb) | native | skb
 //! steer = true                      # false: only count storage-port packets, pass them on
-//! allow_sources = ["10.0.0.0/8", "fd00::/8"]   # when set, other sources are dropped
+//! allow_sources = ["10.0.0.0/8", "fd00::/8"]   # when set, other sources are refused: by
+//!                                   # the XDP program and by the kernel-socket listeners
 //! ```
 //!
 //! Unknown keys are errors, so a typo cannot silently leave a setting at its default.
@@ -436,6 +437,47 @@ impl Prefix {
     }
 }
 
+impl Prefix {
+    /// Whether `ip` is inside this prefix. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+    /// what a dual-stack socket reports for an IPv4 peer) is the IPv4 address it maps, as
+    /// it was on the wire, where the XDP program matched it against the IPv4 prefixes.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(p) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(p) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The source allow-list (`xdp.allow_sources`) as the kernel-socket listeners apply it; the
+/// XDP program applies the same prefixes from its LPM tries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList(Vec<Prefix>);
+
+impl AllowList {
+    /// Whether the list is on (at least one prefix): off, every source is allowed.
+    pub fn is_on(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.0.is_empty() || self.0.iter().any(|p| p.contains(ip))
+    }
+
+    pub fn prefixes(&self) -> &[Prefix] {
+        &self.0
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
@@ -643,6 +685,10 @@ impl XdpConfig {
             .map(|s| Prefix::parse(s))
             .collect()
     }
+
+    pub fn allow_list(&self) -> Result<AllowList, ConfigError> {
+        self.prefixes().map(AllowList)
+    }
 }
 
 #[cfg(test)]
@@ -779,6 +825,46 @@ mod tests {
                 len: 128
             }
         );
+    }
+
+    #[test]
+    fn the_allow_list_matches_prefixes_and_mapped_ipv4_peers() {
+        let c = parse(
+            "[xdp]\nallow_sources = [\"10.1.0.0/16\", \"192.0.2.7\", \"fd00::/8\", \"0.0.0.0/0\"]\n",
+        )
+        .unwrap();
+        let all = c.xdp.allow_list().unwrap();
+        assert!(
+            all.is_on() && all.allows("198.51.100.1".parse().unwrap()),
+            "/0"
+        );
+        let c = parse("[xdp]\nallow_sources = [\"10.1.2.3/16\", \"192.0.2.7\", \"fd00::/8\"]\n")
+            .unwrap();
+        let list = c.xdp.allow_list().unwrap();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        for yes in [
+            "10.1.0.0",
+            "10.1.255.255",
+            "192.0.2.7",
+            "fd12::1",
+            "::ffff:10.1.9.9",
+            "::ffff:192.0.2.7",
+        ] {
+            assert!(list.allows(ip(yes)), "{yes}");
+        }
+        for no in [
+            "10.2.0.1",
+            "192.0.2.8",
+            "fe80::1",
+            "::ffff:10.2.0.1",
+            // An IPv4-compatible or NAT64 address is an IPv6 address, not an IPv4 one.
+            "::10.1.0.1",
+            "64:ff9b::10.1.0.1",
+        ] {
+            assert!(!list.allows(ip(no)), "{no}");
+        }
+        let off = parse("").unwrap().xdp.allow_list().unwrap();
+        assert!(!off.is_on() && off.allows(ip("203.0.113.1")));
     }
 
     #[test]

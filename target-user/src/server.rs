@@ -7,6 +7,10 @@
 //! path; the NVMe controller registry and the iSCSI session registry (mutexes) are touched
 //! only at Connect/login, CC.EN and teardown. Both protocols share the namespaces: an iSCSI
 //! LUN and an NVMe namespace can be the same backend.
+//!
+//! With `xdp.allow_sources` set, a connection from outside the list is closed as soon as it
+//! is accepted, on every listener and whatever interface it came in on: the XDP program
+//! applies the list only on the interface it is attached to.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -28,7 +32,7 @@ use target_proto::scsi::{LunConfig, ScsiTarget};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, FileBackend, FileBackendError, MemoryBackend};
-use crate::config::{BackendKind, ChapCredentials, Config};
+use crate::config::{AllowList, BackendKind, ChapCredentials, Config};
 pub use crate::engine::Proto;
 use crate::engine::{BlockRunner, Conns, Shared};
 
@@ -55,6 +59,8 @@ pub enum ServeError {
     Uring(io::Error),
     #[error("AF_XDP is required (xdp.require_afxdp) but unusable: {0}")]
     AfXdp(crate::xdp_path::AfXdpError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Token of the reactor's io_uring in its epoll set.
@@ -339,6 +345,17 @@ pub fn start(
     xdp: Option<&mut crate::xdp::Steering>,
 ) -> Result<Server, ServeError> {
     let shared = Arc::new(shared(config)?);
+    // The XDP program drops other sources on the interface it is attached to; the
+    // listeners serve every interface, so they apply the same list themselves.
+    let allow = Arc::new(config.xdp.allow_list()?);
+    if allow.is_on() {
+        let list: Vec<String> = allow
+            .prefixes()
+            .iter()
+            .map(|p| format!("{}/{}", p.addr, p.len))
+            .collect();
+        info!("source allow-list on: kernel-socket connections from outside {list:?} are closed");
+    }
     let all = listen_addrs(config);
     let n = reactor_count(config);
     let stop = Arc::new(AtomicBool::new(false));
@@ -376,6 +393,8 @@ pub fn start(
             buf: vec![0u8; READ_CHUNK],
             max_connections: config.max_connections_per_reactor,
             refused: 0,
+            allow: Arc::clone(&allow),
+            denied: 0,
         };
         let stop = Arc::clone(&stop);
         let t = std::thread::Builder::new()
@@ -418,6 +437,10 @@ struct Reactor {
     max_connections: usize,
     /// Connections refused at that limit.
     refused: u64,
+    /// `xdp.allow_sources`, checked at accept.
+    allow: Arc<AllowList>,
+    /// Connections refused because their source is outside `allow`.
+    denied: u64,
 }
 
 impl Reactor {
@@ -491,12 +514,28 @@ impl Reactor {
                 self.max_connections
             );
         }
+        if self.denied > 0 {
+            warn!(
+                reactor = self.id,
+                refused = self.denied,
+                "connections refused from sources outside xdp.allow_sources"
+            );
+        }
     }
 
     fn accept(&mut self, l: usize) {
         loop {
             match self.listeners[l].0.accept() {
                 Ok((mut stream, peer)) => {
+                    if !self.allow.allows(peer.ip()) {
+                        // Closed at once (the stream drops), whatever interface it came
+                        // in on: the XDP program guards only its own.
+                        if self.denied == 0 {
+                            warn!(reactor = self.id, %peer, "connection refused: source not in xdp.allow_sources (more refusals are counted at close)");
+                        }
+                        self.denied += 1;
+                        continue;
+                    }
                     if self.conns.held() >= self.max_connections {
                         // Closed at once: a storm of idle connections cannot take every
                         // descriptor and buffer, and the ones already served go on.

@@ -237,7 +237,9 @@ fn describe_acl(prefixes: &[Prefix]) {
             .iter()
             .map(|p| format!("{}/{}", p.addr, p.len))
             .collect();
-        info!("source allow-list on: storage-port packets from outside {list:?} are dropped");
+        info!(
+            "source allow-list on: storage-port packets from outside {list:?} are dropped, as are IP packets from there whose TCP header the program cannot read (fragments, long IPv6 header chains), whatever their port"
+        );
     }
 }
 

@@ -11,6 +11,7 @@ use crate::netns::Netns;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_TCP: u8 = 6;
 
 /// A raw AF_PACKET socket bound to an interface, for sending frames as they are.
@@ -110,6 +111,25 @@ pub fn ethernet_vlan(
     inner.extend_from_slice(&ethertype.to_be_bytes());
     inner.extend_from_slice(payload);
     ethernet(dst, src, ETH_P_8021Q, &inner)
+}
+
+/// Ethernet with two tags (QinQ): an 802.1ad service tag (VLAN `outer`), then an 802.1Q
+/// customer tag (VLAN `inner`) in front of `ethertype`.
+pub fn ethernet_qinq(
+    dst: [u8; 6],
+    src: [u8; 6],
+    outer: u16,
+    inner: u16,
+    ethertype: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut tags = Vec::with_capacity(8 + payload.len());
+    tags.extend_from_slice(&(outer & 0x0fff).to_be_bytes());
+    tags.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+    tags.extend_from_slice(&(inner & 0x0fff).to_be_bytes());
+    tags.extend_from_slice(&ethertype.to_be_bytes());
+    tags.extend_from_slice(payload);
+    ethernet(dst, src, ETH_P_8021AD, &tags)
 }
 
 fn checksum(data: &[u8]) -> u16 {

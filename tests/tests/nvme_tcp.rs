@@ -13,7 +13,7 @@ use target_wire::nvme_tcp::{Fes, TermReqRepr};
 use xdp_target_tests::netns::VethPair;
 use xdp_target_tests::nvme::{Client, HOST_NQN, pattern};
 use xdp_target_tests::require_netns;
-use xdp_target_tests::target::Target;
+use xdp_target_tests::target::{Target, xdp_path};
 
 const NQN: &str = "nqn.2026-11.dev.xdp-target:e2e";
 const MIB: u64 = 1 << 20;
@@ -261,6 +261,73 @@ fn hosts_off_the_allow_list_and_unknown_subsystems_are_refused() {
         .expect("namespace thread");
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn sources_off_the_allow_list_cannot_connect() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    // The client's IPv4 address is on the list, its IPv6 address (fd99::2) is not. One
+    // reactor, so the one warning (the first refusal of each reactor) is exact.
+    let path = std::env::temp_dir().join(format!("xdp-target-{}-sources.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "reactors = 1\n[nvme]\nlisten = [\"0.0.0.0:4420\", \"[::]:4420\"]\n\
+             [xdp]\nallow_sources = [\"10.99.0.2/32\", \"fd98::/16\"]\n\
+             [[subsystem]]\nnqn = \"{NQN}\"\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = {}\nblock_size = 512\n",
+            4 * MIB
+        ),
+    )
+    .expect("config");
+    let t = serve(&pair, &path);
+    let denied = SocketAddr::new(IpAddr::V6(pair.target_addr6), 4420);
+    let allowed = IpAddr::V4(pair.target_addr);
+    let xdp = xdp_path();
+    pair.client
+        .run(move || {
+            assert!(
+                Client::connect(denied, false).is_err(),
+                "a source off the list must not get an ICResp"
+            );
+            if !xdp {
+                // Kernel sockets: the kernel completes the handshake, the target closes
+                // the connection before reading anything. (On the XDP path the program
+                // drops the SYN.)
+                let mut s = TcpStream::connect(denied).expect("the kernel accepts");
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .expect("timeout");
+                match std::io::Read::read(&mut s, &mut [0u8; 8]) {
+                    Ok(0) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                    other => panic!("expected the target to close the connection: {other:?}"),
+                }
+            }
+            // A source on the list is served.
+            let (mut a, _) = admin(allowed, false);
+            let id = a
+                .admin(
+                    AdminOpcode::Identify,
+                    0,
+                    u32::from(u8::from(Cns::Controller)),
+                    0,
+                    4096,
+                )
+                .expect("id-ctrl");
+            assert!(id.cqe.status.is_success());
+        })
+        .expect("namespace thread");
+    if !xdp {
+        let log = t.log_text();
+        assert_eq!(
+            log.matches("not in xdp.allow_sources").count(),
+            1,
+            "one warning for the refusals, the rest counted:\n{log}"
+        );
+    }
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(path);
 }
 
 #[test]

@@ -373,6 +373,136 @@ fn the_allow_list_drops_other_sources_on_storage_ports_only() {
     stop_and_check_cleanup(t, &pair);
 }
 
+/// Frames whose TCP header the program cannot reach, from the pair's client addresses to
+/// the target's NVMe/TCP port: IPv4 fragments (the first, with the whole SYN, and a later
+/// one), an IPv6 fragment, an IPv6 chain one extension header longer than the program
+/// walks, a QinQ IPv4 fragment. Each would reach the kernel's listener after reassembly or
+/// through the kernel's own parsing.
+fn unreachable_tcp_frames(pair: &VethPair, dst: [u8; 6], src: [u8; 6]) -> Vec<Vec<u8>> {
+    let (s4, d4, s6, d6) = (
+        pair.client_addr,
+        pair.target_addr,
+        pair.client_addr6,
+        pair.target_addr6,
+    );
+    let syn = frames::tcp_syn(40000, NVME);
+    let eth4 = |p: &[u8]| frames::ethernet(dst, src, frames::ETH_P_IPV4, p);
+    let eth6 = |p: &[u8]| frames::ethernet(dst, src, frames::ETH_P_IPV6, p);
+    let mut frag6 = vec![IPPROTO_TCP, 0, 0, 0, 0, 0, 0, 1]; // offset 0, more fragments
+    frag6.extend_from_slice(&syn);
+    let mut deep_ext = Vec::new();
+    for i in 0..7 {
+        let next = if i == 6 { IPPROTO_TCP } else { 60 };
+        deep_ext.extend_from_slice(&frames::ipv6_ext(next));
+    }
+    deep_ext.extend_from_slice(&syn);
+    let first_fragment = frames::ipv4(s4, d4, IPPROTO_TCP, 0x2000, &[], &syn);
+    vec![
+        eth4(&first_fragment),
+        eth4(&frames::ipv4(s4, d4, IPPROTO_TCP, 0x0003, &[], &syn[8..])),
+        eth6(&frames::ipv6(s6, d6, 44, &frag6)),
+        eth6(&frames::ipv6(s6, d6, 60, &deep_ext)),
+        frames::ethernet_qinq(dst, src, 5, 7, frames::ETH_P_IPV4, &first_fragment),
+    ]
+}
+
+#[test]
+fn with_the_allow_list_on_fragments_and_qinq_from_other_sources_are_dropped() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let raw = RawSender::open(&pair.client, &pair.client_if).expect("AF_PACKET");
+    let dst = frames::mac_of(&pair.target, &pair.target_if).expect("mac");
+    let src = frames::mac_of(&pair.client, &pair.client_if).expect("mac");
+    let opaque = unreachable_tcp_frames(&pair, dst, src);
+    // A QinQ SYN: the program reads through both tags and finds the storage port.
+    let qinq_syn = frames::ethernet_qinq(
+        dst,
+        src,
+        5,
+        7,
+        frames::ETH_P_IPV4,
+        &frames::ipv4(
+            pair.client_addr,
+            pair.target_addr,
+            IPPROTO_TCP,
+            0,
+            &[],
+            &frames::tcp_syn(40001, NVME),
+        ),
+    );
+    // Not TCP, so not subject to the list even though the program cannot see a port: a UDP
+    // fragment to the same address.
+    let udp_fragment = frames::ethernet(
+        dst,
+        src,
+        frames::ETH_P_IPV4,
+        &frames::ipv4(
+            pair.client_addr,
+            pair.target_addr,
+            17,
+            0x2000,
+            &[],
+            &[0u8; 16],
+        ),
+    );
+    let send_all = || {
+        for f in opaque.iter().chain([&qinq_syn, &udp_fragment]) {
+            raw.send(f).expect("send");
+        }
+    };
+
+    // The client's addresses are outside the list: everything TCP is dropped.
+    let args = [
+        "--allow-source",
+        "10.98.0.0/16",
+        "--allow-source",
+        "fd98::/16",
+    ];
+    let t = Target::serve_xdp(&pair.target, &pair.target_if, &args).expect("serve");
+    let before = stats_json(&pair.target_if).expect("stats");
+    send_all();
+    let stats = stats_json(&pair.target_if).expect("stats");
+    assert_eq!(
+        other_stat(&stats, "dropped_acl"),
+        opaque.len() as u64,
+        "frames without a reachable TCP header, from outside the list: {stats}"
+    );
+    assert_eq!(
+        port_stat(&stats, NVME, "packets", "dropped_acl"),
+        1,
+        "the QinQ SYN, by its port: {stats}"
+    );
+    assert!(
+        other_stat(&stats, "passed") > other_stat(&before, "passed"),
+        "the UDP fragment passes: {stats}"
+    );
+    stop_and_check_cleanup(t, &pair);
+
+    // With the client's addresses on the list, the same frames go to the kernel as before.
+    let args = [
+        "--allow-source",
+        "10.99.0.2",
+        "--allow-source",
+        "fd99::2/128",
+    ];
+    let t = Target::serve_xdp(&pair.target, &pair.target_if, &args).expect("serve");
+    let before = stats_json(&pair.target_if).expect("stats");
+    send_all();
+    let stats = stats_json(&pair.target_if).expect("stats");
+    assert_eq!(other_stat(&stats, "dropped_acl"), 0, "{stats}");
+    assert!(
+        other_stat(&stats, "passed") - other_stat(&before, "passed") > opaque.len() as u64,
+        "the frames without a TCP header and the UDP fragment: {stats}"
+    );
+    assert_eq!(port_stat(&stats, NVME, "packets", "dropped_acl"), 0);
+    assert_eq!(
+        port_stat(&stats, NVME, "packets", "redirect_failed"),
+        1,
+        "the QinQ SYN is steered (no AF_XDP socket, so it falls back): {stats}"
+    );
+    stop_and_check_cleanup(t, &pair);
+}
+
 #[test]
 fn malformed_and_unusual_frames_pass_without_harm() {
     require_netns!();
