@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use target_common::fault::{self, FaultCounters, FaultSettings};
-use target_common::parse::{classify, parse, Class, Frame, Source};
+use target_common::parse::{classify, is_vlan, parse, Class, Frame, Source};
 use target_common::{
     Action, AclV4Addr, AclV6Addr, Counters, PortEntry, Settings, ACL_MAX_ENTRIES, COUNTER_SLOTS,
     MAX_QUEUES, MAX_STORAGE_PORTS, PORT_FLAG_STEER, SETTINGS_FLAG_ACL, SLOT_OTHER,
@@ -92,7 +92,10 @@ pub fn xdp_steer(ctx: XdpContext) -> u32 {
         count(slot, Action::DroppedAcl, len);
         return xdp_action::XDP_DROP;
     }
-    if entry.flags & PORT_FLAG_STEER == 0 {
+    // The AF_XDP path's frames are untagged, so it could not answer a tagged one: those go
+    // to the kernel (after the allow-list above), whose VLAN devices and listeners serve
+    // them over sockets.
+    if entry.flags & PORT_FLAG_STEER == 0 || tagged(&ctx) {
         count(slot, Action::Passed, len);
         return xdp_action::XDP_PASS;
     }
@@ -121,6 +124,14 @@ fn count(slot: u32, action: Action, len: u64) {
             (*c).bytes[i] += len;
         }
     }
+}
+
+/// Whether the frame carries an 802.1Q or 802.1ad tag.
+#[inline(always)]
+fn tagged(ctx: &XdpContext) -> bool {
+    Packet(ctx)
+        .read::<2>(12)
+        .is_some_and(|t| is_vlan(u16::from_be_bytes(t)))
 }
 
 #[inline(always)]
