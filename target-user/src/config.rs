@@ -366,7 +366,7 @@ pub struct XdpConfig {
     /// `software`, or `kernel` (copy mode: the kernel computes what the device would; for
     /// tests).
     #[serde(default)]
-    pub tx_checksum: crate::afxdp::TxChecksum,
+    pub tx_checksum: crate::transport::xdp::xsk::TxChecksum,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -405,7 +405,7 @@ impl Default for XdpConfig {
             require_afxdp: false,
             umem_frames: default_umem_frames(),
             ring_size: default_ring_size(),
-            tx_checksum: crate::afxdp::TxChecksum::Offload,
+            tx_checksum: crate::transport::xdp::xsk::TxChecksum::Offload,
         }
     }
 }

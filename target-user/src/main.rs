@@ -4,15 +4,11 @@
 //! XDP steering program with its eBPF-map counters (`serve --xdp`, `stats`). iSCSI, file
 //! backends and the AF_XDP data path are listed as not done in the README.
 
-mod afxdp;
 mod backend;
-mod bpffs;
 mod config;
-mod engine;
-mod server;
-mod stats;
-mod xdp;
-mod xdp_path;
+mod reactor;
+mod serve;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,7 +67,7 @@ struct ServeArgs {
     require_afxdp: bool,
     /// Who computes the TCP checksums the XDP path sends (overrides xdp.tx_checksum).
     #[arg(long, value_enum)]
-    tx_checksum: Option<afxdp::TxChecksum>,
+    tx_checksum: Option<transport::xdp::xsk::TxChecksum>,
     /// Only count storage-port packets and pass them to the kernel (sets xdp.steer = false).
     #[arg(long)]
     count_only: bool,
@@ -94,7 +90,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Perf(args) => target_initiator::perf::run(&args).map_err(anyhow::Error::from),
         Command::Stats { iface, json, watch } => {
-            stats::run(&iface, json, watch).map_err(anyhow::Error::from)
+            transport::xdp::stats::run(&iface, json, watch).map_err(anyhow::Error::from)
         }
     };
     match result {
@@ -106,8 +102,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn attach_xdp(iface: &str, config: &Config) -> anyhow::Result<xdp::Steering> {
-    let steering = xdp::Steering::attach(iface, &config.xdp)?;
+fn attach_xdp(iface: &str, config: &Config) -> anyhow::Result<transport::xdp::steering::Steering> {
+    let steering = transport::xdp::steering::Steering::attach(iface, &config.xdp)?;
     info!(
         iface,
         mode = steering.mode(),
@@ -159,7 +155,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = if config.nvme.listen.is_empty() && config.iscsi.listen.is_empty() {
         None
     } else {
-        Some(server::start(&config, steering.as_mut())?)
+        Some(serve::start(&config, steering.as_mut())?)
     };
     for s in &config.subsystems {
         for n in &s.namespaces {
@@ -176,7 +172,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.stop();
     }
     drop(steering);
-    if engine::REACTOR_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+    if reactor::REACTOR_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!("a reactor failed (see the error above); the target stopped");
     }
     Ok(())

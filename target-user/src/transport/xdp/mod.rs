@@ -6,6 +6,11 @@
 //! storage port. The kernel's listening sockets stay open too, so storage traffic arriving
 //! on other interfaces (or on queues without a socket) is still served by the socket path.
 
+pub mod bpffs;
+pub mod stats;
+pub mod steering;
+pub mod xsk;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,11 +21,12 @@ use std::time::{Duration, Instant};
 use target_tcp::{ConnId, ConnState, Stack, StackConfig};
 use tracing::{debug, error, info};
 
-use crate::afxdp::{BindMode, Xsk, XskError, XskSizes};
 use crate::config::{Config, ZeroCopy};
-use crate::engine::{BlockRunner, Conns, Proto, Shared};
-use crate::server::{TICK, listen_addrs};
-use crate::xdp::Steering;
+use crate::reactor::engine::{Proto, Shared};
+use crate::reactor::{Conn, Conns, Core, Link, TICK, reactor_thread};
+use crate::serve::listen_addrs;
+use steering::Steering;
+use xsk::{BindMode, Xsk, XskError, XskSizes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AfXdpError {
@@ -67,7 +73,7 @@ pub enum AfXdpError {
 /// Three words from the kernel's random pool: the stacks' seed and their ISN secret.
 fn random_words() -> std::io::Result<[u64; 3]> {
     let mut b = [0u8; 24];
-    crate::engine::fill_random(&mut b)?;
+    crate::reactor::fill_random(&mut b)?;
     let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
     Ok([w(0), w(1), w(2)])
 }
@@ -322,40 +328,64 @@ pub fn start(
             ports = ?ports,
             "AF_XDP socket bound: the user-space TCP/IP stack serves the storage ports on this queue"
         );
+        let name = format!("xdp-q{q}");
         let reactor = XdpReactor {
             queue: q,
-            xsk,
-            stack,
+            core: Core {
+                name: name.clone(),
+                via: " (AF_XDP)",
+                blocks: shared.block_runner().map_err(AfXdpError::Thread)?,
+                conns: Conns::new(),
+                shared: Arc::clone(shared),
+            },
+            io: UserStack { xsk, stack },
             ports: ports.clone(),
-            conns: Conns::new(),
-            blocks: shared.block_runner().map_err(AfXdpError::Thread)?,
-            shared: Arc::clone(shared),
             started: Instant::now(),
         };
         let stop = Arc::clone(stop);
         threads.push(
             std::thread::Builder::new()
-                .name(format!("xdp-q{q}"))
-                .spawn(move || {
-                    crate::engine::reactor_thread(&format!("xdp-q{q}"), || reactor.run(&stop));
-                })
+                .name(name.clone())
+                .spawn(move || reactor_thread(&name, || reactor.run(&stop)))
                 .map_err(AfXdpError::Thread)?,
         );
     }
     Ok(threads)
 }
 
-struct XdpReactor {
-    queue: u32,
+/// The user-space half of an AF_XDP reactor: the socket and the TCP/IP stack over it.
+struct UserStack {
     xsk: Xsk,
     stack: Stack,
-    ports: HashMap<u16, Proto>,
-    /// Block I/O. Declared before `conns`: dropped first, it waits for the operations
-    /// still writing into the connections' buffers (see `BlockRunner`'s `Drop`).
-    blocks: BlockRunner,
+}
+
+impl Link for UserStack {
+    type Handle = ConnId;
+
+    /// Queues what the engine has to send into the connection's TCP send buffer (the
+    /// segments leave on the next poll); what does not fit waits in the engine.
+    fn send(&mut self, c: &mut Conn<ConnId>) -> bool {
+        while !c.q.output().is_empty() {
+            let n = self.stack.send(c.link, c.q.output());
+            if n == 0 {
+                break;
+            }
+            c.q.consume_output(n);
+        }
+        self.stack.state(c.link) != ConnState::Closed
+    }
+
+    fn release(&mut self, c: &mut Conn<ConnId>, graceful: bool) {
+        self.stack.release(c.link, graceful);
+    }
+}
+
+struct XdpReactor {
+    queue: u32,
     /// Connections; `link` is the stack's id for the connection.
-    conns: Conns<ConnId>,
-    shared: Arc<Shared>,
+    core: Core<ConnId>,
+    io: UserStack,
+    ports: HashMap<u16, Proto>,
     started: Instant,
 }
 
@@ -369,37 +399,45 @@ impl XdpReactor {
         let mut last_work = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let now = self.now_us();
-            let mut work = self.xsk.pull() > 0;
+            let mut work = self.io.xsk.pull() > 0;
             self.settle_contested();
             // Ingress only: the ACKs of what arrived wait for the answers below.
-            work |= self.stack.poll_ingress(now, &mut self.xsk);
-            while let Some(a) = self.stack.accept() {
+            work |= self.io.stack.poll_ingress(now, &mut self.io.xsk);
+            while let Some(a) = self.io.stack.accept() {
                 self.accept(a);
                 work = true;
             }
-            for i in 0..self.conns.len() {
-                work |= self.guarded(i, |r| r.service(i)).unwrap_or(true);
+            for i in 0..self.core.conns.len() {
+                work |= self.service(i);
             }
-            work |= self.reap();
-            self.blocks.submit();
-            self.stack.poll(now, &mut self.xsk);
-            self.xsk.flush();
+            let progressed = self.core.reap(&mut self.io);
+            work |= !progressed.is_empty();
+            for i in progressed {
+                self.core.send(&mut self.io, i);
+            }
+            self.core.blocks.submit();
+            self.io.stack.poll(now, &mut self.io.xsk);
+            self.io.xsk.flush();
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
-                self.tick();
+                let now_ms = self.now_us() / 1000;
+                for i in self.core.tick(&mut self.io, now_ms) {
+                    self.core.send(&mut self.io, i);
+                }
             }
-            if work || self.xsk.busy() {
+            if work || self.io.xsk.busy() {
                 last_work = Instant::now();
-            } else if last_work.elapsed() >= self.shared.busy_poll {
+            } else if last_work.elapsed() >= self.core.shared.busy_poll {
                 self.sleep();
             }
         }
-        for i in 0..self.conns.len() {
-            self.close(i, "the target is stopping", false);
+        for i in 0..self.core.conns.len() {
+            self.core
+                .close(&mut self.io, i, "the target is stopping", false);
         }
-        self.stack.poll(self.now_us(), &mut self.xsk);
-        self.xsk.flush();
-        let s = self.xsk.stats();
+        self.io.stack.poll(self.now_us(), &mut self.io.xsk);
+        self.io.xsk.flush();
+        let s = self.io.xsk.stats();
         info!(
             queue = self.queue,
             rx = s.rx_packets,
@@ -411,7 +449,7 @@ impl XdpReactor {
             rx_too_long = s.rx_too_long,
             rx_foreign = s.rx_foreign,
             wakeups = s.wakeups,
-            kernel = ?self.xsk.kernel_stats(),
+            kernel = ?self.io.xsk.kernel_stats(),
             "AF_XDP reactor stopped"
         );
     }
@@ -420,12 +458,12 @@ impl XdpReactor {
     /// stack holds no live connection on that four-tuple (a peer whose next hop changed
     /// between two connections); a forged SYN for a live connection changes nothing.
     fn settle_contested(&mut self) {
-        for (flow, mac) in self.xsk.take_contested() {
+        for (flow, mac) in self.io.xsk.take_contested() {
             let peer = std::net::SocketAddr::new(flow.peer, flow.peer_port);
-            if self.stack.holds(peer, flow.port) {
+            if self.io.stack.holds(peer, flow.port) {
                 debug!(queue = self.queue, %peer, "a SYN for a live connection from another MAC: ignored");
             } else {
-                self.xsk.relearn(flow, mac);
+                self.io.xsk.relearn(flow, mac);
             }
         }
     }
@@ -433,16 +471,17 @@ impl XdpReactor {
     /// Sleeps until a frame arrives, an I/O completes, a TCP timer is due or the tick.
     fn sleep(&mut self) {
         let delay = self
+            .io
             .stack
             .poll_delay(self.now_us())
             .map_or(TICK, Duration::from_micros)
             .min(TICK);
         let mut fds = vec![libc::pollfd {
-            fd: self.xsk.fd(),
+            fd: self.io.xsk.fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
-        if let Some(fd) = self.blocks.ring_fd() {
+        if let Some(fd) = self.core.blocks.ring_fd() {
             fds.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -456,47 +495,68 @@ impl XdpReactor {
 
     fn accept(&mut self, a: target_tcp::Accepted) {
         let Some(&proto) = self.ports.get(&a.local.port()) else {
-            self.stack.release(a.id, false);
+            self.io.stack.release(a.id, false);
             return;
         };
-        let q = match self.shared.engine(proto, Some(a.local.ip())) {
+        let q = match self.core.shared.engine(proto, Some(a.local.ip())) {
             Ok(q) => q,
             Err(e) => {
                 error!(peer = %a.remote, "connection refused: no random bytes for its CHAP challenge: {e}");
-                self.stack.release(a.id, false);
+                self.io.stack.release(a.id, false);
                 return;
             }
         };
-        self.conns.insert(a.id, a.remote, q);
+        self.core.conns.insert(a.id, a.remote, q);
         debug!(queue = self.queue, peer = %a.remote, ?proto, "connection accepted (AF_XDP)");
     }
 
-    /// Moves bytes between connection `i`'s stream and its engine; true if anything moved.
+    /// [`Self::moves`] under a guard: a panic (a bug) ends connection `i` only.
     fn service(&mut self, i: usize) -> bool {
+        match crate::reactor::catch(|| self.moves(i)) {
+            Ok(moved) => moved,
+            Err(why) => {
+                self.core.failed(&mut self.io, i, &why);
+                true
+            }
+        }
+    }
+
+    /// Moves bytes between connection `i`'s stream and its engine; true if anything moved.
+    fn moves(&mut self, i: usize) -> bool {
         let now_ms = self.now_us() / 1000;
-        let Some(c) = self.conns.live(i) else {
+        let core = &mut self.core;
+        let Some(c) = core.conns.live(i) else {
             return false;
         };
-        let registry = &self.shared.registry;
+        let registry = &core.shared.registry;
         // What the engine leaves (its output is full) stays in the stack's receive
         // buffer, so the host's window closes until the output drains.
         let got = self
+            .io
             .stack
             .recv(c.link, |b| c.q.receive(b, registry, now_ms));
         if got > 0 {
             c.q.log_events(c.peer);
-            self.conns.run_io(i, &mut self.blocks);
+            core.conns.run_io(i, &mut core.blocks);
         }
-        let sent = self.push_output(i);
-        let Some(c) = self.conns.live(i) else {
+        let Some(c) = core.conns.live(i) else {
             return got > 0;
         };
-        match self.stack.state(c.link) {
-            ConnState::Closed => self.close(i, "the connection was reset or timed out", false),
+        let before = c.q.output().len();
+        self.io.send(c);
+        let sent = before - c.q.output().len();
+        match self.io.stack.state(c.link) {
+            ConnState::Closed => core.close(
+                &mut self.io,
+                i,
+                "the connection was reset or timed out",
+                false,
+            ),
             ConnState::PeerClosed if c.q.output().is_empty() => {
-                self.close(i, "the host closed the connection", true);
+                core.close(&mut self.io, i, "the host closed the connection", true);
             }
-            _ if c.q.closing() && c.q.output().is_empty() => self.close(
+            _ if c.q.closing() && c.q.output().is_empty() => core.close(
+                &mut self.io,
                 i,
                 "the protocol ended it (disconnect, logout, keep-alive expiry or protocol error)",
                 true,
@@ -504,92 +564,6 @@ impl XdpReactor {
             _ => {}
         }
         got > 0 || sent > 0
-    }
-
-    /// Queues what the engine has to send into the connection's TCP send buffer.
-    fn push_output(&mut self, i: usize) -> usize {
-        let Some(c) = self.conns.live(i) else {
-            return 0;
-        };
-        let mut total = 0;
-        while !c.q.output().is_empty() {
-            let n = self.stack.send(c.link, c.q.output());
-            if n == 0 {
-                break;
-            }
-            c.q.consume_output(n);
-            total += n;
-        }
-        total
-    }
-
-    /// Completes the io_uring operations that finished and queues what they produced.
-    fn reap(&mut self) -> bool {
-        let mut failed = Vec::new();
-        let progressed = self.conns.complete_io(&mut self.blocks, &mut failed);
-        for (i, why) in failed {
-            self.failed(i, &why);
-        }
-        for &i in &progressed {
-            self.push_output(i);
-        }
-        !progressed.is_empty()
-    }
-
-    /// Runs `f` for connection `i`; a panic (a bug) ends that connection only.
-    fn guarded<R>(&mut self, i: usize, f: impl FnOnce(&mut Self) -> R) -> Option<R> {
-        match crate::engine::catch(|| f(self)) {
-            Ok(r) => Some(r),
-            Err(why) => {
-                self.failed(i, &why);
-                None
-            }
-        }
-    }
-
-    fn failed(&mut self, i: usize, why: &str) {
-        error!(
-            queue = self.queue,
-            "internal error on a connection (a bug), closing it: {why}"
-        );
-        self.close(i, "internal error", false);
-    }
-
-    fn tick(&mut self) {
-        let now_ms = self.now_us() / 1000;
-        for i in 0..self.conns.len() {
-            self.guarded(i, |r| r.tick_one(i, now_ms));
-        }
-    }
-
-    fn tick_one(&mut self, i: usize, now_ms: u64) {
-        let Some(c) = self.conns.live(i) else {
-            return;
-        };
-        let r = c.q.tick(now_ms, &self.shared.registry);
-        c.q.log_events(c.peer);
-        if let Err(why) = r {
-            self.close(i, why, true);
-        } else {
-            self.push_output(i);
-        }
-    }
-
-    fn close(&mut self, i: usize, why: &str, graceful: bool) {
-        let Some(c) = self.conns.live(i) else {
-            return;
-        };
-        let registry = &self.shared.registry;
-        if let Err(why) = crate::engine::catch(|| c.q.teardown(registry)) {
-            error!(
-                queue = self.queue,
-                "tearing a connection down failed (a bug): {why}"
-            );
-        }
-        self.stack.release(c.link, graceful);
-        info!(queue = self.queue, peer = %c.peer, engine = c.q.describe(), "connection closed (AF_XDP): {why}");
-        c.dead = true;
-        self.conns.release(i);
     }
 }
 

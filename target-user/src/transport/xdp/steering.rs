@@ -19,7 +19,7 @@ use target_common::{
 };
 use tracing::{info, warn};
 
-use crate::bpffs;
+use super::bpffs;
 use crate::config::{Prefix, XdpConfig, XdpMode};
 
 /// The object built from target-ebpf (see build.rs).

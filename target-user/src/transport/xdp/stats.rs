@@ -10,7 +10,7 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use serde_json::{Value, json};
 use target_common::{Action, Counters, PORT_FLAG_STEER, PortEntry, SLOT_OTHER, map_names};
 
-use crate::bpffs;
+use super::bpffs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {

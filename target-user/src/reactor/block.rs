@@ -1,0 +1,397 @@
+//! A reactor's block I/O ([`BlockRunner`]): memory backends complete in place, file and
+//! block-device backends go through the reactor's io_uring and complete later.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use io_uring::{IoUring, opcode, squeue, types};
+use target_proto::nvme::controller::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
+use tracing::warn;
+
+use super::engine::Engine;
+use crate::backend::Backend;
+
+/// Submission queue entries per reactor ring; a full ring is submitted and reused.
+const RING_ENTRIES: u32 = 1024;
+
+/// A reactor's block I/O: memory backends complete in place, file backends through the
+/// reactor's io_uring, completed later by [`BlockRunner::reap`].
+pub struct BlockRunner {
+    backends: Vec<Arc<Backend>>,
+    ring: Option<IoUring>,
+    /// Operations in flight by user data (connection index << 16 | slot).
+    pending: HashMap<u64, SlotIo>,
+}
+
+/// A block operation that finished in the ring, for connection `conn`'s `slot`.
+pub struct Reaped {
+    pub conn: usize,
+    slot: usize,
+    io: SlotIo,
+}
+
+impl Reaped {
+    /// Hands the outcome to the engine (comparing first, for a Compare).
+    pub fn complete(self, q: &mut Engine) {
+        let outcome = match (self.io.failed, self.io.scratch) {
+            (true, _) if self.io.read => IoOutcome::ReadError,
+            (true, _) => IoOutcome::WriteError,
+            (false, Some((media, start))) => {
+                // Only the first `len` bytes of the slot are compared: a COMPARE AND WRITE
+                // slot holds the verify data and then the write data (twice `len`).
+                let len = self.io.len;
+                let host = q.buffer_mut(self.slot);
+                match (media.get(start..start + len), host.get(..len)) {
+                    (Some(m), Some(h)) if m == h => IoOutcome::Ok,
+                    (Some(_), Some(_)) => IoOutcome::Miscompare,
+                    // The engine sized the slot below what it asked to compare.
+                    _ => IoOutcome::ReadError,
+                }
+            }
+            (false, None) => IoOutcome::Ok,
+        };
+        q.io_done(self.slot, outcome);
+    }
+}
+
+impl BlockRunner {
+    /// A runner for `backends`; it owns an io_uring when any of them is a file.
+    pub fn new(backends: Vec<Arc<Backend>>) -> std::io::Result<Self> {
+        let needs_ring = backends.iter().any(|b| matches!(**b, Backend::File(_)));
+        Ok(Self {
+            backends,
+            ring: if needs_ring {
+                Some(IoUring::new(RING_ENTRIES)?)
+            } else {
+                None
+            },
+            pending: HashMap::new(),
+        })
+    }
+
+    /// The ring's fd, for the reactor's sleep.
+    pub fn ring_fd(&self) -> Option<i32> {
+        self.ring.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Runs the block operations engine `q` (connection `conn`) has queued. Returns how many
+    /// went to the ring: the connection must outlive them.
+    pub fn run(&mut self, conn: usize, q: &mut Engine) -> usize {
+        let mut started = 0;
+        while let Some((slot, io)) = q.next_io() {
+            let k = key(conn, slot);
+            let outcome = match self.backends.get(io.backend as usize).map(|b| &**b) {
+                Some(Backend::Memory(m)) => Some(m.execute(&io.op, q.buffer_mut(slot))),
+                Some(Backend::File(f)) => {
+                    let p = submit_file_io(
+                        &mut self.ring,
+                        f.file.as_raw_fd(),
+                        &io,
+                        q.buffer_mut(slot),
+                        k,
+                    );
+                    if p.remaining == 0 {
+                        // Nothing reached the ring: fail it now, or the slot waits forever.
+                        Some(if p.read {
+                            IoOutcome::ReadError
+                        } else {
+                            IoOutcome::WriteError
+                        })
+                    } else {
+                        self.pending.insert(k, p);
+                        None
+                    }
+                }
+                None if io.backend == ALL_BACKENDS => {
+                    // Flush of every namespace of the controller's subsystem: sync the files
+                    // among the backends it names (memory has no cache), no one else's.
+                    let named: &[u32] = match &io.op {
+                        BlockOp::FlushAll { backends } => backends,
+                        _ => &[],
+                    };
+                    let fds: Vec<i32> = named
+                        .iter()
+                        .filter_map(|&b| match self.backends.get(b as usize).map(|b| &**b) {
+                            Some(Backend::File(f)) => Some(f.file.as_raw_fd()),
+                            _ => None,
+                        })
+                        .collect();
+                    let mut ring = Queued {
+                        ring: &mut self.ring,
+                        n: 0,
+                        lost: false,
+                    };
+                    for fd in &fds {
+                        ring.push(fdatasync(types::Fd(*fd), k));
+                    }
+                    let (remaining, lost) = (ring.n, ring.lost);
+                    if remaining == 0 {
+                        Some(if lost {
+                            IoOutcome::WriteError
+                        } else {
+                            IoOutcome::Ok
+                        })
+                    } else {
+                        self.pending.insert(
+                            k,
+                            SlotIo {
+                                remaining,
+                                failed: lost,
+                                read: false,
+                                len: 0,
+                                scratch: None,
+                            },
+                        );
+                        None
+                    }
+                }
+                None => Some(IoOutcome::WriteError),
+            };
+            match outcome {
+                Some(o) => q.io_done(slot, o),
+                None => started += 1,
+            }
+        }
+        started
+    }
+
+    /// Submits what was queued in the ring.
+    pub fn submit(&mut self) {
+        if let Some(ring) = &mut self.ring
+            && !ring.submission().is_empty()
+            && let Err(e) = ring.submit()
+        {
+            warn!("io_uring submit failed: {e}");
+        }
+    }
+
+    /// The operations that finished since the last call.
+    pub fn reap(&mut self) -> Vec<Reaped> {
+        let Some(ring) = &mut self.ring else {
+            return Vec::new();
+        };
+        let mut finished = Vec::new();
+        for cqe in ring.completion() {
+            let k = cqe.user_data();
+            let Some(p) = self.pending.get_mut(&k) else {
+                continue;
+            };
+            let res = cqe.result();
+            if res < 0 || (p.len > 0 && usize::try_from(res).ok() != Some(p.len)) {
+                p.failed = true;
+            }
+            p.remaining -= 1;
+            if p.remaining == 0 {
+                finished.push(k);
+            }
+        }
+        finished
+            .into_iter()
+            .filter_map(|k| {
+                let io = self.pending.remove(&k)?;
+                Some(Reaped {
+                    conn: (k >> 16) as usize,
+                    slot: (k & 0xffff) as usize,
+                    io,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for BlockRunner {
+    /// The kernel may still be writing into the buffers of operations in flight (the
+    /// connections' slots, a Compare's scratch buffer) when a reactor ends, normally or by
+    /// a panic: wait for them before anything is freed. The reactors declare their
+    /// `BlockRunner` before their connections, so this runs first.
+    fn drop(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(ring) = &mut self.ring else { return };
+            if let Err(e) = ring.submit_and_wait(1) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Nothing more can be waited for: the scratch buffers it owns are leaked
+                // rather than freed under the kernel (the process is ending anyway).
+                tracing::error!(
+                    operations = self.pending.len(),
+                    "io_uring wait failed at reactor exit with operations in flight: {e}"
+                );
+                std::mem::forget(std::mem::take(&mut self.pending));
+                return;
+            }
+            drop(self.reap());
+        }
+    }
+}
+
+/// What a slot's io_uring operations are doing, until the last one completes.
+pub(crate) struct SlotIo {
+    remaining: u32,
+    failed: bool,
+    read: bool,
+    /// Bytes the data operation must move.
+    len: usize,
+    /// Compare reads the media here (from the page-aligned offset) and compares with the
+    /// host's data.
+    scratch: Option<(Vec<u8>, usize)>,
+}
+
+fn key(conn: usize, slot: usize) -> u64 {
+    ((conn as u64) << 16) | (slot as u64 & 0xffff)
+}
+
+/// Queues an SQE, submitting the ring first when it is full.
+fn push(ring: &mut Option<IoUring>, e: squeue::Entry) -> bool {
+    let Some(ring) = ring else { return false };
+    loop {
+        // SAFETY: every buffer an entry points to outlives the operation: it is a slot
+        // buffer of a connection that is not freed while it has operations in flight
+        // (`Conn::inflight`, `Reactor::release`), and the engine leaves a slot's buffer
+        // alone while its block operation runs; a Compare's scratch buffer lives in
+        // `Reactor::pending` until the operation completes.
+        if unsafe { ring.submission().push(&e) }.is_ok() {
+            return true;
+        }
+        // The ring is full: hand it to the kernel to make room.
+        if let Err(e) = ring.submit() {
+            warn!("io_uring submit failed, the block operation fails: {e}");
+            return false;
+        }
+    }
+}
+
+/// Counts the entries of one block operation that reached the ring.
+struct Queued<'r> {
+    ring: &'r mut Option<IoUring>,
+    n: u32,
+    lost: bool,
+}
+
+impl Queued<'_> {
+    fn push(&mut self, e: squeue::Entry) {
+        if push(self.ring, e) {
+            self.n += 1;
+        } else {
+            self.lost = true;
+        }
+    }
+}
+
+/// An fdatasync of `fd` tagged `k`: Flush, SYNCHRONIZE CACHE and FUA zeroing.
+fn fdatasync(fd: types::Fd, k: u64) -> squeue::Entry {
+    opcode::Fsync::new(fd)
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(k)
+}
+
+/// Turns one block operation on a file into io_uring entries.
+fn submit_file_io(
+    ring: &mut Option<IoUring>,
+    fd: i32,
+    io: &BlockIo,
+    buf: &mut [u8],
+    k: u64,
+) -> SlotIo {
+    let fd = types::Fd(fd);
+    let mut ring = Queued {
+        ring,
+        n: 0,
+        lost: false,
+    };
+    let mut p = SlotIo {
+        remaining: 0,
+        failed: false,
+        read: false,
+        len: 0,
+        scratch: None,
+    };
+    let len32 = |l: u64| u32::try_from(l).unwrap_or(u32::MAX);
+    match &io.op {
+        BlockOp::Read { offset, len } => {
+            p.read = true;
+            p.len = *len as usize;
+            ring.push(
+                opcode::Read::new(fd, buf.as_mut_ptr(), len32(*len))
+                    .offset(*offset)
+                    .build()
+                    .user_data(k),
+            );
+        }
+        BlockOp::Write { offset, len, fua } => {
+            p.len = *len as usize;
+            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            let e = opcode::Write::new(fd, buf.as_ptr(), len32(*len))
+                .offset(*offset)
+                .rw_flags(flags)
+                .build();
+            ring.push(e.user_data(k));
+        }
+        BlockOp::Compare { offset, len } => {
+            p.read = true;
+            p.len = *len as usize;
+            // Page-aligned, for O_DIRECT.
+            let mut scratch = vec![0u8; *len as usize + 4096];
+            let start = scratch.as_ptr().align_offset(4096).min(4096);
+            let ptr = scratch[start..].as_mut_ptr();
+            ring.push(
+                opcode::Read::new(fd, ptr, len32(*len))
+                    .offset(*offset)
+                    .build()
+                    .user_data(k),
+            );
+            p.scratch = Some((scratch, start));
+        }
+        BlockOp::Flush | BlockOp::FlushAll { .. } => {
+            ring.push(fdatasync(fd, k));
+        }
+        BlockOp::WriteZeroes {
+            offset,
+            len,
+            deallocate,
+            fua,
+        } => {
+            let mode = libc::FALLOC_FL_KEEP_SIZE
+                | if *deallocate {
+                    libc::FALLOC_FL_PUNCH_HOLE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE
+                };
+            let e = opcode::Fallocate::new(fd, *len)
+                .offset(*offset)
+                .mode(mode)
+                .build();
+            if *fua {
+                // The sync must follow the zeroing: link them.
+                ring.push(e.flags(squeue::Flags::IO_LINK).user_data(k));
+                ring.push(fdatasync(fd, k));
+                p.remaining = 2;
+            } else {
+                ring.push(e.user_data(k));
+            }
+        }
+        BlockOp::Deallocate { ranges } => {
+            for (offset, len) in ranges {
+                let mode = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE;
+                ring.push(
+                    opcode::Fallocate::new(fd, *len)
+                        .offset(*offset)
+                        .mode(mode)
+                        .build()
+                        .user_data(k),
+                );
+            }
+            if ranges.is_empty() {
+                // Nothing to deallocate: complete through the ring all the same.
+                ring.push(opcode::Nop::new().build().user_data(k));
+            }
+        }
+    }
+    // What did not reach the ring never completes: the operation fails, once what did
+    // reach it has completed (its buffers are in use until then).
+    p.remaining = ring.n;
+    p.failed = ring.lost;
+    p
+}

@@ -1,0 +1,181 @@
+//! A connection's protocol engine ([`Engine`]: NVMe/TCP or iSCSI, sans-I/O, from
+//! target-proto) and what every reactor of every transport shares ([`Shared`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use target_proto::iscsi::Registry as IscsiRegistry;
+use target_proto::iscsi::conn::{ConnEvent, ConnParams, IscsiConn};
+use target_proto::nvme::controller::{BlockIo, IoOutcome};
+use target_proto::nvme::subsystem::Registry;
+use target_proto::nvme_tcp::icreq::ControllerParams;
+use target_proto::nvme_tcp::queue::NvmeTcpQueue;
+use tracing::{debug, info, warn};
+
+use super::block::BlockRunner;
+use super::fill_random;
+use crate::backend::Backend;
+
+/// Which protocol a listening port serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Nvme,
+    Iscsi,
+}
+
+/// What every reactor of every transport shares: the registries (touched only at
+/// connect/login and teardown), the engines' parameters and the backends.
+pub struct Shared {
+    pub registry: Arc<Mutex<Registry>>,
+    pub iscsi_registry: Arc<Mutex<IscsiRegistry>>,
+    pub iscsi_params: ConnParams,
+    pub params: ControllerParams,
+    pub backends: Vec<Arc<Backend>>,
+    /// How long a reactor keeps polling after its last event before it sleeps.
+    pub busy_poll: std::time::Duration,
+}
+
+impl Shared {
+    /// A fresh engine for a connection accepted on a `proto` port at local address `local`.
+    /// Fails only when the kernel gives no random bytes for the iSCSI CHAP challenge: a
+    /// predictable challenge would let a recorded answer log in again, so the connection
+    /// is refused instead.
+    pub fn engine(&self, proto: Proto, local: Option<IpAddr>) -> std::io::Result<Engine> {
+        Ok(match proto {
+            Proto::Nvme => Engine::Nvme(Box::new(NvmeTcpQueue::new(self.params, local))),
+            Proto::Iscsi => {
+                let mut random = [0u8; 17];
+                fill_random(&mut random)?;
+                Engine::Iscsi(Box::new(IscsiConn::new(
+                    self.iscsi_params,
+                    Arc::clone(&self.iscsi_registry),
+                    local,
+                    random,
+                )))
+            }
+        })
+    }
+
+    /// A block runner for one reactor; it owns an io_uring when any backend is a file.
+    pub fn block_runner(&self) -> std::io::Result<BlockRunner> {
+        BlockRunner::new(self.backends.clone())
+    }
+}
+
+/// A connection's protocol engine.
+pub enum Engine {
+    Nvme(Box<NvmeTcpQueue>),
+    Iscsi(Box<IscsiConn>),
+}
+
+impl Engine {
+    /// Feeds received bytes; returns how many the engine took. It takes fewer once its
+    /// output reaches [`target_proto::OUTPUT_HIGH_WATER`]: the caller offers the rest
+    /// again after sending, so a peer that stops reading stops being read.
+    pub fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now: u64) -> usize {
+        match self {
+            Self::Nvme(q) => q.receive(input, registry, now),
+            Self::Iscsi(c) => c.receive(input, now),
+        }
+    }
+
+    pub fn output(&self) -> &[u8] {
+        match self {
+            Self::Nvme(q) => q.output(),
+            Self::Iscsi(c) => c.output(),
+        }
+    }
+
+    pub fn consume_output(&mut self, n: usize) {
+        match self {
+            Self::Nvme(q) => q.consume_output(n),
+            Self::Iscsi(c) => c.consume_output(n),
+        }
+    }
+
+    pub fn closing(&self) -> bool {
+        match self {
+            Self::Nvme(q) => q.closing(),
+            Self::Iscsi(c) => c.closing(),
+        }
+    }
+
+    pub fn next_io(&mut self) -> Option<(usize, BlockIo)> {
+        match self {
+            Self::Nvme(q) => q.next_io(),
+            Self::Iscsi(c) => c.next_io(),
+        }
+    }
+
+    pub fn buffer_mut(&mut self, slot: usize) -> &mut [u8] {
+        match self {
+            Self::Nvme(q) => q.buffer_mut(slot),
+            Self::Iscsi(c) => c.buffer_mut(slot),
+        }
+    }
+
+    pub fn io_done(&mut self, slot: usize, outcome: IoOutcome) {
+        match self {
+            Self::Nvme(q) => q.io_done(slot, outcome),
+            Self::Iscsi(c) => c.io_done(slot, outcome),
+        }
+    }
+
+    /// False when the connection must end; `why` says why.
+    pub fn tick(&mut self, now: u64, registry: &Mutex<Registry>) -> Result<(), &'static str> {
+        match self {
+            Self::Nvme(q) => {
+                if q.tick(now, registry) {
+                    Ok(())
+                } else {
+                    Err(q.end_reason().unwrap_or("the queue ended"))
+                }
+            }
+            Self::Iscsi(c) => {
+                if c.tick(now) {
+                    Ok(())
+                } else {
+                    Err("NOP-In ping unanswered, login timeout or session reinstated")
+                }
+            }
+        }
+    }
+
+    pub fn teardown(&mut self, registry: &Mutex<Registry>) {
+        match self {
+            Self::Nvme(q) => q.teardown(registry),
+            Self::Iscsi(c) => c.teardown(),
+        }
+    }
+
+    /// Logs what the iSCSI engine reported.
+    pub fn log_events(&mut self, peer: SocketAddr) {
+        let Self::Iscsi(c) = self else { return };
+        for e in c.take_events() {
+            match e {
+                ConnEvent::LoggedIn {
+                    initiator,
+                    target,
+                    tsih,
+                    reinstated,
+                } => info!(%peer, initiator, ?target, tsih, reinstated, "iSCSI login"),
+                ConnEvent::LoginFailed { status, why } => {
+                    warn!(%peer, status = format!("{status:04x}"), "iSCSI login refused: {why}");
+                }
+                ConnEvent::ProtocolError(why) => warn!(%peer, "iSCSI protocol error: {why}"),
+                ConnEvent::LoggedOut => debug!(%peer, "iSCSI logout"),
+                ConnEvent::NopTimeout => {
+                    warn!(%peer, "iSCSI initiator stopped answering NOP-In pings");
+                }
+                ConnEvent::Reinstated => info!(%peer, "iSCSI session reinstated by a new login"),
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Nvme(q) => format!("NVMe qid {:?}", q.controller().qid()),
+            Self::Iscsi(_) => "iSCSI".into(),
+        }
+    }
+}
