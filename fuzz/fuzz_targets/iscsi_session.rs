@@ -22,7 +22,6 @@ use target_proto::iscsi::host::{IscsiHost, LoginOptions};
 use target_proto::iscsi::params::TargetLimits;
 use target_proto::iscsi::{Portal, Registry, TargetNode};
 use target_proto::scsi::{LunConfig, ScsiTarget};
-use target_wire::iscsi::{Bhs, LoginResponseRepr, Opcode, stage};
 
 fn chap(name: &str, secret: &[u8]) -> ChapConfig {
     ChapConfig {
@@ -65,41 +64,9 @@ fn registry(target_chap: bool) -> Registry {
     )
 }
 
-/// Splits the target's output into PDUs: only whole PDUs, digests as the login answered.
-#[derive(Default)]
-struct Checker {
-    answered: (bool, bool),
-    digests: (bool, bool),
-}
-
-impl Checker {
-    fn check(&mut self, mut out: &[u8]) {
-        while !out.is_empty() {
-            let h = Bhs::new_checked(out).expect("whole PDUs only");
-            assert!(!h.opcode().from_initiator(), "target opcodes only");
-            let login = h.opcode() == Opcode::LoginResponse;
-            let (hd, dd) = if login { (false, false) } else { self.digests };
-            let l = h.layout(hd, dd);
-            assert!(out.len() >= l.total, "whole PDUs only");
-            assert!(l.header_digest_ok(out) && l.data_digest_ok(&out[..l.total]));
-            if login {
-                let data = &out[l.header..l.header + l.data];
-                for (k, v) in target_wire::iscsi::text_pairs(data).flatten() {
-                    match k {
-                        "HeaderDigest" => self.answered.0 = v == "CRC32C",
-                        "DataDigest" => self.answered.1 = v == "CRC32C",
-                        _ => {}
-                    }
-                }
-                let r = LoginResponseRepr::parse(&h).unwrap();
-                if r.status == 0 && r.transit && r.nsg == stage::FULL_FEATURE {
-                    self.digests = self.answered;
-                }
-            }
-            out = &out[l.total..];
-        }
-    }
-}
+#[path = "common/iscsi_checker.rs"]
+mod iscsi_checker;
+use iscsi_checker::Checker;
 
 struct Side {
     conn: IscsiConn,

@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
                     ip.extend_from_slice(&us.octets());
                     ip.extend_from_slice(&peer.octets());
                 }
-                _ => panic!("a SYN to {local} from {} crossed address families", flow.peer),
+                _ => panic!(
+                    "a SYN to {local} from {} crossed address families",
+                    flow.peer
+                ),
             }
             ip.extend_from_slice(&flow.port.to_be_bytes());
             ip.extend_from_slice(&flow.peer_port.to_be_bytes());

@@ -251,7 +251,10 @@ fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
         std::fs::read_dir(root.join("fuzz/fuzz_targets")).context("listing fuzz targets")?
     {
         let path = entry?.path();
-        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+        // Targets are the `.rs` files; folders hold code they share (`common/`).
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
             targets.push(stem.to_string());
         }
     }

@@ -286,7 +286,7 @@ mod tests {
 }
 
 /// A regular file or a block device. The reactors reach it through io_uring (see
-/// `server`), never with a blocking call. It is opened with O_DIRECT when the file
+/// `reactor::block`), never with a blocking call. It is opened with O_DIRECT when the file
 /// system takes direct I/O at the namespace's block size (command buffers are
 /// page-aligned), else buffered through the page cache. Either way there is a volatile
 /// write cache (the page cache, or the device's own), advertised as such: Flush is
