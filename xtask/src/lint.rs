@@ -44,6 +44,7 @@ const LEAVES: &[&str] = &["target-user", "xtask", "xdp-target-tests"];
 pub(crate) fn run(root: &Path) -> Result<()> {
     check_layers(root)?;
     eprintln!("lint: layer rules hold");
+    super::vendored::run(root, false)?;
     super::run(super::cargo(root).args(["fmt", "--all", "--check"]))?;
     super::run(super::cargo(root).args([
         "clippy",

@@ -8,6 +8,7 @@ mod bench;
 mod ebpf_build;
 mod lab;
 mod lint;
+mod vendored;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,8 +27,15 @@ struct Cli {
 enum Task {
     /// Install the eBPF toolchain if missing (as root) and build the XDP program.
     BuildEbpf,
-    /// Check the layer dependency rules of ARCHITECTURE.md, rustfmt and clippy -D warnings.
+    /// Check the layer dependency rules of ARCHITECTURE.md, that the vendored crates are
+    /// their release plus their patch files, rustfmt and clippy -D warnings.
     Lint,
+    /// Check that each crate in third_party/ is its crates.io release plus
+    /// third_party/patches/NAME-VERSION.patch (or, with --update, rewrite the patches).
+    Vendored {
+        #[arg(long)]
+        update: bool,
+    },
     /// What CI runs: lint, build, unit tests and the netns end-to-end tests (as root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test-name filter.
@@ -81,6 +89,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf(&root),
         Task::Lint => lint::run(&root),
+        Task::Vendored { update } => vendored::run(&root, update),
         Task::Test { cargo_args } => test(&root, &cargo_args),
         Task::Demo => demo(&root),
         Task::Lab { accel, path } => lab::run(&root, accel, path),
