@@ -55,7 +55,9 @@ pub(crate) fn run(root: &Path, update: bool) -> Result<()> {
                     .arg("-i")
                     .arg(&patch),
             )
-            .with_context(|| format!("{} no longer applies to {name} {version}", patch.display()))?;
+            .with_context(|| {
+                format!("{} no longer applies to {name} {version}", patch.display())
+            })?;
         }
         let differ = compare(&copy, &vendored)?;
         if !differ.is_empty() {
