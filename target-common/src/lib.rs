@@ -15,6 +15,8 @@
 //! | `ACL_V4`        | LPM trie        | prefix + IPv4 addr   | `u8` (unused)  |
 //! | `ACL_V6`        | LPM trie        | prefix + IPv6 addr   | `u8` (unused)  |
 //! | `SETTINGS`      | array (1 entry) | 0                    | [`Settings`]   |
+//! | `LOCAL_V4`      | hash            | IPv4 addr            | `u8` (unused)  |
+//! | `LOCAL_V6`      | hash            | IPv6 addr            | `u8` (unused)  |
 //!
 //! The fault-injection program `xdp_fault` (a test tool: the end-to-end tests attach it to
 //! the veth ends of a router namespace between initiator and target) has maps of its own,
@@ -32,8 +34,19 @@ pub mod map_names {
     pub const ACL_V4: &str = "ACL_V4";
     pub const ACL_V6: &str = "ACL_V6";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const LOCAL_V4: &str = "LOCAL_V4";
+    pub const LOCAL_V6: &str = "LOCAL_V6";
     /// Every map, in the order `stats` and the pinning code walk them.
-    pub const ALL: [&str; 6] = [STORAGE_PORTS, XSKS, COUNTERS, ACL_V4, ACL_V6, SETTINGS];
+    pub const ALL: [&str; 8] = [
+        STORAGE_PORTS,
+        XSKS,
+        COUNTERS,
+        ACL_V4,
+        ACL_V6,
+        SETTINGS,
+        LOCAL_V4,
+        LOCAL_V6,
+    ];
 }
 
 /// Name of the XDP program in the object file.
@@ -84,6 +97,11 @@ const _: () = assert!(core::mem::size_of::<Settings>() == 4);
 /// cannot reach ([`parse::Class::Opaque`]: fragments, long IPv6 header chains), whatever
 /// their port.
 pub const SETTINGS_FLAG_ACL: u32 = 1;
+/// Redirect only packets whose destination is in `LOCAL_V4`/`LOCAL_V6` (the addresses the
+/// user-space stack answers for); set once user space filled them (AF_XDP serving).
+pub const SETTINGS_FLAG_LOCAL: u32 = 2;
+/// Entries of each `LOCAL_*` map.
+pub const LOCAL_MAX_ENTRIES: u32 = 64;
 
 /// What the program did with a packet; the index into [`Counters`]' arrays.
 #[repr(u32)]

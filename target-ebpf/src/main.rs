@@ -29,10 +29,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use target_common::fault::{self, FaultCounters, FaultSettings};
-use target_common::parse::{classify, is_vlan, parse, Class, Frame, Source};
+use target_common::parse::{classify, is_vlan, link_layer, parse, Class, Frame, Source};
 use target_common::{
     Action, AclV4Addr, AclV6Addr, Counters, PortEntry, Settings, ACL_MAX_ENTRIES, COUNTER_SLOTS,
-    MAX_QUEUES, MAX_STORAGE_PORTS, PORT_FLAG_STEER, SETTINGS_FLAG_ACL, SLOT_OTHER,
+    LOCAL_MAX_ENTRIES, MAX_QUEUES, MAX_STORAGE_PORTS, PORT_FLAG_STEER, SETTINGS_FLAG_ACL,
+    SETTINGS_FLAG_LOCAL, SLOT_OTHER,
 };
 
 #[map]
@@ -47,6 +48,10 @@ static ACL_V4: LpmTrie<AclV4Addr, u8> = LpmTrie::with_max_entries(ACL_MAX_ENTRIE
 static ACL_V6: LpmTrie<AclV6Addr, u8> = LpmTrie::with_max_entries(ACL_MAX_ENTRIES, 0);
 #[map]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+#[map]
+static LOCAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
+#[map]
+static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
 
 /// The frame behind an [`XdpContext`], for the shared parser.
 struct Packet<'a>(&'a XdpContext);
@@ -95,7 +100,9 @@ pub fn xdp_steer(ctx: XdpContext) -> u32 {
     // The AF_XDP path's frames are untagged, so it could not answer a tagged one: those go
     // to the kernel (after the allow-list above), whose VLAN devices and listeners serve
     // them over sockets.
-    if entry.flags & PORT_FLAG_STEER == 0 || tagged(&ctx) {
+    // Only packets to an address the user-space stack answers for go to it: the stack
+    // could not answer others, and a frame it takes teaches it nothing it may trust.
+    if entry.flags & PORT_FLAG_STEER == 0 || tagged(&ctx) || !to_local(&ctx, &pkt.source) {
         count(slot, Action::Passed, len);
         return xdp_action::XDP_PASS;
     }
@@ -132,6 +139,31 @@ fn tagged(ctx: &XdpContext) -> bool {
     Packet(ctx)
         .read::<2>(12)
         .is_some_and(|t| is_vlan(u16::from_be_bytes(t)))
+}
+
+/// Whether the packet's destination is one of the stack's addresses (always, until user
+/// space turned the check on with them).
+#[inline(always)]
+fn to_local(ctx: &XdpContext, source: &Source) -> bool {
+    if !SETTINGS
+        .get(0)
+        .is_some_and(|s| s.flags & SETTINGS_FLAG_LOCAL != 0)
+    {
+        return true;
+    }
+    let f = Packet(ctx);
+    let Some((_, l3)) = link_layer(&f) else {
+        return false;
+    };
+    // SAFETY (both lookups): the values are copied out or only tested for presence.
+    match source {
+        Source::V4(_) => f
+            .read::<4>(l3 + 16)
+            .is_some_and(|a| unsafe { LOCAL_V4.get(&a) }.is_some()),
+        Source::V6(_) => f
+            .read::<16>(l3 + 24)
+            .is_some_and(|a| unsafe { LOCAL_V6.get(&a) }.is_some()),
+    }
 }
 
 #[inline(always)]

@@ -650,3 +650,62 @@ fn attach_errors_are_one_clear_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no xdp-target is serving"));
 }
+
+/// With the target serving through AF_XDP, only storage-port packets to an address its
+/// user-space stack answers for are redirected; the same SYN to another address goes to
+/// the kernel (the stack could not answer it, and must learn nothing from it).
+#[test]
+fn only_packets_to_the_stacks_addresses_are_redirected() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = std::env::temp_dir().join(format!("xdp-target-local-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        "[nvme]\nlisten = [\"0.0.0.0:4420\"]\n[iscsi]\nlisten = []\n[[subsystem]]\n\
+         nqn = \"nqn.2026-11.dev.xdp-target:local\"\n[[subsystem.namespace]]\nnsid = 1\n\
+         backend = \"memory\"\nsize = \"4MiB\"\n",
+    )
+    .expect("config");
+    pair.client_checksums_in_software()
+        .expect("client checksums in software");
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), NVME);
+    let client = pair.client.handle();
+    let t = Target::serve_afxdp(&pair.target, &pair.target_if, &cfg, move || {
+        client.run(move || connect_once(addr)).unwrap_or(false)
+    })
+    .expect("serve");
+    let raw = RawSender::open(&pair.client, &pair.client_if).expect("AF_PACKET");
+    let dst = frames::mac_of(&pair.target, &pair.target_if).expect("mac");
+    let src = frames::mac_of(&pair.client, &pair.client_if).expect("mac");
+    let mut other = pair.target_addr.octets();
+    other[3] = other[3].wrapping_add(100);
+    let syn = |to: std::net::Ipv4Addr, port| {
+        frames::ethernet(
+            dst,
+            src,
+            frames::ETH_P_IPV4,
+            &frames::ipv4_tcp_syn(pair.client_addr, to, port, NVME, 7),
+        )
+    };
+    let before = stats_json(&pair.target_if).expect("stats");
+    raw.send(&syn(pair.target_addr, 41_000)).expect("send");
+    raw.send(&syn(other.into(), 41_001)).expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = stats_json(&pair.target_if).expect("stats");
+    let delta = |action| {
+        port_stat(&stats, NVME, "packets", action) - port_stat(&before, NVME, "packets", action)
+    };
+    // The SYN to the stack's address, and the client kernel's RST to the stack's SYN-ACK.
+    assert!(
+        delta("redirected") >= 1,
+        "the SYN to the stack's address: {stats}"
+    );
+    assert_eq!(delta("passed"), 1, "the SYN to another address: {stats}");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
+
+/// Whether a TCP connection to `addr` opens (from the calling thread's namespace).
+fn connect_once(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}

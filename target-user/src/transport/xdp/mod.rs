@@ -66,6 +66,8 @@ pub enum AfXdpError {
     },
     #[error("cannot start a reactor thread: {0}")]
     Thread(std::io::Error),
+    #[error("telling the XDP program the stack's addresses: {0}")]
+    Local(String),
     #[error("getrandom for the TCP sequence-number secret: {0}")]
     Random(std::io::Error),
 }
@@ -296,6 +298,10 @@ pub fn start(
             return Err(e);
         }
     }
+    let local: Vec<IpAddr> = addrs.iter().map(|&(a, _)| a).collect();
+    steering
+        .set_local_addrs(&local)
+        .map_err(|e| AfXdpError::Local(e.to_string()))?;
     for (q, x) in &sockets {
         steering
             .register_socket(*q, x.fd())

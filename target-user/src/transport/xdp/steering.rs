@@ -14,8 +14,8 @@ use aya::maps::{Array, HashMap};
 use aya::programs::{ProgramError, Xdp, XdpMode as AyaMode};
 use aya::{Ebpf, EbpfError};
 use target_common::{
-    AclV4Addr, AclV6Addr, PORT_FLAG_STEER, PROGRAM_NAME, PortEntry, SETTINGS_FLAG_ACL, Settings,
-    map_names,
+    AclV4Addr, AclV6Addr, PORT_FLAG_STEER, PROGRAM_NAME, PortEntry, SETTINGS_FLAG_ACL,
+    SETTINGS_FLAG_LOCAL, Settings, map_names,
 };
 use tracing::{info, warn};
 
@@ -62,6 +62,14 @@ pub enum XdpError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+}
+
+fn missing(m: &str) -> XdpError {
+    XdpError::Object(format!("map {m} missing from the object"))
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
+    move |source| XdpError::Map { map, source }
 }
 
 fn is_permission(e: &io::Error) -> bool {
@@ -125,6 +133,57 @@ impl Steering {
         xsks.set(queue, fd, 0)
     }
 
+    /// Tells the program the addresses the user-space stack answers for: from then on it
+    /// redirects only storage-port packets to one of them (others go to the kernel).
+    pub fn set_local_addrs(&mut self, addrs: &[std::net::IpAddr]) -> Result<(), XdpError> {
+        use std::net::IpAddr;
+        let ebpf = &mut self.ebpf;
+        {
+            let mut v4: HashMap<_, [u8; 4], u8> = HashMap::try_from(
+                ebpf.map_mut(map_names::LOCAL_V4)
+                    .ok_or_else(|| missing(map_names::LOCAL_V4))?,
+            )
+            .map_err(map_err(map_names::LOCAL_V4))?;
+            for a in addrs {
+                if let IpAddr::V4(a) = a {
+                    v4.insert(a.octets(), 1, 0)
+                        .map_err(map_err(map_names::LOCAL_V4))?;
+                }
+            }
+        }
+        {
+            let mut v6: HashMap<_, [u8; 16], u8> = HashMap::try_from(
+                ebpf.map_mut(map_names::LOCAL_V6)
+                    .ok_or_else(|| missing(map_names::LOCAL_V6))?,
+            )
+            .map_err(map_err(map_names::LOCAL_V6))?;
+            for a in addrs {
+                if let IpAddr::V6(a) = a {
+                    v6.insert(a.octets(), 1, 0)
+                        .map_err(map_err(map_names::LOCAL_V6))?;
+                }
+            }
+        }
+        let mut settings: Array<_, Settings> = Array::try_from(
+            ebpf.map_mut(map_names::SETTINGS)
+                .ok_or_else(|| missing(map_names::SETTINGS))?,
+        )
+        .map_err(map_err(map_names::SETTINGS))?;
+        let flags = settings
+            .get(&0, 0)
+            .map_err(map_err(map_names::SETTINGS))?
+            .flags;
+        settings
+            .set(
+                0,
+                Settings {
+                    flags: flags | SETTINGS_FLAG_LOCAL,
+                },
+                0,
+            )
+            .map_err(map_err(map_names::SETTINGS))
+    }
+
     pub fn mode(&self) -> &'static str {
         self.mode
     }
@@ -170,9 +229,6 @@ fn interface_exists(iface: &str) -> bool {
 }
 
 fn configure_maps(ebpf: &mut Ebpf, config: &XdpConfig) -> Result<(), XdpError> {
-    let missing = |m: &str| XdpError::Object(format!("map {m} missing from the object"));
-    let map_err = |map: &'static str| move |source| XdpError::Map { map, source };
-
     let mut ports: HashMap<_, u16, PortEntry> = HashMap::try_from(
         ebpf.map_mut(map_names::STORAGE_PORTS)
             .ok_or_else(|| missing(map_names::STORAGE_PORTS))?,
