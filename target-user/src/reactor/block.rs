@@ -395,3 +395,39 @@ fn submit_file_io(
     p.failed = ring.lost;
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An operation none of whose entries reached the ring (the ring is gone, or the kernel
+    /// refused to take a full one) fails at once: it used to count one entry in flight
+    /// whatever happened, so its command waited for ever.
+    #[test]
+    fn an_operation_that_cannot_reach_the_ring_fails_at_once() {
+        let mut no_ring = None;
+        let mut buf = vec![0u8; 4096];
+        for op in [
+            BlockOp::Read {
+                offset: 0,
+                len: 4096,
+            },
+            BlockOp::Write {
+                offset: 0,
+                len: 4096,
+                fua: true,
+            },
+            BlockOp::Flush,
+            BlockOp::Deallocate { ranges: Vec::new() },
+        ] {
+            let io = BlockIo {
+                nsid: 1,
+                backend: 0,
+                op,
+            };
+            let p = submit_file_io(&mut no_ring, 0, &io, &mut buf, key(3, 1));
+            assert_eq!(p.remaining, 0, "{:?}", io.op);
+            assert!(p.failed, "{:?}", io.op);
+        }
+    }
+}
