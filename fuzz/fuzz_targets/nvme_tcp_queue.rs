@@ -4,40 +4,20 @@
 //! no block operation reaches past the namespace.
 #![no_main]
 
-use std::sync::Mutex;
-
 use libfuzzer_sys::fuzz_target;
 use target_proto::nvme::controller::{BlockOp, IoOutcome};
-use target_proto::nvme::subsystem::{Namespace, Registry, Subsystem};
 use target_proto::nvme_tcp::icreq::ControllerParams;
 use target_proto::nvme_tcp::queue::NvmeTcpQueue;
 use target_proto::nvme_tcp::reader::{PduReader, ReaderConfig, Role};
 use target_wire::nvme_tcp::{IcRepr, PduType};
 
-const BLOCKS: u64 = 64;
-const DISK: u64 = BLOCKS * 512;
+#[path = "common/nvme_registry.rs"]
+mod nvme_registry;
+use nvme_registry::{DISK, registry};
 
 fuzz_target!(|input: &[u8]| {
     let [opts, rest @ ..] = input else { return };
-    let registry = Mutex::new(Registry::new(vec![Subsystem {
-        nqn: "nqn.fuzz".into(),
-        serial: "S".into(),
-        model: "M".into(),
-        firmware: "F".into(),
-        namespaces: vec![Namespace {
-            nsid: 1,
-            block_size: 512,
-            blocks: BLOCKS,
-            nguid: [1; 16],
-            eui64: [2; 8],
-            uuid: [3; 16],
-            volatile_write_cache: opts & 4 != 0,
-            deallocate: true,
-            backend: 0,
-            scsi_reservations: None,
-        }],
-        allowed_hosts: None,
-    }]));
+    let registry = registry(opts & 4 != 0);
     let digests = opts & 1 != 0;
     let mut q = NvmeTcpQueue::new(ControllerParams::default(), None);
     let mut icreq = [0u8; 128];

@@ -2,13 +2,15 @@
 //! over kernel sockets, the user-space TCP stack and RDMA, so this crate depends on
 //! `target-wire` only and never reads a clock or a socket.
 //!
-//! `block` holds what every engine asks of a backend; `nvme` and `nvme_tcp` the NVMe-oF
-//! controller and its TCP framing; `scsi` and `iscsi` the SCSI logical units and iSCSI.
+//! `block` holds what every engine asks of a backend; `nvme` the NVMe-oF controller,
+//! `nvme_tcp` and `nvme_rdma` its TCP framing and RDMA binding; `scsi` and `iscsi` the SCSI
+//! logical units and iSCSI.
 #![forbid(unsafe_code)]
 
 pub mod block;
 pub mod iscsi;
 pub mod nvme;
+pub mod nvme_rdma;
 pub mod nvme_tcp;
 pub mod scsi;
 

@@ -5,3 +5,6 @@
 pub mod admin;
 pub mod controller;
 pub mod subsystem;
+
+#[cfg(test)]
+pub(crate) mod testing;

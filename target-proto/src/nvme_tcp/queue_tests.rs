@@ -16,64 +16,14 @@ use super::host::{HostError, HostQueue, commands};
 use super::icreq::ControllerParams;
 use super::queue::NvmeTcpQueue;
 use crate::nvme::controller::{
-    ALL_BACKENDS, BlockIo, BlockOp, DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT, IoOutcome,
+    ALL_BACKENDS, BlockIo, BlockOp, DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT,
     WRITE_ZEROES_MAX_BYTES,
 };
-use crate::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem};
-use crate::scsi::{self, LunConfig, LunReservations, Nexus, ScsiTarget};
-
-const NQN: &str = "nqn.2026-11.io.xdp-target:test";
-const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:test-host";
-const HOST_ID: [u8; 16] = [0x5a; 16];
-const BLOCKS: u64 = 4096;
-
-fn registry() -> Mutex<Registry> {
-    registry_of(vec![subsystem(NQN, &[0], None)])
-}
-
-/// The registry; NSID 1 is also the iSCSI LUN with these reservations, when given.
-fn registry_with(scsi_reservations: Option<Arc<LunReservations>>) -> Mutex<Registry> {
-    let mut s = subsystem(NQN, &[0], None);
-    s.namespaces[0].scsi_reservations = scsi_reservations;
-    registry_of(vec![s])
-}
-
-/// A subsystem of `BLOCKS`-block namespaces 1, 2, ... on `backends`, open to `hosts`.
-fn subsystem(nqn: &str, backends: &[u32], hosts: Option<&[&str]>) -> Subsystem {
-    Subsystem {
-        nqn: nqn.into(),
-        serial: "XDPT0001".into(),
-        model: "xdp-target memory".into(),
-        firmware: "0.1.0".into(),
-        namespaces: (1..)
-            .zip(backends)
-            .map(|(nsid, &backend)| Namespace {
-                nsid,
-                block_size: 512,
-                blocks: BLOCKS,
-                nguid: [0x11; 16],
-                eui64: [0x22; 8],
-                uuid: [0x33; 16],
-                volatile_write_cache: false,
-                deallocate: true,
-                backend,
-                scsi_reservations: None,
-            })
-            .collect(),
-        allowed_hosts: hosts.map(|h| h.iter().map(|s| s.to_string()).collect()),
-    }
-}
-
-fn registry_of(subsystems: Vec<Subsystem>) -> Mutex<Registry> {
-    let mut r = Registry::new(subsystems);
-    r.set_ports(vec![Port {
-        id: 1,
-        addr: None,
-        port: 4420,
-        io: true,
-    }]);
-    Mutex::new(r)
-}
+use crate::nvme::subsystem::{DISCOVERY_NQN, Registry};
+use crate::nvme::testing::{
+    BLOCKS, HOST, HOST_ID, NQN, disk, registry, registry_of, registry_with, run_block_op, subsystem,
+};
+use crate::scsi::{self, LunConfig, Nexus, ScsiTarget};
 
 /// What the host got back for one command.
 #[derive(Debug)]
@@ -144,38 +94,11 @@ impl<'r> Host<'r> {
     fn run_io(&mut self) {
         while let Some((slot, io)) = self.q.next_io() {
             self.ios.push(io.clone());
-            let mut disk = self.disk.lock().unwrap();
-            let buf = self.q.buffer_mut(slot);
-            let range = |o: u64, l: u64| o as usize..(o + l) as usize;
-            let outcome = match io.op {
-                BlockOp::Read { offset, len } => {
-                    buf.copy_from_slice(&disk[range(offset, len)]);
-                    IoOutcome::Ok
-                }
-                BlockOp::Write { offset, len, .. } => {
-                    disk[range(offset, len)].copy_from_slice(buf);
-                    IoOutcome::Ok
-                }
-                BlockOp::WriteZeroes { offset, len, .. } => {
-                    disk[range(offset, len)].fill(0);
-                    IoOutcome::Ok
-                }
-                BlockOp::Compare { offset, len } => {
-                    if disk[range(offset, len)] == *buf {
-                        IoOutcome::Ok
-                    } else {
-                        IoOutcome::Miscompare
-                    }
-                }
-                BlockOp::Flush | BlockOp::FlushAll { .. } => IoOutcome::Ok,
-                BlockOp::Deallocate { ranges } => {
-                    for (o, l) in ranges {
-                        disk[range(o, l)].fill(0);
-                    }
-                    IoOutcome::Ok
-                }
-            };
-            drop(disk);
+            let outcome = run_block_op(
+                &mut self.disk.lock().unwrap(),
+                &io.op,
+                self.q.buffer_mut(slot),
+            );
             self.q.io_done(slot, outcome);
         }
     }
@@ -346,7 +269,7 @@ fn admin_session<'r>(
 fn linux_connect_sequence_identify_and_io_with_and_without_digests() {
     for digests in [false, true] {
         let registry = registry();
-        let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+        let disk = disk();
         let (mut admin, cntlid) = admin_session(&registry, &disk, digests);
 
         let id = admin.admin(
@@ -482,7 +405,7 @@ fn io_honours_the_scsi_reservations_of_the_same_medium() {
         revision: "1".into(),
     }]);
     let registry = registry_with(Some(Arc::clone(scsi.luns()[0].reservations())));
-    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let disk = disk();
     let (_admin, cntlid) = admin_session(&registry, &disk, false);
     let mut io = Host::new(&registry, &disk, false);
     assert!(io.connect(1, cntlid, NQN).status.is_success());
@@ -548,7 +471,7 @@ fn io_honours_the_scsi_reservations_of_the_same_medium() {
 #[test]
 fn identify_reports_the_nvm_command_set_limits_it_enforces() {
     let registry = registry();
-    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let disk = disk();
     let (mut admin, _) = admin_session(&registry, &disk, false);
     // CNS 06h, CSI 00h (CDW11 bits 31:24), which Linux reads for DMRSL and WZSL.
     let cs = u32::from(u8::from(Cns::CsController));
@@ -568,7 +491,7 @@ fn identify_reports_the_nvm_command_set_limits_it_enforces() {
 #[test]
 fn io_errors_get_their_status() {
     let registry = registry();
-    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let disk = disk();
     let (_admin, cntlid) = admin_session(&registry, &disk, false);
     let mut io = Host::new(&registry, &disk, false);
     assert!(io.connect(1, cntlid, NQN).status.is_success());
@@ -635,7 +558,7 @@ fn connect_refusals() {
 #[test]
 fn io_queue_connect_needs_the_admin_queue_host_nqn_and_host_id() {
     let registry = registry();
-    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let disk = disk();
     let (_admin, cntlid) = admin_session(&registry, &disk, false);
     let invalid = Status::command_specific(CommandSpecificStatus::ConnectInvalidParameters);
     // Another host naming this controller: as if it did not exist (Linux nvmet's
@@ -665,7 +588,7 @@ fn flush_of_all_namespaces_names_only_the_subsystems_backends() {
         subsystem(NQN, &[0, 1], None),
         subsystem("nqn.other", &[2], None),
     ]);
-    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let disk = disk();
     let (_admin, cntlid) = admin_session(&registry, &disk, false);
     let mut io = Host::new(&registry, &disk, false);
     assert!(io.connect(1, cntlid, NQN).status.is_success());
@@ -785,7 +708,7 @@ fn protocol_violations_end_the_connection_with_a_term_req() {
 #[test]
 fn keep_alive_expiry_closes_the_admin_queue_and_its_controller() {
     let registry = registry();
-    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let disk = disk();
     let (mut admin, cntlid) = admin_session(&registry, &disk, false);
     let mut io = Host::new(&registry, &disk, false);
     assert!(io.connect(1, cntlid, NQN).status.is_success());
@@ -806,7 +729,7 @@ fn a_host_that_stops_reading_stops_being_read() {
     use crate::OUTPUT_HIGH_WATER;
     use crate::nvme::controller::{MAX_QUEUE_ENTRIES, MAX_TRANSFER};
     let registry = registry();
-    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let disk = disk();
     let (_admin, cntlid) = admin_session(&registry, &disk, false);
     let mut io = Host::new(&registry, &disk, false);
     assert!(io.connect(1, cntlid, NQN).status.is_success());
@@ -862,7 +785,7 @@ fn a_host_that_stops_reading_stops_being_read() {
 fn silent_connections_and_missing_r2t_data_time_out() {
     use super::queue::{CONNECT_TIMEOUT_MS, DATA_TIMEOUT_MS};
     let registry = registry();
-    let disk = Mutex::new(vec![0u8; (BLOCKS * 512) as usize]);
+    let disk = disk();
     // A connection that never sends ICReq.
     let mut q = NvmeTcpQueue::new(ControllerParams::default(), None);
     assert!(q.tick(1_000, &registry));
