@@ -72,6 +72,16 @@ static NEXT_LOG: AtomicU32 = AtomicU32::new(0);
 impl Target {
     /// Starts `xdp-target ARGS` in `ns` and waits until `ready` holds (at most 20 s).
     pub fn start(ns: &Netns, args: &[&str], ready: impl Fn() -> bool) -> io::Result<Self> {
+        Self::start_env(ns, args, &[], ready)
+    }
+
+    /// [`Target::start`] with extra environment variables for the target.
+    pub fn start_env(
+        ns: &Netns,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready: impl Fn() -> bool,
+    ) -> io::Result<Self> {
         let log = std::env::temp_dir().join(format!(
             "xdp-target-test-{}-{}.log",
             std::process::id(),
@@ -81,6 +91,7 @@ impl Target {
             .command(bin())
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
@@ -110,6 +121,16 @@ impl Target {
     /// connections from the client namespace. With [`xdp_path`], the target serves the
     /// pair's target end through AF_XDP (`--xdp IFACE --require-afxdp`).
     pub fn serve_config(pair: &crate::netns::VethPair, config: &Path, port: u16) -> Self {
+        Self::serve_config_env(pair, config, port, &[])
+    }
+
+    /// [`Target::serve_config`] with extra environment variables for the target.
+    pub fn serve_config_env(
+        pair: &crate::netns::VethPair,
+        config: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Self {
         let addr = std::net::SocketAddr::new(std::net::IpAddr::V4(pair.target_addr), port);
         let client = pair.client.handle();
         let mut args = vec!["serve", "--config", config.to_str().expect("utf-8 path")];
@@ -134,7 +155,7 @@ impl Target {
                 args.extend(["--tx-checksum", c]);
             }
         }
-        let mut t = Self::start(&pair.target, &args, move || {
+        let mut t = Self::start_env(&pair.target, &args, env, move || {
             client
                 .run(move || std::net::TcpStream::connect(addr).is_ok())
                 .unwrap_or(false)

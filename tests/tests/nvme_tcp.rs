@@ -892,3 +892,69 @@ fn a_host_on_a_vlan_is_served() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
 }
+
+/// A bug in one connection's engine (a debug-build hook makes it panic on a marker) ends
+/// that connection alone: the reactor logs it, tears the connection down and goes on
+/// serving the others and new ones, instead of dying with all of them.
+#[test]
+fn a_panicking_engine_ends_only_its_own_connection() {
+    use std::io::Write as _;
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let path = std::env::temp_dir().join(format!("xdp-target-{}-panic.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "reactors = 1\n[[subsystem]]\nnqn = \"{NQN}\"\n[[subsystem.namespace]]\nnsid = 1\n\
+             backend = \"memory\"\nsize = {}\n",
+            4 * MIB
+        ),
+    )
+    .expect("write config");
+    let t = Target::serve_config_env(
+        &pair,
+        &path,
+        4420,
+        &[("XDPT_TEST_PANIC_ON", "xdpt-test-panic")],
+    );
+    let addr = IpAddr::V4(pair.target_addr);
+    pair.client
+        .run(move || {
+            let (mut a, cntlid) = admin(addr, false);
+            let mut q = io_queue(addr, cntlid, 1, false);
+            let data = pattern(9, 4, 512);
+            assert!(
+                q.io(IoOpcode::Write, 9, 1, 512, data.clone())
+                    .expect("write")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+            // Another connection on the same (only) reactor makes its engine panic.
+            let mut bad = TcpStream::connect(SocketAddr::new(addr, 4420)).expect("connect");
+            bad.write_all(b"xdpt-test-panic").expect("send");
+            bad.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            let closed = matches!(std::io::Read::read(&mut bad, &mut buf), Ok(0) | Err(_));
+            assert!(closed, "the failed connection is closed");
+            // The others go on, and new ones are served.
+            let r = q
+                .io(IoOpcode::Read, 9, 1, 512, Vec::new())
+                .expect("read after the panic");
+            assert_eq!(r.data, data);
+            let k = a
+                .admin(AdminOpcode::KeepAlive, 0, 0, 0, 0)
+                .expect("keep-alive");
+            assert!(k.cqe.status.is_success());
+            let (_a2, _) = admin(addr, false);
+        })
+        .expect("namespace thread");
+    let log = t.log_text();
+    assert!(
+        log.contains("internal error on a connection (a bug), closing it"),
+        "{log}"
+    );
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(path);
+}

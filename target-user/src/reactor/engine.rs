@@ -73,6 +73,8 @@ impl Engine {
     /// output reaches [`target_proto::OUTPUT_HIGH_WATER`]: the caller offers the rest
     /// again after sending, so a peer that stops reading stops being read.
     pub fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now: u64) -> usize {
+        #[cfg(debug_assertions)]
+        test_panic(input);
         match self {
             Self::Nvme(q) => q.receive(input, registry, now),
             Self::Iscsi(c) => c.receive(input, now),
@@ -177,5 +179,23 @@ impl Engine {
             Self::Nvme(q) => format!("NVMe qid {:?}", q.controller().qid()),
             Self::Iscsi(_) => "iSCSI".into(),
         }
+    }
+}
+
+/// Debug builds only (the end-to-end tests run them): panics when received bytes contain
+/// `XDPT_TEST_PANIC_ON`, so a test can show that a bug in one connection's engine ends that
+/// connection alone. Release builds have no such hook.
+#[cfg(debug_assertions)]
+fn test_panic(input: &[u8]) {
+    static MARKER: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let marker = MARKER.get_or_init(|| {
+        std::env::var_os("XDPT_TEST_PANIC_ON")
+            .map(|m| m.into_encoded_bytes())
+            .filter(|m| !m.is_empty())
+    });
+    if let Some(m) = marker
+        && input.windows(m.len()).any(|w| w == m.as_slice())
+    {
+        panic!("XDPT_TEST_PANIC_ON: a test asked this engine to fail");
     }
 }
