@@ -963,8 +963,13 @@ fn metrics_count_what_the_host_did() {
                     assert!(r.cqe.status.is_success(), "{:?}", r.cqe);
                 }
                 // Admin and I/O queue open (the readiness probe's connection closes on
-                // its own).
-                let text = scrape_until(&|t| value(t, &open) == Some(2.0));
+                // its own); on the XDP path, the AF_XDP counters published (every 100 ms).
+                let text = scrape_until(&|t| {
+                    value(t, &open) == Some(2.0)
+                        && (!xdp_path()
+                            || value(t, r#"xdpt_afxdp_packets_total{queue="0",direction="rx"}"#)
+                                .is_some_and(|v| v > 0.0))
+                });
                 (value(&text, &open), text)
             })
             .expect("namespace thread")
