@@ -2,14 +2,15 @@
 # Installs what xdp-target needs on a fresh Debian machine (run as root).
 #   scripts/setup.sh        base packages, the eBPF toolchain (Debian rustc-web, llvm-22,
 #                           bpf-linker), cargo-fuzz, libiscsi's tools and a fio with the
-#                           libiscsi engine (scripts/build-fio-libiscsi.sh)
+#                           libiscsi engine (scripts/build-fio-libiscsi.sh), promtool (package
+#                           prometheus; the metrics test checks the exposition with it)
 #   scripts/setup.sh --lab  also what `cargo xtask lab` needs: QEMU, debootstrap, busybox
 #                           for the guest image and its initrd
 # Idempotent: every step checks first and does nothing when it is already there.
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.13.0
-APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev iproute2 ethtool libiscsi-bin fonts-dejavu-core)
+APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev iproute2 ethtool libiscsi-bin fonts-dejavu-core prometheus)
 if [ "${1:-}" = "--lab" ]; then
     APT_PACKAGES+=(qemu-system-x86 debootstrap busybox-static e2fsprogs kmod xz-utils zstd cpio)
 fi

@@ -155,6 +155,9 @@ pub struct Stack {
     /// (local, remote) of every connection's socket, gathered before each poll (see [`Guard`]).
     tuples: Vec<(IpEndpoint, IpEndpoint)>,
     now_us: u64,
+    /// Connections refused at `max_connections`, per port (one entry per configured port,
+    /// so counting never allocates).
+    refused: Vec<(u16, u64)>,
 }
 
 fn instant(us: u64) -> Instant {
@@ -192,7 +195,9 @@ impl Stack {
             accepted: VecDeque::new(),
             tuples: Vec::new(),
             now_us,
+            refused: Vec::new(),
         };
+        stack.refused = stack.config.ports.iter().map(|&p| (p, 0)).collect();
         stack.replenish();
         stack
     }
@@ -319,7 +324,7 @@ impl Stack {
                 i += 1;
                 continue;
             }
-            self.listeners.swap_remove(i);
+            let (port, _) = self.listeners.swap_remove(i);
             // Connections the user holds or may yet be given; not those closing (TIME-WAIT
             // and the like), which `replenish` bounds with the other sockets.
             let open = self.conns.iter().flatten().filter(|c| !c.released).count();
@@ -337,6 +342,9 @@ impl Stack {
                 // Its SYN-ACK may be out already (or, refused during `poll_ingress`, never
                 // is): RST follows on the next poll either way.
                 self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
+                if let Some(r) = self.refused.iter_mut().find(|r| r.0 == port) {
+                    r.1 += 1;
+                }
             }
             self.insert(Slot {
                 handle: h,
@@ -599,6 +607,12 @@ impl Stack {
             .flatten()
             .filter(|s| s.accepted && !s.released)
             .count()
+    }
+
+    /// Connections refused at `max_connections` since the stack started, per listening port
+    /// (for the metrics; the user cannot see them otherwise: they are never accepted).
+    pub fn refused(&self) -> &[(u16, u64)] {
+        &self.refused
     }
 
     /// Sockets alive in smoltcp: listeners, connections, and released ones still closing.

@@ -1529,6 +1529,11 @@ fn max_connections_refuses_more_and_keeps_the_others() {
         "the stack resets the connection it refuses"
     );
     assert_eq!(echo.conns.len(), max, "the refused one is never accepted");
+    assert_eq!(
+        net.stack.refused(),
+        [(PORT, 1)],
+        "and it is counted on its port"
+    );
 
     // The others still work.
     for p in &mut peers {

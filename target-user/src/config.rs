@@ -39,6 +39,9 @@
 //! steer = true                      # false: only count storage-port packets, pass them on
 //! allow_sources = ["10.0.0.0/8", "fd00::/8"]   # when set, other sources are refused: by
 //!                                   # the XDP program and by the kernel-socket listeners
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"         # Prometheus text on GET /metrics; absent or "": none
 //! ```
 //!
 //! Unknown keys are errors, so a typo cannot silently leave a setting at its default.
@@ -72,6 +75,10 @@ pub enum ConfigError {
     Reactors,
     #[error("max_connections_per_reactor: must be between 1 and 65536")]
     MaxConnections,
+    #[error(
+        "metrics.listen: {0:?} is not an address:port (like 127.0.0.1:9464 or [::1]:9464; \"\" for no metrics endpoint)"
+    )]
+    MetricsListen(String),
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -83,6 +90,8 @@ pub struct Config {
     pub nvme: NvmeConfig,
     #[serde(default)]
     pub iscsi: IscsiConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default = "default_subsystems", rename = "subsystem")]
     pub subsystems: Vec<SubsystemConfig>,
     /// Reactor threads; by default one per CPU in the process's affinity mask.
@@ -103,6 +112,7 @@ impl Default for Config {
             xdp: XdpConfig::default(),
             nvme: NvmeConfig::default(),
             iscsi: IscsiConfig::default(),
+            metrics: MetricsConfig::default(),
             subsystems: default_subsystems(),
             reactors: None,
             max_connections_per_reactor: default_max_connections(),
@@ -207,6 +217,28 @@ const fn default_nop_interval() -> u64 {
 
 const fn default_nop_timeout() -> u64 {
     15
+}
+
+/// The Prometheus endpoint (`crate::metrics`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address the HTTP endpoint listens on; absent or empty: no endpoint.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The endpoint's address, if one is configured.
+    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        match self.listen.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(l) => l
+                .parse()
+                .map(Some)
+                .map_err(|_| ConfigError::MetricsListen(l.to_string())),
+        }
+    }
 }
 
 /// A CHAP user name and secret.
@@ -509,6 +541,7 @@ impl Config {
             l.parse::<std::net::SocketAddr>()
                 .map_err(|_| ConfigError::IscsiListen(l.clone()))?;
         }
+        self.metrics.addr()?;
         for (i, s) in self.subsystems.iter().enumerate() {
             let bad = |message: String| ConfigError::Subsystem {
                 nqn: s.nqn.clone(),
@@ -865,6 +898,27 @@ mod tests {
         }
         let off = parse("").unwrap().xdp.allow_list().unwrap();
         assert!(!off.is_on() && off.allows(ip("203.0.113.1")));
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_an_address_is_given() {
+        assert_eq!(parse("").unwrap().metrics.addr().unwrap(), None);
+        let empty = parse("[metrics]\nlisten = \"\"\n").unwrap();
+        assert_eq!(empty.metrics.addr().unwrap(), None);
+        let on = parse("[metrics]\nlisten = \"[::1]:9464\"\n").unwrap();
+        assert_eq!(
+            on.metrics.addr().unwrap(),
+            Some("[::1]:9464".parse().unwrap())
+        );
+        for bad in ["9464", "localhost:9464", "127.0.0.1"] {
+            let err = parse(&format!("[metrics]\nlisten = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                err.starts_with("metrics.listen: ") && err.contains(bad) && !err.contains('\n'),
+                "{err}"
+            );
+        }
+        let err = parse("[metrics]\nport = 9464\n").unwrap_err();
+        assert!(err.contains("unknown field `port`"), "{err}");
     }
 
     #[test]

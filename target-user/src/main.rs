@@ -6,6 +6,7 @@
 
 mod backend;
 mod config;
+mod metrics;
 mod reactor;
 mod serve;
 mod transport;
@@ -75,6 +76,10 @@ struct ServeArgs {
     /// xdp.allow_sources).
     #[arg(long, value_name = "CIDR")]
     allow_source: Vec<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464 (sets
+    /// metrics.listen).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -136,6 +141,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.xdp.steer = false;
     }
     config.xdp.allow_sources.extend(args.allow_source);
+    if let Some(addr) = args.metrics {
+        config.metrics.listen = Some(addr);
+    }
     config.validate()?;
 
     // Register the signals before anything starts, so a signal during setup still
@@ -153,6 +161,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         warn!("iscsi.listen is empty: no iSCSI is served");
     }
     let server = if config.nvme.listen.is_empty() && config.iscsi.listen.is_empty() {
+        // Nothing is served, but the XDP program's counters are still worth scraping.
+        if let Some(addr) = config.metrics.addr()? {
+            let iface = steering.as_ref().map(|s| s.iface());
+            metrics::http::spawn(addr, std::sync::Arc::new(metrics::Metrics::new(&[], iface)))
+                .map_err(|source| serve::ServeError::MetricsListen { addr, source })?;
+        }
         None
     } else {
         Some(serve::start(&config, steering.as_mut())?)

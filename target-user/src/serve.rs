@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Backend, FileBackend, FileBackendError, MemoryBackend};
 use crate::config::{BackendKind, ChapCredentials, Config};
+use crate::metrics::{Metrics, NamespaceName};
 pub use crate::reactor::engine::Proto;
 use crate::reactor::engine::Shared;
 
@@ -45,6 +46,8 @@ pub enum ServeError {
     AfXdp(crate::transport::xdp::AfXdpError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot serve metrics on {addr}: {source} (metrics.listen or --metrics)")]
+    MetricsListen { addr: SocketAddr, source: io::Error },
 }
 
 /// The running socket transport; [`Server::stop`] ends it.
@@ -68,6 +71,8 @@ struct Built {
     subsystems: Vec<Subsystem>,
     targets: Vec<TargetNode>,
     backends: Vec<Arc<Backend>>,
+    /// Each backend's subsystem and NSID, for the metrics.
+    names: Vec<NamespaceName>,
 }
 
 fn chap(c: &ChapCredentials) -> ChapSecret {
@@ -81,6 +86,7 @@ fn chap(c: &ChapCredentials) -> ChapSecret {
 /// namespaces point at.
 fn build(config: &Config) -> Result<Built, ServeError> {
     let mut backends = Vec::new();
+    let mut names = Vec::new();
     let mut subsystems = Vec::new();
     let mut targets = Vec::new();
     for s in &config.subsystems {
@@ -104,6 +110,10 @@ fn build(config: &Config) -> Result<Built, ServeError> {
                 }
             };
             let id = u32::try_from(backends.len()).expect("fewer than 2^32 namespaces");
+            names.push(NamespaceName {
+                subsystem: s.nqn.clone(),
+                nsid: n.nsid,
+            });
             let ident = identity(&s.nqn, n.nsid);
             if s.iqn.is_some() && n.iscsi {
                 luns.push(LunConfig {
@@ -179,6 +189,7 @@ fn build(config: &Config) -> Result<Built, ServeError> {
         subsystems,
         targets,
         backends,
+        names,
     })
 }
 
@@ -220,12 +231,14 @@ fn parse_addrs(list: &[String]) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The registries, engine parameters and backends every reactor shares.
-fn shared(config: &Config) -> Result<Shared, ServeError> {
+/// The registries, engine parameters, backends and metrics every reactor shares
+/// (`xdp_iface`: where the XDP program is attached, whose counters the metrics read).
+fn shared(config: &Config, xdp_iface: Option<&str>) -> Result<Shared, ServeError> {
     let Built {
         subsystems,
         targets,
         backends,
+        names,
     } = build(config)?;
     let mut registry = Registry::new(subsystems);
     let addrs = parse_addrs(&config.nvme.listen);
@@ -282,6 +295,7 @@ fn shared(config: &Config) -> Result<Shared, ServeError> {
         iscsi_params,
         params,
         backends,
+        metrics: Arc::new(Metrics::new(&names, xdp_iface)),
         busy_poll: std::env::var("XDPT_BUSY_POLL_US")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -309,7 +323,12 @@ pub fn start(
     config: &Config,
     xdp: Option<&mut crate::transport::xdp::steering::Steering>,
 ) -> Result<Server, ServeError> {
-    let shared = Arc::new(shared(config)?);
+    let shared = Arc::new(shared(config, xdp.as_ref().map(|s| s.iface()))?);
+    // Bound before any reactor starts, so a taken port fails the start.
+    if let Some(addr) = config.metrics.addr()? {
+        crate::metrics::http::spawn(addr, Arc::clone(&shared.metrics))
+            .map_err(|source| ServeError::MetricsListen { addr, source })?;
+    }
     // The XDP program drops other sources on the interface it is attached to; the
     // listeners serve every interface, so they apply the same list themselves.
     let allow = Arc::new(config.xdp.allow_list()?);
@@ -372,7 +391,15 @@ mod tests {
             subsystems: subs,
             targets,
             backends,
+            names,
         } = build(&Config::default()).unwrap();
+        assert_eq!(
+            names,
+            [NamespaceName {
+                subsystem: crate::config::DEFAULT_NQN.into(),
+                nsid: 1
+            }]
+        );
         assert_eq!(subs.len(), 1);
         assert_eq!(targets.len(), 1);
         assert_eq!(

@@ -5,6 +5,7 @@
 pub mod faults;
 pub mod frames;
 pub mod iscsi;
+pub mod metrics;
 pub mod netns;
 pub mod nvme;
 pub mod target;

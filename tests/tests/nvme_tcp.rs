@@ -958,3 +958,140 @@ fn a_panicking_engine_ends_only_its_own_connection() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(path);
 }
+
+/// `[metrics] listen` on the target namespace's loopback: after a few writes and reads, the
+/// namespace's counters and bytes are exactly what the host did, the connection gauge
+/// follows the host's connections, and the text passes `promtool check metrics`.
+#[test]
+fn metrics_count_what_the_host_did() {
+    use std::time::{Duration, Instant};
+    use xdp_target_tests::metrics::{promtool, promtool_check, scrape, value};
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let path = std::env::temp_dir().join(format!("xdp-target-{}-metrics.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "reactors = 2\n[metrics]\nlisten = \"127.0.0.1:9464\"\n\
+             [[subsystem]]\nnqn = \"{NQN}\"\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = {}\nblock_size = 512\n",
+            4 * MIB
+        ),
+    )
+    .expect("config");
+    let t = serve(&pair, &path);
+    let endpoint: SocketAddr = "127.0.0.1:9464".parse().expect("address");
+    let target = pair.target.handle();
+    // Scrapes from inside the target's namespace until `done` holds (at most 10 s).
+    let scrape_until = move |done: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (head, body) = target
+                .run(move || scrape(endpoint))
+                .expect("namespace thread")
+                .expect("scrape");
+            assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+            assert!(
+                head.contains("Content-Type: text/plain; version=0.0.4"),
+                "{head}"
+            );
+            if done(&body) || Instant::now() > deadline {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let transport = if xdp_path() { "xdp" } else { "socket" };
+    let conns = format!("{{transport=\"{transport}\",protocol=\"nvme\"}}");
+    let open = format!("xdpt_connections_open{conns}");
+    let ns = |dir: &str| format!("{{subsystem=\"{NQN}\",nsid=\"1\",direction=\"{dir}\"}}");
+
+    // Writes of 8, 1 and 64 blocks, reads of 8 and 64.
+    let writes: [(u64, u32); 3] = [(0, 8), (8, 1), (100, 64)];
+    let reads: [(u64, u32); 2] = [(0, 8), (100, 64)];
+    let addr = IpAddr::V4(pair.target_addr);
+    let (open_during, text_during) = {
+        let scrape_until = scrape_until.clone();
+        let open = open.clone();
+        pair.client
+            .run(move || {
+                let (_a, cntlid) = admin(addr, false);
+                let mut q = io_queue(addr, cntlid, 1, false);
+                for (lba, n) in writes {
+                    let data: Vec<u8> = (lba..lba + u64::from(n))
+                        .flat_map(|l| pattern(l, 4, 512))
+                        .collect();
+                    let w = q.io(IoOpcode::Write, lba, n, 512, data).expect("write");
+                    assert!(w.cqe.status.is_success(), "{:?}", w.cqe);
+                }
+                for (lba, n) in reads {
+                    let r = q.io(IoOpcode::Read, lba, n, 512, Vec::new()).expect("read");
+                    assert!(r.cqe.status.is_success(), "{:?}", r.cqe);
+                }
+                // Admin and I/O queue open (the readiness probe's connection closes on
+                // its own); on the XDP path, the AF_XDP counters published (every 100 ms).
+                let text = scrape_until(&|t| {
+                    value(t, &open) == Some(2.0)
+                        && (!xdp_path()
+                            || value(t, r#"xdpt_afxdp_packets_total{queue="0",direction="rx"}"#)
+                                .is_some_and(|v| v > 0.0))
+                });
+                (value(&text, &open), text)
+            })
+            .expect("namespace thread")
+    };
+    let t_ = &text_during;
+    assert_eq!(open_during, Some(2.0), "{t_}");
+    let get = |series: String| value(t_, &series).unwrap_or_else(|| panic!("{series} in\n{t_}"));
+    assert_eq!(get(format!("xdpt_io_ops_total{}", ns("write"))), 3.0);
+    assert_eq!(get(format!("xdpt_io_ops_total{}", ns("read"))), 2.0);
+    assert_eq!(
+        get(format!("xdpt_io_bytes_total{}", ns("write"))),
+        f64::from((8 + 1 + 64) * 512)
+    );
+    assert_eq!(
+        get(format!("xdpt_io_bytes_total{}", ns("read"))),
+        f64::from((8 + 64) * 512)
+    );
+    assert_eq!(get(format!("xdpt_io_errors_total{}", ns("write"))), 0.0);
+    assert_eq!(
+        get(format!("xdpt_io_duration_seconds_count{}", ns("write"))),
+        3.0
+    );
+    let inf = format!(
+        "xdpt_io_duration_seconds_bucket{{subsystem=\"{NQN}\",nsid=\"1\",direction=\"read\",le=\"+Inf\"}}"
+    );
+    assert_eq!(get(inf), 2.0);
+    assert!(get(format!("xdpt_connections_accepted_total{conns}")) >= 2.0);
+    if xdp_path() {
+        assert!(get(r#"xdpt_xdp_packets_total{port="4420",action="redirected"}"#.into()) > 0.0);
+        assert!(get(r#"xdpt_afxdp_packets_total{queue="0",direction="rx"}"#.into()) > 0.0);
+    } else {
+        assert!(!t_.contains("xdpt_xdp_"), "no XDP program, no XDP metrics");
+    }
+    match promtool() {
+        Some(p) => {
+            if let Err(why) = promtool_check(&p, t_).expect("run promtool") {
+                panic!("promtool check metrics failed:\n{why}\non:\n{t_}");
+            }
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("promtool is missing in CI: scripts/setup.sh installs it (package prometheus)")
+        }
+        None => eprintln!(
+            "SKIPPED the promtool check of metrics_count_what_the_host_did: promtool is not \
+             installed (apt-get install prometheus)"
+        ),
+    }
+
+    // The host went away: no connection is left open, and every accepted one was closed.
+    let after = scrape_until(&|t| value(t, &open) == Some(0.0));
+    assert_eq!(value(&after, &open), Some(0.0), "{after}");
+    assert_eq!(
+        value(&after, &format!("xdpt_connections_closed_total{conns}")),
+        value(&after, &format!("xdpt_connections_accepted_total{conns}")),
+        "{after}"
+    );
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(path);
+}

@@ -143,14 +143,17 @@ fn build_ebpf(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The iSCSI end-to-end tests use libiscsi's tools and a fio with the libiscsi engine;
-/// scripts/setup.sh installs both (as root) when one is missing.
+/// The iSCSI end-to-end tests use libiscsi's tools and a fio with the libiscsi engine, the
+/// metrics test promtool; scripts/setup.sh installs them (as root) when one is missing.
 fn ensure_test_tools(root: &Path) -> Result<()> {
     let have = Path::new("/usr/bin/iscsi-test-cu").is_file()
+        && Path::new("/usr/bin/promtool").is_file()
         && root.join("target/fio-libiscsi/fio").is_file();
     // SAFETY: geteuid has no preconditions.
     if !have && unsafe { libc::geteuid() } == 0 {
-        eprintln!("xtask: installing libiscsi's tools and fio with libiscsi (scripts/setup.sh)");
+        eprintln!(
+            "xtask: installing libiscsi's tools, fio with libiscsi and promtool (scripts/setup.sh)"
+        );
         run(Command::new("bash").arg(root.join("scripts/setup.sh")))?;
     }
     Ok(())

@@ -1,9 +1,12 @@
 //! A reactor's block I/O ([`BlockRunner`]): memory backends complete in place, file and
-//! block-device backends go through the reactor's io_uring and complete later.
+//! block-device backends go through the reactor's io_uring and complete later. Reads and
+//! writes are counted and timed per namespace here (`crate::metrics`), from the start of
+//! the operation to its completion.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use io_uring::{IoUring, opcode, squeue, types};
 use target_proto::nvme::controller::{ALL_BACKENDS, BlockIo, BlockOp, IoOutcome};
@@ -11,6 +14,7 @@ use tracing::warn;
 
 use super::engine::Engine;
 use crate::backend::Backend;
+use crate::metrics::NamespaceIo;
 
 /// Submission queue entries per reactor ring; a full ring is submitted and reused.
 const RING_ENTRIES: u32 = 1024;
@@ -19,9 +23,45 @@ const RING_ENTRIES: u32 = 1024;
 /// reactor's io_uring, completed later by [`BlockRunner::reap`].
 pub struct BlockRunner {
     backends: Vec<Arc<Backend>>,
+    /// Each backend's counters (by backend index), looked up once for this runner.
+    metrics: Vec<NamespaceIo>,
     ring: Option<IoUring>,
     /// Operations in flight by user data (connection index << 16 | slot).
     pending: HashMap<u64, SlotIo>,
+}
+
+/// A read or write being timed for its namespace's metrics.
+#[derive(Clone, Copy, Debug)]
+struct Measure {
+    backend: u32,
+    write: bool,
+    len: u64,
+    started: Instant,
+}
+
+impl Measure {
+    /// Starts timing `io` if it is a read or a write (the operations the metrics count).
+    fn start(io: &BlockIo) -> Option<Self> {
+        let (write, len) = match io.op {
+            BlockOp::Read { len, .. } => (false, len),
+            BlockOp::Write { len, .. } => (true, len),
+            _ => return None,
+        };
+        Some(Self {
+            backend: io.backend,
+            write,
+            len,
+            started: Instant::now(),
+        })
+    }
+
+    /// Counts the finished operation: relaxed atomic adds, nothing else.
+    fn done(self, metrics: &[NamespaceIo], ok: bool) {
+        if let Some(ns) = metrics.get(self.backend as usize) {
+            let dir = if self.write { &ns.write } else { &ns.read };
+            dir.done(self.len, ok, self.started.elapsed());
+        }
+    }
 }
 
 /// A block operation that finished in the ring, for connection `conn`'s `slot`.
@@ -56,11 +96,13 @@ impl Reaped {
 }
 
 impl BlockRunner {
-    /// A runner for `backends`; it owns an io_uring when any of them is a file.
-    pub fn new(backends: Vec<Arc<Backend>>) -> std::io::Result<Self> {
+    /// A runner for `backends` (counted in `metrics`, by backend index); it owns an io_uring
+    /// when any of them is a file.
+    pub fn new(backends: Vec<Arc<Backend>>, metrics: Vec<NamespaceIo>) -> std::io::Result<Self> {
         let needs_ring = backends.iter().any(|b| matches!(**b, Backend::File(_)));
         Ok(Self {
             backends,
+            metrics,
             ring: if needs_ring {
                 Some(IoUring::new(RING_ENTRIES)?)
             } else {
@@ -82,9 +124,18 @@ impl BlockRunner {
         while let Some((slot, io)) = q.next_io() {
             let k = key(conn, slot);
             let outcome = match self.backends.get(io.backend as usize).map(|b| &**b) {
-                Some(Backend::Memory(m)) => Some(m.execute(&io.op, q.buffer_mut(slot))),
+                Some(Backend::Memory(m)) => {
+                    // Completes in place: timed around the copy.
+                    let measure = Measure::start(&io);
+                    let o = m.execute(&io.op, q.buffer_mut(slot));
+                    if let Some(t) = measure {
+                        t.done(&self.metrics, o == IoOutcome::Ok);
+                    }
+                    Some(o)
+                }
                 Some(Backend::File(f)) => {
-                    let p = submit_file_io(
+                    let measure = Measure::start(&io);
+                    let mut p = submit_file_io(
                         &mut self.ring,
                         f.file.as_raw_fd(),
                         &io,
@@ -92,6 +143,9 @@ impl BlockRunner {
                         k,
                     );
                     if p.remaining == 0 {
+                        if let Some(t) = measure {
+                            t.done(&self.metrics, false);
+                        }
                         // Nothing reached the ring: fail it now, or the slot waits forever.
                         Some(if p.read {
                             IoOutcome::ReadError
@@ -99,6 +153,7 @@ impl BlockRunner {
                             IoOutcome::WriteError
                         })
                     } else {
+                        p.measure = measure;
                         self.pending.insert(k, p);
                         None
                     }
@@ -141,6 +196,7 @@ impl BlockRunner {
                                 read: false,
                                 len: 0,
                                 scratch: None,
+                                measure: None,
                             },
                         );
                         None
@@ -190,6 +246,9 @@ impl BlockRunner {
             .into_iter()
             .filter_map(|k| {
                 let io = self.pending.remove(&k)?;
+                if let Some(t) = io.measure {
+                    t.done(&self.metrics, !io.failed);
+                }
                 Some(Reaped {
                     conn: (k >> 16) as usize,
                     slot: (k & 0xffff) as usize,
@@ -236,6 +295,8 @@ pub(crate) struct SlotIo {
     /// Compare reads the media here (from the page-aligned offset) and compares with the
     /// host's data.
     scratch: Option<(Vec<u8>, usize)>,
+    /// A read or write being timed, counted when the last entry completes.
+    measure: Option<Measure>,
 }
 
 fn key(conn: usize, slot: usize) -> u64 {
@@ -307,6 +368,7 @@ fn submit_file_io(
         read: false,
         len: 0,
         scratch: None,
+        measure: None,
     };
     let len32 = |l: u64| u32::try_from(l).unwrap_or(u32::MAX);
     match &io.op {

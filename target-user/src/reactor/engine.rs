@@ -31,6 +31,7 @@ pub struct Shared {
     pub iscsi_params: ConnParams,
     pub params: ControllerParams,
     pub backends: Vec<Arc<Backend>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// How long a reactor keeps polling after its last event before it sleeps.
     pub busy_poll: std::time::Duration,
 }
@@ -58,7 +59,7 @@ impl Shared {
 
     /// A block runner for one reactor; it owns an io_uring when any backend is a file.
     pub fn block_runner(&self) -> std::io::Result<BlockRunner> {
-        BlockRunner::new(self.backends.clone())
+        BlockRunner::new(self.backends.clone(), self.metrics.namespace_io())
     }
 }
 
@@ -69,6 +70,13 @@ pub enum Engine {
 }
 
 impl Engine {
+    pub fn proto(&self) -> Proto {
+        match self {
+            Self::Nvme(_) => Proto::Nvme,
+            Self::Iscsi(_) => Proto::Iscsi,
+        }
+    }
+
     /// Feeds received bytes; returns how many the engine took. It takes fewer once its
     /// output reaches [`target_proto::OUTPUT_HIGH_WATER`]: the caller offers the rest
     /// again after sending, so a peer that stops reading stops being read.

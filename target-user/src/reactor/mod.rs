@@ -17,6 +17,8 @@ use tracing::{error, info};
 use block::BlockRunner;
 use engine::{Engine, Shared};
 
+use crate::metrics::TransportConns;
+
 /// How often keep-alive timers, login timeouts and dead controllers are checked.
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -45,6 +47,9 @@ pub struct Core<H> {
     pub blocks: BlockRunner,
     pub conns: Conns<H>,
     pub shared: Arc<Shared>,
+    /// This transport's connection counters: the transport counts what it accepts and
+    /// refuses, [`Core::close`] what ends.
+    pub metrics: TransportConns,
 }
 
 impl<H> Core<H> {
@@ -70,6 +75,7 @@ impl<H> Core<H> {
         link.release(c, graceful);
         info!(reactor = self.name, peer = %c.peer, engine = c.q.describe(), "connection closed{}: {why}", self.via);
         c.dead = true;
+        self.metrics.of(c.q.proto()).closed();
         self.conns.release(i);
     }
 

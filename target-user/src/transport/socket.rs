@@ -24,6 +24,7 @@ use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, error, warn};
 
 use crate::config::{AllowList, Config};
+use crate::metrics::Transport;
 use crate::reactor::engine::{Proto, Shared};
 use crate::reactor::{Conn, Conns, Core, Link, TICK, reactor_thread};
 use crate::serve::ServeError;
@@ -68,6 +69,7 @@ pub fn start(
                 blocks: shared.block_runner().map_err(ServeError::Uring)?,
                 conns: Conns::new(),
                 shared: Arc::clone(shared),
+                metrics: shared.metrics.transport(Transport::Socket),
             },
             io: Sockets {
                 poll: Poll::new().map_err(ServeError::Reactor)?,
@@ -241,6 +243,7 @@ impl Reactor {
 
     fn accept(&mut self, l: usize) {
         let name = &self.core.name;
+        let counted = self.core.metrics.of(self.io.listeners[l].1).clone();
         loop {
             match self.io.listeners[l].0.accept() {
                 Ok((mut stream, peer)) => {
@@ -251,6 +254,7 @@ impl Reactor {
                             warn!(reactor = name, %peer, "connection refused: source not in xdp.allow_sources (more refusals are counted at stop)");
                         }
                         self.denied += 1;
+                        counted.refused_allow_list.inc();
                         continue;
                     }
                     if self.core.conns.held() >= self.max_connections {
@@ -260,6 +264,7 @@ impl Reactor {
                             warn!(reactor = name, %peer, "connection refused: max_connections_per_reactor ({}) reached (more refusals are counted at stop)", self.max_connections);
                         }
                         self.refused += 1;
+                        counted.refused_limit.inc();
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -282,6 +287,7 @@ impl Reactor {
                             continue;
                         }
                     };
+                    counted.accepted();
                     self.core.conns.insert(stream, peer, q);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

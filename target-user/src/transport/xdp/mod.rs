@@ -22,6 +22,7 @@ use target_tcp::{ConnId, ConnState, Stack, StackConfig};
 use tracing::{debug, error, info};
 
 use crate::config::{Config, ZeroCopy};
+use crate::metrics::{QueueCounters, Transport};
 use crate::reactor::engine::{Proto, Shared};
 use crate::reactor::{Conn, Conns, Core, Link, TICK, reactor_thread};
 use crate::serve::listen_addrs;
@@ -343,10 +344,13 @@ pub fn start(
                 blocks: shared.block_runner().map_err(AfXdpError::Thread)?,
                 conns: Conns::new(),
                 shared: Arc::clone(shared),
+                metrics: shared.metrics.transport(Transport::Xdp),
             },
+            refused_seen: vec![0; stack.refused().len()],
             io: UserStack { xsk, stack },
             ports: ports.clone(),
             started: Instant::now(),
+            published: shared.metrics.afxdp_queue(q),
         };
         let stop = Arc::clone(stop);
         threads.push(
@@ -393,9 +397,27 @@ struct XdpReactor {
     io: UserStack,
     ports: HashMap<u16, Proto>,
     started: Instant,
+    /// Where the socket's counters are published for the metrics.
+    published: Arc<QueueCounters>,
+    /// The stack's refusals per port already added to the metrics (`Stack::refused` order).
+    refused_seen: Vec<u64>,
 }
 
 impl XdpReactor {
+    /// Publishes the socket's counters and adds the stack's new refusals to the metrics.
+    fn publish(&mut self) {
+        self.published
+            .publish(&self.io.xsk.stats(), self.io.xsk.kernel_stats());
+        for (&(port, n), seen) in self.io.stack.refused().iter().zip(&mut self.refused_seen) {
+            if n > *seen {
+                if let Some(&p) = self.ports.get(&port) {
+                    self.core.metrics.of(p).refused_limit.inc_by(n - *seen);
+                }
+                *seen = n;
+            }
+        }
+    }
+
     fn now_us(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
@@ -430,6 +452,7 @@ impl XdpReactor {
                 for i in self.core.tick(&mut self.io, now_ms) {
                     self.core.send(&mut self.io, i);
                 }
+                self.publish();
             }
             if work || self.io.xsk.busy() {
                 last_work = Instant::now();
@@ -443,6 +466,7 @@ impl XdpReactor {
         }
         self.io.stack.poll(self.now_us(), &mut self.io.xsk);
         self.io.xsk.flush();
+        self.publish();
         let s = self.io.xsk.stats();
         info!(
             queue = self.queue,
@@ -512,6 +536,7 @@ impl XdpReactor {
                 return;
             }
         };
+        self.core.metrics.of(proto).accepted();
         self.core.conns.insert(a.id, a.remote, q);
         debug!(queue = self.queue, peer = %a.remote, ?proto, "connection accepted (AF_XDP)");
     }
