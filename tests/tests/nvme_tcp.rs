@@ -20,9 +20,14 @@ const MIB: u64 = 1 << 20;
 
 /// Writes a config file for one subsystem with a `size`-byte memory namespace.
 fn config(name: &str, size: u64, block: u32, extra_subsystem: &str) -> PathBuf {
+    config_top(name, "reactors = 2", size, block, extra_subsystem)
+}
+
+/// [`config`] with `top` (top-level keys and tables) in place of `reactors = 2`.
+fn config_top(name: &str, top: &str, size: u64, block: u32, extra_subsystem: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("xdp-target-{}-{name}.toml", std::process::id()));
     let text = format!(
-        "reactors = 2\n[[subsystem]]\nnqn = \"{NQN}\"\n{extra_subsystem}\n\
+        "{top}\n[[subsystem]]\nnqn = \"{NQN}\"\n{extra_subsystem}\n\
          [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = {size}\nblock_size = {block}\n"
     );
     std::fs::write(&path, text).expect("write config");
@@ -804,16 +809,13 @@ fn forged_frames_cannot_redirect_a_hosts_answers() {
 fn connections_beyond_the_limit_are_refused_and_the_others_go_on() {
     require_netns!();
     let pair = VethPair::create().expect("veth pair");
-    let cfg = std::env::temp_dir().join(format!("xdp-target-{}-limit.toml", std::process::id()));
-    std::fs::write(
-        &cfg,
-        format!(
-            "reactors = 1\nmax_connections_per_reactor = 2\n[[subsystem]]\nnqn = \"{NQN}\"\n\
-             [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = {}\n",
-            4 * MIB
-        ),
-    )
-    .expect("write config");
+    let cfg = config_top(
+        "limit",
+        "reactors = 1\nmax_connections_per_reactor = 2",
+        4 * MIB,
+        512,
+        "",
+    );
     // The readiness probe's connection counts until it is gone: give it a moment.
     let t = serve(&pair, &cfg);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -901,16 +903,7 @@ fn a_panicking_engine_ends_only_its_own_connection() {
     use std::io::Write as _;
     require_netns!();
     let pair = VethPair::create().expect("veth pair");
-    let path = std::env::temp_dir().join(format!("xdp-target-{}-panic.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        format!(
-            "reactors = 1\n[[subsystem]]\nnqn = \"{NQN}\"\n[[subsystem.namespace]]\nnsid = 1\n\
-             backend = \"memory\"\nsize = {}\n",
-            4 * MIB
-        ),
-    )
-    .expect("write config");
+    let path = config_top("panic", "reactors = 1", 4 * MIB, 512, "");
     let t = Target::serve_config_env(
         &pair,
         &path,
@@ -968,17 +961,13 @@ fn metrics_count_what_the_host_did() {
     use xdp_target_tests::metrics::{promtool, promtool_check, scrape, value};
     require_netns!();
     let pair = VethPair::create().expect("veth pair");
-    let path = std::env::temp_dir().join(format!("xdp-target-{}-metrics.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        format!(
-            "reactors = 2\n[metrics]\nlisten = \"127.0.0.1:9464\"\n\
-             [[subsystem]]\nnqn = \"{NQN}\"\n\
-             [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = {}\nblock_size = 512\n",
-            4 * MIB
-        ),
-    )
-    .expect("config");
+    let path = config_top(
+        "metrics",
+        "reactors = 2\n[metrics]\nlisten = \"127.0.0.1:9464\"",
+        4 * MIB,
+        512,
+        "",
+    );
     let t = serve(&pair, &path);
     let endpoint: SocketAddr = "127.0.0.1:9464".parse().expect("address");
     let target = pair.target.handle();

@@ -814,27 +814,10 @@ mod tests {
 
     #[test]
     fn xdp_program_counters_are_exposed_per_port_and_action() {
-        use crate::transport::xdp::stats::Row;
-        use target_common::Counters;
         let mut registry = Registry::with_prefix("xdpt");
-        registry.register_collector(Box::new(FixedRows(vec![
-            Row {
-                port: Some(4420),
-                steer: true,
-                counters: Counters {
-                    packets: [5, 0, 2, 1],
-                    bytes: [500, 0, 120, 60],
-                },
-            },
-            Row {
-                port: None,
-                steer: false,
-                counters: Counters {
-                    packets: [0, 9, 0, 0],
-                    bytes: [0, 900, 0, 0],
-                },
-            },
-        ])));
+        registry.register_collector(Box::new(FixedRows(
+            crate::transport::xdp::stats::sample_rows(),
+        )));
         let mut t = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut t, &registry).unwrap();
         for (series, want) in [

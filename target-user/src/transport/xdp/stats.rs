@@ -182,34 +182,36 @@ pub fn run(iface: &str, json: bool, watch: Option<u64>) -> Result<(), StatsError
     }
 }
 
+/// Two rows with known counters, for the tests of their readers.
+#[cfg(test)]
+pub(crate) fn sample_rows() -> Vec<Row> {
+    vec![
+        Row {
+            port: Some(4420),
+            steer: true,
+            counters: Counters {
+                packets: [5, 0, 2, 1],
+                bytes: [500, 0, 120, 60],
+            },
+        },
+        Row {
+            port: None,
+            steer: false,
+            counters: Counters {
+                packets: [0, 9, 0, 0],
+                bytes: [0, 900, 0, 0],
+            },
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rows() -> Vec<Row> {
-        vec![
-            Row {
-                port: Some(4420),
-                steer: true,
-                counters: Counters {
-                    packets: [5, 0, 2, 1],
-                    bytes: [500, 0, 120, 60],
-                },
-            },
-            Row {
-                port: None,
-                steer: false,
-                counters: Counters {
-                    packets: [0, 9, 0, 0],
-                    bytes: [0, 900, 0, 0],
-                },
-            },
-        ]
-    }
-
     #[test]
     fn json_names_every_action_per_port() {
-        let v = to_json("veth0", &rows());
+        let v = to_json("veth0", &sample_rows());
         assert_eq!(v["iface"], "veth0");
         assert_eq!(v["ports"][0]["port"], 4420);
         assert_eq!(v["ports"][0]["mode"], "steer");
@@ -223,7 +225,7 @@ mod tests {
 
     #[test]
     fn table_has_a_row_per_port_and_other() {
-        let t = to_table("veth0", &rows());
+        let t = to_table("veth0", &sample_rows());
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[1].contains("redirect_failed"));
