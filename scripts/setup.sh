@@ -10,7 +10,7 @@
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.13.0
-APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev iproute2 ethtool libiscsi-bin fonts-dejavu-core prometheus)
+APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev iproute2 ethtool libiscsi-bin fonts-dejavu-core prometheus gcc libibverbs1 librdmacm1 ibverbs-providers libibverbs-dev librdmacm-dev)
 if [ "${1:-}" = "--lab" ]; then
     APT_PACKAGES+=(qemu-system-x86 debootstrap busybox-static e2fsprogs kmod xz-utils zstd cpio)
 fi
