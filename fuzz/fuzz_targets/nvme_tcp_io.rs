@@ -21,7 +21,7 @@ use target_proto::nvme::controller::{
     ALL_BACKENDS, BlockIo, BlockOp, DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT, IoOutcome,
     MAX_TRANSFER, WRITE_ZEROES_MAX_BYTES,
 };
-use target_proto::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, Registry, Subsystem};
+use target_proto::nvme::subsystem::{DISCOVERY_NQN, Namespace, Port, PortTransport, Registry, Subsystem};
 use target_proto::nvme_tcp::host::{HostQueue, commands};
 use target_proto::nvme_tcp::icreq::ControllerParams;
 use target_proto::nvme_tcp::queue::NvmeTcpQueue;
@@ -81,6 +81,7 @@ fn registry() -> Mutex<Registry> {
         addr: None,
         port: 4420,
         io: true,
+        transport: PortTransport::Tcp,
     }]);
     Mutex::new(r)
 }

@@ -83,9 +83,11 @@ pub struct EventChannel {
     ch: NonNull<sys::rdma_event_channel>,
 }
 
-// SAFETY: librdmacm's event channel is used from one thread at a time (its owner's); it
-// may move between threads.
+// SAFETY: librdmacm's event channel is read by one thread (its owner's); other threads only
+// name it (rdma_migrate_id moves an id's events to it, which librdmacm locks).
 unsafe impl Send for EventChannel {}
+// SAFETY: as above.
+unsafe impl Sync for EventChannel {}
 
 impl EventChannel {
     pub fn new() -> io::Result<Self> {

@@ -40,6 +40,11 @@
 //! allow_sources = ["10.0.0.0/8", "fd00::/8"]   # when set, other sources are refused: by
 //!                                   # the XDP program and by the kernel-socket listeners
 //!
+//! [rdma]
+//! listen = ["192.168.1.10:4420", "192.168.1.10:8009"]   # NVMe/RDMA (RDMA CM); default []
+//! require = false                   # true: no RDMA library or device is an error, not a warning
+//! max_queue_depth = 128             # deepest I/O queue accepted (2-128; the device may lower it)
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9464"         # Prometheus text on GET /metrics; absent or "": none
 //! ```
@@ -71,6 +76,10 @@ pub enum ConfigError {
     IscsiListen(String),
     #[error("subsystem {nqn:?}: {message}")]
     Subsystem { nqn: String, message: String },
+    #[error("rdma.listen: {0:?} is not an address:port (like 192.168.1.10:4420 or [fd00::1]:4420)")]
+    RdmaListen(String),
+    #[error("rdma.max_queue_depth: must be between 2 and 128")]
+    RdmaQueueDepth,
     #[error("reactors: must be between 1 and 256")]
     Reactors,
     #[error("max_connections_per_reactor: must be between 1 and 65536")]
@@ -90,6 +99,8 @@ pub struct Config {
     pub nvme: NvmeConfig,
     #[serde(default)]
     pub iscsi: IscsiConfig,
+    #[serde(default)]
+    pub rdma: RdmaConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default = "default_subsystems", rename = "subsystem")]
@@ -112,6 +123,7 @@ impl Default for Config {
             xdp: XdpConfig::default(),
             nvme: NvmeConfig::default(),
             iscsi: IscsiConfig::default(),
+            rdma: RdmaConfig::default(),
             metrics: MetricsConfig::default(),
             subsystems: default_subsystems(),
             reactors: None,
@@ -170,6 +182,38 @@ impl Default for NvmeConfig {
             discovery_port: default_discovery_port(),
             header_digest: true,
             data_digest: true,
+        }
+    }
+}
+
+/// NVMe over RDMA (InfiniBand, RoCE, iWARP, soft-RoCE): where the RDMA CM listens.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RdmaConfig {
+    /// Addresses (of RDMA-capable interfaces) to listen on; a port equal to
+    /// `nvme.discovery_port` is listed as discovery-only, as for TCP.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Fail to start when RDMA is unusable (no libraries, no device, a listener that
+    /// cannot bind) instead of logging it and serving TCP alone.
+    #[serde(default)]
+    pub require: bool,
+    /// The deepest I/O queue a host may ask for (HSQSIZE + 1); lowered to what the
+    /// device's queue pairs hold.
+    #[serde(default = "default_rdma_depth")]
+    pub max_queue_depth: u16,
+}
+
+fn default_rdma_depth() -> u16 {
+    128
+}
+
+impl Default for RdmaConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            require: false,
+            max_queue_depth: default_rdma_depth(),
         }
     }
 }
@@ -540,6 +584,13 @@ impl Config {
         for l in &self.iscsi.listen {
             l.parse::<std::net::SocketAddr>()
                 .map_err(|_| ConfigError::IscsiListen(l.clone()))?;
+        }
+        for l in &self.rdma.listen {
+            l.parse::<std::net::SocketAddr>()
+                .map_err(|_| ConfigError::RdmaListen(l.clone()))?;
+        }
+        if !(2..=128).contains(&self.rdma.max_queue_depth) {
+            return Err(ConfigError::RdmaQueueDepth);
         }
         self.metrics.addr()?;
         for (i, s) in self.subsystems.iter().enumerate() {

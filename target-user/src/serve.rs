@@ -14,7 +14,7 @@ use target_proto::iscsi::chap::{ChapConfig, ChapSecret};
 use target_proto::iscsi::conn::{ConnParams, Timers};
 use target_proto::iscsi::params::TargetLimits;
 use target_proto::iscsi::{Portal, Registry as IscsiRegistry, TargetNode};
-use target_proto::nvme::subsystem::{Namespace, Port, Registry, Subsystem};
+use target_proto::nvme::subsystem::{Namespace, Port, PortTransport, Registry, Subsystem};
 use target_proto::nvme_tcp::icreq::ControllerParams;
 use target_proto::scsi::{LunConfig, ScsiTarget};
 use tracing::{info, warn};
@@ -44,6 +44,8 @@ pub enum ServeError {
     Uring(io::Error),
     #[error("AF_XDP is required (xdp.require_afxdp) but unusable: {0}")]
     AfXdp(crate::transport::xdp::AfXdpError),
+    #[error("NVMe/RDMA is required (rdma.require) but unusable: {0}")]
+    Rdma(crate::transport::rdma::RdmaError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot serve metrics on {addr}: {source} (metrics.listen or --metrics)")]
@@ -241,17 +243,24 @@ fn shared(config: &Config, xdp_iface: Option<&str>) -> Result<Shared, ServeError
         names,
     } = build(config)?;
     let mut registry = Registry::new(subsystems);
-    let addrs = parse_addrs(&config.nvme.listen);
     let iscsi_addrs = parse_addrs(&config.iscsi.listen);
+    // Every NVMe listener, TCP and RDMA, is a port of the discovery log: a host that
+    // discovers over one transport learns the other's addresses too.
+    let tcp = parse_addrs(&config.nvme.listen)
+        .into_iter()
+        .map(|a| (a, PortTransport::Tcp));
+    let rdma = parse_addrs(&config.rdma.listen)
+        .into_iter()
+        .map(|a| (a, PortTransport::Rdma));
     registry.set_ports(
-        addrs
-            .iter()
+        tcp.chain(rdma)
             .enumerate()
-            .map(|(i, a)| Port {
+            .map(|(i, (a, transport))| Port {
                 id: u16::try_from(i + 1).unwrap_or(u16::MAX),
                 addr: (!a.ip().is_unspecified()).then_some(a.ip()),
                 port: a.port(),
                 io: a.port() != config.nvme.discovery_port,
+                transport,
             })
             .collect(),
     );
@@ -369,6 +378,15 @@ pub fn start(
         .map(|l| l.1)
         .collect();
     info!(reactors = n, nvme = ?nvme, iscsi = ?iscsi, "serving over kernel sockets");
+    let rdma = crate::transport::rdma::start(config, &shared, &stop, n).map_err(ServeError::Rdma);
+    match rdma {
+        Ok(t) => threads.extend(t),
+        Err(e) => {
+            // The others are running: stop them before failing.
+            Server { stop, threads }.stop();
+            return Err(e);
+        }
+    }
     Ok(Server { stop, threads })
 }
 

@@ -21,7 +21,7 @@ use super::controller::{
     DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT, MAX_AERS, MAX_QUEUE_ENTRIES, MAX_TRANSFER,
     MDTS_SHIFT, Response, VERSION, WZSL,
 };
-use super::subsystem::{Attached, DISCOVERY_NQN, Namespace, Port, Registry};
+use super::subsystem::{Attached, DISCOVERY_NQN, Namespace, Port, PortTransport, Registry};
 
 /// Keep Alive granularity reported in KAS, in 100 ms units: one second.
 const KAS: u16 = 10;
@@ -336,7 +336,16 @@ fn discovery_log(registry: &Registry, host_nqn: &str, local: Option<IpAddr>) -> 
             continue;
         };
         let addr = e.port.addr.or(local);
-        d.set_trtype(TrType::Tcp);
+        match e.port.transport {
+            PortTransport::Tcp => {
+                d.set_trtype(TrType::Tcp);
+                d.set_tcp_sectype(SecType::None);
+            }
+            PortTransport::Rdma => {
+                d.set_trtype(TrType::Rdma);
+                d.set_rdma_tsas();
+            }
+        }
         d.set_adrfam(match addr {
             Some(IpAddr::V6(_)) => AdrFam::Ipv6,
             _ => AdrFam::Ipv4,
@@ -346,7 +355,6 @@ fn discovery_log(registry: &Registry, host_nqn: &str, local: Option<IpAddr>) -> 
         d.set_portid(e.port.id);
         d.set_cntlid(0xffff);
         d.set_asqsz(32);
-        d.set_tcp_sectype(SecType::None);
         let _ = d.set_trsvcid(&e.port.port.to_string());
         let _ = d.set_subnqn(e.nqn);
         let _ = d.set_traddr(&addr.map_or_else(String::new, |a| a.to_string()));

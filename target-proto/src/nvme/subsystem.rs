@@ -83,6 +83,16 @@ pub struct Port {
     pub port: u16,
     /// Serves NVM subsystems (I/O), not only discovery.
     pub io: bool,
+    /// The transport listening there.
+    pub transport: PortTransport,
+}
+
+/// Which transport a [`Port`] is, for its discovery log entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PortTransport {
+    #[default]
+    Tcp,
+    Rdma,
 }
 
 /// Why a Connect is refused, each mapping to a Connect status (NVMe-oF, Connect response).

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::controller::{BlockOp, IoOutcome};
-use super::subsystem::{Namespace, Port, Registry, Subsystem};
+use super::subsystem::{Namespace, Port, PortTransport, Registry, Subsystem};
 use crate::scsi::LunReservations;
 
 pub(crate) const NQN: &str = "nqn.2026-11.io.xdp-target:test";
@@ -57,6 +57,7 @@ pub(crate) fn registry_of(subsystems: Vec<Subsystem>) -> Mutex<Registry> {
         addr: None,
         port: 4420,
         io: true,
+        transport: PortTransport::Tcp,
     }]);
     Mutex::new(r)
 }

@@ -150,6 +150,7 @@ pub struct NamespaceIo {
 pub enum Transport {
     Socket,
     Xdp,
+    Rdma,
 }
 
 impl Transport {
@@ -157,6 +158,7 @@ impl Transport {
         match self {
             Self::Socket => "socket",
             Self::Xdp => "xdp",
+            Self::Rdma => "rdma",
         }
     }
 }

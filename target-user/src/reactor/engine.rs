@@ -8,6 +8,7 @@ use target_proto::iscsi::Registry as IscsiRegistry;
 use target_proto::iscsi::conn::{ConnEvent, ConnParams, IscsiConn};
 use target_proto::nvme::controller::{BlockIo, IoOutcome};
 use target_proto::nvme::subsystem::Registry;
+use target_proto::nvme_rdma::queue::NvmeRdmaQueue;
 use target_proto::nvme_tcp::icreq::ControllerParams;
 use target_proto::nvme_tcp::queue::NvmeTcpQueue;
 use tracing::{debug, info, warn};
@@ -63,16 +64,20 @@ impl Shared {
     }
 }
 
-/// A connection's protocol engine.
+/// A connection's protocol engine. NVMe/TCP and iSCSI take and give bytes
+/// ([`Engine::receive`], [`Engine::output`]); an NVMe/RDMA queue pair takes capsules and
+/// gives actions, which its transport drives directly (`transport::rdma`), so the byte
+/// methods see no input and no output for it.
 pub enum Engine {
     Nvme(Box<NvmeTcpQueue>),
     Iscsi(Box<IscsiConn>),
+    NvmeRdma(Box<NvmeRdmaQueue>),
 }
 
 impl Engine {
     pub fn proto(&self) -> Proto {
         match self {
-            Self::Nvme(_) => Proto::Nvme,
+            Self::Nvme(_) | Self::NvmeRdma(_) => Proto::Nvme,
             Self::Iscsi(_) => Proto::Iscsi,
         }
     }
@@ -86,6 +91,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => q.receive(input, registry, now),
             Self::Iscsi(c) => c.receive(input, now),
+            Self::NvmeRdma(_) => 0,
         }
     }
 
@@ -93,6 +99,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => q.output(),
             Self::Iscsi(c) => c.output(),
+            Self::NvmeRdma(_) => &[],
         }
     }
 
@@ -100,6 +107,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => q.consume_output(n),
             Self::Iscsi(c) => c.consume_output(n),
+            Self::NvmeRdma(_) => {}
         }
     }
 
@@ -107,6 +115,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => q.closing(),
             Self::Iscsi(c) => c.closing(),
+            Self::NvmeRdma(q) => q.closing(),
         }
     }
 
@@ -114,6 +123,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => q.next_io(),
             Self::Iscsi(c) => c.next_io(),
+            Self::NvmeRdma(q) => q.next_io(),
         }
     }
 
@@ -121,6 +131,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => q.buffer_mut(slot),
             Self::Iscsi(c) => c.buffer_mut(slot),
+            Self::NvmeRdma(q) => q.buffer_mut(slot),
         }
     }
 
@@ -128,6 +139,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => q.io_done(slot, outcome),
             Self::Iscsi(c) => c.io_done(slot, outcome),
+            Self::NvmeRdma(q) => q.io_done(slot, outcome),
         }
     }
 
@@ -135,6 +147,13 @@ impl Engine {
     pub fn tick(&mut self, now: u64, registry: &Mutex<Registry>) -> Result<(), &'static str> {
         match self {
             Self::Nvme(q) => {
+                if q.tick(now, registry) {
+                    Ok(())
+                } else {
+                    Err(q.end_reason().unwrap_or("the queue ended"))
+                }
+            }
+            Self::NvmeRdma(q) => {
                 if q.tick(now, registry) {
                     Ok(())
                 } else {
@@ -155,6 +174,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => q.teardown(registry),
             Self::Iscsi(c) => c.teardown(),
+            Self::NvmeRdma(q) => q.teardown(registry),
         }
     }
 
@@ -186,6 +206,7 @@ impl Engine {
         match self {
             Self::Nvme(q) => format!("NVMe qid {:?}", q.controller().qid()),
             Self::Iscsi(_) => "iSCSI".into(),
+            Self::NvmeRdma(q) => format!("NVMe/RDMA qid {}", q.negotiated().qid),
         }
     }
 }

@@ -346,6 +346,14 @@ pub mod treq {
     pub const SQ_FLOW_CONTROL_DISABLE: u8 = 1 << 2;
 }
 
+/// TSAS bytes 0, 1 and 2 of an RDMA entry: RDMA QP service type, provider type, connection
+/// management service.
+pub mod rdma_tsas {
+    pub const QPTYPE_CONNECTED: u8 = 1;
+    pub const PRTYPE_NOT_SPECIFIED: u8 = 1;
+    pub const CMS_RDMA_CM: u8 = 1;
+}
+
 /// EFLAGS bits.
 pub mod eflags {
     /// Duplicate Returned Information.
@@ -395,6 +403,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> DiscoveryLogEntry<T> {
     }
     pub fn set_tcp_sectype(&mut self, s: SecType) {
         self.set_tcp_sectype_raw(s.into());
+    }
+    /// The RDMA transport specific address subtype (TSAS for TRTYPE RDMA, NVMe over
+    /// Fabrics 1.1, Figure 38): a reliable connected queue pair, no particular RDMA
+    /// provider, connections managed by the RDMA CM, the values Linux's nvmet reports.
+    pub fn set_rdma_tsas(&mut self) {
+        let t = &mut self.buffer.as_mut()[TSAS..TSAS + 3];
+        t.copy_from_slice(&[
+            rdma_tsas::QPTYPE_CONNECTED,
+            rdma_tsas::PRTYPE_NOT_SPECIFIED,
+            rdma_tsas::CMS_RDMA_CM,
+        ]);
     }
     /// Space padded to 32 bytes; `Malformed` if longer or not printable ASCII.
     pub fn set_trsvcid(&mut self, s: &str) -> Result<()> {

@@ -1,0 +1,1050 @@
+//! NVMe over RDMA: the verbs transport (NVM Express RDMA Transport Specification 1.0) for
+//! InfiniBand, RoCE and iWARP NICs, and soft-RoCE (rdma_rxe).
+//!
+//! One reactor thread per core, as on the other transports, each owning its queue pairs,
+//! one completion queue per device and a completion channel. The RDMA CM has one listener
+//! per address (no SO_REUSEPORT), on the first reactor's event channel: a connect request
+//! is taken apart there and handed round-robin to a reactor, whose channel the id's events
+//! then move to (`rdma_migrate_id`). The queue pair's NVMe work is the sans-I/O
+//! [`NvmeRdmaQueue`] of target-proto; this file only moves its capsules, actions and
+//! completions:
+//!
+//! - a connect request's private data goes to `cm::accept`; a reject carries its status;
+//! - each queue pair keeps `depth` receive buffers (SQE + in-capsule data) posted; a capsule
+//!   the queue cannot take yet (every slot waits for a send completion) keeps its buffer
+//!   until a send completes;
+//! - actions become work requests, posted in one chain per pass: RDMA READ (signaled) into
+//!   the slot's buffer, RDMA WRITE (unsignaled: the Send after it completes it) from it,
+//!   and the 16-byte response by SEND or SEND with Invalidate, inline when the device can;
+//! - slot buffers are registered once and again only when they grow; receive buffers are
+//!   registered once per queue pair;
+//! - a reactor busy-polls its completion queues, then arms them and sleeps in poll(2) on
+//!   the completion and CM channels and the io_uring (an idle target uses no CPU).
+//!
+//! A queue pair ends on a DISCONNECTED or DEVICE_REMOVAL event, a failed work request, or
+//! its queue's own end (keep-alive expiry, protocol error): its controller or queue is torn
+//! down by [`Core::close`], and the queue pair and its id are destroyed when the
+//! connection's last block operation has completed (no DMA reaches freed buffers).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use target_proto::nvme_rdma::cm::{self, CmLimits};
+use target_proto::nvme_rdma::queue::{Action, NvmeRdmaQueue, RECV_BUFFER_LEN, SLOTS_PER_ENTRY};
+use target_rdma::{
+    CmEvent, CmId, CompChannel, ConnParam, Cq, DeviceLimits, EventChannel, Mr, Pd, ibv_recv_wr,
+    ibv_send_wr, ibv_sge, ibv_wc, sys,
+};
+use target_wire::nvme_rdma::{CmRejectRepr, CmStatus};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::metrics::Transport;
+use crate::reactor::engine::{Engine, Shared};
+use crate::reactor::{Conn, Conns, Core, Link, TICK, reactor_thread};
+
+/// Completion queue entries per device and reactor (less if the device has fewer).
+const CQ_ENTRIES: u32 = 16_384;
+/// Completions taken per poll.
+const POLL_BATCH: usize = 64;
+/// Connect requests a listener queues.
+const BACKLOG: i32 = 128;
+
+/// Why RDMA could not start, when `rdma.require` makes that an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RdmaError {
+    #[error("{0}")]
+    Library(#[from] target_rdma::LoadError),
+    #[error(
+        "no RDMA device (ibv_devices lists none; for soft-RoCE: modprobe rdma_rxe && rdma link add rxe0 type rxe netdev IFACE)"
+    )]
+    NoDevice,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Setup(io::Error),
+}
+
+/// A connect request handed from the listening reactor to the one that serves it.
+struct Handoff {
+    id: CmId,
+    event: CmEvent,
+}
+
+/// What the reactors share: their CM event channels, and each one's inbox of connect
+/// requests with the eventfd that wakes it.
+struct Mailboxes {
+    channels: Vec<Arc<EventChannel>>,
+    inboxes: Vec<Mutex<Vec<Handoff>>>,
+    wakers: Vec<RawFd>,
+    next: AtomicUsize,
+}
+
+impl Mailboxes {
+    fn post(&self, r: usize, h: Handoff) {
+        self.inboxes[r]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(h);
+        let one: u64 = 1;
+        // SAFETY: write(2) of 8 bytes from a live u64 to our own eventfd.
+        unsafe { libc::write(self.wakers[r], std::ptr::from_ref(&one).cast(), 8) };
+    }
+}
+
+impl Drop for Mailboxes {
+    fn drop(&mut self) {
+        for &fd in &self.wakers {
+            // SAFETY: our own eventfds, closed once.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Starts `n` RDMA reactors listening on `rdma.listen`. No listeners configured: nothing.
+/// RDMA unusable: an error with `rdma.require`, else one warning and no reactors (TCP
+/// goes on serving).
+pub fn start(
+    config: &Config,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+    n: usize,
+) -> Result<Vec<JoinHandle<()>>, RdmaError> {
+    let addrs: Vec<SocketAddr> = config
+        .rdma
+        .listen
+        .iter()
+        .map(|l| l.parse().expect("validated by Config::validate"))
+        .collect();
+    if addrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    match start_reactors(config, shared, stop, n, &addrs) {
+        Ok(t) => Ok(t),
+        Err(e) if config.rdma.require => Err(e),
+        Err(e) => {
+            warn!("NVMe/RDMA not served (set rdma.require to fail instead): {e}");
+            Ok(Vec::new())
+        }
+    }
+}
+
+fn start_reactors(
+    config: &Config,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+    n: usize,
+    addrs: &[SocketAddr],
+) -> Result<Vec<JoinHandle<()>>, RdmaError> {
+    let devices = target_rdma::devices()?;
+    if devices.is_empty() {
+        return Err(RdmaError::NoDevice);
+    }
+    let mut channels = Vec::with_capacity(n);
+    let mut wakers = Vec::with_capacity(n);
+    for _ in 0..n {
+        channels.push(Arc::new(EventChannel::new().map_err(RdmaError::Setup)?));
+        // SAFETY: eventfd(2) with no preconditions; the descriptor is closed by Mailboxes.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(RdmaError::Setup(io::Error::last_os_error()));
+        }
+        wakers.push(fd);
+    }
+    let mail = Arc::new(Mailboxes {
+        channels,
+        inboxes: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+        wakers,
+        next: AtomicUsize::new(0),
+    });
+    // The listeners, on the first reactor's channel.
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let listen = || -> io::Result<CmId> {
+            let id = CmId::new(&mail.channels[0])?;
+            if let Err(e) = id.bind(addr).and_then(|()| id.listen(BACKLOG)) {
+                // SAFETY: our own new id, without events.
+                unsafe { id.destroy() };
+                return Err(e);
+            }
+            Ok(id)
+        };
+        match listen() {
+            Ok(id) => listeners.push((id, addr)),
+            Err(source) => {
+                for (id, _) in listeners {
+                    // SAFETY: our listeners, whose events (none yet read) go with them.
+                    unsafe { CmId::destroy(id) };
+                }
+                return Err(RdmaError::Listen { addr, source });
+            }
+        }
+    }
+    for (_, addr) in &listeners {
+        info!(%addr, devices = ?devices, "NVMe/RDMA listening on {addr}");
+    }
+    let limits = CmLimits {
+        max_depth: config.rdma.max_queue_depth,
+        ..CmLimits::default()
+    };
+    let mut threads = Vec::with_capacity(n);
+    let mut listeners = Some(listeners);
+    for r in 0..n {
+        let name = format!("rdma-{r}");
+        let reactor = Reactor {
+            core: Core {
+                name: name.clone(),
+                via: " (RDMA)",
+                blocks: shared.block_runner().map_err(RdmaError::Setup)?,
+                conns: Conns::new(),
+                shared: Arc::clone(shared),
+                metrics: shared.metrics.transport(Transport::Rdma),
+            },
+            verbs: Verbs {
+                devs: Vec::new(),
+                generation: 0,
+            },
+            index: r,
+            listeners: if r == 0 {
+                listeners.take().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            mail: Arc::clone(&mail),
+            limits,
+            started: Instant::now(),
+            max_connections: config.max_connections_per_reactor,
+        };
+        let stop = Arc::clone(stop);
+        let t = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || reactor_thread(&name, || reactor.run(&stop)))
+            .map_err(RdmaError::Setup)?;
+        threads.push(t);
+    }
+    Ok(threads)
+}
+
+/// One device's verbs objects in one reactor.
+struct Device {
+    ctx: NonNull<sys::ibv_context>,
+    limits: DeviceLimits,
+    /// Completion entries promised to the queue pairs on `cq`.
+    cq_used: u32,
+    cq_size: u32,
+    // Dropped in this order: the CQ before its channel, both before the PD.
+    cq: Cq,
+    comp: CompChannel,
+    pd: Pd,
+}
+
+// SAFETY: a device's verbs objects belong to one reactor; libibverbs allows using them from
+// whichever thread that reactor runs on.
+unsafe impl Send for Device {}
+
+impl Device {
+    fn new(ctx: NonNull<sys::ibv_context>) -> io::Result<Self> {
+        let limits = target_rdma::query_device(ctx)?;
+        let pd = Pd::new(ctx)?;
+        let comp = CompChannel::new(ctx)?;
+        let cq_size = CQ_ENTRIES.min(limits.max_cqe.max(1));
+        let cq = Cq::new(ctx, cq_size, Some(&comp))?;
+        Ok(Self {
+            ctx,
+            limits,
+            cq_used: 0,
+            cq_size,
+            cq,
+            comp,
+            pd,
+        })
+    }
+}
+
+/// What a work request was, packed into its 64-bit ID with the connection it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Recv = 0,
+    Read = 1,
+    Send = 2,
+}
+
+/// `conn` (24 bits) | `generation` (16 bits) | kind (4 bits) | `n` (20 bits): a completion of a
+/// connection that is gone (its index reused) is recognised by its generation.
+fn wr_id(conn: usize, generation: u16, w: Work, n: usize) -> u64 {
+    ((conn as u64 & 0xff_ffff) << 40) | (u64::from(generation) << 24) | ((w as u64) << 20) | n as u64
+}
+
+fn parse_wr_id(id: u64) -> (usize, u16, Option<Work>, usize) {
+    let w = match (id >> 20) & 0xf {
+        0 => Some(Work::Recv),
+        1 => Some(Work::Read),
+        2 => Some(Work::Send),
+        _ => None,
+    };
+    (
+        (id >> 40) as usize,
+        (id >> 24) as u16,
+        w,
+        (id & 0xf_ffff) as usize,
+    )
+}
+
+/// A queue pair as a reactor holds it (the transport handle of a [`Conn`]).
+pub struct QueuePair {
+    id: CmId,
+    /// The connection's index in the reactor's table (in work request IDs).
+    index: usize,
+    qp: NonNull<sys::ibv_qp>,
+    dev: usize,
+    generation: u16,
+    /// Completion entries this queue pair may use on its device's CQ.
+    cq_share: u32,
+    /// Inline data the queue pair takes (0: none): the 16-byte response goes inline.
+    inline: bool,
+    /// `depth` receive buffers of RECV_BUFFER_LEN bytes, registered once.
+    recv: Vec<u8>,
+    recv_mr: Mr,
+    /// One 16-byte response per slot, registered (for devices without inline data).
+    cqes: Vec<u8>,
+    cqes_mr: Mr,
+    /// Each slot buffer's registration, redone when the buffer moves or grows.
+    slot_mrs: Vec<Option<Mr>>,
+    /// Receive buffers holding a capsule the queue could not take yet, with its length.
+    waiting: VecDeque<(usize, usize)>,
+    /// rdma_disconnect was called.
+    disconnected: bool,
+}
+
+// SAFETY: as Device: one reactor's, used from its thread.
+unsafe impl Send for QueuePair {}
+
+impl Drop for QueuePair {
+    fn drop(&mut self) {
+        // The QP first (no more DMA into the buffers), then the regions (fields, after this).
+        // SAFETY: our own id; its events are acknowledged as they are read.
+        unsafe { self.id.destroy() };
+    }
+}
+
+impl QueuePair {
+    fn disconnect(&mut self) {
+        if !self.disconnected {
+            self.disconnected = true;
+            if let Err(e) = self.id.disconnect() {
+                debug!("rdma_disconnect: {e}");
+            }
+        }
+    }
+
+    /// Posts receive buffer `n`.
+    fn post_recv(&mut self, conn: usize, n: usize) -> io::Result<()> {
+        let mut sge = ibv_sge {
+            addr: self.recv.as_ptr() as u64 + (n * RECV_BUFFER_LEN) as u64,
+            length: RECV_BUFFER_LEN as u32,
+            lkey: self.recv_mr.lkey(),
+        };
+        let mut wr = ibv_recv_wr {
+            wr_id: wr_id(conn, self.generation, Work::Recv, n),
+            next: std::ptr::null_mut(),
+            sg_list: &mut sge,
+            num_sge: 1,
+        };
+        // SAFETY: a live QP; the buffer is registered and lives as long as the QP.
+        unsafe { target_rdma::post_recv(self.qp, &mut wr) }
+    }
+}
+
+/// The verbs half of a reactor: its devices.
+struct Verbs {
+    devs: Vec<Device>,
+    /// Generation of the next queue pair.
+    generation: u16,
+}
+
+impl Verbs {
+    fn device(&mut self, ctx: NonNull<sys::ibv_context>) -> io::Result<usize> {
+        if let Some(i) = self.devs.iter().position(|d| d.ctx == ctx) {
+            return Ok(i);
+        }
+        let d = Device::new(ctx)?;
+        d.cq.arm()?;
+        self.devs.push(d);
+        Ok(self.devs.len() - 1)
+    }
+
+    /// The region covering `len` bytes at `ptr` for slot `slot`: the cached one, or a new
+    /// registration of exactly that memory.
+    fn slot_mr<'a>(
+        pd: &Pd,
+        mrs: &'a mut [Option<Mr>],
+        slot: usize,
+        ptr: *mut u8,
+        len: usize,
+    ) -> io::Result<&'a Mr> {
+        let m = &mut mrs[slot];
+        if !m.as_ref().is_some_and(|m| m.covers(ptr as u64, len)) {
+            *m = None;
+            // SAFETY: the slot's buffer neither moves nor shrinks while an action names it
+            // (NvmeRdmaQueue's invariant), and the region is dropped before the queue.
+            *m = Some(unsafe { pd.register(ptr, len, false) }?);
+        }
+        Ok(m.as_ref().expect("set above"))
+    }
+}
+
+impl Link for Verbs {
+    type Handle = QueuePair;
+
+    /// Posts the queue's actions as one chain of work requests.
+    fn send(&mut self, c: &mut Conn<QueuePair>) -> bool {
+        let Engine::NvmeRdma(q) = &mut c.q else {
+            return false;
+        };
+        let qp = &mut c.link;
+        let mut wrs: Vec<ibv_send_wr> = Vec::new();
+        let mut sges: Vec<ibv_sge> = Vec::new();
+        let pd = &self.devs[qp.dev].pd;
+        let me = qp.index;
+        while let Some(a) = q.next_action() {
+            let mut wr = ibv_send_wr::default();
+            let sge = match a {
+                Action::RdmaRead {
+                    slot,
+                    remote_addr,
+                    rkey,
+                    len,
+                } => {
+                    let buf = &mut q.buffer_mut(slot)[..len as usize];
+                    let mr = match Verbs::slot_mr(
+                        pd,
+                        &mut qp.slot_mrs,
+                        slot,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    ) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!("registering a slot buffer failed: {e}");
+                            return false;
+                        }
+                    };
+                    wr.wr_id = wr_id(me, qp.generation, Work::Read, slot);
+                    wr.opcode = sys::IBV_WR_RDMA_READ;
+                    wr.send_flags = sys::IBV_SEND_SIGNALED;
+                    wr.remote_addr = remote_addr;
+                    wr.rkey = rkey;
+                    ibv_sge {
+                        addr: buf.as_ptr() as u64,
+                        length: len,
+                        lkey: mr.lkey(),
+                    }
+                }
+                Action::RdmaWrite {
+                    slot,
+                    remote_addr,
+                    rkey,
+                    len,
+                } => {
+                    let buf = &mut q.buffer_mut(slot)[..len as usize];
+                    let mr = match Verbs::slot_mr(
+                        pd,
+                        &mut qp.slot_mrs,
+                        slot,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    ) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!("registering a slot buffer failed: {e}");
+                            return false;
+                        }
+                    };
+                    // Unsignaled: the slot's Send, posted after it, completes it.
+                    wr.wr_id = wr_id(me, qp.generation, Work::Read, slot) | (0xf << 20);
+                    wr.opcode = sys::IBV_WR_RDMA_WRITE;
+                    wr.remote_addr = remote_addr;
+                    wr.rkey = rkey;
+                    ibv_sge {
+                        addr: buf.as_ptr() as u64,
+                        length: len,
+                        lkey: mr.lkey(),
+                    }
+                }
+                Action::Send {
+                    slot,
+                    cqe,
+                    invalidate,
+                } => {
+                    let at = slot * 16;
+                    qp.cqes[at..at + 16].copy_from_slice(&cqe);
+                    wr.wr_id = wr_id(me, qp.generation, Work::Send, slot);
+                    wr.send_flags = sys::IBV_SEND_SIGNALED;
+                    if qp.inline {
+                        wr.send_flags |= sys::IBV_SEND_INLINE;
+                    }
+                    if let Some(rkey) = invalidate {
+                        wr.opcode = sys::IBV_WR_SEND_WITH_INV;
+                        wr.invalidate_rkey = rkey;
+                    } else {
+                        wr.opcode = sys::IBV_WR_SEND;
+                    }
+                    ibv_sge {
+                        addr: qp.cqes.as_ptr() as u64 + at as u64,
+                        length: 16,
+                        lkey: qp.cqes_mr.lkey(),
+                    }
+                }
+                Action::Disconnect => {
+                    qp.disconnect();
+                    break;
+                }
+            };
+            wr.num_sge = 1;
+            wrs.push(wr);
+            sges.push(sge);
+        }
+        if wrs.is_empty() {
+            return true;
+        }
+        // Link the chain now that the vectors no longer move.
+        let n = wrs.len();
+        for i in 0..n {
+            wrs[i].sg_list = &mut sges[i];
+            if i + 1 < n {
+                let next: *mut ibv_send_wr = &mut wrs[i + 1];
+                wrs[i].next = next;
+            }
+        }
+        // SAFETY: a live QP; every SGE names registered memory that stays until the work
+        // request completes (slot buffers do not move while named; CQE buffers are the
+        // queue pair's).
+        match unsafe { target_rdma::post_send(qp.qp, &mut wrs[0]) } {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(peer = %c.peer, "posting work requests failed: {e}");
+                false
+            }
+        }
+    }
+
+    fn release(&mut self, c: &mut Conn<QueuePair>, _graceful: bool) {
+        c.link.disconnect();
+        let d = &mut self.devs[c.link.dev];
+        d.cq_used = d.cq_used.saturating_sub(c.link.cq_share);
+        c.link.cq_share = 0;
+    }
+}
+
+struct Reactor {
+    core: Core<QueuePair>,
+    verbs: Verbs,
+    index: usize,
+    listeners: Vec<(CmId, SocketAddr)>,
+    mail: Arc<Mailboxes>,
+    limits: CmLimits,
+    started: Instant,
+    max_connections: usize,
+}
+
+impl Reactor {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        let mut wcs = [ibv_wc::default(); POLL_BATCH];
+        let mut last_tick = Instant::now();
+        let mut last_event = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let mut busy = self.cm_events();
+            busy |= self.inbox();
+            busy |= self.completions(&mut wcs);
+            for i in self.core.reap(&mut self.verbs) {
+                busy = true;
+                self.after(i);
+            }
+            self.core.blocks.submit();
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                let now = self.now_ms();
+                for i in self.core.tick(&mut self.verbs, now) {
+                    self.core.send(&mut self.verbs, i);
+                }
+            }
+            if busy {
+                last_event = Instant::now();
+            } else if last_event.elapsed() >= self.core.shared.busy_poll {
+                self.sleep(&mut wcs);
+                last_event = Instant::now();
+            }
+        }
+        for i in 0..self.core.conns.len() {
+            self.core
+                .close(&mut self.verbs, i, "the target is stopping", false);
+        }
+        // Wait for block I/O (the runner's drop does), then the queue pairs go.
+        for (id, _) in self.listeners.drain(..) {
+            // SAFETY: our listeners; their events are acknowledged as read.
+            unsafe { id.destroy() };
+        }
+    }
+
+    /// Sleeps until a completion, a CM event, a handed-over connect request or block I/O
+    /// wakes it, or a tick passes.
+    fn sleep(&mut self, wcs: &mut [ibv_wc]) {
+        for d in &self.verbs.devs {
+            if let Err(e) = d.cq.arm() {
+                warn!(reactor = self.core.name, "arming a completion queue: {e}");
+            }
+        }
+        // A completion that came before the arm would not signal: look once more.
+        if self.completions(wcs) {
+            return;
+        }
+        let mut fds = vec![
+            libc::pollfd {
+                fd: self.mail.channels[self.index].fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.mail.wakers[self.index],
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        if let Some(fd) = self.core.blocks.ring_fd() {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        for d in &self.verbs.devs {
+            fds.push(libc::pollfd {
+                fd: d.comp.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = i32::try_from(TICK.as_millis()).unwrap_or(100);
+        // SAFETY: poll(2) over a live array of pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        for d in &self.verbs.devs {
+            d.comp.drain();
+        }
+        let mut v: u64 = 0;
+        // SAFETY: read(2) of 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe {
+            libc::read(
+                self.mail.wakers[self.index],
+                std::ptr::from_mut(&mut v).cast(),
+                8,
+            )
+        };
+    }
+
+    /// Takes the CM events of this reactor's channel; true when there were any.
+    fn cm_events(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let ev = match self.mail.channels[self.index].next() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return any,
+                Err(e) => {
+                    warn!(reactor = self.core.name, "reading CM events: {e}");
+                    return any;
+                }
+            };
+            any = true;
+            self.cm_event(ev);
+        }
+    }
+
+    fn cm_event(&mut self, ev: CmEvent) {
+        let Some(id) = ev.id else { return };
+        match ev.kind {
+            sys::RDMA_CM_EVENT_CONNECT_REQUEST => {
+                let n = self.mail.channels.len();
+                let r = self.mail.next.fetch_add(1, Ordering::Relaxed) % n;
+                if r == self.index {
+                    self.connect_request(id, &ev);
+                } else if let Err(e) = id.migrate(&self.mail.channels[r]) {
+                    warn!(reactor = self.core.name, "handing a connect request to rdma-{r} failed, serving it here: {e}");
+                    self.connect_request(id, &ev);
+                } else {
+                    self.mail.post(r, Handoff { id, event: ev });
+                }
+            }
+            sys::RDMA_CM_EVENT_ESTABLISHED => {
+                if let Some(i) = self.conn_of(id) {
+                    let peer = self.peer(i);
+                    debug!(reactor = self.core.name, %peer, "NVMe/RDMA queue pair established");
+                }
+            }
+            sys::RDMA_CM_EVENT_DISCONNECTED
+            | sys::RDMA_CM_EVENT_DEVICE_REMOVAL
+            | sys::RDMA_CM_EVENT_CONNECT_ERROR
+            | sys::RDMA_CM_EVENT_UNREACHABLE
+            | sys::RDMA_CM_EVENT_REJECTED
+            | sys::RDMA_CM_EVENT_ADDR_CHANGE => {
+                if let Some(i) = self.conn_of(id) {
+                    let why = match ev.kind {
+                        sys::RDMA_CM_EVENT_DISCONNECTED => "the host disconnected",
+                        sys::RDMA_CM_EVENT_DEVICE_REMOVAL => "the RDMA device is going away",
+                        sys::RDMA_CM_EVENT_ADDR_CHANGE => "the address moved to another device",
+                        _ => "the connection failed",
+                    };
+                    self.core.close(&mut self.verbs, i, why, false);
+                } else if self.listeners.iter().any(|(l, _)| *l == id) {
+                    error!(reactor = self.core.name, event = ev.name(), "an NVMe/RDMA listener lost its device; its address no longer serves");
+                }
+            }
+            _ => debug!(
+                reactor = self.core.name,
+                event = ev.name(),
+                "RDMA CM event ignored"
+            ),
+        }
+    }
+
+    fn peer(&mut self, i: usize) -> String {
+        self.core
+            .conns
+            .live(i)
+            .map_or_else(String::new, |c| c.peer.to_string())
+    }
+
+    /// The live connection an id belongs to (its context holds the index + 1 and the
+    /// generation).
+    fn conn_of(&mut self, id: CmId) -> Option<usize> {
+        let tag = id.context();
+        if tag == 0 {
+            return None;
+        }
+        let i = (tag >> 16) as usize - 1;
+        let generation = tag as u16;
+        self.core
+            .conns
+            .live(i)
+            .filter(|c| c.link.generation == generation && c.link.id == id)
+            .map(|_| i)
+    }
+
+    fn inbox(&mut self) -> bool {
+        let handed: Vec<Handoff> = std::mem::take(
+            &mut *self.mail.inboxes[self.index]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let any = !handed.is_empty();
+        for h in handed {
+            self.connect_request(h.id, &h.event);
+        }
+        any
+    }
+
+    fn reject(&self, id: CmId, status: CmStatus, why: &str) {
+        warn!(reactor = self.core.name, peer = ?id.peer_addr(), status = ?status, "NVMe/RDMA connect request rejected: {why}");
+        if let Err(e) = id.reject(&CmRejectRepr::new(status).to_bytes()) {
+            debug!("rdma_reject: {e}");
+        }
+        // SAFETY: the request's id, ours since the event; not used after.
+        unsafe { id.destroy() };
+    }
+
+    /// A host asks for a queue pair: accept it with a queue, or reject it.
+    fn connect_request(&mut self, id: CmId, ev: &CmEvent) {
+        let counted = self.core.metrics.of(crate::serve::Proto::Nvme).clone();
+        if self.core.conns.held() >= self.max_connections {
+            counted.refused_limit.inc();
+            return self.reject(
+                id,
+                CmStatus::NoResources,
+                "max_connections_per_reactor reached",
+            );
+        }
+        let Some(ctx) = id.verbs() else {
+            return self.reject(id, CmStatus::NoResources, "the id has no device");
+        };
+        let dev = match self.verbs.device(ctx) {
+            Ok(d) => d,
+            Err(e) => {
+                return self.reject(
+                    id,
+                    CmStatus::NoResources,
+                    &format!("setting up the device: {e}"),
+                );
+            }
+        };
+        let d = &self.verbs.devs[dev];
+        // Send work requests: per slot an RDMA WRITE and a SEND, or an RDMA READ.
+        let per_entry = (2 * SLOTS_PER_ENTRY) as u32;
+        let by_device = ((d.limits.max_qp_wr.saturating_sub(1)) / per_entry)
+            .min(d.limits.max_srq_wr.max(d.limits.max_qp_wr));
+        let limits = CmLimits {
+            max_depth: self
+                .limits
+                .max_depth
+                .min(u16::try_from(by_device).unwrap_or(u16::MAX)),
+            ..self.limits
+        };
+        let (reply, negotiated) = match cm::accept(&ev.private_data, &limits) {
+            Ok(a) => a,
+            Err(rej) => {
+                let why = format!("{:?}", rej.status);
+                if let Err(e) = id.reject(&rej.to_bytes()) {
+                    debug!("rdma_reject: {e}");
+                }
+                warn!(reactor = self.core.name, peer = ?id.peer_addr(), "NVMe/RDMA connect request rejected: {why}");
+                // SAFETY: the request's id; not used after.
+                unsafe { id.destroy() };
+                return;
+            }
+        };
+        let depth = usize::from(negotiated.depth);
+        let slots = depth * SLOTS_PER_ENTRY;
+        let send_wr = u32::try_from(2 * slots + 1).expect("bounded by the queue depth");
+        // Completions: every signaled send (a READ or a SEND per slot) and every receive.
+        let cq_share = u32::try_from(slots + depth).expect("bounded") + send_wr;
+        let d = &mut self.verbs.devs[dev];
+        if d.cq_used + cq_share > d.cq_size {
+            return self.reject(
+                id,
+                CmStatus::NoResources,
+                "this reactor's completion queue is full",
+            );
+        }
+        let initiator_depth = ev
+            .initiator_depth
+            .min(u8::try_from(d.limits.max_qp_init_rd_atom).unwrap_or(u8::MAX));
+        let i = self.core.conns.vacant();
+        let qp = match self.queue_pair(id, i, dev, negotiated.depth, send_wr, cq_share) {
+            Ok(qp) => qp,
+            Err(e) => {
+                return self.reject(
+                    id,
+                    CmStatus::NoResources,
+                    &format!("creating the queue pair: {e}"),
+                );
+            }
+        };
+        let peer = id
+            .peer_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local = id.local_addr().map(|a| a.ip());
+        let q = Engine::NvmeRdma(Box::new(NvmeRdmaQueue::new(negotiated, local)));
+        let generation = qp.generation;
+        let inserted = self.core.conns.insert(qp, peer, q);
+        debug_assert_eq!(inserted, i);
+        id.set_context(((i as u64 + 1) << 16) | u64::from(generation));
+        self.verbs.devs[dev].cq_used += cq_share;
+        let c = self.core.conns.live(i).expect("just inserted");
+        for n in 0..depth {
+            if let Err(e) = c.link.post_recv(i, n) {
+                warn!(reactor = self.core.name, %peer, "posting receives failed: {e}");
+                return self.core.close(&mut self.verbs, i, "posting receives failed", false);
+            }
+        }
+        let param = ConnParam {
+            responder_resources: 0,
+            initiator_depth,
+            retry_count: 7,
+            rnr_retry_count: 7,
+        };
+        if let Err(e) = id.accept(param, &reply.to_bytes()) {
+            warn!(reactor = self.core.name, %peer, "rdma_accept failed: {e}");
+            return self.core.close(&mut self.verbs, i, "rdma_accept failed", false);
+        }
+        counted.accepted();
+        debug!(reactor = self.core.name, %peer, qid = negotiated.qid, depth, "NVMe/RDMA queue pair accepted");
+    }
+
+    fn queue_pair(
+        &mut self,
+        id: CmId,
+        index: usize,
+        dev: usize,
+        depth: u16,
+        send_wr: u32,
+        cq_share: u32,
+    ) -> io::Result<QueuePair> {
+        let d = &self.verbs.devs[dev];
+        let depth = usize::from(depth);
+        let slots = depth * SLOTS_PER_ENTRY;
+        let cap = |inline| sys::ibv_qp_cap {
+            max_send_wr: send_wr,
+            max_recv_wr: u32::try_from(depth).expect("bounded"),
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_data: inline,
+        };
+        // Inline responses save the device a DMA read; a device without inline data gets
+        // them from the registered CQE buffers.
+        let inline = match id.create_qp(&d.pd, &d.cq, &d.cq, cap(16)) {
+            Ok(()) => true,
+            Err(_) => {
+                id.create_qp(&d.pd, &d.cq, &d.cq, cap(0))?;
+                false
+            }
+        };
+        let qp = id
+            .qp()
+            .ok_or_else(|| io::Error::other("rdma_create_qp made no QP"))?;
+        let mut recv = vec![0u8; depth * RECV_BUFFER_LEN];
+        let mut cqes = vec![0u8; slots * 16];
+        // SAFETY: the buffers are moved into the QueuePair with their regions, which are
+        // dropped before them (after the QP is destroyed); Vec storage does not move.
+        let recv_mr = unsafe { d.pd.register(recv.as_mut_ptr(), recv.len(), false) }?;
+        // SAFETY: as above.
+        let cqes_mr = unsafe { d.pd.register(cqes.as_mut_ptr(), cqes.len(), false) }?;
+        self.verbs.generation = self.verbs.generation.wrapping_add(1);
+        Ok(QueuePair {
+            id,
+            index,
+            qp,
+            dev,
+            generation: self.verbs.generation,
+            cq_share,
+            inline,
+            recv,
+            recv_mr,
+            cqes,
+            cqes_mr,
+            slot_mrs: (0..slots).map(|_| None).collect(),
+            waiting: VecDeque::new(),
+            disconnected: false,
+        })
+    }
+
+    /// Takes the completions of every device; true when there were any.
+    fn completions(&mut self, wcs: &mut [ibv_wc]) -> bool {
+        let mut any = false;
+        for d in 0..self.verbs.devs.len() {
+            loop {
+                let n = match self.verbs.devs[d].cq.poll(wcs) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        error!(reactor = self.core.name, "polling a completion queue: {e}");
+                        0
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                any = true;
+                let mut touched = Vec::with_capacity(n);
+                for wc in &wcs[..n] {
+                    if let Some(i) = self.completion(wc)
+                        && !touched.contains(&i)
+                    {
+                        touched.push(i);
+                    }
+                }
+                for i in touched {
+                    self.after(i);
+                }
+            }
+        }
+        any
+    }
+
+    /// Hands one completion to its queue; returns its connection if it is still live.
+    fn completion(&mut self, wc: &ibv_wc) -> Option<usize> {
+        let (i, generation, work, n) = parse_wr_id(wc.wr_id);
+        let now = self.now_ms();
+        let core = &mut self.core;
+        let c = core.conns.live(i).filter(|c| c.link.generation == generation)?;
+        let ok = wc.status == sys::IBV_WC_SUCCESS;
+        if !ok {
+            let why = if wc.status == sys::IBV_WC_WR_FLUSH_ERR {
+                "its queue pair was flushed".to_string()
+            } else {
+                format!("a work request failed (status {})", wc.status)
+            };
+            core.close(&mut self.verbs, i, &why, false);
+            return None;
+        }
+        let Engine::NvmeRdma(q) = &mut c.q else {
+            return None;
+        };
+        let registry = &core.shared.registry;
+        let step = crate::reactor::catch(|| match work {
+            Some(Work::Recv) => {
+                let len = (wc.byte_len as usize).min(RECV_BUFFER_LEN);
+                let at = n * RECV_BUFFER_LEN;
+                if !c.link.waiting.is_empty()
+                    || !q.capsule(&c.link.recv[at..at + len], registry, now)
+                {
+                    c.link.waiting.push_back((n, len));
+                    Ok(())
+                } else {
+                    c.link.post_recv(i, n)
+                }
+            }
+            Some(Work::Read) => {
+                q.rdma_read_done(n, true, registry, now);
+                Ok(())
+            }
+            Some(Work::Send) => {
+                q.send_done(n, true);
+                // A slot is free: capsules that waited for one go in now, in order.
+                while let Some(&(b, len)) = c.link.waiting.front() {
+                    let at = b * RECV_BUFFER_LEN;
+                    if !q.capsule(&c.link.recv[at..at + len], registry, now) {
+                        break;
+                    }
+                    c.link.waiting.pop_front();
+                    c.link.post_recv(i, b)?;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        });
+        match step {
+            Ok(Ok(())) => Some(i),
+            Ok(Err(e)) => {
+                warn!(reactor = core.name, "reposting a receive failed: {e}");
+                core.close(&mut self.verbs, i, "posting receives failed", false);
+                None
+            }
+            Err(panic) => {
+                core.failed(&mut self.verbs, i, &panic);
+                None
+            }
+        }
+    }
+
+    /// After connection `i`'s queue moved: its block I/O starts and its actions are posted.
+    fn after(&mut self, i: usize) {
+        self.core.conns.run_io(i, &mut self.core.blocks);
+        self.core.send(&mut self.verbs, i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_request_ids_round_trip() {
+        for (conn, generation, w, n) in [
+            (0, 0, Work::Recv, 0),
+            (5, 65535, Work::Read, 2047),
+            (0xff_ffff, 7, Work::Send, 0xf_ffff),
+        ] {
+            assert_eq!(parse_wr_id(wr_id(conn, generation, w, n)), (conn, generation, Some(w), n));
+        }
+        // The RDMA WRITE's ID (unsignaled, so never seen unless it fails) names no work.
+        let write = wr_id(3, 1, Work::Read, 9) | (0xf << 20);
+        assert_eq!(parse_wr_id(write).2, None);
+    }
+}
