@@ -973,6 +973,30 @@ mod tests {
     }
 
     #[test]
+    fn the_rdma_section_parses_and_is_off_by_default() {
+        let off = parse("").unwrap().rdma;
+        assert_eq!(off, RdmaConfig::default());
+        assert!(off.listen.is_empty() && !off.require && off.max_queue_depth == 128);
+        let on = parse(
+            "[rdma]\nlisten = [\"10.0.0.1:4420\", \"[fd00::1]:8009\"]\nrequire = true\nmax_queue_depth = 64\n",
+        )
+        .unwrap()
+        .rdma;
+        assert_eq!(on.listen, ["10.0.0.1:4420", "[fd00::1]:8009"]);
+        assert!(on.require);
+        assert_eq!(on.max_queue_depth, 64);
+        for (text, want) in [
+            ("[rdma]\nlisten = [\"rxe0:4420\"]\n", "rdma.listen: \"rxe0:4420\""),
+            ("[rdma]\nmax_queue_depth = 1\n", "rdma.max_queue_depth"),
+            ("[rdma]\nmax_queue_depth = 129\n", "rdma.max_queue_depth"),
+            ("[rdma]\ninline = 4096\n", "unknown field `inline`"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
     fn mistakes_are_reported_with_the_key() {
         let cases = [
             ("[xdp]\nport = [1]\n", "unknown field `port`"),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use target_wire::nvme::cqe::CqeRepr;
 use target_wire::nvme::fabrics::{ConnectData, PropertySize};
 use target_wire::nvme::identify::{IdentifyController, IdentifyControllerNvm};
-use target_wire::nvme::log::{DiscoveryLogHeader, SmartLog, discovery_entry};
+use target_wire::nvme::log::{AdrFam, DiscoveryLogHeader, SmartLog, TrType, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
 use target_wire::nvme::sqe::Sqe;
 use target_wire::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, Status};
@@ -19,7 +19,7 @@ use crate::nvme::controller::{
     ALL_BACKENDS, BlockIo, BlockOp, DSM_BLOCKS_LIMIT, DSM_RANGE_BLOCKS_LIMIT,
     WRITE_ZEROES_MAX_BYTES,
 };
-use crate::nvme::subsystem::{DISCOVERY_NQN, Registry};
+use crate::nvme::subsystem::{DISCOVERY_NQN, Port, PortTransport, Registry};
 use crate::nvme::testing::{
     BLOCKS, HOST, HOST_ID, NQN, disk, registry, registry_of, registry_with, run_block_op, subsystem,
 };
@@ -687,6 +687,65 @@ fn discovery_log_lists_only_subsystems_that_allow_the_host() {
     assert_eq!(
         discovery_nqns(&mut d),
         ["nqn.open", "nqn.mine", DISCOVERY_NQN]
+    );
+}
+
+#[test]
+fn discovery_lists_rdma_ports_with_their_transport() {
+    // One NVMe listener per transport: the log lists the subsystem and the discovery
+    // subsystem on each, TCP entries with a TCP TSAS, RDMA entries with the RDMA one
+    // (connected QP, RDMA CM), as nvmet does.
+    let registry = registry();
+    registry.lock().unwrap().set_ports(vec![
+        Port {
+            id: 1,
+            addr: Some("10.0.0.1".parse().unwrap()),
+            port: 4420,
+            io: true,
+            transport: PortTransport::Tcp,
+        },
+        Port {
+            id: 2,
+            addr: Some("fd00::1".parse().unwrap()),
+            port: 4420,
+            io: true,
+            transport: PortTransport::Rdma,
+        },
+    ]);
+    let disk = Mutex::new(Vec::new());
+    let mut d = Host::new(&registry, &disk, false);
+    assert!(d.connect(0, 0xffff, DISCOVERY_NQN).status.is_success());
+    d.enable();
+    let len = 8192;
+    let log = d.admin(
+        AdminOpcode::GetLogPage,
+        u32::from(u8::from(LogPageId::Discovery)) | ((len / 4 - 1) << 16),
+        0,
+        0,
+        len,
+    );
+    assert!(status(&log).is_success());
+    let entries: Vec<_> = (0..4)
+        .map(|i| {
+            let e = discovery_entry(&log.data, i).unwrap();
+            let raw = &log.data[1024 + i * 1024..2048 + i * 1024];
+            (
+                e.trtype(),
+                e.adrfam(),
+                e.traddr().unwrap().to_string(),
+                e.subnqn().unwrap().to_string(),
+                raw[768..771].to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (TrType::Tcp, AdrFam::Ipv4, "10.0.0.1".into(), NQN.into(), vec![0, 0, 0]),
+            (TrType::Tcp, AdrFam::Ipv4, "10.0.0.1".into(), DISCOVERY_NQN.into(), vec![0, 0, 0]),
+            (TrType::Rdma, AdrFam::Ipv6, "fd00::1".into(), NQN.into(), vec![1, 1, 1]),
+            (TrType::Rdma, AdrFam::Ipv6, "fd00::1".into(), DISCOVERY_NQN.into(), vec![1, 1, 1]),
+        ]
     );
 }
 
