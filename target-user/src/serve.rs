@@ -364,7 +364,38 @@ pub fn start(
             ),
         }
     }
-    let sockets = crate::transport::socket::start(config, &shared, &allow, &stop, &all, n)?;
+    // Before the kernel's listeners: a host must not read a discovery log that lists RDMA
+    // ports before it is known whether RDMA serves.
+    let rdma = crate::transport::rdma::start(config, &shared, &stop, n).map_err(ServeError::Rdma);
+    match rdma {
+        Ok(t) if t.is_empty() && !config.rdma.listen.is_empty() => {
+            // RDMA is unusable here: the discovery log must not send hosts to it.
+            let mut r = shared
+                .registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let tcp_only = r
+                .ports()
+                .iter()
+                .filter(|p| p.transport == PortTransport::Tcp)
+                .copied()
+                .collect();
+            r.set_ports(tcp_only);
+        }
+        Ok(t) => threads.extend(t),
+        Err(e) => {
+            // The AF_XDP reactors may be running: stop them before failing.
+            Server { stop, threads }.stop();
+            return Err(e);
+        }
+    }
+    let sockets = match crate::transport::socket::start(config, &shared, &allow, &stop, &all, n) {
+        Ok(s) => s,
+        Err(e) => {
+            Server { stop, threads }.stop();
+            return Err(e);
+        }
+    };
     threads.extend(sockets.threads);
     let listening = sockets.listening;
     let nvme: Vec<_> = listening
@@ -378,15 +409,6 @@ pub fn start(
         .map(|l| l.1)
         .collect();
     info!(reactors = n, nvme = ?nvme, iscsi = ?iscsi, "serving over kernel sockets");
-    let rdma = crate::transport::rdma::start(config, &shared, &stop, n).map_err(ServeError::Rdma);
-    match rdma {
-        Ok(t) => threads.extend(t),
-        Err(e) => {
-            // The others are running: stop them before failing.
-            Server { stop, threads }.stop();
-            return Err(e);
-        }
-    }
     Ok(Server { stop, threads })
 }
 

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 
 use target_wire::nvme::identify::{IdentifyController, IdentifyNamespace};
-use target_wire::nvme::log::{DiscoveryLogHeader, SubType, discovery_entry};
+use target_wire::nvme::log::{DiscoveryLogHeader, SubType, TrType, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
 use target_wire::nvme::status::{CommandSpecificStatus, Status};
 use target_wire::nvme_tcp::{Fes, TermReqRepr};
@@ -224,6 +224,75 @@ fn identify_and_discovery_describe_what_is_configured() {
         .expect("namespace thread");
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
+}
+
+/// NVMe/RDMA configured on a machine without an RDMA device (this one): one warning, TCP
+/// serves on and discovery lists no RDMA port; with `rdma.require` the target refuses to
+/// start and says why.
+#[test]
+fn without_an_rdma_device_tcp_serves_on_and_require_refuses_to_start() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let rdma = format!(
+        "reactors = 1\n[rdma]\nlisten = [\"{}:4420\", \"{}:8009\"]",
+        pair.target_addr, pair.target_addr
+    );
+    let cfg = config_top("rdma-absent", &rdma, 4 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let addr = IpAddr::V4(pair.target_addr);
+    pair.client
+        .run(move || {
+            let _ = admin(addr, false);
+            let mut d = Client::connect(SocketAddr::new(addr, 8009), false).expect("connect 8009");
+            let r = d
+                .fabrics_connect(0, 0xffff, "nqn.2014-08.org.nvmexpress.discovery", HOST_NQN)
+                .expect("connect");
+            assert!(r.cqe.status.is_success());
+            d.enable().expect("enable");
+            let numd = 4096 / 4 - 1;
+            let log = d
+                .admin(
+                    AdminOpcode::GetLogPage,
+                    0,
+                    u32::from(u8::from(LogPageId::Discovery)) | (numd << 16),
+                    0,
+                    4096,
+                )
+                .expect("discovery log")
+                .data;
+            let n = DiscoveryLogHeader::new_checked(&log[..]).expect("header").numrec();
+            assert!(n >= 2, "{n} entries");
+            for i in 0..n as usize {
+                let e = discovery_entry(&log, i).expect("entry");
+                assert_eq!(e.trtype(), TrType::Tcp, "entry {i} sends hosts to RDMA");
+            }
+        })
+        .expect("namespace thread");
+    let log = t.log_text();
+    assert!(
+        log.contains("NVMe/RDMA not served") && log.contains("no RDMA device"),
+        "{log}"
+    );
+    assert!(t.stop().expect("stop").success());
+
+    let required = config_top(
+        "rdma-required",
+        &format!("{rdma}\nrequire = true"),
+        4 * MIB,
+        512,
+        "",
+    );
+    let path = required.to_str().expect("utf-8 path").to_string();
+    let err = match Target::start(&pair.target, &["serve", "--config", &path], || false) {
+        Ok(_) => panic!("the target started without the RDMA it requires"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("exited early") && err.contains("rdma.require") && err.contains("no RDMA device"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(cfg);
+    let _ = std::fs::remove_file(required);
 }
 
 #[test]
