@@ -141,29 +141,62 @@ fn offsets_sizes_and_constants_match_the_headers() {
         ("ID_SRC_ADDR", offset::ID_SRC_ADDR.to_string()),
         ("ID_DST_ADDR", offset::ID_DST_ADDR.to_string()),
         ("DEVICE_ATTR_LEN", offset::DEVICE_ATTR_LEN.to_string()),
-        ("DEVICE_ATTR_MAX_QP_WR", offset::DEVICE_ATTR_MAX_QP_WR.to_string()),
-        ("DEVICE_ATTR_MAX_SGE", offset::DEVICE_ATTR_MAX_SGE.to_string()),
-        ("DEVICE_ATTR_MAX_CQE", offset::DEVICE_ATTR_MAX_CQE.to_string()),
-        ("DEVICE_ATTR_MAX_QP_RD_ATOM", offset::DEVICE_ATTR_MAX_QP_RD_ATOM.to_string()),
+        (
+            "DEVICE_ATTR_MAX_QP_WR",
+            offset::DEVICE_ATTR_MAX_QP_WR.to_string(),
+        ),
+        (
+            "DEVICE_ATTR_MAX_SGE",
+            offset::DEVICE_ATTR_MAX_SGE.to_string(),
+        ),
+        (
+            "DEVICE_ATTR_MAX_CQE",
+            offset::DEVICE_ATTR_MAX_CQE.to_string(),
+        ),
+        (
+            "DEVICE_ATTR_MAX_QP_RD_ATOM",
+            offset::DEVICE_ATTR_MAX_QP_RD_ATOM.to_string(),
+        ),
         (
             "DEVICE_ATTR_MAX_QP_INIT_RD_ATOM",
             offset::DEVICE_ATTR_MAX_QP_INIT_RD_ATOM.to_string(),
         ),
-        ("DEVICE_ATTR_MAX_SRQ_WR", offset::DEVICE_ATTR_MAX_SRQ_WR.to_string()),
+        (
+            "DEVICE_ATTR_MAX_SRQ_WR",
+            offset::DEVICE_ATTR_MAX_SRQ_WR.to_string(),
+        ),
         ("sge", size_of::<sys::ibv_sge>().to_string()),
         ("sge.lkey", offset_of!(sys::ibv_sge, lkey).to_string()),
         ("recv_wr", size_of::<sys::ibv_recv_wr>().to_string()),
-        ("recv_wr.num_sge", offset_of!(sys::ibv_recv_wr, num_sge).to_string()),
+        (
+            "recv_wr.num_sge",
+            offset_of!(sys::ibv_recv_wr, num_sge).to_string(),
+        ),
         ("send_wr", size_of::<sys::ibv_send_wr>().to_string()),
-        ("send_wr.sg_list", offset_of!(sys::ibv_send_wr, sg_list).to_string()),
-        ("send_wr.opcode", offset_of!(sys::ibv_send_wr, opcode).to_string()),
-        ("send_wr.send_flags", offset_of!(sys::ibv_send_wr, send_flags).to_string()),
+        (
+            "send_wr.sg_list",
+            offset_of!(sys::ibv_send_wr, sg_list).to_string(),
+        ),
+        (
+            "send_wr.opcode",
+            offset_of!(sys::ibv_send_wr, opcode).to_string(),
+        ),
+        (
+            "send_wr.send_flags",
+            offset_of!(sys::ibv_send_wr, send_flags).to_string(),
+        ),
         (
             "send_wr.invalidate_rkey",
             offset_of!(sys::ibv_send_wr, invalidate_rkey).to_string(),
         ),
-        ("send_wr.remote_addr", offset_of!(sys::ibv_send_wr, remote_addr).to_string()),
-        ("send_wr.rkey", offset_of!(sys::ibv_send_wr, rkey).to_string()),
+        (
+            "send_wr.remote_addr",
+            offset_of!(sys::ibv_send_wr, remote_addr).to_string(),
+        ),
+        (
+            "send_wr.rkey",
+            offset_of!(sys::ibv_send_wr, rkey).to_string(),
+        ),
         ("wc", size_of::<sys::ibv_wc>().to_string()),
         ("wc.status", offset_of!(sys::ibv_wc, status).to_string()),
         ("wc.opcode", offset_of!(sys::ibv_wc, opcode).to_string()),
@@ -171,15 +204,27 @@ fn offsets_sizes_and_constants_match_the_headers() {
         ("wc.imm_data", offset_of!(sys::ibv_wc, imm_data).to_string()),
         ("wc.qp_num", offset_of!(sys::ibv_wc, qp_num).to_string()),
         ("wc.wc_flags", offset_of!(sys::ibv_wc, wc_flags).to_string()),
-        ("qp_init_attr", size_of::<sys::ibv_qp_init_attr>().to_string()),
-        ("qp_init_attr.cap", offset_of!(sys::ibv_qp_init_attr, cap).to_string()),
-        ("qp_init_attr.qp_type", offset_of!(sys::ibv_qp_init_attr, qp_type).to_string()),
+        (
+            "qp_init_attr",
+            size_of::<sys::ibv_qp_init_attr>().to_string(),
+        ),
+        (
+            "qp_init_attr.cap",
+            offset_of!(sys::ibv_qp_init_attr, cap).to_string(),
+        ),
+        (
+            "qp_init_attr.qp_type",
+            offset_of!(sys::ibv_qp_init_attr, qp_type).to_string(),
+        ),
         (
             "qp_init_attr.sq_sig_all",
             offset_of!(sys::ibv_qp_init_attr, sq_sig_all).to_string(),
         ),
         ("qp_cap", size_of::<sys::ibv_qp_cap>().to_string()),
-        ("srq_init_attr", size_of::<sys::ibv_srq_init_attr>().to_string()),
+        (
+            "srq_init_attr",
+            size_of::<sys::ibv_srq_init_attr>().to_string(),
+        ),
         ("conn_param", size_of::<sys::rdma_conn_param>().to_string()),
         (
             "conn_param.private_data_len",
@@ -189,15 +234,30 @@ fn offsets_sizes_and_constants_match_the_headers() {
             "conn_param.rnr_retry_count",
             offset_of!(sys::rdma_conn_param, rnr_retry_count).to_string(),
         ),
-        ("conn_param.qp_num", offset_of!(sys::rdma_conn_param, qp_num).to_string()),
+        (
+            "conn_param.qp_num",
+            offset_of!(sys::rdma_conn_param, qp_num).to_string(),
+        ),
         ("cm_event", size_of::<sys::rdma_cm_event>().to_string()),
-        ("cm_event.event", offset_of!(sys::rdma_cm_event, event).to_string()),
-        ("cm_event.status", offset_of!(sys::rdma_cm_event, status).to_string()),
-        ("cm_event.conn", offset_of!(sys::rdma_cm_event, conn).to_string()),
+        (
+            "cm_event.event",
+            offset_of!(sys::rdma_cm_event, event).to_string(),
+        ),
+        (
+            "cm_event.status",
+            offset_of!(sys::rdma_cm_event, status).to_string(),
+        ),
+        (
+            "cm_event.conn",
+            offset_of!(sys::rdma_cm_event, conn).to_string(),
+        ),
         ("IBV_WR_RDMA_WRITE", sys::IBV_WR_RDMA_WRITE.to_string()),
         ("IBV_WR_SEND", sys::IBV_WR_SEND.to_string()),
         ("IBV_WR_RDMA_READ", sys::IBV_WR_RDMA_READ.to_string()),
-        ("IBV_WR_SEND_WITH_INV", sys::IBV_WR_SEND_WITH_INV.to_string()),
+        (
+            "IBV_WR_SEND_WITH_INV",
+            sys::IBV_WR_SEND_WITH_INV.to_string(),
+        ),
         ("IBV_SEND_SIGNALED", sys::IBV_SEND_SIGNALED.to_string()),
         ("IBV_SEND_INLINE", sys::IBV_SEND_INLINE.to_string()),
         ("IBV_WC_WR_FLUSH_ERR", sys::IBV_WC_WR_FLUSH_ERR.to_string()),
@@ -242,7 +302,11 @@ fn offsets_sizes_and_constants_match_the_headers() {
             other => wrong.push(format!("{name}: ours {value}, the headers' {other:?}")),
         }
     }
-    assert_eq!(c.len(), ours.len(), "every line the C program prints is checked");
+    assert_eq!(
+        c.len(),
+        ours.len(),
+        "every line the C program prints is checked"
+    );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 

@@ -57,7 +57,11 @@ pub fn devices() -> Result<Vec<String>, LoadError> {
         let name = unsafe { (l.ibv_get_device_name)(d) };
         if !name.is_null() {
             // SAFETY: as above.
-            names.push(unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned());
+            names.push(
+                unsafe { CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     // SAFETY: the list ibv_get_device_list returned, freed once.
@@ -420,7 +424,11 @@ fn to_sockaddr(a: SocketAddr) -> libc::sockaddr_storage {
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { ptr::from_mut(&mut ss).cast::<libc::sockaddr_in>().write(sin) };
+            unsafe {
+                ptr::from_mut(&mut ss)
+                    .cast::<libc::sockaddr_in>()
+                    .write(sin);
+            };
         }
         SocketAddr::V6(v6) => {
             let sin6 = libc::sockaddr_in6 {
@@ -433,7 +441,11 @@ fn to_sockaddr(a: SocketAddr) -> libc::sockaddr_storage {
                 sin6_scope_id: v6.scope_id(),
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { ptr::from_mut(&mut ss).cast::<libc::sockaddr_in6>().write(sin6) };
+            unsafe {
+                ptr::from_mut(&mut ss)
+                    .cast::<libc::sockaddr_in6>()
+                    .write(sin6);
+            };
         }
     }
     ss
@@ -495,7 +507,10 @@ pub fn query_device(ctx: NonNull<sys::ibv_context>) -> io::Result<DeviceLimits> 
         )));
     }
     let at = |o: usize| {
-        u32::try_from(i32::from_ne_bytes(attr[o..o + 4].try_into().expect("4 bytes"))).unwrap_or(0)
+        u32::try_from(i32::from_ne_bytes(
+            attr[o..o + 4].try_into().expect("4 bytes"),
+        ))
+        .unwrap_or(0)
     };
     Ok(DeviceLimits {
         max_qp_wr: at(DEVICE_ATTR_MAX_QP_WR),

@@ -488,7 +488,11 @@ fn load() -> Result<Lib, LoadError> {
 /// # Safety
 /// `p` is a function whose C signature `F` spells out.
 unsafe fn function<F: Copy>(p: *mut c_void) -> F {
-    assert_eq!(size_of::<F>(), size_of::<*mut c_void>(), "a function pointer");
+    assert_eq!(
+        size_of::<F>(),
+        size_of::<*mut c_void>(),
+        "a function pointer"
+    );
     // SAFETY: the caller's promise; both are one pointer wide.
     unsafe { std::mem::transmute_copy(&p) }
 }

@@ -986,7 +986,10 @@ mod tests {
         assert!(on.require);
         assert_eq!(on.max_queue_depth, 64);
         for (text, want) in [
-            ("[rdma]\nlisten = [\"rxe0:4420\"]\n", "rdma.listen: \"rxe0:4420\""),
+            (
+                "[rdma]\nlisten = [\"rxe0:4420\"]\n",
+                "rdma.listen: \"rxe0:4420\"",
+            ),
             ("[rdma]\nmax_queue_depth = 1\n", "rdma.max_queue_depth"),
             ("[rdma]\nmax_queue_depth = 129\n", "rdma.max_queue_depth"),
             ("[rdma]\ninline = 4096\n", "unknown field `inline`"),

@@ -260,7 +260,9 @@ fn without_an_rdma_device_tcp_serves_on_and_require_refuses_to_start() {
                 )
                 .expect("discovery log")
                 .data;
-            let n = DiscoveryLogHeader::new_checked(&log[..]).expect("header").numrec();
+            let n = DiscoveryLogHeader::new_checked(&log[..])
+                .expect("header")
+                .numrec();
             assert!(n >= 2, "{n} entries");
             for i in 0..n as usize {
                 let e = discovery_entry(&log, i).expect("entry");
@@ -288,7 +290,9 @@ fn without_an_rdma_device_tcp_serves_on_and_require_refuses_to_start() {
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains("exited early") && err.contains("rdma.require") && err.contains("no RDMA device"),
+        err.contains("exited early")
+            && err.contains("rdma.require")
+            && err.contains("no RDMA device"),
         "{err}"
     );
     let _ = std::fs::remove_file(cfg);

@@ -741,10 +741,34 @@ fn discovery_lists_rdma_ports_with_their_transport() {
     assert_eq!(
         entries,
         [
-            (TrType::Tcp, AdrFam::Ipv4, "10.0.0.1".into(), NQN.into(), vec![0, 0, 0]),
-            (TrType::Tcp, AdrFam::Ipv4, "10.0.0.1".into(), DISCOVERY_NQN.into(), vec![0, 0, 0]),
-            (TrType::Rdma, AdrFam::Ipv6, "fd00::1".into(), NQN.into(), vec![1, 1, 1]),
-            (TrType::Rdma, AdrFam::Ipv6, "fd00::1".into(), DISCOVERY_NQN.into(), vec![1, 1, 1]),
+            (
+                TrType::Tcp,
+                AdrFam::Ipv4,
+                "10.0.0.1".into(),
+                NQN.into(),
+                vec![0, 0, 0]
+            ),
+            (
+                TrType::Tcp,
+                AdrFam::Ipv4,
+                "10.0.0.1".into(),
+                DISCOVERY_NQN.into(),
+                vec![0, 0, 0]
+            ),
+            (
+                TrType::Rdma,
+                AdrFam::Ipv6,
+                "fd00::1".into(),
+                NQN.into(),
+                vec![1, 1, 1]
+            ),
+            (
+                TrType::Rdma,
+                AdrFam::Ipv6,
+                "fd00::1".into(),
+                DISCOVERY_NQN.into(),
+                vec![1, 1, 1]
+            ),
         ]
     );
 }

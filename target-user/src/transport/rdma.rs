@@ -279,7 +279,10 @@ enum Work {
 /// `conn` (24 bits) | `generation` (16 bits) | kind (4 bits) | `n` (20 bits): a completion of a
 /// connection that is gone (its index reused) is recognised by its generation.
 fn wr_id(conn: usize, generation: u16, w: Work, n: usize) -> u64 {
-    ((conn as u64 & 0xff_ffff) << 40) | (u64::from(generation) << 24) | ((w as u64) << 20) | n as u64
+    ((conn as u64 & 0xff_ffff) << 40)
+        | (u64::from(generation) << 24)
+        | ((w as u64) << 20)
+        | n as u64
 }
 
 fn parse_wr_id(id: u64) -> (usize, u16, Option<Work>, usize) {
@@ -678,7 +681,10 @@ impl Reactor {
                 if r == self.index {
                     self.connect_request(id, &ev);
                 } else if let Err(e) = id.migrate(&self.mail.channels[r]) {
-                    warn!(reactor = self.core.name, "handing a connect request to rdma-{r} failed, serving it here: {e}");
+                    warn!(
+                        reactor = self.core.name,
+                        "handing a connect request to rdma-{r} failed, serving it here: {e}"
+                    );
                     self.connect_request(id, &ev);
                 } else {
                     self.mail.post(r, Handoff { id, event: ev });
@@ -705,7 +711,11 @@ impl Reactor {
                     };
                     self.core.close(&mut self.verbs, i, why, false);
                 } else if self.listeners.iter().any(|(l, _)| *l == id) {
-                    error!(reactor = self.core.name, event = ev.name(), "an NVMe/RDMA listener lost its device; its address no longer serves");
+                    error!(
+                        reactor = self.core.name,
+                        event = ev.name(),
+                        "an NVMe/RDMA listener lost its device; its address no longer serves"
+                    );
                 }
             }
             _ => debug!(
@@ -851,7 +861,9 @@ impl Reactor {
         for n in 0..depth {
             if let Err(e) = c.link.post_recv(i, n) {
                 warn!(reactor = self.core.name, %peer, "posting receives failed: {e}");
-                return self.core.close(&mut self.verbs, i, "posting receives failed", false);
+                return self
+                    .core
+                    .close(&mut self.verbs, i, "posting receives failed", false);
             }
         }
         let param = ConnParam {
@@ -862,7 +874,9 @@ impl Reactor {
         };
         if let Err(e) = id.accept(param, &reply.to_bytes()) {
             warn!(reactor = self.core.name, %peer, "rdma_accept failed: {e}");
-            return self.core.close(&mut self.verbs, i, "rdma_accept failed", false);
+            return self
+                .core
+                .close(&mut self.verbs, i, "rdma_accept failed", false);
         }
         counted.accepted();
         debug!(reactor = self.core.name, %peer, qid = negotiated.qid, depth, "NVMe/RDMA queue pair accepted");
@@ -962,7 +976,10 @@ impl Reactor {
         let (i, generation, work, n) = parse_wr_id(wc.wr_id);
         let now = self.now_ms();
         let core = &mut self.core;
-        let c = core.conns.live(i).filter(|c| c.link.generation == generation)?;
+        let c = core
+            .conns
+            .live(i)
+            .filter(|c| c.link.generation == generation)?;
         let ok = wc.status == sys::IBV_WC_SUCCESS;
         if !ok {
             let why = if wc.status == sys::IBV_WC_WR_FLUSH_ERR {
@@ -1041,7 +1058,10 @@ mod tests {
             (5, 65535, Work::Read, 2047),
             (0xff_ffff, 7, Work::Send, 0xf_ffff),
         ] {
-            assert_eq!(parse_wr_id(wr_id(conn, generation, w, n)), (conn, generation, Some(w), n));
+            assert_eq!(
+                parse_wr_id(wr_id(conn, generation, w, n)),
+                (conn, generation, Some(w), n)
+            );
         }
         // The RDMA WRITE's ID (unsignaled, so never seen unless it fails) names no work.
         let write = wr_id(3, 1, Work::Read, 9) | (0xf << 20);
