@@ -26,17 +26,35 @@ const SANS_IO: &[(&str, &[&str])] = &[
 
 /// Crates that must build without the eBPF toolchain (the initiator runs on machines that
 /// only measure): what they may not reach, directly or not.
-const NO_EBPF: &[(&str, &[&str])] = &[(
-    "target-initiator",
-    &[
-        "aya",
-        "aya-obj",
-        "target-common",
-        "target-user",
-        "io-uring",
-        "xdpilone",
-    ],
-)];
+/// target-rdma is the verbs/RDMA CM layer under both the target and the initiator: it knows
+/// nothing of NVMe or of the rest of the workspace.
+const NO_EBPF: &[(&str, &[&str])] = &[
+    (
+        "target-initiator",
+        &[
+            "aya",
+            "aya-obj",
+            "target-common",
+            "target-user",
+            "io-uring",
+            "xdpilone",
+        ],
+    ),
+    (
+        "target-rdma",
+        &[
+            "aya",
+            "aya-obj",
+            "target-common",
+            "target-user",
+            "target-wire",
+            "target-proto",
+            "target-tcp",
+            "io-uring",
+            "xdpilone",
+        ],
+    ),
+];
 
 /// Workspace crates that no other workspace crate may depend on.
 const LEAVES: &[&str] = &["target-user", "xtask", "xdp-target-tests"];
