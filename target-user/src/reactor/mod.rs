@@ -33,6 +33,12 @@ pub trait Link {
     fn send(&mut self, c: &mut Conn<Self::Handle>) -> bool;
     /// Lets go of a closed connection's handle: `graceful` after what was queued is sent.
     fn release(&mut self, c: &mut Conn<Self::Handle>, graceful: bool);
+    /// Whether everything connection `c` said has left, so an engine that is done may be
+    /// closed: its output is empty (a transport that holds more, like posted RDMA sends,
+    /// says so).
+    fn flushed(&self, c: &Conn<Self::Handle>) -> bool {
+        c.q.output().is_empty()
+    }
 }
 
 /// A reactor's connections and block I/O, and what it does with them whatever the
@@ -129,7 +135,7 @@ impl<H> Core<H> {
         };
         if !link.send(c) {
             self.close(link, i, "send failed", false);
-        } else if c.q.closing() && c.q.output().is_empty() {
+        } else if c.q.closing() && link.flushed(c) {
             self.close(
                 link,
                 i,

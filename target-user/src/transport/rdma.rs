@@ -56,6 +56,8 @@ const CQ_ENTRIES: u32 = 16_384;
 const POLL_BATCH: usize = 64;
 /// Connect requests a listener queues.
 const BACKLOG: i32 = 128;
+/// How long a queue pair that is ending waits for its last responses to be sent.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why RDMA could not start, when `rdma.require` makes that an error.
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +326,11 @@ pub struct QueuePair {
     waiting: VecDeque<(usize, usize)>,
     /// rdma_disconnect was called.
     disconnected: bool,
+    /// SENDs posted and not completed.
+    sends: usize,
+    /// The queue asked to disconnect: its last responses (a refused Connect's status) may
+    /// still be on their way, and the queue pair waits for them, [`LINGER`] at most.
+    linger: Option<Instant>,
 }
 
 // SAFETY: as Device: one reactor's, used from its thread.
@@ -425,7 +432,10 @@ impl Link for Verbs {
                     rkey,
                     len,
                 } => {
-                    let buf = &mut q.buffer_mut(slot)[..len as usize];
+                    let Some(buf) = q.buffer_mut(slot).get_mut(..len as usize) else {
+                        error!(peer = %c.peer, slot, len, "an action names more than its slot's buffer (a bug)");
+                        return false;
+                    };
                     let mr = match Verbs::slot_mr(
                         pd,
                         &mut qp.slot_mrs,
@@ -456,7 +466,10 @@ impl Link for Verbs {
                     rkey,
                     len,
                 } => {
-                    let buf = &mut q.buffer_mut(slot)[..len as usize];
+                    let Some(buf) = q.buffer_mut(slot).get_mut(..len as usize) else {
+                        error!(peer = %c.peer, slot, len, "an action names more than its slot's buffer (a bug)");
+                        return false;
+                    };
                     let mr = match Verbs::slot_mr(
                         pd,
                         &mut qp.slot_mrs,
@@ -493,6 +506,7 @@ impl Link for Verbs {
                     if qp.inline {
                         wr.send_flags |= sys::IBV_SEND_INLINE;
                     }
+                    qp.sends += 1;
                     if let Some(rkey) = invalidate {
                         wr.opcode = sys::IBV_WR_SEND_WITH_INV;
                         wr.invalidate_rkey = rkey;
@@ -506,7 +520,8 @@ impl Link for Verbs {
                     }
                 }
                 Action::Disconnect => {
-                    qp.disconnect();
+                    // Disconnected on release, once the responses before it are sent.
+                    qp.linger.get_or_insert_with(Instant::now);
                     break;
                 }
             };
@@ -536,6 +551,10 @@ impl Link for Verbs {
                 false
             }
         }
+    }
+
+    fn flushed(&self, c: &Conn<QueuePair>) -> bool {
+        c.link.sends == 0 || c.link.linger.is_some_and(|t| t.elapsed() >= LINGER)
     }
 
     fn release(&mut self, c: &mut Conn<QueuePair>, _graceful: bool) {
@@ -578,6 +597,7 @@ impl Reactor {
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let now = self.now_ms();
+                // Ticks also end the queue pairs whose last responses did not go in time.
                 for i in self.core.tick(&mut self.verbs, now) {
                     self.core.send(&mut self.verbs, i);
                 }
@@ -936,6 +956,8 @@ impl Reactor {
             slot_mrs: (0..slots).map(|_| None).collect(),
             waiting: VecDeque::new(),
             disconnected: false,
+            sends: 0,
+            linger: None,
         })
     }
 
@@ -1012,6 +1034,7 @@ impl Reactor {
                 Ok(())
             }
             Some(Work::Send) => {
+                c.link.sends = c.link.sends.saturating_sub(1);
                 q.send_done(n, true);
                 // A slot is free: capsules that waited for one go in now, in order.
                 while let Some(&(b, len)) = c.link.waiting.front() {
