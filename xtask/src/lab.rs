@@ -89,6 +89,53 @@ pub(crate) enum LabPath {
     Both,
 }
 
+impl LabPath {
+    /// The guest sessions to run, in order.
+    fn sessions(self) -> &'static [Session] {
+        match self {
+            Self::Sockets => &[Session::Sockets],
+            Self::Xdp => &[Session::Xdp],
+            Self::Both => &[Session::Sockets, Session::Xdp],
+        }
+    }
+}
+
+/// One boot of the guest against one way of serving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Session {
+    /// The target on the host, kernel sockets, MTU 1500.
+    Sockets,
+    /// The target on the host, the XDP path, MTU 9000.
+    Xdp,
+}
+
+impl Session {
+    /// Its folder in target/lab-cache/run and the prefix of its steps.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sockets => "sockets",
+            Self::Xdp => "xdp",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Sockets => "kernel sockets",
+            Self::Xdp => "the XDP path (XDP program on tap0, AF_XDP, user-space TCP/IP), MTU 9000",
+        }
+    }
+
+    /// The MTU of the tap and the guest's eth0. The XDP session runs with jumbo frames:
+    /// multi-buffer AF_XDP sockets and the frags program (the network namespace suites
+    /// cover the XDP path at MTU 1500 too).
+    fn mtu(self) -> u32 {
+        match self {
+            Self::Xdp => 9000,
+            Self::Sockets => 1500,
+        }
+    }
+}
+
 pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     let started = Instant::now();
     // SAFETY: geteuid has no preconditions.
@@ -106,11 +153,6 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     }
     let accel = resolve_accel(accel);
     println!("lab: accelerator {accel}");
-    let paths: &[bool] = match path {
-        LabPath::Sockets => &[false],
-        LabPath::Xdp => &[true],
-        LabPath::Both => &[false, true],
-    };
 
     // From here on there are processes and a namespace to clean up: Ctrl-C reaches the
     // whole foreground group, so QEMU and the target stop on it, and xtask ignores it to
@@ -118,32 +160,23 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     // SAFETY: setting a signal to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let mut tally = Tally::default();
-    for &xdp in paths {
-        let name = if xdp { "xdp" } else { "sockets" };
+    for &session in path.sessions() {
+        let name = session.name();
         let run_dir = runs.join(name);
         fs::create_dir_all(&run_dir)?;
-        // The XDP session runs with jumbo frames: multi-buffer AF_XDP sockets and the frags
-        // program (the network namespace suites cover the XDP path at MTU 1500 too).
-        let mtu = if xdp { 9000 } else { 1500 };
-        let steps_tar = write_guest_steps(&run_dir, mtu)?;
         let config = run_dir.join("target.toml");
-        fs::write(&config, target_config(&run_dir)).context("writing the target config")?;
-        println!(
-            "lab: session over {}",
-            if xdp {
-                "the XDP path (XDP program on tap0, AF_XDP, user-space TCP/IP), MTU 9000"
-            } else {
-                "kernel sockets"
-            }
-        );
+        fs::write(&config, target_config(session, &run_dir))
+            .context("writing the target config")?;
+        let steps_tar = write_guest_steps(&run_dir, session)?;
+        println!("lab: session over {}", session.describe());
         tally.prefix = format!("[{name}] ");
-        let mut lab = Lab::create(&run_dir, &bin, &config, xdp, mtu)?;
+        let mut lab = Lab::create(&run_dir, &bin, &config, session)?;
         let result = lab.session(&image, &steps_tar, accel, &mut tally);
         drop(lab);
         if let Err(e) = result {
             tally.fail("lab", &format!("{e:#}"));
         }
-        if xdp {
+        if session == Session::Xdp {
             // Every connection the guest made must have gone through AF_XDP, none through
             // the kernel's sockets.
             let log = fs::read_to_string(run_dir.join("target.log")).unwrap_or_default();
@@ -628,14 +661,13 @@ struct Lab {
     run_dir: PathBuf,
     bin: PathBuf,
     config: PathBuf,
-    /// Serve the tap through the XDP path.
-    xdp: bool,
+    session: Session,
     // Dropped last, after Drop::drop has stopped the processes.
     ns: Netns,
 }
 
 impl Lab {
-    fn create(run_dir: &Path, bin: &Path, config: &Path, xdp: bool, mtu: u32) -> Result<Self> {
+    fn create(run_dir: &Path, bin: &Path, config: &Path, session: Session) -> Result<Self> {
         let ns = Netns::create(NETNS).context("creating the lab namespace")?;
         let lab = Self {
             target: None,
@@ -643,7 +675,7 @@ impl Lab {
             run_dir: run_dir.to_path_buf(),
             bin: bin.to_path_buf(),
             config: config.to_path_buf(),
-            xdp,
+            session,
             ns,
         };
         ip(&["-n", NETNS, "tuntap", "add", "dev", TAP, "mode", "tap"])?;
@@ -656,7 +688,8 @@ impl Lab {
             "dev",
             TAP,
         ])?;
-        ip(&["-n", NETNS, "link", "set", TAP, "mtu", &mtu.to_string()])?;
+        let mtu = session.mtu().to_string();
+        ip(&["-n", NETNS, "link", "set", TAP, "mtu", &mtu])?;
         ip(&["-n", NETNS, "link", "set", TAP, "up"])?;
         Ok(lab)
     }
@@ -688,7 +721,7 @@ impl Lab {
             .open(self.run_dir.join("target.log"))?;
         let mut cmd = self.ns.command(&self.bin);
         cmd.arg("serve").arg("--config").arg(&self.config);
-        if self.xdp {
+        if self.session == Session::Xdp {
             cmd.args(["--xdp", TAP, "--require-afxdp"]);
         }
         let child = cmd
@@ -787,7 +820,7 @@ impl Lab {
                 // frames reach the tap with partial checksums (as from any local peer), which
                 // the user-space stack, verifying every checksum, would drop. A NIC on a wire
                 // always delivers complete ones.
-                if self.xdp {
+                if self.session == Session::Xdp {
                     "virtio-net-pci,netdev=n0,csum=off,host_mtu=9000"
                 } else {
                     "virtio-net-pci,netdev=n0"
@@ -935,7 +968,7 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// The namespace lives in a file in the run folder, so the restart step can check that
 /// data written (and flushed) before it is still there after it.
-fn target_config(run_dir: &Path) -> String {
+fn target_config(_session: Session, run_dir: &Path) -> String {
     let image = run_dir.join("ns1.img");
     let image = image.display();
     format!(
@@ -966,7 +999,8 @@ block_size = {NS_BLOCK}
 }
 
 /// Writes lib.sh and main.sh into a tar for the guest's /dev/vdb.
-fn write_guest_steps(run_dir: &Path, mtu: u32) -> Result<PathBuf> {
+fn write_guest_steps(run_dir: &Path, session: Session) -> Result<PathBuf> {
+    let mtu = session.mtu();
     let dir = run_dir.join("guest");
     fs::create_dir_all(&dir)?;
     let vars = format!(
