@@ -54,15 +54,16 @@ const NS_BLOCK: u64 = 512;
 
 const SUITE: &str = "bookworm";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-/// open-iscsi is there for the iSCSI steps, rdma-core and the verbs tools for NVMe/RDMA
-/// over soft-RoCE (rdma_rxe), both to come.
-const GUEST_PACKAGES: &str = "kmod,iproute2,nvme-cli,e2fsprogs,procps,util-linux,fio,open-iscsi,rdma-core,ibverbs-providers,ibverbs-utils";
+/// open-iscsi is there for the iSCSI steps; rdma-core, the verbs and RDMA CM libraries
+/// (which xdp-target and xdp-target-perf dlopen; no package depends on them for that),
+/// the rxe provider and the verbs and RDMA CM tools for NVMe/RDMA over soft-RoCE.
+const GUEST_PACKAGES: &str = "kmod,iproute2,nvme-cli,e2fsprogs,procps,util-linux,fio,open-iscsi,rdma-core,libibverbs1,librdmacm1,ibverbs-providers,ibverbs-utils,rdmacm-utils";
 /// The initrd loads these (and their dependencies, from modules.dep) to mount /dev/vda.
 const INITRD_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
 /// Sparse size of the root disk; debootstrap minbase plus all kernel modules is ~800 MB.
 const ROOT_IMG_SIZE: &str = "2G";
 /// Bump when the way the image is assembled changes in a way the other inputs do not show.
-const IMAGE_LAYOUT: &str = "1";
+const IMAGE_LAYOUT: &str = "2";
 
 /// The whole guest run, boot to power-off; a healthy run takes well under half of it.
 const GUEST_DEADLINE: Duration = Duration::from_secs(480);
