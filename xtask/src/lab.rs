@@ -1341,11 +1341,13 @@ s_rxe_up() {
 # RDMA CM and verbs work on their own over rxe's loopback: rping to the guest's own
 # address (a failure here is the environment's, not the target's).
 s_rping() {
-    local out srv i
+    local out srv i=0 start=$SECONDS
     rping -s -a "$GUEST" -C 3 > /tmp/lab-rping-server 2>&1 &
     srv=$!
-    for i in $(seq 1 10); do
-        out=$(timeout 20 rping -c -a "$GUEST" -C 3 -v 2>&1)
+    # The server may not listen yet: try again for 30 s.
+    while [ $((SECONDS - start)) -lt 30 ]; do
+        i=$((i + 1))
+        out=$(timeout 10 rping -c -a "$GUEST" -C 3 -v 2>&1)
         [ "$(echo "$out" | grep -c 'ping data: rdma-ping-')" -eq 3 ] && break
         sleep 0.5
     done
@@ -1378,16 +1380,17 @@ alive() {
 
 # Starts the target in the background, in its own session (no step's timeout takes it
 # down), its output appended to $TARGET_LOG; it is up once it has logged "NVMe/RDMA
-# listening on" for both addresses.
+# listening on" for both addresses. (Deadlines here count seconds, not polls: under TCG
+# a poll costs more than its sleep.)
 target_start() {
-    local pid i from up
+    local pid from up start=$SECONDS
     touch "$TARGET_LOG"
     from=$(($(wc -l < "$TARGET_LOG") + 1))
     RUST_LOG=info NO_COLOR=1 setsid "$LAB_BIN/xdp-target" serve --config "$TARGET_CONFIG" \
         >> "$TARGET_LOG" 2>&1 < /dev/null &
     pid=$!
     echo "$pid" > /tmp/lab-target.pid
-    for i in $(seq 1 300); do
+    while [ $((SECONDS - start)) -lt 30 ]; do
         if ! alive "$pid"; then
             echo "xdp-target exited; its log:"
             tail -n +"$from" "$TARGET_LOG" | tail -n 25
@@ -1395,26 +1398,27 @@ target_start() {
         fi
         up=$(tail -n +"$from" "$TARGET_LOG" | grep 'NVMe/RDMA listening on')
         if echo "$up" | grep -qF "$TARGET:$IO_PORT" && echo "$up" | grep -qF "$TARGET:$DISC_PORT"; then
-            echo "pid $pid, up after $((i / 10)) s"
+            echo "pid $pid, up after $((SECONDS - start)) s"
             return 0
         fi
-        sleep 0.1
+        sleep 0.2
     done
-    echo "xdp-target has not logged 'NVMe/RDMA listening on' $TARGET:$IO_PORT and :$DISC_PORT in 30 s; its log:"
+    kill -KILL "$pid"
+    echo "xdp-target has not logged 'NVMe/RDMA listening on' $TARGET:$IO_PORT and :$DISC_PORT in 30 s (killed); its log:"
     tail -n +"$from" "$TARGET_LOG" | tail -n 25
     return 1
 }
 
 # SIGTERM, and 10 s to exit (then SIGKILL, and a failure).
 target_stop() {
-    local pid i
+    local pid start=$SECONDS
     pid=$(cat /tmp/lab-target.pid 2>/dev/null) || { echo "no target was started"; return 1; }
     alive "$pid" || { echo "xdp-target (pid $pid) is not running"; tail -n 25 "$TARGET_LOG"; return 1; }
     kill -TERM "$pid"
-    for i in $(seq 1 100); do
+    while [ $((SECONDS - start)) -lt 10 ]; do
         if ! alive "$pid"; then
             rm -f /tmp/lab-target.pid
-            echo "exited $((i / 10)) s after SIGTERM"
+            echo "exited $((SECONDS - start)) s after SIGTERM"
             return 0
         fi
         sleep 0.1
