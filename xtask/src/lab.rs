@@ -1,7 +1,8 @@
 //! `cargo xtask lab`: the real Linux NVMe/TCP and iSCSI initiators (Debian 12's kernel,
 //! nvme-cli and open-iscsi, in a QEMU guest) against `xdp-target serve`, once over kernel
 //! sockets and once over the XDP path (the XDP program on the host's tap, AF_XDP and the
-//! user-space TCP/IP stack); `--path` picks one.
+//! user-space TCP/IP stack), then Linux's NVMe/RDMA initiator over soft-RoCE against the
+//! target running inside the guest; `--path` picks some.
 //!
 //! - **Guest image**, built once into `target/lab-cache/<key>/` (`vmlinuz`, `initrd.img`,
 //!   `root.img`), where the key hashes everything the image is made of: the debootstrap
@@ -16,11 +17,17 @@
 //! - **Network**: namespace `xdpt-lab` holds tap `tap0` (10.77.0.1/24), the target and QEMU;
 //!   the guest's eth0 is 10.77.0.2/24. Nothing else is touched; the namespace (and the tap
 //!   with it) is deleted afterwards, also on failure.
+//! - **NVMe/RDMA session**: the host's kernel has no RDMA modules, so the target runs in
+//!   the guest. The steps tar then also carries the release `xdp-target`, `xdp-target-perf`
+//!   and the target's config; the guest brings up soft-RoCE (`rxe0` on eth0), starts the
+//!   target itself, and Linux's nvme-rdma connects to the guest's own address (rxe loops
+//!   it back). The target's log comes back on the console as `LAB: TARGET-LOG` lines.
 //! - **Protocol on the serial console**: the guest prints `LAB: PASS name | detail`,
 //!   `LAB: FAIL name | detail` followed by `LAB: OUT ...` lines, `LAB: DMESG ...`,
 //!   `LAB: RESTART-TARGET` (the host restarts the target; the guest waits for the kernel to
-//!   reconnect) and `LAB: DONE`. Everything the guest printed is kept in
-//!   `target/lab-cache/run/console.log`, the target's log in `target/lab-cache/run/target.log`.
+//!   reconnect), `LAB: TARGET-LOG ...` and `LAB: DONE`. Everything the guest printed is kept
+//!   in `target/lab-cache/run/<session>/console.log`, the target's log in `target.log`
+//!   beside it.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
@@ -51,18 +58,25 @@ const DISCOVERY_PORT: u16 = 8009;
 /// The namespace is small so that whole-device passes stay short under TCG.
 const NS_BYTES: u64 = 256 << 20;
 const NS_BLOCK: u64 = 512;
+/// The NVMe/RDMA session's namespace is a file on the guest's tmpfs, and smaller still:
+/// the guest then runs the target too.
+const RDMA_NS_BYTES: u64 = 128 << 20;
+const RDMA_NS_PATH: &str = "/tmp/lab-ns1.img";
+/// Where the guest unpacks the steps tar (and so the binaries of the NVMe/RDMA session).
+const GUEST_LAB_DIR: &str = "/run/lab";
 
 const SUITE: &str = "bookworm";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-/// open-iscsi is there for the iSCSI steps, rdma-core and the verbs tools for NVMe/RDMA
-/// over soft-RoCE (rdma_rxe), both to come.
-const GUEST_PACKAGES: &str = "kmod,iproute2,nvme-cli,e2fsprogs,procps,util-linux,fio,open-iscsi,rdma-core,ibverbs-providers,ibverbs-utils";
+/// open-iscsi is there for the iSCSI steps; rdma-core, the verbs and RDMA CM libraries
+/// (which xdp-target and xdp-target-perf dlopen; no package depends on them for that),
+/// the rxe provider and the verbs and RDMA CM tools for NVMe/RDMA over soft-RoCE.
+const GUEST_PACKAGES: &str = "kmod,iproute2,nvme-cli,e2fsprogs,procps,util-linux,fio,open-iscsi,rdma-core,libibverbs1,librdmacm1,ibverbs-providers,ibverbs-utils,rdmacm-utils";
 /// The initrd loads these (and their dependencies, from modules.dep) to mount /dev/vda.
 const INITRD_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
 /// Sparse size of the root disk; debootstrap minbase plus all kernel modules is ~800 MB.
 const ROOT_IMG_SIZE: &str = "2G";
 /// Bump when the way the image is assembled changes in a way the other inputs do not show.
-const IMAGE_LAYOUT: &str = "1";
+const IMAGE_LAYOUT: &str = "2";
 
 /// The whole guest run, boot to power-off; a healthy run takes well under half of it.
 const GUEST_DEADLINE: Duration = Duration::from_secs(480);
@@ -85,8 +99,100 @@ pub(crate) enum LabPath {
     Sockets,
     /// The XDP program on the tap, AF_XDP and the user-space TCP/IP stack.
     Xdp,
-    /// One guest session over each, sockets first.
+    /// NVMe/RDMA over soft-RoCE, the target in the guest.
+    Rdma,
+    /// Sockets, then XDP.
     Both,
+    /// Sockets, XDP, then RDMA.
+    All,
+}
+
+impl LabPath {
+    /// The guest sessions to run, in order.
+    fn sessions(self) -> &'static [Session] {
+        match self {
+            Self::Sockets => &[Session::Sockets],
+            Self::Xdp => &[Session::Xdp],
+            Self::Rdma => &[Session::Rdma],
+            Self::Both => &[Session::Sockets, Session::Xdp],
+            Self::All => &[Session::Sockets, Session::Xdp, Session::Rdma],
+        }
+    }
+}
+
+/// One boot of the guest against one way of serving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Session {
+    /// The target on the host, kernel sockets, MTU 1500.
+    Sockets,
+    /// The target on the host, the XDP path, MTU 9000.
+    Xdp,
+    /// The target in the guest, NVMe/RDMA over soft-RoCE: rxe0 on the guest's eth0, and the
+    /// guest's nvme-rdma connecting to the guest's own address, which rxe loops back. The
+    /// host's kernel has no RDMA modules, so the target cannot stay on the host; and it is
+    /// one guest, not a target guest and an initiator guest, because two TCG guests on two
+    /// cores are too slow. The tap still gives eth0 its carrier, without which rxe0's port
+    /// is not ACTIVE.
+    Rdma,
+}
+
+impl Session {
+    /// Its folder in target/lab-cache/run and the prefix of its steps.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sockets => "sockets",
+            Self::Xdp => "xdp",
+            Self::Rdma => "rdma",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Sockets => "kernel sockets",
+            Self::Xdp => "the XDP path (XDP program on tap0, AF_XDP, user-space TCP/IP), MTU 9000",
+            Self::Rdma => "NVMe/RDMA (soft-RoCE in the guest, the target in the guest too)",
+        }
+    }
+
+    /// The MTU of the tap and the guest's eth0. The XDP session runs with jumbo frames:
+    /// multi-buffer AF_XDP sockets and the frags program (the network namespace suites
+    /// cover the XDP path at MTU 1500 too).
+    fn mtu(self) -> u32 {
+        match self {
+            Self::Xdp => 9000,
+            Self::Sockets | Self::Rdma => 1500,
+        }
+    }
+
+    /// The target runs in the guest, not on the host.
+    fn target_in_guest(self) -> bool {
+        self == Self::Rdma
+    }
+
+    /// What `nvme discover` and `nvme connect` take as `-t`, and the controller's
+    /// `transport` in sysfs.
+    fn transport(self) -> &'static str {
+        match self {
+            Self::Sockets | Self::Xdp => "tcp",
+            Self::Rdma => "rdma",
+        }
+    }
+
+    /// The address the guest's initiators reach the target at.
+    fn target_addr(self) -> &'static str {
+        if self.target_in_guest() {
+            GUEST_ADDR
+        } else {
+            HOST_ADDR
+        }
+    }
+
+    fn ns_bytes(self) -> u64 {
+        match self {
+            Self::Sockets | Self::Xdp => NS_BYTES,
+            Self::Rdma => RDMA_NS_BYTES,
+        }
+    }
 }
 
 pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
@@ -99,6 +205,12 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     let cache = root.join("target/lab-cache");
     let image = ensure_image(&cache)?;
     let bin = super::release_binary(root)?;
+    let sessions = path.sessions();
+    let perf = if sessions.iter().any(|s| s.target_in_guest()) {
+        Some(super::release_perf_binary(root)?)
+    } else {
+        None
+    };
 
     let runs = cache.join("run");
     if runs.exists() {
@@ -106,11 +218,6 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     }
     let accel = resolve_accel(accel);
     println!("lab: accelerator {accel}");
-    let paths: &[bool] = match path {
-        LabPath::Sockets => &[false],
-        LabPath::Xdp => &[true],
-        LabPath::Both => &[false, true],
-    };
 
     // From here on there are processes and a namespace to clean up: Ctrl-C reaches the
     // whole foreground group, so QEMU and the target stop on it, and xtask ignores it to
@@ -118,32 +225,34 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     // SAFETY: setting a signal to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let mut tally = Tally::default();
-    for &xdp in paths {
-        let name = if xdp { "xdp" } else { "sockets" };
+    for &session in sessions {
+        let name = session.name();
         let run_dir = runs.join(name);
         fs::create_dir_all(&run_dir)?;
-        // The XDP session runs with jumbo frames: multi-buffer AF_XDP sockets and the frags
-        // program (the network namespace suites cover the XDP path at MTU 1500 too).
-        let mtu = if xdp { 9000 } else { 1500 };
-        let steps_tar = write_guest_steps(&run_dir, mtu)?;
         let config = run_dir.join("target.toml");
-        fs::write(&config, target_config(&run_dir)).context("writing the target config")?;
-        println!(
-            "lab: session over {}",
-            if xdp {
-                "the XDP path (XDP program on tap0, AF_XDP, user-space TCP/IP), MTU 9000"
-            } else {
-                "kernel sockets"
-            }
-        );
+        fs::write(&config, target_config(session, &run_dir))
+            .context("writing the target config")?;
+        // A target that runs in the guest comes in the steps tar, with its config and the
+        // perf client.
+        let mut payload = Vec::new();
+        if session.target_in_guest() {
+            let perf = perf.as_deref().context("no perf binary")?;
+            payload = vec![
+                (bin.as_path(), "bin/xdp-target"),
+                (perf, "bin/xdp-target-perf"),
+                (config.as_path(), "target.toml"),
+            ];
+        }
+        let steps_tar = write_guest_steps(&run_dir, session, &payload)?;
+        println!("lab: session over {}", session.describe());
         tally.prefix = format!("[{name}] ");
-        let mut lab = Lab::create(&run_dir, &bin, &config, xdp, mtu)?;
+        let mut lab = Lab::create(&run_dir, &bin, &config, session)?;
         let result = lab.session(&image, &steps_tar, accel, &mut tally);
         drop(lab);
         if let Err(e) = result {
             tally.fail("lab", &format!("{e:#}"));
         }
-        if xdp {
+        if session == Session::Xdp {
             // Every connection the guest made must have gone through AF_XDP, none through
             // the kernel's sockets.
             let log = fs::read_to_string(run_dir.join("target.log")).unwrap_or_default();
@@ -628,14 +737,13 @@ struct Lab {
     run_dir: PathBuf,
     bin: PathBuf,
     config: PathBuf,
-    /// Serve the tap through the XDP path.
-    xdp: bool,
+    session: Session,
     // Dropped last, after Drop::drop has stopped the processes.
     ns: Netns,
 }
 
 impl Lab {
-    fn create(run_dir: &Path, bin: &Path, config: &Path, xdp: bool, mtu: u32) -> Result<Self> {
+    fn create(run_dir: &Path, bin: &Path, config: &Path, session: Session) -> Result<Self> {
         let ns = Netns::create(NETNS).context("creating the lab namespace")?;
         let lab = Self {
             target: None,
@@ -643,7 +751,7 @@ impl Lab {
             run_dir: run_dir.to_path_buf(),
             bin: bin.to_path_buf(),
             config: config.to_path_buf(),
-            xdp,
+            session,
             ns,
         };
         ip(&["-n", NETNS, "tuntap", "add", "dev", TAP, "mode", "tap"])?;
@@ -656,7 +764,8 @@ impl Lab {
             "dev",
             TAP,
         ])?;
-        ip(&["-n", NETNS, "link", "set", TAP, "mtu", &mtu.to_string()])?;
+        let mtu = session.mtu().to_string();
+        ip(&["-n", NETNS, "link", "set", TAP, "mtu", &mtu])?;
         ip(&["-n", NETNS, "link", "set", TAP, "up"])?;
         Ok(lab)
     }
@@ -668,6 +777,10 @@ impl Lab {
         accel: &str,
         tally: &mut Tally,
     ) -> Result<()> {
+        if self.session.target_in_guest() {
+            // The guest starts it (and reports that as a step).
+            return self.run_guest(image, steps_tar, accel, tally);
+        }
         let step = format!(
             "target serves {NQN} on {HOST_ADDR}:{IO_PORT} and :{DISCOVERY_PORT}, {IQN} on :{ISCSI_PORT}"
         );
@@ -682,13 +795,10 @@ impl Lab {
     }
 
     fn start_target(&mut self) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.run_dir.join("target.log"))?;
+        let log = target_log(&self.run_dir)?;
         let mut cmd = self.ns.command(&self.bin);
         cmd.arg("serve").arg("--config").arg(&self.config);
-        if self.xdp {
+        if self.session == Session::Xdp {
             cmd.args(["--xdp", TAP, "--require-afxdp"]);
         }
         let child = cmd
@@ -787,7 +897,7 @@ impl Lab {
                 // frames reach the tap with partial checksums (as from any local peer), which
                 // the user-space stack, verifying every checksum, would drop. A NIC on a wire
                 // always delivers complete ones.
-                if self.xdp {
+                if self.session == Session::Xdp {
                     "virtio-net-pci,netdev=n0,csum=off,host_mtu=9000"
                 } else {
                     "virtio-net-pci,netdev=n0"
@@ -861,6 +971,13 @@ impl Lab {
                 dmesg.push(rest.to_string());
             } else if let Some(rest) = msg.strip_prefix("INFO ") {
                 println!("lab: {rest}");
+            } else if let Some(rest) = msg.strip_prefix("TARGET-LOG ") {
+                writeln!(target_log(&self.run_dir)?, "{rest}")?;
+            } else if msg == "RESTART-TARGET" && self.session.target_in_guest() {
+                tally.fail(
+                    "host restarts the target",
+                    "the guest asked, but this session's target runs in the guest",
+                );
             } else if msg == "RESTART-TARGET" {
                 let step = "host restarts the target (SIGTERM, start again)";
                 let restarted = self
@@ -895,7 +1012,7 @@ impl Lab {
         }
         println!("lab: guest ran {} s", t0.elapsed().as_secs());
         if tally.failed > 0 && !dmesg.is_empty() {
-            println!("lab: guest dmesg (nvme, iscsi, scsi, tcp):");
+            println!("lab: guest dmesg (nvme, iscsi, scsi, tcp, rdma):");
             for l in &dmesg {
                 println!("lab:     {l}");
             }
@@ -927,15 +1044,29 @@ impl Drop for Lab {
     }
 }
 
+/// The run's target.log, opened for appending: the target writes it on the host, the
+/// guest's `LAB: TARGET-LOG` lines when the target runs in the guest.
+fn target_log(run_dir: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("target.log"))
+        .context("opening target.log")
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The namespace lives in a file in the run folder, so the restart step can check that
-/// data written (and flushed) before it is still there after it.
-fn target_config(run_dir: &Path) -> String {
+/// The namespace lives in a file (in the run folder, or on the guest's tmpfs when the
+/// target runs there), so the restart step can check that data written (and flushed)
+/// before it is still there after it.
+fn target_config(session: Session, run_dir: &Path) -> String {
+    if session == Session::Rdma {
+        return rdma_target_config();
+    }
     let image = run_dir.join("ns1.img");
     let image = image.display();
     format!(
@@ -965,20 +1096,63 @@ block_size = {NS_BLOCK}
     )
 }
 
-/// Writes lib.sh and main.sh into a tar for the guest's /dev/vdb.
-fn write_guest_steps(run_dir: &Path, mtu: u32) -> Result<PathBuf> {
+/// The config of the target in the guest: NVMe/RDMA only (no NVMe/TCP or iSCSI
+/// listeners, so every connection the guest makes is an RDMA one), on the guest's address.
+fn rdma_target_config() -> String {
+    format!(
+        r#"# Written by cargo xtask lab; the target reads it in the guest.
+[nvme]
+listen = []
+discovery_port = {DISCOVERY_PORT}
+
+[iscsi]
+listen = []
+
+[rdma]
+listen = ["{GUEST_ADDR}:{IO_PORT}", "{GUEST_ADDR}:{DISCOVERY_PORT}"]
+require = true
+
+# On the guest's tmpfs: buffered (tmpfs takes no O_DIRECT on 6.1), and it outlives a
+# restart of the target, not the guest.
+[[subsystem]]
+nqn = "{NQN}"
+[[subsystem.namespace]]
+nsid = 1
+backend = "file"
+path = "{RDMA_NS_PATH}"
+size = {RDMA_NS_BYTES}
+block_size = {NS_BLOCK}
+"#
+    )
+}
+
+/// Writes lib.sh, main.sh and `payload` (files, and their paths in the tar) into a tar
+/// for the guest's /dev/vdb, which the guest unpacks into GUEST_LAB_DIR.
+fn write_guest_steps(
+    run_dir: &Path,
+    session: Session,
+    payload: &[(&Path, &str)],
+) -> Result<PathBuf> {
     let dir = run_dir.join("guest");
     fs::create_dir_all(&dir)?;
-    let vars = format!(
-        "TARGET={HOST_ADDR}\nGUEST={GUEST_ADDR}\nNQN={NQN}\nIO_PORT={IO_PORT}\n\
-         DISC_PORT={DISCOVERY_PORT}\nNS_BYTES={NS_BYTES}\nNS_BLOCKS={}\n\
-         IQN={IQN}\nINITIATOR={INITIATOR}\nISCSI_PORT={ISCSI_PORT}\n\
-         CHAP_USER={CHAP_USER}\nCHAP_SECRET={CHAP_SECRET}\n\
-         MUTUAL_USER={MUTUAL_USER}\nMUTUAL_SECRET={MUTUAL_SECRET}\nMTU={mtu}\n",
-        NS_BYTES / NS_BLOCK
-    );
-    fs::write(dir.join("lib.sh"), format!("{vars}{GUEST_LIB}"))?;
-    fs::write(dir.join("main.sh"), GUEST_MAIN)?;
+    fs::write(
+        dir.join("lib.sh"),
+        format!("{}{GUEST_LIB}", guest_vars(session)),
+    )?;
+    let steps = match session {
+        Session::Sockets | Session::Xdp => GUEST_STEPS_TCP,
+        Session::Rdma => GUEST_STEPS_RDMA,
+    };
+    fs::write(dir.join("main.sh"), format!("{GUEST_MAIN}{steps}"))?;
+    let mut names = vec!["lib.sh", "main.sh"];
+    for &(src, name) in payload {
+        let dst = dir.join(name);
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        names.push(name);
+    }
     let tar = run_dir.join("steps.tar");
     super::run(
         Command::new("tar")
@@ -986,9 +1160,30 @@ fn write_guest_steps(run_dir: &Path, mtu: u32) -> Result<PathBuf> {
             .arg(&tar)
             .arg("-C")
             .arg(&dir)
-            .args(["lib.sh", "main.sh"]),
+            .args(&names),
     )?;
     Ok(tar)
+}
+
+/// The variables lib.sh starts with (see GUEST_LIB).
+fn guest_vars(session: Session) -> String {
+    let ns_bytes = session.ns_bytes();
+    format!(
+        "SESSION={}\nTRANSPORT={}\nTARGET={}\nTARGET_IN_GUEST={}\nGUEST={GUEST_ADDR}\n\
+         NQN={NQN}\nIO_PORT={IO_PORT}\nDISC_PORT={DISCOVERY_PORT}\n\
+         NS_BYTES={ns_bytes}\nNS_BLOCKS={}\n\
+         IQN={IQN}\nINITIATOR={INITIATOR}\nISCSI_PORT={ISCSI_PORT}\n\
+         CHAP_USER={CHAP_USER}\nCHAP_SECRET={CHAP_SECRET}\n\
+         MUTUAL_USER={MUTUAL_USER}\nMUTUAL_SECRET={MUTUAL_SECRET}\nMTU={}\n\
+         LAB_BIN={GUEST_LAB_DIR}/bin\nTARGET_CONFIG={GUEST_LAB_DIR}/target.toml\n\
+         TARGET_LOG=/tmp/lab-target.log\n",
+        session.name(),
+        session.transport(),
+        session.target_addr(),
+        u8::from(session.target_in_guest()),
+        ns_bytes / NS_BLOCK,
+        session.mtu(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1036,8 +1231,10 @@ sleep 60
 "#;
 
 /// Step functions (sourced by main.sh and by each step's subshell); xtask prepends the
-/// variables TARGET, GUEST, NQN, IO_PORT, DISC_PORT, NS_BYTES, NS_BLOCKS, and for iSCSI
-/// IQN, INITIATOR, ISCSI_PORT and the CHAP credentials.
+/// variables (`guest_vars`): SESSION, TRANSPORT (tcp or rdma), TARGET (the address the
+/// target serves on), TARGET_IN_GUEST (1 when the guest runs the target), GUEST, NQN,
+/// IO_PORT, DISC_PORT, NS_BYTES, NS_BLOCKS, MTU; for iSCSI IQN, INITIATOR, ISCSI_PORT and
+/// the CHAP credentials; for a target in the guest LAB_BIN, TARGET_CONFIG and TARGET_LOG.
 const GUEST_LIB: &str = r#"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 MNT=/mnt/lab
@@ -1045,17 +1242,17 @@ MNT=/mnt/lab
 # A one-line detail for the step's PASS/FAIL line.
 note() { echo "$*" | tr -s '\t\n' '  ' > /tmp/lab-note; }
 
-# The controller device (/dev/nvmeN) of our subsystem over TCP.
+# The controller device (/dev/nvmeN) of our subsystem over $TRANSPORT.
 ctrl_dev() {
     local c
     for c in /sys/class/nvme/nvme*; do
         [ -e "$c/subsysnqn" ] || continue
-        if [ "$(cat "$c/subsysnqn")" = "$NQN" ] && [ "$(cat "$c/transport")" = tcp ]; then
+        if [ "$(cat "$c/subsysnqn")" = "$NQN" ] && [ "$(cat "$c/transport")" = "$TRANSPORT" ]; then
             echo "/dev/${c##*/}"
             return 0
         fi
     done
-    echo "no NVMe/TCP controller for $NQN" >&2
+    echo "no NVMe/$TRANSPORT controller for $NQN" >&2
     return 1
 }
 
@@ -1112,38 +1309,193 @@ s_network() {
 
 s_modules() {
     modprobe configfs && mount -t configfs none /sys/kernel/config
-    modprobe nvme-tcp || return 1
+    modprobe "nvme-$TRANSPORT" || return 1
     [ -c /dev/nvme-fabrics ] || { echo "/dev/nvme-fabrics missing"; return 1; }
     mkdir -p /etc/nvme
     [ -s /etc/nvme/hostnqn ] || nvme gen-hostnqn > /etc/nvme/hostnqn
-    note "nvme-tcp loaded on $(uname -r); nvme-cli $(nvme version | head -n 1 | awk '{print $3}'); host $(cat /etc/nvme/hostnqn)"
+    note "nvme-$TRANSPORT loaded on $(uname -r); nvme-cli $(nvme version | head -n 1 | awk '{print $3}'); host $(cat /etc/nvme/hostnqn)"
 }
 
-# Soft-RoCE comes up on eth0 (for the NVMe/RDMA steps to come), then goes again.
-s_rdma_ready() {
+# ---- soft-RoCE, and the target in the guest (NVMe/RDMA session) ----------------------
+
+# rxe0 on eth0, its port ACTIVE, and user-space verbs and RDMA CM reaching it.
+s_rxe_up() {
     modprobe rdma_rxe || return 1
+    # User-space RDMA CM (/dev/infiniband/rdma_cm), for the target and rping; nothing
+    # loads it on demand here (no udev).
+    modprobe rdma_ucm || return 1
     rdma link add rxe0 type rxe netdev eth0 || return 1
-    local dev
-    dev=$(ibv_devices 2>&1 | grep -o rxe0 | head -n 1)
-    rdma link delete rxe0
-    [ "$dev" = rxe0 ] || { echo "ibv_devices does not list rxe0"; return 1; }
-    note "rdma_rxe loaded, rxe0 on eth0 listed by ibv_devices"
+    local i state=""
+    for i in $(seq 1 100); do
+        state=$(rdma link show rxe0/1 2>/dev/null | sed -n 's/.* state \([A-Z_]*\).*/\1/p')
+        [ "$state" = ACTIVE ] && break
+        sleep 0.1
+    done
+    rdma link show
+    [ "$state" = ACTIVE ] || { echo "rxe0/1 is '$state', not ACTIVE"; return 1; }
+    ibv_devices | grep -qw rxe0 || { ibv_devices; echo "ibv_devices does not list rxe0"; return 1; }
+    [ -c /dev/infiniband/rdma_cm ] || { echo "/dev/infiniband/rdma_cm missing"; return 1; }
+    note "$(rdma link show rxe0/1 | tr -s ' ')"
 }
+
+# RDMA CM and verbs work on their own over rxe's loopback: rping to the guest's own
+# address (a failure here is the environment's, not the target's).
+s_rping() {
+    local out srv i=0 start=$SECONDS
+    rping -s -a "$GUEST" -C 3 > /tmp/lab-rping-server 2>&1 &
+    srv=$!
+    # The server may not listen yet: try again for 30 s.
+    while [ $((SECONDS - start)) -lt 30 ]; do
+        i=$((i + 1))
+        out=$(timeout 10 rping -c -a "$GUEST" -C 3 -v 2>&1)
+        [ "$(echo "$out" | grep -c 'ping data: rdma-ping-')" -eq 3 ] && break
+        sleep 0.5
+    done
+    kill "$srv" 2>/dev/null
+    wait "$srv" 2>/dev/null
+    echo "$out"
+    [ "$(echo "$out" | grep -c 'ping data: rdma-ping-')" -eq 3 ] || { echo "rping did not get 3 pings back"; cat /tmp/lab-rping-server; return 1; }
+    note "3 pings over RDMA CM to $GUEST, client tries: $i"
+}
+
+# The binaries, the config and the libraries the binaries dlopen are there, and the
+# host-built binaries run here.
+s_target_files() {
+    local f
+    for f in "$LAB_BIN/xdp-target" "$LAB_BIN/xdp-target-perf"; do
+        [ -x "$f" ] || { echo "$f missing or not executable"; return 1; }
+        "$f" --help > /dev/null || { echo "$f --help fails"; return 1; }
+    done
+    [ -s "$TARGET_CONFIG" ] || { echo "$TARGET_CONFIG missing"; return 1; }
+    ls -l /usr/lib/x86_64-linux-gnu/libibverbs.so.1 /usr/lib/x86_64-linux-gnu/librdmacm.so.1 \
+        /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so || return 1
+    note "xdp-target $(stat -c %s "$LAB_BIN/xdp-target") bytes, xdp-target-perf" \
+        "$(stat -c %s "$LAB_BIN/xdp-target-perf") bytes; libibverbs.so.1, librdmacm.so.1, librxe"
+}
+
+# Running and not a zombie.
+alive() {
+    [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"
+}
+
+# Starts the target in the background, in its own session (no step's timeout takes it
+# down), its output appended to $TARGET_LOG; it is up once it has logged "NVMe/RDMA
+# listening on" for both addresses. (Deadlines here count seconds, not polls: under TCG
+# a poll costs more than its sleep.)
+target_start() {
+    local pid from up start=$SECONDS
+    touch "$TARGET_LOG"
+    from=$(($(wc -l < "$TARGET_LOG") + 1))
+    RUST_LOG=info NO_COLOR=1 setsid "$LAB_BIN/xdp-target" serve --config "$TARGET_CONFIG" \
+        >> "$TARGET_LOG" 2>&1 < /dev/null &
+    pid=$!
+    echo "$pid" > /tmp/lab-target.pid
+    while [ $((SECONDS - start)) -lt 30 ]; do
+        if ! alive "$pid"; then
+            echo "xdp-target exited; its log:"
+            tail -n +"$from" "$TARGET_LOG" | tail -n 25
+            return 1
+        fi
+        up=$(tail -n +"$from" "$TARGET_LOG" | grep 'NVMe/RDMA listening on')
+        if echo "$up" | grep -qF "$TARGET:$IO_PORT" && echo "$up" | grep -qF "$TARGET:$DISC_PORT"; then
+            echo "pid $pid, up after $((SECONDS - start)) s"
+            return 0
+        fi
+        sleep 0.2
+    done
+    kill -KILL "$pid"
+    echo "xdp-target has not logged 'NVMe/RDMA listening on' $TARGET:$IO_PORT and :$DISC_PORT in 30 s (killed); its log:"
+    tail -n +"$from" "$TARGET_LOG" | tail -n 25
+    return 1
+}
+
+# SIGTERM, and 10 s to exit (then SIGKILL, and a failure).
+target_stop() {
+    local pid start=$SECONDS
+    pid=$(cat /tmp/lab-target.pid 2>/dev/null) || { echo "no target was started"; return 1; }
+    alive "$pid" || { echo "xdp-target (pid $pid) is not running"; tail -n 25 "$TARGET_LOG"; return 1; }
+    kill -TERM "$pid"
+    while [ $((SECONDS - start)) -lt 10 ]; do
+        if ! alive "$pid"; then
+            rm -f /tmp/lab-target.pid
+            echo "exited $((SECONDS - start)) s after SIGTERM"
+            return 0
+        fi
+        sleep 0.1
+    done
+    kill -KILL "$pid"
+    rm -f /tmp/lab-target.pid
+    echo "did not exit within 10 s of SIGTERM; killed"
+    tail -n 25 "$TARGET_LOG"
+    return 1
+}
+
+s_target_start() {
+    local out
+    out=$(target_start) || { echo "$out"; return 1; }
+    note "$out; $(rdma resource show cm_id 2>/dev/null | grep -c LISTEN) RDMA CM ids listening"
+}
+
+s_target_stop() {
+    local out
+    out=$(target_stop) || { echo "$out"; return 1; }
+    note "$out"
+}
+
+# Every queue pair the target served ended over RDMA, and it served no other kind.
+s_target_log_rdma() {
+    local rdma other
+    rdma=$(grep -c 'connection closed (RDMA)' "$TARGET_LOG")
+    other=$(grep 'connection closed' "$TARGET_LOG" | grep -vc '(RDMA)')
+    if [ "$rdma" -eq 0 ] || [ "$other" -ne 0 ]; then
+        grep 'connection closed' "$TARGET_LOG" | tail -n 10
+        echo "$rdma connections closed over RDMA, $other over other transports"
+        return 1
+    fi
+    note "$rdma queue pairs closed over RDMA, none over other transports"
+}
+
+# The perf client over NVMe/RDMA: mixed random reads and writes, every read checked
+# against what was written (with reads only, --verify has nothing to check).
+s_perf() {
+    local out rc
+    out=$("$LAB_BIN/xdp-target-perf" "nvme-rdma://$TARGET:$IO_PORT/$NQN" --workload mixed \
+        --verify --time 5 --json 2>&1)
+    rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || return 1
+    echo "$out" | grep -q '"mismatches":0' || { echo "mismatches reported"; return 1; }
+    echo "$out" | grep -q '"reads":[1-9]' || { echo "no reads done"; return 1; }
+    echo "$out" | grep -q '"writes":[1-9]' || { echo "no writes done"; return 1; }
+    note "$(echo "$out" | grep -o '"ios":[0-9]*\|"iops":[0-9]*\|"mismatches":[0-9]*' | paste -sd' ')"
+}
+
+# ---- NVMe steps (over $TRANSPORT to $TARGET) ------------------------------------------
 
 s_discover() {
     local out
-    out=$(nvme discover -t tcp -a "$TARGET" -s "$DISC_PORT" 2>&1)
+    out=$(nvme discover -t "$TRANSPORT" -a "$TARGET" -s "$DISC_PORT" 2>&1)
     local rc=$?
     echo "$out"
     [ $rc -eq 0 ] || return 1
-    echo "$out" | grep -q "subnqn: *$NQN\$" || { echo "subsystem $NQN not listed"; return 1; }
-    echo "$out" | grep -q "trsvcid: *$IO_PORT\b" || { echo "port $IO_PORT not listed"; return 1; }
-    note "$(echo "$out" | grep -c '^=====Discovery Log Entry') entries, $NQN at $TARGET:$IO_PORT listed"
+    # One entry must name our subsystem with the transport, address and port we use.
+    echo "$out" | awk -v nqn="$NQN" -v t="$TRANSPORT" -v a="$TARGET" -v p="$IO_PORT" '
+        function check() { if (n == nqn && tt == t && ta == a && tp == p) found = 1 }
+        /^=====Discovery Log Entry/ { check(); n = tt = ta = tp = "" }
+        $1 == "subnqn:" { n = $2 }
+        $1 == "trtype:" { tt = $2 }
+        $1 == "traddr:" { ta = $2 }
+        $1 == "trsvcid:" { tp = $2 }
+        END { check(); exit !found }' || {
+        echo "no entry for $NQN with trtype $TRANSPORT, traddr $TARGET, trsvcid $IO_PORT"
+        return 1
+    }
+    note "$(echo "$out" | grep -c '^=====Discovery Log Entry') entries, $NQN at $TRANSPORT $TARGET:$IO_PORT listed"
 }
 
 # connect [extra nvme connect options...]
 s_connect() {
-    nvme connect -t tcp -a "$TARGET" -s "$IO_PORT" -n "$NQN" "$@" || return 1
+    nvme connect -t "$TRANSPORT" -a "$TARGET" -s "$IO_PORT" -n "$NQN" "$@" || return 1
     local dev ctrl
     dev=$(ns_dev) || return 1
     ctrl=$(ctrl_dev) || return 1
@@ -1233,6 +1585,11 @@ s_fs_verify() {
     note "$(wc -l < /tmp/lab-sums) checksums match after drop_caches, umount, mount"
 }
 
+s_umount() {
+    umount "$MNT" || return 1
+    note "$MNT"
+}
+
 s_fstrim() {
     local out
     out=$(fstrim -v "$MNT" 2>&1) || { echo "$out"; return 1; }
@@ -1292,12 +1649,24 @@ s_check_marker() {
     note "sha256 $(echo "$got" | cut -c1-16) matches"
 }
 
-# The host restarts the target while the controller stays connected: the kernel must see
-# the connection drop and reconnect on its own (reconnect-delay 1 s).
+# Stops the target and starts it again (for s_reconnect_after_restart, in the background).
+target_restart() {
+    target_stop && target_start
+}
+
+# The target restarts while the controller stays connected (the host restarts it, or the
+# guest when the target runs here): the kernel must see the connection drop and reconnect
+# on its own (reconnect-delay 1 s).
 s_reconnect_after_restart() {
-    local i state seen_down=""
+    local i state seen_down="" restarter="" how=""
     ctrl_dev >/dev/null || return 1
-    echo "LAB: RESTART-TARGET" > /dev/console
+    if [ "$TARGET_IN_GUEST" = 1 ]; then
+        # In the background, so that the controller's states are watched meanwhile.
+        (target_restart; echo "rc $?") > /tmp/lab-restart 2>&1 &
+        restarter=$!
+    else
+        echo "LAB: RESTART-TARGET" > /dev/console
+    fi
     for i in $(seq 1 300); do
         state=$(ctrl_state)
         [ "$state" != live ] && seen_down=$state && break
@@ -1305,10 +1674,16 @@ s_reconnect_after_restart() {
     done
     [ -n "$seen_down" ] || { echo "controller stayed live for 30 s: the restart was not noticed"; return 1; }
     echo "controller went $state"
+    if [ -n "$restarter" ]; then
+        wait "$restarter"
+        cat /tmp/lab-restart
+        grep -q '^rc 0$' /tmp/lab-restart || { echo "restarting the target failed"; return 1; }
+        how="; target $(head -n 1 /tmp/lab-restart), up again"
+    fi
     for i in $(seq 1 900); do
         state=$(ctrl_state)
         if [ "$state" = live ]; then
-            note "controller went $seen_down, live again $((i / 10)) s later"
+            note "controller went $seen_down, live again $((i / 10)) s later$how"
             return 0
         fi
         sleep 0.1
@@ -1445,8 +1820,8 @@ s_iscsi_reconnect_after_restart() {
 }
 "#;
 
-/// The step sequence. Each step runs in its own bash with a timeout; output is shown only
-/// when it fails.
+/// The head of main.sh: `step` runs each step in its own bash with a timeout, shows its
+/// output only when it fails, and returns its status. A session's steps follow.
 const GUEST_MAIN: &str = r#"#!/bin/bash
 source /run/lab/lib.sh
 
@@ -1464,12 +1839,16 @@ step() {
         echo "LAB: FAIL $name (exit $rc)$note"
         printf '%s\n' "$out" | tail -n 30 | sed 's/^/LAB: OUT /'
     fi
+    return $rc
 }
 
-echo "LAB: INFO guest up: $(uname -r), $(nproc) CPUs"
+echo "LAB: INFO guest up for the $SESSION session: $(uname -r), $(nproc) CPUs"
+"#;
+
+/// The NVMe/TCP and iSCSI session's steps, against the target on the host.
+const GUEST_STEPS_TCP: &str = r#"
 step "guest network: eth0 $GUEST/24" 30 s_network
 step "modprobe nvme-tcp, hostnqn" 30 s_modules
-step "soft-RoCE ready (rdma_rxe on eth0)" 30 s_rdma_ready
 step "nvme discover -t tcp -a $TARGET -s $DISC_PORT lists $NQN" 60 s_discover
 step "nvme connect (no digests)" 60 s_connect
 step "nvme list shows the namespace" 30 s_list
@@ -1524,9 +1903,146 @@ step "iscsiadm logout" 30 s_iscsi_logout
 dmesg | grep -iE 'nvme|tcp|iscsi|scsi|sd[a-z]' | sed 's/^/LAB: DMESG /'
 "#;
 
+/// The NVMe/RDMA session's steps: soft-RoCE, the target started in the guest, then Linux's
+/// nvme-rdma against it (no digests in NVMe/RDMA, no iSCSI). Without the target there is
+/// nothing to test, so a target that does not start ends the session.
+const GUEST_STEPS_RDMA: &str = r#"
+step "guest network: eth0 $GUEST/24" 30 s_network
+step "soft-RoCE: rxe0 on eth0 ACTIVE, listed by ibv_devices, rdma_cm there" 30 s_rxe_up
+step "RDMA CM loopback works without the target (rping $GUEST)" 60 s_rping
+step "modprobe nvme-rdma, hostnqn" 30 s_modules
+step "xdp-target, xdp-target-perf, their config and libraries are in the guest" 30 s_target_files
+if step "target serves $NQN over NVMe/RDMA on $TARGET:$IO_PORT and :$DISC_PORT (in the guest)" 45 s_target_start; then
+    step "nvme discover -t rdma -a $TARGET -s $DISC_PORT lists $NQN" 60 s_discover
+    step "nvme connect -t rdma" 60 s_connect
+    step "nvme list shows the namespace" 30 s_list
+    step "nvme id-ctrl" 30 s_id_ctrl
+    step "nvme id-ns" 30 s_id_ns
+    step "dd direct read of the whole namespace" 120 s_direct_read
+    step "mkfs.ext4" 60 s_mkfs
+    step "mount, write files, sync" 120 s_fs_write
+    step "drop_caches, umount, mount, checksums match" 120 s_fs_verify
+    step "umount" 30 s_umount
+    step "fio randwrite 4k direct, verify crc32c" 120 s_fio_verify 16M
+    step "nvme disconnect" 30 s_disconnect
+    step "nvme connect again" 60 s_connect
+    step "nvme disconnect (again)" 30 s_disconnect
+    step "nvme connect --reconnect-delay 1 --ctrl-loss-tmo 120" 60 s_connect --reconnect-delay=1 --ctrl-loss-tmo=120
+    step "write 4 MiB marker, fsync (Flush)" 60 s_write_marker
+    step "kernel reconnects after the target restarts (SIGTERM, start again, in the guest)" 150 s_reconnect_after_restart
+    step "marker still there after the restart" 60 s_check_marker
+    step "nvme disconnect (after restart)" 30 s_disconnect
+    step "xdp-target-perf nvme-rdma://$TARGET:$IO_PORT --workload mixed --verify --time 5" 90 s_perf
+    step "target exits on SIGTERM" 30 s_target_stop
+    step "target log: every queue pair closed over RDMA" 30 s_target_log_rdma
+fi
+
+dmesg | grep -iE 'nvme|rdma|rxe|infiniband' | sed 's/^/LAB: DMESG /'
+[ -f "$TARGET_LOG" ] && sed 's/^/LAB: TARGET-LOG /' "$TARGET_LOG"
+"#;
+
 #[cfg(test)]
 mod tests {
-    use super::{module_load_order, module_name};
+    use super::{
+        GUEST_ADDR, GUEST_LIB, GUEST_MAIN, GUEST_STEPS_RDMA, GUEST_STEPS_TCP, HOST_ADDR, LabPath,
+        Session, guest_vars, module_load_order, module_name, target_config,
+    };
+    use std::path::Path;
+
+    #[test]
+    fn lab_paths_run_their_sessions_in_order() {
+        use Session::{Rdma, Sockets, Xdp};
+        assert_eq!(LabPath::Sockets.sessions(), [Sockets]);
+        assert_eq!(LabPath::Xdp.sessions(), [Xdp]);
+        assert_eq!(LabPath::Rdma.sessions(), [Rdma]);
+        assert_eq!(LabPath::Both.sessions(), [Sockets, Xdp]);
+        assert_eq!(LabPath::All.sessions(), [Sockets, Xdp, Rdma]);
+    }
+
+    #[test]
+    fn the_rdma_target_serves_only_nvme_rdma_on_the_guest_address() {
+        let config = target_config(Session::Rdma, Path::new("/unused"));
+        assert!(config.contains(&format!(
+            "[rdma]\nlisten = [\"{GUEST_ADDR}:4420\", \"{GUEST_ADDR}:8009\"]\nrequire = true\n"
+        )));
+        assert!(config.contains("[nvme]\nlisten = []\ndiscovery_port = 8009\n"));
+        assert!(config.contains("[iscsi]\nlisten = []\n"));
+        assert!(config.contains("path = \"/tmp/lab-ns1.img\""));
+        // The host's sessions keep their file in the run folder and serve TCP.
+        let config = target_config(Session::Sockets, Path::new("/run-dir"));
+        assert!(config.contains("path = \"/run-dir/ns1.img\""));
+        assert!(config.contains(&format!("listen = [\"{HOST_ADDR}:4420\"")));
+        assert!(!config.contains("[rdma]"));
+    }
+
+    #[test]
+    fn guest_steps_reach_the_target_where_it_runs() {
+        let rdma = guest_vars(Session::Rdma);
+        for want in [
+            "TRANSPORT=rdma\n",
+            &format!("TARGET={GUEST_ADDR}\n"),
+            "TARGET_IN_GUEST=1\n",
+            "NS_BYTES=134217728\nNS_BLOCKS=262144\n",
+            "LAB_BIN=/run/lab/bin\n",
+        ] {
+            assert!(rdma.contains(want), "{want:?} not in\n{rdma}");
+        }
+        let xdp = guest_vars(Session::Xdp);
+        for want in [
+            "TRANSPORT=tcp\n",
+            &format!("TARGET={HOST_ADDR}\n"),
+            "TARGET_IN_GUEST=0\n",
+            "NS_BYTES=268435456\n",
+            "MTU=9000\n",
+        ] {
+            assert!(xdp.contains(want), "{want:?} not in\n{xdp}");
+        }
+    }
+
+    /// Every `step NAME TIMEOUT s_fn` names a function lib.sh defines.
+    #[test]
+    fn every_step_function_is_defined() {
+        for steps in [GUEST_STEPS_TCP, GUEST_STEPS_RDMA] {
+            let used: Vec<&str> = steps
+                .lines()
+                .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("s_")))
+                .map(|w| w.trim_end_matches(';'))
+                .collect();
+            assert!(used.len() > 10);
+            for f in used {
+                assert!(
+                    GUEST_LIB.contains(&format!("\n{f}() {{")),
+                    "{f} is not defined in GUEST_LIB"
+                );
+            }
+        }
+    }
+
+    /// The scripts the guest runs parse (`bash -n`), for every session.
+    #[test]
+    fn guest_scripts_parse() {
+        for session in [Session::Sockets, Session::Xdp, Session::Rdma] {
+            let steps = if session == Session::Rdma {
+                GUEST_STEPS_RDMA
+            } else {
+                GUEST_STEPS_TCP
+            };
+            for script in [
+                format!("{}{GUEST_LIB}", guest_vars(session)),
+                format!("{GUEST_MAIN}{steps}"),
+            ] {
+                let out = std::process::Command::new("bash")
+                    .args(["-n", "-c", &script])
+                    .output()
+                    .expect("bash runs");
+                assert!(
+                    out.status.success(),
+                    "{session:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
 
     #[test]
     fn module_names_drop_path_suffix_and_dashes() {

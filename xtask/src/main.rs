@@ -44,15 +44,16 @@ enum Task {
     },
     /// Start the target in a network namespace joined by a veth pair to a client namespace.
     Demo,
-    /// Real Linux NVMe/TCP initiator (Debian kernel, nvme-cli) in a QEMU guest against the
-    /// target, in a network namespace (as root).
+    /// Real Linux NVMe/TCP, iSCSI and NVMe/RDMA initiators (Debian kernel, nvme-cli,
+    /// open-iscsi, soft-RoCE) in a QEMU guest against the target, in a network namespace
+    /// (as root).
     Lab {
         /// QEMU accelerator.
         #[arg(long, value_enum, default_value_t = lab::Accel::Tcg)]
         accel: lab::Accel,
-        /// Which transport serves the guest: kernel sockets, the XDP path, or a session over
-        /// each.
-        #[arg(long, value_enum, default_value_t = lab::LabPath::Both)]
+        /// Which sessions to run: kernel sockets, the XDP path, NVMe/RDMA (the target in the
+        /// guest), both (sockets and XDP) or all three.
+        #[arg(long, value_enum, default_value_t = lab::LabPath::All)]
         path: lab::LabPath,
     },
     /// The XDP path against kernel sockets: NVMe/TCP and iSCSI, 4K randread QD1/QD32, 4K
@@ -306,13 +307,13 @@ fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Builds the XDP object and the release `xdp-target`, and returns the binary's path.
 /// Kernel clock ticks per second (the unit of /proc/stat).
 pub(crate) fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
+/// Builds the XDP object and the release `xdp-target`, and returns the binary's path.
 pub(crate) fn release_binary(root: &Path) -> Result<PathBuf> {
     build_ebpf(root)?;
     run(cargo(root).args([
@@ -324,6 +325,19 @@ pub(crate) fn release_binary(root: &Path) -> Result<PathBuf> {
         "xdp-target",
     ]))?;
     Ok(root.join("target/release/xdp-target"))
+}
+
+/// Builds the release `xdp-target-perf` (the initiator alone), and returns its path.
+pub(crate) fn release_perf_binary(root: &Path) -> Result<PathBuf> {
+    run(cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "target-initiator",
+        "--bin",
+        "xdp-target-perf",
+    ]))?;
+    Ok(root.join("target/release/xdp-target-perf"))
 }
 
 fn demo(root: &Path) -> Result<()> {
