@@ -160,7 +160,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if config.iscsi.listen.is_empty() {
         warn!("iscsi.listen is empty: no iSCSI is served");
     }
-    let server = if config.nvme.listen.is_empty() && config.iscsi.listen.is_empty() {
+    let server = if config.nvme.listen.is_empty()
+        && config.iscsi.listen.is_empty()
+        && config.rdma.listen.is_empty()
+    {
         // Nothing is served, but the XDP program's counters are still worth scraping.
         if let Some(addr) = config.metrics.addr()? {
             let iface = steering.as_ref().map(|s| s.iface());
