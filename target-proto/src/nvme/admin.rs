@@ -33,6 +33,9 @@ const ACL: u8 = 3;
 pub struct TransportLimits {
     /// Data bytes a command capsule may carry (IOCCSZ less the SQE).
     pub in_capsule_data: usize,
+    /// Keyed SGL Data Blocks are served (RDMA): Identify says so in SGLS bit 2, which
+    /// Linux's nvme-rdma host requires ("Mandatory keyed sgls are not supported!").
+    pub keyed_sgls: bool,
 }
 
 pub fn identify(
@@ -111,8 +114,14 @@ fn identify_controller(buf: &mut [u8], attached: &Attached, limits: TransportLim
     id.set_maxcmd(MAX_QUEUE_ENTRIES);
     id.set_sqes(0x66);
     id.set_cqes(0x44);
-    // SGLs, with in-capsule data at an offset (what NVMe/TCP hosts need).
-    id.set_sgls(identify::sgls::SUPPORTED | identify::sgls::OFFSET);
+    // SGLs, with in-capsule data at an offset (what NVMe/TCP hosts need), and keyed SGLs
+    // where the transport serves them (NVMe/RDMA).
+    let keyed = if limits.keyed_sgls {
+        identify::sgls::KEYED
+    } else {
+        0
+    };
+    id.set_sgls(identify::sgls::SUPPORTED | identify::sgls::OFFSET | keyed);
     id.set_ioccsz(u32::try_from((64 + limits.in_capsule_data) / 16).unwrap_or(u32::MAX));
     id.set_iorcsz(1);
     id.set_msdbd(1);

@@ -189,6 +189,7 @@ impl NvmeRdmaQueue {
             controller: QueueController::new(
                 TransportLimits {
                     in_capsule_data: IN_CAPSULE_DATA,
+                    keyed_sgls: true,
                 },
                 local,
             ),

@@ -376,6 +376,8 @@ fn linux_connect_sequence_identify_and_io() {
     assert_eq!(idc.subnqn().unwrap(), NQN);
     assert_eq!(idc.mdts(), 5);
     assert_eq!(idc.ioccsz() as usize, (64 + IN_CAPSULE_DATA) / 16);
+    // Linux's nvme-rdma host refuses a controller without keyed SGL Data Blocks.
+    assert_ne!(idc.sgls() & target_wire::nvme::identify::sgls::KEYED, 0);
 
     // The I/O queue's Connect data came in the capsule: no RDMA READ.
     let mut io = io_queue(&registry, &disk, cntlid, 128);

@@ -142,6 +142,7 @@ impl NvmeTcpQueue {
             controller: QueueController::new(
                 TransportLimits {
                     in_capsule_data: IN_CAPSULE_DATA,
+                    keyed_sgls: false,
                 },
                 local,
             ),
