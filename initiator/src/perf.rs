@@ -12,7 +12,6 @@
 
 mod rdma;
 
-use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -32,6 +31,9 @@ use target_wire::nvme::sqe::SQE_LEN;
 
 /// How long a queue thread polls its socket before sleeping in poll(2).
 const SPIN: Duration = Duration::from_micros(100);
+/// The admin queue's keep-alive timeout: the controller ends a controller whose host sends
+/// no admin command for this long, so `run` sends Keep Alive every third of it.
+const ADMIN_KATO_MS: u32 = 30_000;
 const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 const DEFAULT_INITIATOR: &str = "iqn.2026-11.dev.xdp-target:perf";
 const DEFAULT_HOST_NQN: &str =
@@ -453,7 +455,7 @@ trait NvmeConn {
         host: &str,
         sqsize: u16,
     ) -> Result<u16, PerfError> {
-        let kato = if qid == 0 { 30_000 } else { 0 };
+        let kato = if qid == 0 { ADMIN_KATO_MS } else { 0 };
         let (sqe, data) = commands::connect(qid, cntlid, sqsize, kato, nqn, host)
             .ok_or_else(|| PerfError::Target(format!("NQN {nqn:?} or {host:?} is too long")))?;
         let c = self
@@ -842,8 +844,9 @@ struct Setup {
     capacity: u64,
     /// Opens queue `q` (its own connection).
     open: Box<OpenQueue>,
-    /// Kept open while the queues run (the NVMe admin queue owns the controller).
-    _admin: Option<Box<dyn Any>>,
+    /// Kept open while the queues run (the NVMe admin queue owns the controller), and
+    /// sent Keep Alive.
+    admin: Option<Box<dyn NvmeConn>>,
 }
 
 fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setup, PerfError> {
@@ -909,7 +912,7 @@ fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setu
             c.set_nsid(nsid);
             Ok(Box::new(c) as Box<dyn IoQueue + Send>)
         }),
-        _admin: Some(Box::new(admin)),
+        admin: Some(Box::new(admin)),
     })
 }
 
@@ -945,13 +948,13 @@ fn iscsi_setup(args: &PerfArgs, url: &Url) -> Result<Setup, PerfError> {
             c.lun = lun;
             Ok(Box::new(c) as Box<dyn IoQueue + Send>)
         }),
-        _admin: None,
+        admin: None,
     })
 }
 
 pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
     let url = parse_url(&args.target)?;
-    let setup = match url.proto {
+    let mut setup = match url.proto {
         Proto::NvmeTcp => nvme_setup(
             args,
             &url,
@@ -1004,6 +1007,20 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
         handles.push(std::thread::spawn(move || {
             run_queue(c.as_mut(), &job, 0x9e37_79b9_7f4a_7c15 ^ u64::from(q))
         }));
+    }
+    // The controller counts only admin commands as the host being alive: without Keep
+    // Alive, a run longer than KATO loses its controller and with it every queue.
+    if let Some(admin) = setup.admin.as_mut() {
+        let every = Duration::from_millis(u64::from(ADMIN_KATO_MS / 3));
+        let mut next = Instant::now() + every;
+        while next < deadline {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let keep_alive = commands::admin(AdminOpcode::KeepAlive, 0, 0, 0);
+            admin
+                .command(keep_alive, Vec::new(), 0)
+                .map_err(|e| PerfError::Target(format!("Keep Alive: {e}")))?;
+            next += every;
+        }
     }
     let mut total = Stats::default();
     for h in handles {
