@@ -4,7 +4,7 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(about = "NVMe/TCP and iSCSI initiator for benchmarks and data checks")]
+#[command(about = "NVMe/TCP, NVMe/RDMA and iSCSI initiator for benchmarks and data checks")]
 struct Cli {
     #[command(flatten)]
     perf: target_initiator::perf::PerfArgs,

@@ -1,13 +1,16 @@
-//! `xdp-target perf`: an NVMe/TCP and iSCSI initiator for measuring a target, like
-//! spdk_nvme_perf.
+//! `xdp-target perf`: an NVMe/TCP, NVMe/RDMA and iSCSI initiator for measuring a target,
+//! like spdk_nvme_perf.
 //!
 //! One thread per I/O queue, each keeping `--qd` commands in flight on its own
 //! connection (the host engines of target-proto over a kernel socket: an NVMe I/O queue,
-//! or an iSCSI session per queue). Both protocols run the same workload loop, so their
-//! figures compare like for like. With `--verify`,
+//! or an iSCSI session per queue; for NVMe/RDMA, a queue pair of its own, busy-polled, see
+//! [`rdma`]). Every transport runs the same workload loop, so their figures compare like
+//! for like. With `--verify`,
 //! every block written carries a pattern naming its LBA and a generation, each queue owns
 //! a disjoint LBA region and never has two commands in flight on the same blocks, so every
 //! read has exactly one right answer: misplaced, stale or torn data is counted.
+
+mod rdma;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -20,13 +23,17 @@ use target_proto::iscsi::conn::encode_lun;
 use target_proto::iscsi::host::{IscsiHost, LoginOptions};
 use target_proto::nvme_tcp::host::{Completion, HostQueue, commands};
 use target_wire::nvme::fabrics::PropertySize;
-use target_wire::nvme::identify::IdentifyNamespace;
+use target_wire::nvme::identify::{IdentifyController, IdentifyNamespace};
 use target_wire::nvme::log::{DiscoveryLogHeader, SubType, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
 use target_wire::nvme::properties::CSTS;
+use target_wire::nvme::sqe::SQE_LEN;
 
 /// How long a queue thread polls its socket before sleeping in poll(2).
 const SPIN: Duration = Duration::from_micros(100);
+/// The admin queue's keep-alive timeout: the controller ends a controller whose host sends
+/// no admin command for this long, so `run` sends Keep Alive every third of it.
+const ADMIN_KATO_MS: u32 = 30_000;
 const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 const DEFAULT_INITIATOR: &str = "iqn.2026-11.dev.xdp-target:perf";
 const DEFAULT_HOST_NQN: &str =
@@ -44,8 +51,9 @@ pub enum Workload {
 
 #[derive(clap::Args, Debug)]
 pub struct PerfArgs {
-    /// nvme-tcp://ADDR[:PORT][/NQN]: without an NQN, the first NVM subsystem of the
-    /// discovery log at ADDR:PORT. Or iscsi://ADDR[:PORT][/IQN/LUN]: without an IQN, the
+    /// nvme-tcp://ADDR[:PORT][/NQN] or nvme-rdma://ADDR[:PORT][/NQN] (port 4420 by
+    /// default): without an NQN, the first NVM subsystem of the discovery log at ADDR:PORT
+    /// (over the same transport). Or iscsi://ADDR[:PORT][/IQN/LUN]: without an IQN, the
     /// first target SendTargets lists, LUN 0.
     pub target: String,
     #[arg(long, value_enum, default_value = "randread")]
@@ -73,7 +81,7 @@ pub struct PerfArgs {
     /// Check every read against what was written (see the module documentation).
     #[arg(long)]
     pub verify: bool,
-    /// Ask for header and data digests.
+    /// Ask for header and data digests (NVMe/TCP and iSCSI; RDMA has none).
     #[arg(long)]
     pub digests: bool,
     #[arg(long)]
@@ -86,9 +94,18 @@ pub struct PerfArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum PerfError {
     #[error(
-        "{0:?} is not a target URL: expected nvme-tcp://ADDR[:PORT][/NQN] or iscsi://ADDR[:PORT][/IQN/LUN]"
+        "{0:?} is not a target URL: expected nvme-tcp://ADDR[:PORT][/NQN], nvme-rdma://ADDR[:PORT][/NQN] or iscsi://ADDR[:PORT][/IQN/LUN]"
     )]
     Url(String),
+    #[error(
+        "--digests is for nvme-tcp:// and iscsi://: NVMe/RDMA has no digests (RoCE and InfiniBand check every packet's CRC themselves)"
+    )]
+    RdmaDigests,
+    /// NVMe/RDMA cannot run on this machine (no rdma-core, no device).
+    #[error("{0}")]
+    RdmaUnavailable(String),
+    #[error("cannot connect to {addr} over RDMA: {reason}")]
+    RdmaConnect { addr: SocketAddr, reason: String },
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connection to {addr} failed: {source}")]
@@ -103,7 +120,8 @@ pub enum PerfError {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Proto {
-    Nvme,
+    NvmeTcp,
+    NvmeRdma,
     Iscsi,
 }
 
@@ -119,7 +137,9 @@ struct Url {
 fn parse_url(s: &str) -> Result<Url, PerfError> {
     let bad = || PerfError::Url(s.to_string());
     let (proto, rest, default_port) = if let Some(r) = s.strip_prefix("nvme-tcp://") {
-        (Proto::Nvme, r, 4420)
+        (Proto::NvmeTcp, r, 4420)
+    } else if let Some(r) = s.strip_prefix("nvme-rdma://") {
+        (Proto::NvmeRdma, r, 4420)
     } else if let Some(r) = s.strip_prefix("iscsi://") {
         (Proto::Iscsi, r, 3260)
     } else {
@@ -130,7 +150,7 @@ fn parse_url(s: &str) -> Result<Url, PerfError> {
         None => (rest, ""),
     };
     let (name, lun) = match proto {
-        Proto::Nvme => ((!path.is_empty()).then(|| path.to_string()), 0),
+        Proto::NvmeTcp | Proto::NvmeRdma => ((!path.is_empty()).then(|| path.to_string()), 0),
         // IQN/LUN, as libiscsi writes it; IQNs hold ':' but no '/'.
         Proto::Iscsi => match path.rsplit_once('/') {
             Some((iqn, lun)) if !iqn.is_empty() => {
@@ -216,7 +236,7 @@ trait IoQueue {
         blocks: u32,
         data: Vec<u8>,
         read_len: usize,
-    ) -> u32;
+    ) -> Result<u32, PerfError>;
     /// Room for another command (the iSCSI CmdSN window).
     fn can_submit(&self) -> bool;
     fn exchange(&mut self) -> Result<(), PerfError>;
@@ -231,7 +251,7 @@ impl IoQueue for Conn<HostQueue> {
         blocks: u32,
         data: Vec<u8>,
         read_len: usize,
-    ) -> u32 {
+    ) -> Result<u32, PerfError> {
         let op = if write {
             IoOpcode::Write
         } else {
@@ -239,7 +259,7 @@ impl IoQueue for Conn<HostQueue> {
         };
         let in_capsule = write && data.len() <= 8192;
         let sqe = commands::io(op, self.nsid, lba, blocks);
-        u32::from(self.h.submit(sqe, data, in_capsule, read_len))
+        Ok(u32::from(self.h.submit(sqe, data, in_capsule, read_len)))
     }
     fn can_submit(&self) -> bool {
         true
@@ -264,12 +284,12 @@ impl IoQueue for Conn<IscsiHost> {
         blocks: u32,
         data: Vec<u8>,
         read_len: usize,
-    ) -> u32 {
+    ) -> Result<u32, PerfError> {
         let mut cdb = [0u8; 16];
         cdb[0] = if write { 0x8a } else { 0x88 }; // WRITE(16) / READ(16)
         cdb[2..10].copy_from_slice(&lba.to_be_bytes());
         cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
-        self.h.command(encode_lun(self.lun), &cdb, data, read_len)
+        Ok(self.h.command(encode_lun(self.lun), &cdb, data, read_len))
     }
     fn can_submit(&self) -> bool {
         self.h.can_submit()
@@ -393,28 +413,38 @@ impl Conn<HostQueue> {
         }
         Ok(c)
     }
+}
 
+/// An NVMe queue of either transport, one command at a time: what setup and discovery
+/// need of it.
+trait NvmeConn {
+    /// Runs one command to its completion, whatever its status. `write` goes to the
+    /// controller; without it, `read_len` bytes come back.
+    fn execute(
+        &mut self,
+        sqe: [u8; 64],
+        write: Vec<u8>,
+        read_len: usize,
+    ) -> Result<Completion, PerfError>;
+
+    /// The namespace the I/O goes to.
+    fn set_nsid(&mut self, nsid: u32);
+
+    /// Runs one command; a status other than success is an error.
     fn command(
         &mut self,
         sqe: [u8; 64],
         write: Vec<u8>,
-        in_capsule: bool,
         read_len: usize,
     ) -> Result<Completion, PerfError> {
-        let cid = self.h.submit(sqe, write, in_capsule, read_len);
-        loop {
-            if let Some(c) = self.h.completion() {
-                debug_assert_eq!(c.cid, cid);
-                if !c.cqe.status.is_success() {
-                    return Err(PerfError::Target(format!(
-                        "command failed: {:?}",
-                        c.cqe.status
-                    )));
-                }
-                return Ok(c);
-            }
-            self.exchange()?;
+        let c = self.execute(sqe, write, read_len)?;
+        if !c.cqe.status.is_success() {
+            return Err(PerfError::Target(format!(
+                "command failed: {:?}",
+                c.cqe.status
+            )));
         }
+        Ok(c)
     }
 
     fn connect(
@@ -425,20 +455,20 @@ impl Conn<HostQueue> {
         host: &str,
         sqsize: u16,
     ) -> Result<u16, PerfError> {
-        let kato = if qid == 0 { 30_000 } else { 0 };
+        let kato = if qid == 0 { ADMIN_KATO_MS } else { 0 };
         let (sqe, data) = commands::connect(qid, cntlid, sqsize, kato, nqn, host)
             .ok_or_else(|| PerfError::Target(format!("NQN {nqn:?} or {host:?} is too long")))?;
         let c = self
-            .command(sqe, data, true, 0)
+            .command(sqe, data, 0)
             .map_err(|e| PerfError::Target(format!("Connect to {nqn}: {e}")))?;
         Ok(c.cqe.dw0 as u16)
     }
 
     fn enable(&mut self) -> Result<(), PerfError> {
-        self.command(commands::enable(), Vec::new(), false, 0)?;
+        self.command(commands::enable(), Vec::new(), 0)?;
         for _ in 0..100 {
             let csts = commands::property_get(CSTS, PropertySize::Four);
-            if self.command(csts, Vec::new(), false, 0)?.cqe.dw0 & 1 == 1 {
+            if self.command(csts, Vec::new(), 0)?.cqe.dw0 & 1 == 1 {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -459,9 +489,80 @@ impl Conn<HostQueue> {
         self.command(
             commands::admin(op, nsid, cdw10, cdw11),
             Vec::new(),
-            false,
             read_len,
         )
+    }
+}
+
+impl NvmeConn for Conn<HostQueue> {
+    fn execute(
+        &mut self,
+        sqe: [u8; 64],
+        write: Vec<u8>,
+        read_len: usize,
+    ) -> Result<Completion, PerfError> {
+        // Only Connect carries data here: in the capsule, as Linux sends it.
+        let in_capsule = !write.is_empty();
+        let cid = self.h.submit(sqe, write, in_capsule, read_len);
+        loop {
+            if let Some(c) = self.h.completion() {
+                debug_assert_eq!(c.cid, cid);
+                return Ok(c);
+            }
+            self.exchange()?;
+        }
+    }
+
+    fn set_nsid(&mut self, nsid: u32) {
+        self.nsid = nsid;
+    }
+}
+
+/// What opening an NVMe queue takes.
+#[derive(Clone, Copy, Debug)]
+struct QueueSpec {
+    qid: u16,
+    /// The controller of an I/O queue (0 for the admin queue).
+    cntlid: u16,
+    /// Entries (the Connect's SQSIZE + 1).
+    depth: u16,
+    /// Bytes of write data the controller takes in the capsule (IOCCSZ), 0 before it is
+    /// known.
+    in_capsule: usize,
+    /// The largest transfer of a command.
+    data_len: usize,
+}
+
+impl QueueSpec {
+    /// The admin queue as Linux opens it: 32 entries, 4 KiB transfers (Identify, a
+    /// discovery log page).
+    const ADMIN: Self = Self {
+        qid: 0,
+        cntlid: 0,
+        depth: 32,
+        in_capsule: 0,
+        data_len: 4096,
+    };
+}
+
+/// How the NVMe queues of a run reach the target.
+trait NvmeTransport: Send + 'static {
+    type Queue: NvmeConn + IoQueue + Send + 'static;
+
+    /// A new connection for one queue, not yet Connected.
+    fn open(&self, addr: SocketAddr, spec: QueueSpec) -> Result<Self::Queue, PerfError>;
+}
+
+/// NVMe/TCP: a TCP connection per queue.
+struct Tcp {
+    digests: bool,
+}
+
+impl NvmeTransport for Tcp {
+    type Queue = Conn<HostQueue>;
+
+    fn open(&self, addr: SocketAddr, _: QueueSpec) -> Result<Self::Queue, PerfError> {
+        Conn::open(addr, self.digests)
     }
 }
 
@@ -533,9 +634,9 @@ fn iscsi_discover(addr: SocketAddr, initiator: &str, digests: bool) -> Result<St
 }
 
 /// The first NVM subsystem in the discovery log at `addr`.
-fn discover(addr: SocketAddr, host: &str, digests: bool) -> Result<String, PerfError> {
-    let mut d = Conn::open(addr, digests)?;
-    d.connect(0, 0xffff, DISCOVERY_NQN, host, 31)?;
+fn discover<T: NvmeTransport>(t: &T, addr: SocketAddr, host: &str) -> Result<String, PerfError> {
+    let mut d = t.open(addr, QueueSpec::ADMIN)?;
+    d.connect(0, 0xffff, DISCOVERY_NQN, host, QueueSpec::ADMIN.depth - 1)?;
     d.enable()?;
     let numd = 4096 / 4 - 1;
     let log = d.admin(
@@ -667,7 +768,7 @@ fn run_queue(c: &mut dyn IoQueue, job: &Job, seed: u64) -> Result<Stats, PerfErr
                 u32::try_from(job.blocks_per_io).unwrap_or(1),
                 data,
                 if write { 0 } else { bytes },
-            );
+            )?;
             busy.insert(slot);
             inflight.insert(
                 cid,
@@ -743,24 +844,37 @@ struct Setup {
     capacity: u64,
     /// Opens queue `q` (its own connection).
     open: Box<OpenQueue>,
-    /// Kept open while the queues run (the NVMe admin queue owns the controller).
-    _admin: Option<Conn<HostQueue>>,
+    /// Kept open while the queues run (the NVMe admin queue owns the controller), and
+    /// sent Keep Alive.
+    admin: Option<Box<dyn NvmeConn>>,
 }
 
-fn nvme_setup(args: &PerfArgs, url: &Url) -> Result<Setup, PerfError> {
+fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setup, PerfError> {
     let host = args
         .host_nqn
         .clone()
         .unwrap_or_else(|| DEFAULT_HOST_NQN.to_string());
     let nqn = match &url.name {
         Some(n) => n.clone(),
-        None => discover(url.addr, &host, args.digests)?,
+        None => discover(&t, url.addr, &host)?,
     };
     let qd = args.qd.clamp(1, 126);
     let sqsize = u16::try_from(qd + 1).unwrap_or(127);
-    let mut admin = Conn::open(url.addr, args.digests)?;
-    let cntlid = admin.connect(0, 0xffff, &nqn, &host, 31)?;
+    let mut admin = t.open(url.addr, QueueSpec::ADMIN)?;
+    let cntlid = admin.connect(0, 0xffff, &nqn, &host, QueueSpec::ADMIN.depth - 1)?;
     admin.enable()?;
+    // IOCCSZ: how much write data the I/O queues may put in their capsules (NVMe/RDMA;
+    // NVMe/TCP sends up to 8 KiB, what this target takes, as before).
+    let idc = admin.admin(
+        AdminOpcode::Identify,
+        0,
+        u32::from(u8::from(Cns::Controller)),
+        0,
+        4096,
+    )?;
+    let in_capsule = IdentifyController::new_checked(&idc.data[..])
+        .map(|c| (c.ioccsz() as usize * 16).saturating_sub(SQE_LEN))
+        .map_err(|_| PerfError::Target("short Identify Controller".into()))?;
     let want = u32::from(args.queues.max(1) - 1);
     admin.admin(
         AdminOpcode::SetFeatures,
@@ -780,18 +894,25 @@ fn nvme_setup(args: &PerfArgs, url: &Url) -> Result<Setup, PerfError> {
         .map_err(|_| PerfError::Target("short Identify Namespace".into()))?;
     let block = 1usize << ns.current_lbaf().lbads;
     let capacity = ns.nsze() * block as u64;
-    let (addr, digests, nsid, n) = (url.addr, args.digests, args.nsid, nqn.clone());
+    let (addr, nsid, n, bs) = (url.addr, args.nsid, nqn.clone(), args.bs);
     Ok(Setup {
         name: nqn,
         block,
         capacity,
         open: Box::new(move |q| {
-            let mut c = Conn::open(addr, digests)?;
+            let spec = QueueSpec {
+                qid: q + 1,
+                cntlid,
+                depth: sqsize + 1,
+                in_capsule,
+                data_len: bs,
+            };
+            let mut c = t.open(addr, spec)?;
             c.connect(q + 1, cntlid, &n, &host, sqsize)?;
-            c.nsid = nsid;
+            c.set_nsid(nsid);
             Ok(Box::new(c) as Box<dyn IoQueue + Send>)
         }),
-        _admin: Some(admin),
+        admin: Some(Box::new(admin)),
     })
 }
 
@@ -827,23 +948,31 @@ fn iscsi_setup(args: &PerfArgs, url: &Url) -> Result<Setup, PerfError> {
             c.lun = lun;
             Ok(Box::new(c) as Box<dyn IoQueue + Send>)
         }),
-        _admin: None,
+        admin: None,
     })
 }
 
 pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
     let url = parse_url(&args.target)?;
-    let setup = match url.proto {
-        Proto::Nvme => nvme_setup(args, &url)?,
+    let mut setup = match url.proto {
+        Proto::NvmeTcp => nvme_setup(
+            args,
+            &url,
+            Tcp {
+                digests: args.digests,
+            },
+        )?,
+        Proto::NvmeRdma if args.digests => return Err(PerfError::RdmaDigests),
+        Proto::NvmeRdma => nvme_setup(args, &url, rdma::Rdma::new()?)?,
         Proto::Iscsi => iscsi_setup(args, &url)?,
     };
     let qd = match url.proto {
-        Proto::Nvme => args.qd.clamp(1, 126),
+        Proto::NvmeTcp | Proto::NvmeRdma => args.qd.clamp(1, 126),
         Proto::Iscsi => args.qd.clamp(1, 128),
     };
     let (block, ns_bytes, nqn) = (setup.block, setup.capacity, setup.name.clone());
     let max_io = match url.proto {
-        Proto::Nvme => 128 * 1024,
+        Proto::NvmeTcp | Proto::NvmeRdma => 128 * 1024,
         Proto::Iscsi => 1024 * 1024,
     };
     if args.bs == 0 || !args.bs.is_multiple_of(block) || args.bs > max_io {
@@ -878,6 +1007,20 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
         handles.push(std::thread::spawn(move || {
             run_queue(c.as_mut(), &job, 0x9e37_79b9_7f4a_7c15 ^ u64::from(q))
         }));
+    }
+    // The controller counts only admin commands as the host being alive: without Keep
+    // Alive, a run longer than KATO loses its controller and with it every queue.
+    if let Some(admin) = setup.admin.as_mut() {
+        let every = Duration::from_millis(u64::from(ADMIN_KATO_MS / 3));
+        let mut next = Instant::now() + every;
+        while next < deadline {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let keep_alive = commands::admin(AdminOpcode::KeepAlive, 0, 0, 0);
+            admin
+                .command(keep_alive, Vec::new(), 0)
+                .map_err(|e| PerfError::Target(format!("Keep Alive: {e}")))?;
+            next += every;
+        }
     }
     let mut total = Stats::default();
     for h in handles {
@@ -963,6 +1106,17 @@ mod tests {
             "[fd00::1]:4420"
         );
         assert!(parse_url("nvme-tcp://").is_err());
+        let u = parse_url("nvme-rdma://10.77.0.2").unwrap();
+        assert_eq!(
+            (u.proto, u.addr.to_string(), u.name),
+            (Proto::NvmeRdma, "10.77.0.2:4420".into(), None)
+        );
+        let u = parse_url("nvme-rdma://[fd00::2]:4421/nqn.y").unwrap();
+        assert_eq!(
+            (u.addr.to_string(), u.name.as_deref()),
+            ("[fd00::2]:4421".into(), Some("nqn.y"))
+        );
+        assert!(parse_url("nvme-rdma://").is_err());
         assert!(parse_url("http://10.0.0.1").is_err());
         let u = parse_url("iscsi://10.0.0.1/iqn.2026-11.dev.xdp-target:default/3").unwrap();
         assert_eq!(u.proto, Proto::Iscsi);

@@ -317,4 +317,8 @@ fn the_libraries_load_and_name_their_devices() {
     for n in names {
         assert!(!n.is_empty());
     }
+    assert_eq!(
+        crate::wc_status_str(sys::IBV_WC_WR_FLUSH_ERR),
+        "Work Request Flushed Error"
+    );
 }

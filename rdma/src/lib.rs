@@ -770,6 +770,22 @@ pub unsafe fn post_recv(qp: NonNull<sys::ibv_qp>, wr: &mut ibv_recv_wr) -> io::R
     }
 }
 
+/// What a work completion's status means, as libibverbs words it (`ibv_wc_status_str`:
+/// "remote access error", "transport retry counter exceeded", ...).
+pub fn wc_status_str(status: u32) -> String {
+    let Ok(l) = lib() else {
+        return format!("status {status}");
+    };
+    // SAFETY: ibv_wc_status_str takes any value ("unknown" for those it does not name) and
+    // returns a static NUL-terminated string.
+    let s = unsafe { (l.ibv_wc_status_str)(status) };
+    if s.is_null() {
+        return format!("status {status}");
+    }
+    // SAFETY: as above.
+    unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
+}
+
 /// The number of a queue pair (as completions name it).
 pub fn qp_num(qp: NonNull<sys::ibv_qp>) -> u32 {
     // SAFETY: a live QP.

@@ -343,6 +343,7 @@ pub struct Lib {
     pub ibv_ack_cq_events: unsafe extern "C" fn(*mut ibv_cq, u32),
     pub ibv_create_srq: unsafe extern "C" fn(*mut ibv_pd, *mut ibv_srq_init_attr) -> *mut ibv_srq,
     pub ibv_destroy_srq: unsafe extern "C" fn(*mut ibv_srq) -> c_int,
+    pub ibv_wc_status_str: unsafe extern "C" fn(u32) -> *const c_char,
 
     pub rdma_create_event_channel: unsafe extern "C" fn() -> *mut rdma_event_channel,
     pub rdma_destroy_event_channel: unsafe extern "C" fn(*mut rdma_event_channel),
@@ -463,6 +464,7 @@ fn load() -> Result<Lib, LoadError> {
         ibv_ack_cq_events: sym!(verbs, ibv_ack_cq_events),
         ibv_create_srq: sym!(verbs, ibv_create_srq),
         ibv_destroy_srq: sym!(verbs, ibv_destroy_srq),
+        ibv_wc_status_str: sym!(verbs, ibv_wc_status_str),
         rdma_create_event_channel: sym!(cm, rdma_create_event_channel),
         rdma_destroy_event_channel: sym!(cm, rdma_destroy_event_channel),
         rdma_create_id: sym!(cm, rdma_create_id),

@@ -35,7 +35,8 @@ struct Cli {
 enum Command {
     /// Serve NVMe/TCP (and with --xdp, attach the XDP steering program) until SIGINT/SIGTERM.
     Serve(ServeArgs),
-    /// Measure (and with --verify, check) an NVMe/TCP target, like spdk_nvme_perf.
+    /// Measure (and with --verify, check) an NVMe/TCP, NVMe/RDMA or iSCSI target, like
+    /// spdk_nvme_perf.
     Perf(target_initiator::perf::PerfArgs),
     /// Print the XDP counters of a running `serve --xdp`.
     Stats {
