@@ -44,6 +44,7 @@
 //! listen = ["192.168.1.10:4420", "192.168.1.10:8009"]   # NVMe/RDMA (RDMA CM); default []
 //! require = false                   # true: no RDMA library or device is an error, not a warning
 //! max_queue_depth = 128             # deepest I/O queue accepted (2-128; the device may lower it)
+//! inline_data = 8192                # in-capsule data per command (0-16384, multiple of 16)
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"         # Prometheus text on GET /metrics; absent or "": none
@@ -80,6 +81,8 @@ pub enum ConfigError {
     RdmaListen(String),
     #[error("rdma.max_queue_depth: must be between 2 and 128")]
     RdmaQueueDepth,
+    #[error("rdma.inline_data: must be a multiple of 16 between 0 and 16384")]
+    RdmaInlineData,
     #[error("reactors: must be between 1 and 256")]
     Reactors,
     #[error("max_connections_per_reactor: must be between 1 and 65536")]
@@ -202,6 +205,15 @@ pub struct RdmaConfig {
     /// device's queue pairs hold.
     #[serde(default = "default_rdma_depth")]
     pub max_queue_depth: u16,
+    /// Data a command capsule may carry (IOCCSZ): writes up to this size come with their
+    /// command instead of by RDMA READ. Each queue entry keeps a receive buffer this much
+    /// larger than the 64-byte command.
+    #[serde(default = "default_inline_data")]
+    pub inline_data: usize,
+}
+
+fn default_inline_data() -> usize {
+    target_proto::nvme_rdma::queue::IN_CAPSULE_DATA
 }
 
 fn default_rdma_depth() -> u16 {
@@ -214,6 +226,7 @@ impl Default for RdmaConfig {
             listen: Vec::new(),
             require: false,
             max_queue_depth: default_rdma_depth(),
+            inline_data: default_inline_data(),
         }
     }
 }
@@ -591,6 +604,12 @@ impl Config {
         }
         if !(2..=128).contains(&self.rdma.max_queue_depth) {
             return Err(ConfigError::RdmaQueueDepth);
+        }
+        let inline = self.rdma.inline_data;
+        if inline > target_proto::nvme_rdma::queue::MAX_IN_CAPSULE_DATA
+            || !inline.is_multiple_of(16)
+        {
+            return Err(ConfigError::RdmaInlineData);
         }
         self.metrics.addr()?;
         for (i, s) in self.subsystems.iter().enumerate() {
@@ -977,14 +996,16 @@ mod tests {
         let off = parse("").unwrap().rdma;
         assert_eq!(off, RdmaConfig::default());
         assert!(off.listen.is_empty() && !off.require && off.max_queue_depth == 128);
+        assert_eq!(off.inline_data, 8192);
         let on = parse(
-            "[rdma]\nlisten = [\"10.0.0.1:4420\", \"[fd00::1]:8009\"]\nrequire = true\nmax_queue_depth = 64\n",
+            "[rdma]\nlisten = [\"10.0.0.1:4420\", \"[fd00::1]:8009\"]\nrequire = true\nmax_queue_depth = 64\ninline_data = 4096\n",
         )
         .unwrap()
         .rdma;
         assert_eq!(on.listen, ["10.0.0.1:4420", "[fd00::1]:8009"]);
         assert!(on.require);
         assert_eq!(on.max_queue_depth, 64);
+        assert_eq!(on.inline_data, 4096);
         for (text, want) in [
             (
                 "[rdma]\nlisten = [\"rxe0:4420\"]\n",
@@ -993,6 +1014,8 @@ mod tests {
             ("[rdma]\nmax_queue_depth = 1\n", "rdma.max_queue_depth"),
             ("[rdma]\nmax_queue_depth = 129\n", "rdma.max_queue_depth"),
             ("[rdma]\ninline = 4096\n", "unknown field `inline`"),
+            ("[rdma]\ninline_data = 100\n", "rdma.inline_data"),
+            ("[rdma]\ninline_data = 32768\n", "rdma.inline_data"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");

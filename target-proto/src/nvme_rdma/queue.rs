@@ -48,11 +48,16 @@ use crate::nvme::controller::{
 };
 use crate::nvme::subsystem::Registry;
 
-/// In-capsule data the controller accepts: IOCCSZ is reported as (64 + this) / 16, and a
-/// host sends writes (and, Linux, the I/O queues' Connect data) up to this size in the
-/// capsule, saving the RDMA READ. The same on the admin queue, where Linux sends none.
+/// In-capsule data the controller accepts by default: IOCCSZ is reported as (64 + this) /
+/// 16, and a host sends writes (and, Linux, the I/O queues' Connect data) up to this size
+/// in the capsule, saving the RDMA READ. The same on the admin queue, where Linux sends
+/// none. [`NvmeRdmaQueue::with_in_capsule_data`] sets another size.
 pub const IN_CAPSULE_DATA: usize = 8192;
-/// Bytes of each receive buffer the transport posts: an SQE and the in-capsule data.
+/// The most in-capsule data a queue may be given: receive buffers are posted per queue
+/// entry, so this bounds a queue's receive memory (128 entries: about 2 MiB).
+pub const MAX_IN_CAPSULE_DATA: usize = 16384;
+/// Bytes of each receive buffer the transport posts by default: an SQE and the in-capsule
+/// data ([`NvmeRdmaQueue::recv_buffer_len`] for a queue's own).
 pub const RECV_BUFFER_LEN: usize = SQE_LEN + IN_CAPSULE_DATA;
 /// Slots per queue entry. A host reuses an entry as soon as the response arrives, which
 /// can be before the transport sees the SEND complete (and the slot free): twice the
@@ -163,6 +168,8 @@ impl Slot {
 
 pub struct NvmeRdmaQueue {
     negotiated: Negotiated,
+    /// Bytes of each receive buffer: the SQE and the in-capsule data.
+    recv_len: usize,
     controller: QueueController,
     slots: Vec<Slot>,
     /// Free slots, the most recently freed last (its buffer is warm).
@@ -183,12 +190,24 @@ impl NvmeRdmaQueue {
     /// The queue of a connect request [`cm::accept`](super::cm::accept) accepted; `local`
     /// is the address the host connected to.
     pub fn new(negotiated: Negotiated, local: Option<IpAddr>) -> Self {
+        Self::with_in_capsule_data(negotiated, local, IN_CAPSULE_DATA)
+    }
+
+    /// [`Self::new`] accepting `in_capsule` bytes of data in a capsule (rounded down to 16
+    /// bytes, as IOCCSZ counts, and at most [`MAX_IN_CAPSULE_DATA`]).
+    pub fn with_in_capsule_data(
+        negotiated: Negotiated,
+        local: Option<IpAddr>,
+        in_capsule: usize,
+    ) -> Self {
         let n = usize::from(negotiated.depth) * SLOTS_PER_ENTRY;
+        let in_capsule = in_capsule.min(MAX_IN_CAPSULE_DATA) / 16 * 16;
         Self {
             negotiated,
+            recv_len: SQE_LEN + in_capsule,
             controller: QueueController::new(
                 TransportLimits {
-                    in_capsule_data: IN_CAPSULE_DATA,
+                    in_capsule_data: in_capsule,
                     keyed_sgls: true,
                 },
                 local,
@@ -206,6 +225,12 @@ impl NvmeRdmaQueue {
 
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
+    }
+
+    /// Bytes of each receive buffer the transport posts for this queue: the 64-byte SQE
+    /// and the in-capsule data IOCCSZ promises.
+    pub fn recv_buffer_len(&self) -> usize {
+        self.recv_len
     }
 
     /// Slots (work request tags `0..slots()`).
@@ -274,7 +299,7 @@ impl NvmeRdmaQueue {
         if self.closing {
             return true;
         }
-        if capsule.len() < SQE_LEN || capsule.len() > RECV_BUFFER_LEN {
+        if capsule.len() < SQE_LEN || capsule.len() > self.recv_len {
             // No SQE means no CID to answer; more than a receive buffer holds cannot have
             // come through one. Either way the transport or the host is broken.
             self.fail();

@@ -17,7 +17,8 @@ use target_wire::nvme_rdma::{CmRequestRepr, CmStatus};
 
 use super::cm::{self, CmLimits};
 use super::queue::{
-    Action, CONNECT_TIMEOUT_MS, IN_CAPSULE_DATA, NvmeRdmaQueue, RECV_BUFFER_LEN, SLOTS_PER_ENTRY,
+    Action, CONNECT_TIMEOUT_MS, IN_CAPSULE_DATA, MAX_IN_CAPSULE_DATA, NvmeRdmaQueue,
+    RECV_BUFFER_LEN, SLOTS_PER_ENTRY,
 };
 use crate::nvme::controller::{BlockIo, BlockOp, IoOutcome, MAX_TRANSFER};
 use crate::nvme::subsystem::Registry;
@@ -834,6 +835,38 @@ fn malformed_capsules_and_failed_sends_end_the_queue() {
     h.q.send_done(slot, false);
     assert_eq!(h.q.next_action(), Some(Action::Disconnect));
     assert_eq!(h.q.next_action(), None, "one Disconnect");
+}
+
+#[test]
+fn the_in_capsule_size_is_the_queues_own() {
+    let registry = registry();
+    let disk = disk();
+    let (_, n) = cm::accept(&cm_req(0, 32), &CmLimits::default()).expect("accepted");
+    // Rounded to IOCCSZ's 16-byte units and bounded.
+    let q = NvmeRdmaQueue::with_in_capsule_data(n, None, 4100);
+    assert_eq!(q.recv_buffer_len(), 64 + 4096);
+    let big = NvmeRdmaQueue::with_in_capsule_data(n, None, 1 << 20);
+    assert_eq!(big.recv_buffer_len(), 64 + MAX_IN_CAPSULE_DATA);
+    // A capsule longer than the queue's receive buffers cannot have come through them.
+    let mut h = Host::new(&registry, &disk, 0, 32);
+    h.q = NvmeRdmaQueue::with_in_capsule_data(n, None, 4096);
+    assert!(h.q.capsule(&vec![0u8; 64 + 4096 + 16], &registry, 0));
+    assert_eq!(h.q.next_action(), Some(Action::Disconnect));
+    // Identify reports the queue's size in IOCCSZ.
+    let mut h = Host::new(&registry, &disk, 0, 32);
+    h.q = NvmeRdmaQueue::with_in_capsule_data(n, None, 4096);
+    assert!(h.connect(0, 0xffff, 31).status.is_success());
+    assert!(ok(&h.command(commands::enable(), &[], KEYED, 0)));
+    let id = h.admin(
+        AdminOpcode::Identify,
+        u32::from(u8::from(Cns::Controller)),
+        0,
+        0,
+        4096,
+    );
+    assert!(ok(&id));
+    let idc = IdentifyController::new_checked(&id.data[..]).unwrap();
+    assert_eq!(idc.ioccsz(), (64 + 4096) / 16);
 }
 
 #[test]

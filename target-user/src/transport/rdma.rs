@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use target_proto::nvme_rdma::cm::{self, CmLimits};
-use target_proto::nvme_rdma::queue::{Action, NvmeRdmaQueue, RECV_BUFFER_LEN, SLOTS_PER_ENTRY};
+use target_proto::nvme_rdma::queue::{Action, NvmeRdmaQueue, SLOTS_PER_ENTRY};
 use target_rdma::{
     CmEvent, CmId, CompChannel, ConnParam, Cq, DeviceLimits, EventChannel, Mr, Pd, ibv_recv_wr,
     ibv_send_wr, ibv_sge, ibv_wc, sys,
@@ -221,6 +221,7 @@ fn start_reactors(
             },
             mail: Arc::clone(&mail),
             limits,
+            in_capsule: config.rdma.inline_data,
             started: Instant::now(),
             max_connections: config.max_connections_per_reactor,
         };
@@ -302,6 +303,19 @@ fn parse_wr_id(id: u64) -> (usize, u16, Option<Work>, usize) {
     )
 }
 
+/// What a queue pair is sized by.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    /// Queue entries: receives posted.
+    depth: u16,
+    /// Bytes per receive buffer.
+    recv_len: usize,
+    /// Send work requests at most.
+    send_wr: u32,
+    /// Completion entries it may use.
+    cq_share: u32,
+}
+
 /// A queue pair as a reactor holds it (the transport handle of a [`Conn`]).
 pub struct QueuePair {
     id: CmId,
@@ -314,8 +328,10 @@ pub struct QueuePair {
     cq_share: u32,
     /// Inline data the queue pair takes (0: none): the 16-byte response goes inline.
     inline: bool,
-    /// `depth` receive buffers of RECV_BUFFER_LEN bytes, registered once.
+    /// `depth` receive buffers of `recv_len` bytes (SQE and in-capsule data), registered
+    /// once.
     recv: Vec<u8>,
+    recv_len: usize,
     recv_mr: Mr,
     /// One 16-byte response per slot, registered (for devices without inline data).
     cqes: Vec<u8>,
@@ -357,8 +373,8 @@ impl QueuePair {
     /// Posts receive buffer `n`.
     fn post_recv(&mut self, conn: usize, n: usize) -> io::Result<()> {
         let mut sge = ibv_sge {
-            addr: self.recv.as_ptr() as u64 + (n * RECV_BUFFER_LEN) as u64,
-            length: RECV_BUFFER_LEN as u32,
+            addr: self.recv.as_ptr() as u64 + (n * self.recv_len) as u64,
+            length: u32::try_from(self.recv_len).expect("bounded by MAX_IN_CAPSULE_DATA"),
             lkey: self.recv_mr.lkey(),
         };
         let mut wr = ibv_recv_wr {
@@ -572,6 +588,8 @@ struct Reactor {
     listeners: Vec<(CmId, SocketAddr)>,
     mail: Arc<Mailboxes>,
     limits: CmLimits,
+    /// In-capsule data each queue accepts (`rdma.inline_data`).
+    in_capsule: usize,
     started: Instant,
     max_connections: usize,
 }
@@ -856,8 +874,17 @@ impl Reactor {
         let initiator_depth = ev
             .initiator_depth
             .min(u8::try_from(d.limits.max_qp_init_rd_atom).unwrap_or(u8::MAX));
+        let local = id.local_addr().map(|a| a.ip());
+        let q = NvmeRdmaQueue::with_in_capsule_data(negotiated, local, self.in_capsule);
+        let recv_len = q.recv_buffer_len();
         let i = self.core.conns.vacant();
-        let qp = match self.queue_pair(id, i, dev, negotiated.depth, send_wr, cq_share) {
+        let sizes = Sizes {
+            depth: negotiated.depth,
+            recv_len,
+            send_wr,
+            cq_share,
+        };
+        let qp = match self.queue_pair(id, i, dev, sizes) {
             Ok(qp) => qp,
             Err(e) => {
                 return self.reject(
@@ -870,8 +897,7 @@ impl Reactor {
         let peer = id
             .peer_addr()
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let local = id.local_addr().map(|a| a.ip());
-        let q = Engine::NvmeRdma(Box::new(NvmeRdmaQueue::new(negotiated, local)));
+        let q = Engine::NvmeRdma(Box::new(q));
         let generation = qp.generation;
         let inserted = self.core.conns.insert(qp, peer, q);
         debug_assert_eq!(inserted, i);
@@ -907,10 +933,14 @@ impl Reactor {
         id: CmId,
         index: usize,
         dev: usize,
-        depth: u16,
-        send_wr: u32,
-        cq_share: u32,
+        sizes: Sizes,
     ) -> io::Result<QueuePair> {
+        let Sizes {
+            depth,
+            recv_len,
+            send_wr,
+            cq_share,
+        } = sizes;
         let d = &self.verbs.devs[dev];
         let depth = usize::from(depth);
         let slots = depth * SLOTS_PER_ENTRY;
@@ -933,7 +963,7 @@ impl Reactor {
         let qp = id
             .qp()
             .ok_or_else(|| io::Error::other("rdma_create_qp made no QP"))?;
-        let mut recv = vec![0u8; depth * RECV_BUFFER_LEN];
+        let mut recv = vec![0u8; depth * recv_len];
         let mut cqes = vec![0u8; slots * 16];
         // SAFETY: the buffers are moved into the QueuePair with their regions, which are
         // dropped before them (after the QP is destroyed); Vec storage does not move.
@@ -950,6 +980,7 @@ impl Reactor {
             cq_share,
             inline,
             recv,
+            recv_len,
             recv_mr,
             cqes,
             cqes_mr,
@@ -1018,8 +1049,8 @@ impl Reactor {
         let registry = &core.shared.registry;
         let step = crate::reactor::catch(|| match work {
             Some(Work::Recv) => {
-                let len = (wc.byte_len as usize).min(RECV_BUFFER_LEN);
-                let at = n * RECV_BUFFER_LEN;
+                let len = (wc.byte_len as usize).min(c.link.recv_len);
+                let at = n * c.link.recv_len;
                 if !c.link.waiting.is_empty()
                     || !q.capsule(&c.link.recv[at..at + len], registry, now)
                 {
@@ -1038,7 +1069,7 @@ impl Reactor {
                 q.send_done(n, true);
                 // A slot is free: capsules that waited for one go in now, in order.
                 while let Some(&(b, len)) = c.link.waiting.front() {
-                    let at = b * RECV_BUFFER_LEN;
+                    let at = b * c.link.recv_len;
                     if !q.capsule(&c.link.recv[at..at + len], registry, now) {
                         break;
                     }
