@@ -418,14 +418,37 @@ impl Conn<HostQueue> {
 /// An NVMe queue of either transport, one command at a time: what setup and discovery
 /// need of it.
 trait NvmeConn {
-    /// Runs one command to its completion, whatever its status. `write` goes to the
-    /// controller; without it, `read_len` bytes come back.
+    /// Queues one command; its CID. `write` goes to the controller; without it,
+    /// `read_len` bytes come back.
+    fn submit_command(
+        &mut self,
+        sqe: [u8; 64],
+        write: Vec<u8>,
+        read_len: usize,
+    ) -> Result<u16, PerfError>;
+
+    /// A completion that arrived, if any.
+    fn take_completion(&mut self) -> Option<Completion>;
+
+    /// Moves what the transport has to move (sends, receives), waiting a little.
+    fn pump(&mut self) -> Result<(), PerfError>;
+
+    /// Runs one command to its completion, whatever its status.
     fn execute(
         &mut self,
         sqe: [u8; 64],
         write: Vec<u8>,
         read_len: usize,
-    ) -> Result<Completion, PerfError>;
+    ) -> Result<Completion, PerfError> {
+        let cid = self.submit_command(sqe, write, read_len)?;
+        loop {
+            if let Some(c) = self.take_completion() {
+                debug_assert_eq!(c.cid, cid);
+                return Ok(c);
+            }
+            self.pump()?;
+        }
+    }
 
     /// The namespace the I/O goes to.
     fn set_nsid(&mut self, nsid: u32);
@@ -495,22 +518,23 @@ trait NvmeConn {
 }
 
 impl NvmeConn for Conn<HostQueue> {
-    fn execute(
+    fn submit_command(
         &mut self,
         sqe: [u8; 64],
         write: Vec<u8>,
         read_len: usize,
-    ) -> Result<Completion, PerfError> {
+    ) -> Result<u16, PerfError> {
         // Only Connect carries data here: in the capsule, as Linux sends it.
         let in_capsule = !write.is_empty();
-        let cid = self.h.submit(sqe, write, in_capsule, read_len);
-        loop {
-            if let Some(c) = self.h.completion() {
-                debug_assert_eq!(c.cid, cid);
-                return Ok(c);
-            }
-            self.exchange()?;
-        }
+        Ok(self.h.submit(sqe, write, in_capsule, read_len))
+    }
+
+    fn take_completion(&mut self) -> Option<Completion> {
+        self.h.completion()
+    }
+
+    fn pump(&mut self) -> Result<(), PerfError> {
+        self.exchange()
     }
 
     fn set_nsid(&mut self, nsid: u32) {

@@ -729,22 +729,8 @@ impl Drop for Cq {
 /// `qp` is live; the requests' scatter/gather lists name registered memory that stays
 /// until their completions (or the QP's destruction).
 pub unsafe fn post_send(qp: NonNull<sys::ibv_qp>, wr: &mut ibv_send_wr) -> io::Result<()> {
-    // SAFETY: a live QP's first member is its context.
-    let ctx: *const sys::ibv_context =
-        unsafe { sys::read_at(qp.as_ptr().cast(), sys::offset::QP_CONTEXT) };
-    // SAFETY: a live context; OPS_POST_SEND holds the provider's post_send.
-    let f: sys::PostSendFn = unsafe { sys::ops(ctx, sys::offset::OPS_POST_SEND) };
-    let mut bad = ptr::null_mut();
-    // SAFETY: the caller's promise.
-    let rc = unsafe { f(qp.as_ptr(), wr, &mut bad) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ibv_post_send: {}",
-            io::Error::from_raw_os_error(rc)
-        )))
-    }
+    // SAFETY: the caller's promise; OPS_POST_SEND holds the provider's post_send.
+    unsafe { post::<sys::PostSendFn, _>(qp, sys::offset::OPS_POST_SEND, wr, "ibv_post_send") }
 }
 
 /// Posts a chain of receive work requests on `qp`.
@@ -752,21 +738,56 @@ pub unsafe fn post_send(qp: NonNull<sys::ibv_qp>, wr: &mut ibv_send_wr) -> io::R
 /// # Safety
 /// As [`post_send`].
 pub unsafe fn post_recv(qp: NonNull<sys::ibv_qp>, wr: &mut ibv_recv_wr) -> io::Result<()> {
-    // SAFETY: as in post_send.
+    // SAFETY: the caller's promise; OPS_POST_RECV holds the provider's post_recv.
+    unsafe { post::<sys::PostRecvFn, _>(qp, sys::offset::OPS_POST_RECV, wr, "ibv_post_recv") }
+}
+
+/// Calls the post function at `op` of `qp`'s context, which the inline `ibv_post_*` of
+/// verbs.h would call.
+///
+/// # Safety
+/// As [`post_send`]; `F` is the type of the function at `op`, taking `W` work requests.
+unsafe fn post<F, W>(qp: NonNull<sys::ibv_qp>, op: usize, wr: &mut W, what: &str) -> io::Result<()>
+where
+    F: Copy + PostFn<W>,
+{
+    // SAFETY: a live QP's first member is its context.
     let ctx: *const sys::ibv_context =
         unsafe { sys::read_at(qp.as_ptr().cast(), sys::offset::QP_CONTEXT) };
-    // SAFETY: a live context; OPS_POST_RECV holds the provider's post_recv.
-    let f: sys::PostRecvFn = unsafe { sys::ops(ctx, sys::offset::OPS_POST_RECV) };
-    let mut bad = ptr::null_mut();
+    // SAFETY: a live context; the caller names the entry and its type.
+    let f: F = unsafe { sys::ops(ctx, op) };
     // SAFETY: the caller's promise.
-    let rc = unsafe { f(qp.as_ptr(), wr, &mut bad) };
+    let rc = unsafe { f.call(qp.as_ptr(), wr) };
     if rc == 0 {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "ibv_post_recv: {}",
+            "{what}: {}",
             io::Error::from_raw_os_error(rc)
         )))
+    }
+}
+
+/// The provider's post functions, for [`post`].
+trait PostFn<W> {
+    /// # Safety
+    /// As [`post_send`].
+    unsafe fn call(self, qp: *mut sys::ibv_qp, wr: &mut W) -> c_int;
+}
+
+impl PostFn<ibv_send_wr> for sys::PostSendFn {
+    unsafe fn call(self, qp: *mut sys::ibv_qp, wr: &mut ibv_send_wr) -> c_int {
+        let mut bad = ptr::null_mut();
+        // SAFETY: the caller's promise.
+        unsafe { self(qp, wr, &mut bad) }
+    }
+}
+
+impl PostFn<ibv_recv_wr> for sys::PostRecvFn {
+    unsafe fn call(self, qp: *mut sys::ibv_qp, wr: &mut ibv_recv_wr) -> c_int {
+        let mut bad = ptr::null_mut();
+        // SAFETY: the caller's promise.
+        unsafe { self(qp, wr, &mut bad) }
     }
 }
 

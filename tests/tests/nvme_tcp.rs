@@ -39,6 +39,26 @@ fn serve(pair: &VethPair, config: &Path) -> Target {
     Target::serve_config(pair, config, 4420)
 }
 
+/// The discovery log page (4 KiB) of the discovery controller on `addr`:8009.
+fn discovery_log(addr: IpAddr) -> Vec<u8> {
+    let mut d = Client::connect(SocketAddr::new(addr, 8009), false).expect("connect 8009");
+    let r = d
+        .fabrics_connect(0, 0xffff, "nqn.2014-08.org.nvmexpress.discovery", HOST_NQN)
+        .expect("connect");
+    assert!(r.cqe.status.is_success());
+    d.enable().expect("enable");
+    let numd = 4096 / 4 - 1;
+    d.admin(
+        AdminOpcode::GetLogPage,
+        0,
+        u32::from(u8::from(LogPageId::Discovery)) | (numd << 16),
+        0,
+        4096,
+    )
+    .expect("discovery log")
+    .data
+}
+
 /// Admin connect, enable, two I/O queues granted; returns the admin client and CNTLID.
 fn admin(addr: IpAddr, digests: bool) -> (Client, u16) {
     let mut a = Client::connect(SocketAddr::new(addr, 4420), digests).expect("connect");
@@ -196,21 +216,7 @@ fn identify_and_discovery_describe_what_is_configured() {
 
             // Discovery on 8009 (and the discovery NQN), with a wildcard listener: the log
             // must name the address the host reached, not 0.0.0.0.
-            let mut d = Client::connect(SocketAddr::new(addr, 8009), false).expect("connect 8009");
-            let r = d
-                .fabrics_connect(0, 0xffff, "nqn.2014-08.org.nvmexpress.discovery", HOST_NQN)
-                .expect("connect");
-            assert!(r.cqe.status.is_success());
-            d.enable().expect("enable");
-            let numd = 4096 / 4 - 1;
-            let log = d.admin(
-                AdminOpcode::GetLogPage,
-                0,
-                u32::from(u8::from(LogPageId::Discovery)) | (numd << 16),
-                0,
-                4096,
-            );
-            let log = log.expect("discovery log").data;
+            let log = discovery_log(addr);
             let h = DiscoveryLogHeader::new_checked(&log[..]).expect("header");
             assert!(h.numrec() >= 1);
             let e = discovery_entry(&log, 0).expect("entry");
@@ -243,23 +249,7 @@ fn without_an_rdma_device_tcp_serves_on_and_require_refuses_to_start() {
     pair.client
         .run(move || {
             let _ = admin(addr, false);
-            let mut d = Client::connect(SocketAddr::new(addr, 8009), false).expect("connect 8009");
-            let r = d
-                .fabrics_connect(0, 0xffff, "nqn.2014-08.org.nvmexpress.discovery", HOST_NQN)
-                .expect("connect");
-            assert!(r.cqe.status.is_success());
-            d.enable().expect("enable");
-            let numd = 4096 / 4 - 1;
-            let log = d
-                .admin(
-                    AdminOpcode::GetLogPage,
-                    0,
-                    u32::from(u8::from(LogPageId::Discovery)) | (numd << 16),
-                    0,
-                    4096,
-                )
-                .expect("discovery log")
-                .data;
+            let log = discovery_log(addr);
             let n = DiscoveryLogHeader::new_checked(&log[..])
                 .expect("header")
                 .numrec();

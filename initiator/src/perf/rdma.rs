@@ -417,20 +417,21 @@ impl Drop for RdmaQueue {
 }
 
 impl NvmeConn for RdmaQueue {
-    fn execute(
+    fn submit_command(
         &mut self,
         sqe: [u8; 64],
         write: Vec<u8>,
         read_len: usize,
-    ) -> Result<Completion, PerfError> {
-        let cid = self.submit(sqe, &write, read_len)?;
-        loop {
-            if let Some(c) = self.h.completion() {
-                debug_assert_eq!(c.cid, cid);
-                return Ok(c);
-            }
-            self.exchange()?;
-        }
+    ) -> Result<u16, PerfError> {
+        self.submit(sqe, &write, read_len)
+    }
+
+    fn take_completion(&mut self) -> Option<Completion> {
+        self.h.completion()
+    }
+
+    fn pump(&mut self) -> Result<(), PerfError> {
+        self.exchange()
     }
 
     fn set_nsid(&mut self, nsid: u32) {

@@ -447,36 +447,8 @@ impl Link for Verbs {
                     remote_addr,
                     rkey,
                     len,
-                } => {
-                    let Some(buf) = q.buffer_mut(slot).get_mut(..len as usize) else {
-                        error!(peer = %c.peer, slot, len, "an action names more than its slot's buffer (a bug)");
-                        return false;
-                    };
-                    let mr = match Verbs::slot_mr(
-                        pd,
-                        &mut qp.slot_mrs,
-                        slot,
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                    ) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            warn!("registering a slot buffer failed: {e}");
-                            return false;
-                        }
-                    };
-                    wr.wr_id = wr_id(me, qp.generation, Work::Read, slot);
-                    wr.opcode = sys::IBV_WR_RDMA_READ;
-                    wr.send_flags = sys::IBV_SEND_SIGNALED;
-                    wr.remote_addr = remote_addr;
-                    wr.rkey = rkey;
-                    ibv_sge {
-                        addr: buf.as_ptr() as u64,
-                        length: len,
-                        lkey: mr.lkey(),
-                    }
                 }
-                Action::RdmaWrite {
+                | Action::RdmaWrite {
                     slot,
                     remote_addr,
                     rkey,
@@ -486,26 +458,28 @@ impl Link for Verbs {
                         error!(peer = %c.peer, slot, len, "an action names more than its slot's buffer (a bug)");
                         return false;
                     };
-                    let mr = match Verbs::slot_mr(
-                        pd,
-                        &mut qp.slot_mrs,
-                        slot,
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                    ) {
+                    let (addr, n) = (buf.as_mut_ptr(), buf.len());
+                    let mr = match Verbs::slot_mr(pd, &mut qp.slot_mrs, slot, addr, n) {
                         Ok(m) => m,
                         Err(e) => {
                             warn!("registering a slot buffer failed: {e}");
                             return false;
                         }
                     };
-                    // Unsignaled: the slot's Send, posted after it, completes it.
-                    wr.wr_id = wr_id(me, qp.generation, Work::Read, slot) | (0xf << 20);
-                    wr.opcode = sys::IBV_WR_RDMA_WRITE;
+                    if matches!(a, Action::RdmaRead { .. }) {
+                        wr.wr_id = wr_id(me, qp.generation, Work::Read, slot);
+                        wr.opcode = sys::IBV_WR_RDMA_READ;
+                        wr.send_flags = sys::IBV_SEND_SIGNALED;
+                    } else {
+                        // Unsignaled: the slot's Send, posted after it, completes it (the
+                        // ID, seen only if it fails, names no work).
+                        wr.wr_id = wr_id(me, qp.generation, Work::Read, slot) | (0xf << 20);
+                        wr.opcode = sys::IBV_WR_RDMA_WRITE;
+                    }
                     wr.remote_addr = remote_addr;
                     wr.rkey = rkey;
                     ibv_sge {
-                        addr: buf.as_ptr() as u64,
+                        addr: addr as u64,
                         length: len,
                         lkey: mr.lkey(),
                     }
