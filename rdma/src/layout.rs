@@ -25,6 +25,7 @@ int main(void) {
     O("QP_CONTEXT", ibv_qp, context);
     O("QP_NUM", ibv_qp, qp_num);
     O("CQ_CONTEXT", ibv_cq, context);
+    O("SRQ_CONTEXT", ibv_srq, context);
     O("MR_LKEY", ibv_mr, lkey);
     O("MR_RKEY", ibv_mr, rkey);
     O("COMP_CHANNEL_FD", ibv_comp_channel, fd);
@@ -131,6 +132,7 @@ fn offsets_sizes_and_constants_match_the_headers() {
         ("QP_CONTEXT", offset::QP_CONTEXT.to_string()),
         ("QP_NUM", offset::QP_NUM.to_string()),
         ("CQ_CONTEXT", "0".to_string()),
+        ("SRQ_CONTEXT", offset::QP_CONTEXT.to_string()),
         ("MR_LKEY", offset::MR_LKEY.to_string()),
         ("MR_RKEY", offset::MR_RKEY.to_string()),
         ("COMP_CHANNEL_FD", offset::COMP_CHANNEL_FD.to_string()),

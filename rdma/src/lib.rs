@@ -282,6 +282,7 @@ impl CmId {
         pd: &Pd,
         send_cq: &Cq,
         recv_cq: &Cq,
+        srq: Option<&Srq>,
         cap: sys::ibv_qp_cap,
     ) -> io::Result<()> {
         let l = lib().map_err(io::Error::other)?;
@@ -289,7 +290,7 @@ impl CmId {
             qp_context: ptr::null_mut(),
             send_cq: send_cq.as_ptr(),
             recv_cq: recv_cq.as_ptr(),
-            srq: ptr::null_mut(),
+            srq: srq.map_or(ptr::null_mut(), |s| s.0.as_ptr()),
             cap,
             qp_type: sys::IBV_QPT_RC,
             sq_sig_all: 0,
@@ -723,6 +724,58 @@ impl Drop for Cq {
     }
 }
 
+/// A shared receive queue: receive buffers posted once for every queue pair of a device.
+pub struct Srq(NonNull<sys::ibv_srq>);
+
+// SAFETY: as Pd.
+unsafe impl Send for Srq {}
+
+impl Srq {
+    /// A queue of `max_wr` single-buffer receives on `pd`.
+    pub fn new(pd: &Pd, max_wr: u32) -> io::Result<Self> {
+        let l = lib().map_err(io::Error::other)?;
+        let mut attr = sys::ibv_srq_init_attr {
+            srq_context: ptr::null_mut(),
+            attr: sys::ibv_srq_attr {
+                max_wr,
+                max_sge: 1,
+                srq_limit: 0,
+            },
+        };
+        // SAFETY: a live PD; attr is filled in.
+        let srq = unsafe { (l.ibv_create_srq)(pd.as_ptr(), &mut attr) };
+        NonNull::new(srq)
+            .map(Self)
+            .ok_or_else(|| last_error("ibv_create_srq"))
+    }
+
+    /// Posts a chain of receive work requests.
+    ///
+    /// # Safety
+    /// The requests' buffers are registered and stay until their completions or the
+    /// queue's destruction.
+    pub unsafe fn post(&self, wr: &mut ibv_recv_wr) -> io::Result<()> {
+        // SAFETY: the caller's promise; OPS_POST_SRQ_RECV holds the provider's function.
+        unsafe {
+            post::<sys::PostSrqRecvFn, _, _>(
+                self.0,
+                sys::offset::OPS_POST_SRQ_RECV,
+                wr,
+                "ibv_post_srq_recv",
+            )
+        }
+    }
+}
+
+impl Drop for Srq {
+    fn drop(&mut self) {
+        if let Ok(l) = lib() {
+            // SAFETY: a live SRQ whose QPs are gone (their owners drop first).
+            unsafe { (l.ibv_destroy_srq)(self.0.as_ptr()) };
+        }
+    }
+}
+
 /// Posts a chain of send work requests (`wr.next` links them) on `qp`.
 ///
 /// # Safety
@@ -730,7 +783,7 @@ impl Drop for Cq {
 /// until their completions (or the QP's destruction).
 pub unsafe fn post_send(qp: NonNull<sys::ibv_qp>, wr: &mut ibv_send_wr) -> io::Result<()> {
     // SAFETY: the caller's promise; OPS_POST_SEND holds the provider's post_send.
-    unsafe { post::<sys::PostSendFn, _>(qp, sys::offset::OPS_POST_SEND, wr, "ibv_post_send") }
+    unsafe { post::<sys::PostSendFn, _, _>(qp, sys::offset::OPS_POST_SEND, wr, "ibv_post_send") }
 }
 
 /// Posts a chain of receive work requests on `qp`.
@@ -739,25 +792,26 @@ pub unsafe fn post_send(qp: NonNull<sys::ibv_qp>, wr: &mut ibv_send_wr) -> io::R
 /// As [`post_send`].
 pub unsafe fn post_recv(qp: NonNull<sys::ibv_qp>, wr: &mut ibv_recv_wr) -> io::Result<()> {
     // SAFETY: the caller's promise; OPS_POST_RECV holds the provider's post_recv.
-    unsafe { post::<sys::PostRecvFn, _>(qp, sys::offset::OPS_POST_RECV, wr, "ibv_post_recv") }
+    unsafe { post::<sys::PostRecvFn, _, _>(qp, sys::offset::OPS_POST_RECV, wr, "ibv_post_recv") }
 }
 
-/// Calls the post function at `op` of `qp`'s context, which the inline `ibv_post_*` of
-/// verbs.h would call.
+/// Calls the post function at `op` of the context of `h` (a QP or an SRQ), which the
+/// inline `ibv_post_*` of verbs.h would call.
 ///
 /// # Safety
-/// As [`post_send`]; `F` is the type of the function at `op`, taking `W` work requests.
-unsafe fn post<F, W>(qp: NonNull<sys::ibv_qp>, op: usize, wr: &mut W, what: &str) -> io::Result<()>
+/// As [`post_send`]; `F` is the type of the function at `op`, taking `W` work requests on
+/// an `H`, whose first member is its context.
+unsafe fn post<F, W, H>(h: NonNull<H>, op: usize, wr: &mut W, what: &str) -> io::Result<()>
 where
-    F: Copy + PostFn<W>,
+    F: Copy + PostFn<W, H>,
 {
-    // SAFETY: a live QP's first member is its context.
+    // SAFETY: a live QP's or SRQ's first member is its context.
     let ctx: *const sys::ibv_context =
-        unsafe { sys::read_at(qp.as_ptr().cast(), sys::offset::QP_CONTEXT) };
+        unsafe { sys::read_at(h.as_ptr().cast(), sys::offset::QP_CONTEXT) };
     // SAFETY: a live context; the caller names the entry and its type.
     let f: F = unsafe { sys::ops(ctx, op) };
     // SAFETY: the caller's promise.
-    let rc = unsafe { f.call(qp.as_ptr(), wr) };
+    let rc = unsafe { f.call(h.as_ptr(), wr) };
     if rc == 0 {
         Ok(())
     } else {
@@ -769,13 +823,21 @@ where
 }
 
 /// The provider's post functions, for [`post`].
-trait PostFn<W> {
+trait PostFn<W, H> {
     /// # Safety
     /// As [`post_send`].
-    unsafe fn call(self, qp: *mut sys::ibv_qp, wr: &mut W) -> c_int;
+    unsafe fn call(self, h: *mut H, wr: &mut W) -> c_int;
 }
 
-impl PostFn<ibv_send_wr> for sys::PostSendFn {
+impl PostFn<ibv_recv_wr, sys::ibv_srq> for sys::PostSrqRecvFn {
+    unsafe fn call(self, srq: *mut sys::ibv_srq, wr: &mut ibv_recv_wr) -> c_int {
+        let mut bad = ptr::null_mut();
+        // SAFETY: the caller's promise.
+        unsafe { self(srq, wr, &mut bad) }
+    }
+}
+
+impl PostFn<ibv_send_wr, sys::ibv_qp> for sys::PostSendFn {
     unsafe fn call(self, qp: *mut sys::ibv_qp, wr: &mut ibv_send_wr) -> c_int {
         let mut bad = ptr::null_mut();
         // SAFETY: the caller's promise.
@@ -783,7 +845,7 @@ impl PostFn<ibv_send_wr> for sys::PostSendFn {
     }
 }
 
-impl PostFn<ibv_recv_wr> for sys::PostRecvFn {
+impl PostFn<ibv_recv_wr, sys::ibv_qp> for sys::PostRecvFn {
     unsafe fn call(self, qp: *mut sys::ibv_qp, wr: &mut ibv_recv_wr) -> c_int {
         let mut bad = ptr::null_mut();
         // SAFETY: the caller's promise.

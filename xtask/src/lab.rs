@@ -1452,7 +1452,13 @@ s_target_log_rdma() {
         echo "$rdma connections closed over RDMA, $other over other transports"
         return 1
     fi
-    note "$rdma queue pairs closed over RDMA, none over other transports"
+    # rxe has shared receive queues: the target must have used one, not per-QP receives.
+    if ! grep -q 'shared receive queue of' "$TARGET_LOG"; then
+        grep 'NVMe/RDMA' "$TARGET_LOG" | tail -n 5
+        echo "the target did not use a shared receive queue"
+        return 1
+    fi
+    note "$rdma queue pairs closed over RDMA, none over other transports; shared receive queue used"
 }
 
 # The perf client over NVMe/RDMA: mixed random reads and writes, every read checked
@@ -1934,7 +1940,7 @@ if step "target serves $NQN over NVMe/RDMA on $TARGET:$IO_PORT and :$DISC_PORT (
     step "nvme disconnect (after restart)" 30 s_disconnect
     step "xdp-target-perf nvme-rdma://$TARGET:$IO_PORT --workload mixed --verify --time 5" 90 s_perf
     step "target exits on SIGTERM" 30 s_target_stop
-    step "target log: every queue pair closed over RDMA" 30 s_target_log_rdma
+    step "target log: every queue pair closed over RDMA, through a shared receive queue" 30 s_target_log_rdma
 fi
 
 dmesg | grep -iE 'nvme|rdma|rxe|infiniband' | sed 's/^/LAB: DMESG /'

@@ -204,13 +204,13 @@ impl RdmaQueue {
         match self
             .id
             .0
-            .create_qp(&self.pd, &self.cq, &self.cq, cap(INLINE))
+            .create_qp(&self.pd, &self.cq, &self.cq, None, cap(INLINE))
         {
             Ok(()) => Ok(INLINE),
             Err(_) => self
                 .id
                 .0
-                .create_qp(&self.pd, &self.cq, &self.cq, cap(0))
+                .create_qp(&self.pd, &self.cq, &self.cq, None, cap(0))
                 .map(|()| 0),
         }
     }

@@ -37,10 +37,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use target_proto::nvme_rdma::cm::{self, CmLimits};
-use target_proto::nvme_rdma::queue::{Action, NvmeRdmaQueue, SLOTS_PER_ENTRY};
+use target_proto::nvme_rdma::queue::{Action, MAX_IN_CAPSULE_DATA, NvmeRdmaQueue, SLOTS_PER_ENTRY};
 use target_rdma::{
-    CmEvent, CmId, CompChannel, ConnParam, Cq, DeviceLimits, EventChannel, Mr, Pd, ibv_recv_wr,
-    ibv_send_wr, ibv_sge, ibv_wc, sys,
+    CmEvent, CmId, CompChannel, ConnParam, Cq, DeviceLimits, EventChannel, Mr, Pd, Srq,
+    ibv_recv_wr, ibv_send_wr, ibv_sge, ibv_wc, sys,
 };
 use target_wire::nvme_rdma::{CmRejectRepr, CmStatus};
 use tracing::{debug, error, info, warn};
@@ -56,6 +56,13 @@ const CQ_ENTRIES: u32 = 16_384;
 const POLL_BATCH: usize = 64;
 /// Connect requests a listener queues.
 const BACKLOG: i32 = 128;
+/// Receive buffers of a device's shared receive queue, per reactor (fewer if the device
+/// allows fewer). Hosts share them; one that finds none posted is told to retry (RNR), which
+/// the target's accept sets to retry without end, as for a host that outruns its credits.
+const SRQ_ENTRIES: u32 = 1024;
+/// The connection field of a shared receive's work request ID: its queue pair is named by
+/// the completion's QP number instead.
+const SHARED: usize = 0xff_ffff;
 /// How long a queue pair that is ending waits for its last responses to be sent.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -212,6 +219,9 @@ fn start_reactors(
             verbs: Verbs {
                 devs: Vec::new(),
                 generation: 0,
+                recv_len: target_wire::nvme::sqe::SQE_LEN
+                    + config.rdma.inline_data.min(MAX_IN_CAPSULE_DATA) / 16 * 16,
+                qpns: std::collections::HashMap::new(),
             },
             index: r,
             listeners: if r == 0 {
@@ -235,6 +245,72 @@ fn start_reactors(
     Ok(threads)
 }
 
+/// Receive buffers of `len` bytes each (an SQE and the in-capsule data), in one registered
+/// allocation.
+struct RecvPool {
+    // The region before the memory it covers.
+    mr: Mr,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl RecvPool {
+    fn new(pd: &Pd, count: usize, len: usize) -> io::Result<Self> {
+        let mut buf = vec![0u8; count * len];
+        // SAFETY: the region is dropped before the buffer (field order); Vec storage does
+        // not move.
+        let mr = unsafe { pd.register(buf.as_mut_ptr(), buf.len(), false) }?;
+        Ok(Self { mr, buf, len })
+    }
+
+    /// The scatter/gather entry of buffer `n`.
+    fn sge(&self, n: usize) -> ibv_sge {
+        ibv_sge {
+            addr: self.buf.as_ptr() as u64 + (n * self.len) as u64,
+            length: u32::try_from(self.len).expect("bounded by MAX_IN_CAPSULE_DATA"),
+            lkey: self.mr.lkey(),
+        }
+    }
+
+    /// The first `got` bytes received into buffer `n`.
+    fn bytes(&self, n: usize, got: usize) -> &[u8] {
+        let at = n * self.len;
+        &self.buf[at..at + got.min(self.len)]
+    }
+}
+
+/// A device's shared receive queue and its buffers.
+struct SharedRecv {
+    // The queue before its buffers.
+    srq: Srq,
+    pool: RecvPool,
+}
+
+impl SharedRecv {
+    fn new(pd: &Pd, entries: u32, len: usize) -> io::Result<Self> {
+        let srq = Srq::new(pd, entries)?;
+        let pool = RecvPool::new(pd, entries as usize, len)?;
+        let me = Self { srq, pool };
+        for n in 0..entries as usize {
+            me.post(n)?;
+        }
+        Ok(me)
+    }
+
+    /// Posts buffer `n` (again).
+    fn post(&self, n: usize) -> io::Result<()> {
+        let mut sge = self.pool.sge(n);
+        let mut wr = ibv_recv_wr {
+            wr_id: wr_id(SHARED, 0, Work::Recv, n),
+            next: std::ptr::null_mut(),
+            sg_list: &mut sge,
+            num_sge: 1,
+        };
+        // SAFETY: the pool is registered and lives as long as the queue (field order).
+        unsafe { self.srq.post(&mut wr) }
+    }
+}
+
 /// One device's verbs objects in one reactor.
 struct Device {
     ctx: NonNull<sys::ibv_context>,
@@ -242,7 +318,9 @@ struct Device {
     /// Completion entries promised to the queue pairs on `cq`.
     cq_used: u32,
     cq_size: u32,
-    // Dropped in this order: the CQ before its channel, both before the PD.
+    // Dropped in this order: the SRQ, the CQ before its channel, all before the PD.
+    /// The shared receive queue, when the device has them.
+    shared: Option<SharedRecv>,
     cq: Cq,
     comp: CompChannel,
     pd: Pd,
@@ -253,17 +331,33 @@ struct Device {
 unsafe impl Send for Device {}
 
 impl Device {
-    fn new(ctx: NonNull<sys::ibv_context>) -> io::Result<Self> {
+    /// The device of `ctx`, with a shared receive queue of `recv_len`-byte buffers when it
+    /// has them.
+    fn new(ctx: NonNull<sys::ibv_context>, recv_len: usize) -> io::Result<Self> {
         let limits = target_rdma::query_device(ctx)?;
         let pd = Pd::new(ctx)?;
         let comp = CompChannel::new(ctx)?;
         let cq_size = CQ_ENTRIES.min(limits.max_cqe.max(1));
         let cq = Cq::new(ctx, cq_size, Some(&comp))?;
+        let entries = SRQ_ENTRIES.min(limits.max_srq_wr);
+        let shared = if entries == 0 {
+            None
+        } else {
+            match SharedRecv::new(&pd, entries, recv_len) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!("no shared receive queue, each queue pair posts its own: {e}");
+                    None
+                }
+            }
+        };
         Ok(Self {
             ctx,
             limits,
-            cq_used: 0,
+            // The shared receives complete on this CQ too.
+            cq_used: shared.as_ref().map_or(0, |_| entries),
             cq_size,
+            shared,
             cq,
             comp,
             pd,
@@ -328,11 +422,11 @@ pub struct QueuePair {
     cq_share: u32,
     /// Inline data the queue pair takes (0: none): the 16-byte response goes inline.
     inline: bool,
-    /// `depth` receive buffers of `recv_len` bytes (SQE and in-capsule data), registered
-    /// once.
-    recv: Vec<u8>,
-    recv_len: usize,
-    recv_mr: Mr,
+    /// The queue pair's own `depth` receive buffers, when its device has no shared receive
+    /// queue.
+    own: Option<RecvPool>,
+    /// Its number, as receive completions of the shared queue name it.
+    qp_num: u32,
     /// One 16-byte response per slot, registered (for devices without inline data).
     cqes: Vec<u8>,
     cqes_mr: Mr,
@@ -370,22 +464,41 @@ impl QueuePair {
         }
     }
 
-    /// Posts receive buffer `n`.
-    fn post_recv(&mut self, conn: usize, n: usize) -> io::Result<()> {
-        let mut sge = ibv_sge {
-            addr: self.recv.as_ptr() as u64 + (n * self.recv_len) as u64,
-            length: u32::try_from(self.recv_len).expect("bounded by MAX_IN_CAPSULE_DATA"),
-            lkey: self.recv_mr.lkey(),
-        };
-        let mut wr = ibv_recv_wr {
-            wr_id: wr_id(conn, self.generation, Work::Recv, n),
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        // SAFETY: a live QP; the buffer is registered and lives as long as the QP.
-        unsafe { target_rdma::post_recv(self.qp, &mut wr) }
+    /// Posts receive buffer `n` again: its own, or the shared queue's (`shared`).
+    fn repost(&self, shared: Option<&SharedRecv>, n: usize) -> io::Result<()> {
+        repost(
+            self.own.as_ref(),
+            self.qp,
+            self.index,
+            self.generation,
+            shared,
+            n,
+        )
     }
+}
+
+/// Posts receive buffer `n` again: of `own` on queue pair `qp` (connection `index`,
+/// `generation`), or of the shared queue when the queue pair has no receives of its own.
+fn repost(
+    own: Option<&RecvPool>,
+    qp: NonNull<sys::ibv_qp>,
+    index: usize,
+    generation: u16,
+    shared: Option<&SharedRecv>,
+    n: usize,
+) -> io::Result<()> {
+    let Some(own) = own else {
+        return shared.map_or(Ok(()), |s| s.post(n));
+    };
+    let mut sge = own.sge(n);
+    let mut wr = ibv_recv_wr {
+        wr_id: wr_id(index, generation, Work::Recv, n),
+        next: std::ptr::null_mut(),
+        sg_list: &mut sge,
+        num_sge: 1,
+    };
+    // SAFETY: a live QP; the buffer is registered and lives as long as the QP.
+    unsafe { target_rdma::post_recv(qp, &mut wr) }
 }
 
 /// The verbs half of a reactor: its devices.
@@ -393,6 +506,10 @@ struct Verbs {
     devs: Vec<Device>,
     /// Generation of the next queue pair.
     generation: u16,
+    /// Receive buffer bytes: an SQE and `rdma.inline_data`.
+    recv_len: usize,
+    /// Live queue pairs by QP number (for shared receive completions).
+    qpns: std::collections::HashMap<u32, usize>,
 }
 
 impl Verbs {
@@ -400,7 +517,19 @@ impl Verbs {
         if let Some(i) = self.devs.iter().position(|d| d.ctx == ctx) {
             return Ok(i);
         }
-        let d = Device::new(ctx)?;
+        let d = Device::new(ctx, self.recv_len)?;
+        match &d.shared {
+            Some(_) => info!(
+                cq = d.cq_size,
+                "NVMe/RDMA on a device: a shared receive queue of {} buffers of {} bytes",
+                SRQ_ENTRIES.min(d.limits.max_srq_wr),
+                self.recv_len
+            ),
+            None => info!(
+                cq = d.cq_size,
+                "NVMe/RDMA on a device without shared receive queues: each queue pair posts its own"
+            ),
+        }
         d.cq.arm()?;
         self.devs.push(d);
         Ok(self.devs.len() - 1)
@@ -549,7 +678,18 @@ impl Link for Verbs {
 
     fn release(&mut self, c: &mut Conn<QueuePair>, _graceful: bool) {
         c.link.disconnect();
+        self.qpns.remove(&c.link.qp_num);
         let d = &mut self.devs[c.link.dev];
+        // Shared buffers that held capsules the queue never took go back to the queue.
+        if c.link.own.is_none() {
+            for (n, _) in c.link.waiting.drain(..) {
+                if let Some(s) = &d.shared
+                    && let Err(e) = s.post(n)
+                {
+                    warn!("reposting a shared receive failed: {e}");
+                }
+            }
+        }
         d.cq_used = d.cq_used.saturating_sub(c.link.cq_share);
         c.link.cq_share = 0;
     }
@@ -835,9 +975,11 @@ impl Reactor {
         let depth = usize::from(negotiated.depth);
         let slots = depth * SLOTS_PER_ENTRY;
         let send_wr = u32::try_from(2 * slots + 1).expect("bounded by the queue depth");
-        // Completions: every signaled send (a READ or a SEND per slot) and every receive.
-        let cq_share = u32::try_from(slots + depth).expect("bounded") + send_wr;
+        // Completions: every signaled send (a READ or a SEND per slot) and every receive of
+        // its own (shared receives have theirs already).
         let d = &mut self.verbs.devs[dev];
+        let own_recvs = if d.shared.is_some() { 0 } else { depth };
+        let cq_share = u32::try_from(slots + own_recvs).expect("bounded") + send_wr;
         if d.cq_used + cq_share > d.cq_size {
             return self.reject(
                 id,
@@ -851,6 +993,7 @@ impl Reactor {
         let local = id.local_addr().map(|a| a.ip());
         let q = NvmeRdmaQueue::with_in_capsule_data(negotiated, local, self.in_capsule);
         let recv_len = q.recv_buffer_len();
+        debug_assert_eq!(recv_len, self.verbs.recv_len);
         let i = self.core.conns.vacant();
         let sizes = Sizes {
             depth: negotiated.depth,
@@ -878,12 +1021,15 @@ impl Reactor {
         id.set_context(((i as u64 + 1) << 16) | u64::from(generation));
         self.verbs.devs[dev].cq_used += cq_share;
         let c = self.core.conns.live(i).expect("just inserted");
-        for n in 0..depth {
-            if let Err(e) = c.link.post_recv(i, n) {
-                warn!(reactor = self.core.name, %peer, "posting receives failed: {e}");
-                return self
-                    .core
-                    .close(&mut self.verbs, i, "posting receives failed", false);
+        self.verbs.qpns.insert(c.link.qp_num, i);
+        if c.link.own.is_some() {
+            for n in 0..depth {
+                if let Err(e) = c.link.repost(None, n) {
+                    warn!(reactor = self.core.name, %peer, "posting receives failed: {e}");
+                    return self
+                        .core
+                        .close(&mut self.verbs, i, "posting receives failed", false);
+                }
             }
         }
         let param = ConnParam {
@@ -918,31 +1064,38 @@ impl Reactor {
         let d = &self.verbs.devs[dev];
         let depth = usize::from(depth);
         let slots = depth * SLOTS_PER_ENTRY;
+        let srq = d.shared.as_ref().map(|s| &s.srq);
         let cap = |inline| sys::ibv_qp_cap {
             max_send_wr: send_wr,
-            max_recv_wr: u32::try_from(depth).expect("bounded"),
+            max_recv_wr: if srq.is_some() {
+                0
+            } else {
+                u32::try_from(depth).expect("bounded")
+            },
             max_send_sge: 1,
             max_recv_sge: 1,
             max_inline_data: inline,
         };
         // Inline responses save the device a DMA read; a device without inline data gets
         // them from the registered CQE buffers.
-        let inline = match id.create_qp(&d.pd, &d.cq, &d.cq, cap(16)) {
+        let inline = match id.create_qp(&d.pd, &d.cq, &d.cq, srq, cap(16)) {
             Ok(()) => true,
             Err(_) => {
-                id.create_qp(&d.pd, &d.cq, &d.cq, cap(0))?;
+                id.create_qp(&d.pd, &d.cq, &d.cq, srq, cap(0))?;
                 false
             }
         };
         let qp = id
             .qp()
             .ok_or_else(|| io::Error::other("rdma_create_qp made no QP"))?;
-        let mut recv = vec![0u8; depth * recv_len];
+        let own = if srq.is_some() {
+            None
+        } else {
+            Some(RecvPool::new(&d.pd, depth, recv_len)?)
+        };
         let mut cqes = vec![0u8; slots * 16];
-        // SAFETY: the buffers are moved into the QueuePair with their regions, which are
-        // dropped before them (after the QP is destroyed); Vec storage does not move.
-        let recv_mr = unsafe { d.pd.register(recv.as_mut_ptr(), recv.len(), false) }?;
-        // SAFETY: as above.
+        // SAFETY: the buffer is moved into the QueuePair with its region, which is dropped
+        // before it (after the QP is destroyed); Vec storage does not move.
         let cqes_mr = unsafe { d.pd.register(cqes.as_mut_ptr(), cqes.len(), false) }?;
         self.verbs.generation = self.verbs.generation.wrapping_add(1);
         Ok(QueuePair {
@@ -953,9 +1106,8 @@ impl Reactor {
             generation: self.verbs.generation,
             cq_share,
             inline,
-            recv,
-            recv_len,
-            recv_mr,
+            own,
+            qp_num: target_rdma::qp_num(qp),
             cqes,
             cqes_mr,
             slot_mrs: (0..slots).map(|_| None).collect(),
@@ -984,7 +1136,7 @@ impl Reactor {
                 any = true;
                 let mut touched = Vec::with_capacity(n);
                 for wc in &wcs[..n] {
-                    if let Some(i) = self.completion(wc)
+                    if let Some(i) = self.completion(d, wc)
                         && !touched.contains(&i)
                     {
                         touched.push(i);
@@ -998,40 +1150,84 @@ impl Reactor {
         any
     }
 
-    /// Hands one completion to its queue; returns its connection if it is still live.
-    fn completion(&mut self, wc: &ibv_wc) -> Option<usize> {
-        let (i, generation, work, n) = parse_wr_id(wc.wr_id);
+    /// Hands one completion (of device `d`'s CQ) to its queue; returns its connection if
+    /// it is still live.
+    fn completion(&mut self, d: usize, wc: &ibv_wc) -> Option<usize> {
+        let (conn, generation, work, n) = parse_wr_id(wc.wr_id);
         let now = self.now_ms();
+        // A shared receive names its queue pair by number, not in its ID.
+        let shared_recv = work == Some(Work::Recv) && conn == SHARED;
+        let i = if shared_recv {
+            self.verbs.qpns.get(&wc.qp_num).copied()
+        } else {
+            Some(conn)
+        };
         let core = &mut self.core;
-        let c = core
-            .conns
-            .live(i)
-            .filter(|c| c.link.generation == generation)?;
-        let ok = wc.status == sys::IBV_WC_SUCCESS;
-        if !ok {
+        let verbs = &mut self.verbs;
+        let repost_shared = |verbs: &Verbs| {
+            if let Some(s) = &verbs.devs[d].shared
+                && let Err(e) = s.post(n)
+            {
+                warn!("reposting a shared receive failed: {e}");
+            }
+        };
+        let Some(c) = i.and_then(|i| {
+            core.conns
+                .live(i)
+                .filter(|c| shared_recv || c.link.generation == generation)
+        }) else {
+            if shared_recv {
+                // Its queue pair is gone: the buffer serves the others.
+                repost_shared(verbs);
+            }
+            return None;
+        };
+        let i = i.expect("found above");
+        if wc.status != sys::IBV_WC_SUCCESS {
+            if shared_recv {
+                repost_shared(verbs);
+            }
             let why = if wc.status == sys::IBV_WC_WR_FLUSH_ERR {
                 "its queue pair was flushed".to_string()
             } else {
-                format!("a work request failed (status {})", wc.status)
+                format!(
+                    "a work request failed: {}",
+                    target_rdma::wc_status_str(wc.status)
+                )
             };
-            core.close(&mut self.verbs, i, &why, false);
+            core.close(verbs, i, &why, false);
             return None;
         }
-        let Engine::NvmeRdma(q) = &mut c.q else {
+        let Conn {
+            link, q: engine, ..
+        } = c;
+        let Engine::NvmeRdma(q) = engine else {
             return None;
         };
+        let shared = verbs.devs[link.dev].shared.as_ref();
+        let QueuePair {
+            own,
+            waiting,
+            sends,
+            qp,
+            index,
+            generation,
+            ..
+        } = link;
+        let (own, qp, index, generation) = (own.as_ref(), *qp, *index, *generation);
+        let repost = |n| repost(own, qp, index, generation, shared, n);
         let registry = &core.shared.registry;
+        let pool = own
+            .or(shared.map(|s| &s.pool))
+            .expect("a queue pair has its own receives or the shared ones");
         let step = crate::reactor::catch(|| match work {
             Some(Work::Recv) => {
-                let len = (wc.byte_len as usize).min(c.link.recv_len);
-                let at = n * c.link.recv_len;
-                if !c.link.waiting.is_empty()
-                    || !q.capsule(&c.link.recv[at..at + len], registry, now)
-                {
-                    c.link.waiting.push_back((n, len));
+                let capsule = pool.bytes(n, wc.byte_len as usize);
+                if !waiting.is_empty() || !q.capsule(capsule, registry, now) {
+                    waiting.push_back((n, wc.byte_len as usize));
                     Ok(())
                 } else {
-                    c.link.post_recv(i, n)
+                    repost(n)
                 }
             }
             Some(Work::Read) => {
@@ -1039,16 +1235,15 @@ impl Reactor {
                 Ok(())
             }
             Some(Work::Send) => {
-                c.link.sends = c.link.sends.saturating_sub(1);
+                *sends = sends.saturating_sub(1);
                 q.send_done(n, true);
                 // A slot is free: capsules that waited for one go in now, in order.
-                while let Some(&(b, len)) = c.link.waiting.front() {
-                    let at = b * c.link.recv_len;
-                    if !q.capsule(&c.link.recv[at..at + len], registry, now) {
+                while let Some(&(b, len)) = waiting.front() {
+                    if !q.capsule(pool.bytes(b, len), registry, now) {
                         break;
                     }
-                    c.link.waiting.pop_front();
-                    c.link.post_recv(i, b)?;
+                    waiting.pop_front();
+                    repost(b)?;
                 }
                 Ok(())
             }
@@ -1058,11 +1253,11 @@ impl Reactor {
             Ok(Ok(())) => Some(i),
             Ok(Err(e)) => {
                 warn!(reactor = core.name, "reposting a receive failed: {e}");
-                core.close(&mut self.verbs, i, "posting receives failed", false);
+                core.close(verbs, i, "posting receives failed", false);
                 None
             }
             Err(panic) => {
-                core.failed(&mut self.verbs, i, &panic);
+                core.failed(verbs, i, &panic);
                 None
             }
         }
