@@ -222,6 +222,7 @@ fn start_reactors(
                 recv_len: target_wire::nvme::sqe::SQE_LEN
                     + config.rdma.inline_data.min(MAX_IN_CAPSULE_DATA) / 16 * 16,
                 qpns: std::collections::HashMap::new(),
+                scratch: Scratch::default(),
             },
             index: r,
             listeners: if r == 0 {
@@ -232,6 +233,7 @@ fn start_reactors(
             mail: Arc::clone(&mail),
             limits,
             in_capsule: config.rdma.inline_data,
+            touched: Vec::with_capacity(POLL_BATCH),
             started: Instant::now(),
             max_connections: config.max_connections_per_reactor,
         };
@@ -510,7 +512,20 @@ struct Verbs {
     recv_len: usize,
     /// Live queue pairs by QP number (for shared receive completions).
     qpns: std::collections::HashMap<u32, usize>,
+    /// The work requests of one pass, kept so that a pass allocates nothing.
+    scratch: Scratch,
 }
+
+/// A pass's chain of send work requests and their scatter/gather entries.
+#[derive(Default)]
+struct Scratch {
+    wrs: Vec<ibv_send_wr>,
+    sges: Vec<ibv_sge>,
+}
+
+// SAFETY: the pointers in the work requests are set and used within one pass on the
+// reactor's thread, and never read after it.
+unsafe impl Send for Scratch {}
 
 impl Verbs {
     fn device(&mut self, ctx: NonNull<sys::ibv_context>) -> io::Result<usize> {
@@ -564,9 +579,11 @@ impl Link for Verbs {
             return false;
         };
         let qp = &mut c.link;
-        let mut wrs: Vec<ibv_send_wr> = Vec::new();
-        let mut sges: Vec<ibv_sge> = Vec::new();
-        let pd = &self.devs[qp.dev].pd;
+        let Verbs { devs, scratch, .. } = self;
+        let Scratch { wrs, sges } = scratch;
+        wrs.clear();
+        sges.clear();
+        let pd = &devs[qp.dev].pd;
         let me = qp.index;
         while let Some(a) = q.next_action() {
             let mut wr = ibv_send_wr::default();
@@ -704,6 +721,8 @@ struct Reactor {
     limits: CmLimits,
     /// In-capsule data each queue accepts (`rdma.inline_data`).
     in_capsule: usize,
+    /// The connections a batch of completions moved (kept: no allocation per batch).
+    touched: Vec<usize>,
     started: Instant,
     max_connections: usize,
 }
@@ -1134,7 +1153,7 @@ impl Reactor {
                     break;
                 }
                 any = true;
-                let mut touched = Vec::with_capacity(n);
+                let mut touched = std::mem::take(&mut self.touched);
                 for wc in &wcs[..n] {
                     if let Some(i) = self.completion(d, wc)
                         && !touched.contains(&i)
@@ -1142,9 +1161,11 @@ impl Reactor {
                         touched.push(i);
                     }
                 }
-                for i in touched {
+                for &i in &touched {
                     self.after(i);
                 }
+                touched.clear();
+                self.touched = touched;
             }
         }
         any
