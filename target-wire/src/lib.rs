@@ -1,7 +1,8 @@
 //! Checked zero-copy views and `Repr`s of the wire formats: NVMe SQE/CQE/SGL/status and the
 //! data structures the target returns (`nvme`), NVMe/TCP PDUs (`nvme_tcp`), the RDMA CM
 //! private data of NVMe/RDMA (`nvme_rdma`), CRC32C digests (`crc32c`), iSCSI PDUs and text
-//! keys (`iscsi`).
+//! keys (`iscsi`); and the generic netlink messages that ask a device's AF_XDP abilities
+//! (`netlink`).
 //!
 //! No I/O and no `unsafe`. A view (`Xxx<&[u8]>`) is made with `new_checked`, which validates
 //! lengths once; after that no accessor can panic. `new_unchecked` is only for emitting into
@@ -15,6 +16,7 @@ pub mod iscsi;
 // `nvme` defines the `code_enum!` and `wire_view!` macros the modules after it use too.
 #[macro_use]
 pub mod nvme;
+pub mod netlink;
 pub mod nvme_rdma;
 pub mod nvme_tcp;
 

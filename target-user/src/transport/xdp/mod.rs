@@ -7,6 +7,7 @@
 //! on other interfaces (or on queues without a socket) is still served by the socket path.
 
 pub mod bpffs;
+pub mod netdev;
 pub mod stats;
 pub mod steering;
 pub mod xsk;
@@ -71,6 +72,37 @@ pub enum AfXdpError {
     Local(String),
     #[error("getrandom for the TCP sequence-number secret: {0}")]
     Random(std::io::Error),
+}
+
+/// What the driver of `iface` says it can do for AF_XDP (netlink), logged; `None` when the
+/// kernel cannot say (before 6.3) or the question failed.
+fn device_features(iface: &str) -> Option<netdev::NetdevFeatures> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    match netdev::query(ifindex) {
+        Ok(Some(f)) => {
+            info!(
+                iface,
+                zero_copy = f.zero_copy(),
+                zero_copy_tx_checksum = f.zero_copy_tx_checksum(),
+                zero_copy_max_segs = ?f.zc_max_segs,
+                "the driver's AF_XDP abilities (netlink xdp-features, xsk-features)"
+            );
+            Some(f)
+        }
+        Ok(None) => {
+            debug!(
+                iface,
+                "the kernel has no netdev netlink family (before 6.3)"
+            );
+            None
+        }
+        Err(e) => {
+            debug!(iface, "asking the driver's AF_XDP abilities failed: {e}");
+            None
+        }
+    }
 }
 
 /// Three words from the kernel's random pool: the stacks' seed and their ISN secret.
@@ -257,11 +289,13 @@ pub fn start(
             steered: config.xdp.ports.clone(),
         });
     }
+    let features = device_features(&iface);
     let sizes = XskSizes {
         frames: config.xdp.umem_frames,
         frame_size: 4096,
         ring: config.xdp.ring_size,
         tx_checksum: config.xdp.tx_checksum,
+        zero_copy_tx_checksum: features.is_some_and(|f| f.zero_copy_tx_checksum()),
     };
     let queues = rx_queues(&iface);
     let mut sockets = Vec::new();

@@ -80,6 +80,9 @@ pub struct XskSizes {
     pub ring: u32,
     /// Who computes the TCP checksums of sent packets.
     pub tx_checksum: TxChecksum,
+    /// The driver says its zero-copy TX honours a checksum request (netlink `xsk-features`,
+    /// see `netdev`): only then is it asked for one in zero-copy mode.
+    pub zero_copy_tx_checksum: bool,
 }
 
 /// Who computes the TCP checksums of sent packets.
@@ -341,11 +344,13 @@ impl Xsk {
         let register = |config| unsafe { Umem::new(config, slice) };
         let (umem, offload) = match sizes.tx_checksum {
             // Zero-copy drivers skip a checksum request they cannot honour, silently (i40e,
-            // ixgbe have no TX metadata at all), and whether one can is not asked here: in
-            // zero-copy mode user space computes them. In copy mode the kernel's skb path
+            // ixgbe have no TX metadata at all): in zero-copy mode user space computes them
+            // unless the driver says it honours one. In copy mode the kernel's skb path
             // always completes them.
             TxChecksum::Software => (register(plain), false),
-            _ if mode == BindMode::ZeroCopy => (register(plain), false),
+            _ if mode == BindMode::ZeroCopy && !sizes.zero_copy_tx_checksum => {
+                (register(plain), false)
+            }
             // Kernels before 6.11 refuse the flag: checksums are then computed here.
             _ => match register(with_metadata) {
                 Ok(u) => (Ok(u), true),
