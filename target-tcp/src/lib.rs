@@ -158,6 +158,8 @@ pub struct Stack {
     /// Connections refused at `max_connections`, per port (one entry per configured port,
     /// so counting never allocates).
     refused: Vec<(u16, u64)>,
+    /// Retransmissions (after a timeout, fast) of the sockets already removed.
+    retired_retransmits: (u64, u64),
 }
 
 fn instant(us: u64) -> Instant {
@@ -196,6 +198,7 @@ impl Stack {
             tuples: Vec::new(),
             now_us,
             refused: Vec::new(),
+            retired_retransmits: (0, 0),
         };
         stack.refused = stack.config.ports.iter().map(|&p| (p, 0)).collect();
         stack.replenish();
@@ -289,10 +292,32 @@ impl Stack {
         let excess = waiting.len() - self.config.max_time_wait;
         for &(_, k) in &waiting[..excess] {
             if let Some(slot) = self.conns[k].take() {
-                self.sockets.remove(slot.handle);
+                self.remove_socket(slot.handle);
                 self.free.push(k);
             }
         }
+    }
+
+    /// Removes a socket, keeping its retransmission counts.
+    fn remove_socket(&mut self, handle: SocketHandle) {
+        let (rto, fast) = self.sockets.get::<tcp::Socket<'_>>(handle).retransmits();
+        self.retired_retransmits.0 += rto;
+        self.retired_retransmits.1 += fast;
+        self.sockets.remove(handle);
+    }
+
+    /// Segments retransmitted so far, by every socket this stack has had: after a
+    /// retransmission timeout, and fast retransmits (three duplicate ACKs).
+    pub fn retransmits(&self) -> (u64, u64) {
+        let mut total = self.retired_retransmits;
+        for (_, socket) in self.sockets.iter() {
+            // Every socket of the stack is a TCP one (smoltcp is built with TCP alone).
+            let smoltcp::socket::Socket::Tcp(s) = socket;
+            let (rto, fast) = s.retransmits();
+            total.0 += rto;
+            total.1 += fast;
+        }
+        total
     }
 
     /// Aborts the half-open connection (SYN received, handshake not completed) that has
@@ -363,7 +388,8 @@ impl Stack {
                 // Reset by its peer during the handshake, smoltcp made it a listener again,
                 // one more than the backlog: `replenish` already replaced it.
                 tcp::State::Listen if !slot.accepted => {
-                    self.sockets.remove(slot.handle);
+                    let h = slot.handle;
+                    self.remove_socket(h);
                     self.conns[k] = None;
                     self.free.push(k);
                 }
@@ -374,7 +400,8 @@ impl Stack {
                 // smoltcp forgets the endpoints once the RST of an abort is out (at once when
                 // there is none to send): only then may the socket go.
                 tcp::State::Closed if slot.released && s.remote_endpoint().is_none() => {
-                    self.sockets.remove(slot.handle);
+                    let h = slot.handle;
+                    self.remove_socket(h);
                     self.conns[k] = None;
                     self.free.push(k);
                 }

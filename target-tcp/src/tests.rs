@@ -758,6 +758,15 @@ fn echo_with_1_percent_loss_reordering_and_duplicates() {
             "{s:?}"
         );
     }
+    // The stack lost segments toward the peer: it retransmitted, and counted it.
+    let (rto, fast) = net.stack.retransmits();
+    assert!(rto + fast > 0, "no retransmission counted");
+}
+
+#[test]
+fn a_clean_link_needs_no_retransmission() {
+    let net = echo(false, 1500, Faults::default(), MIB, 60 * SECOND);
+    assert_eq!(net.stack.retransmits(), (0, 0));
 }
 
 /// 5% loss one way at a time. Both ways at once can deadlock this harness, and only because

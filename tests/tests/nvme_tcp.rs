@@ -1118,6 +1118,12 @@ fn metrics_count_what_the_host_did() {
     if xdp_path() {
         assert!(get(r#"xdpt_xdp_packets_total{port="4420",action="redirected"}"#.into()) > 0.0);
         assert!(get(r#"xdpt_afxdp_packets_total{queue="0",direction="rx"}"#.into()) > 0.0);
+        // A clean veth: the stack's retransmission counters are there, and (almost
+        // surely) zero; their counting is tested over a lossy link in target-tcp.
+        for kind in ["timeout", "fast"] {
+            let series = format!(r#"xdpt_afxdp_tcp_retransmits_total{{queue="0",kind="{kind}"}}"#);
+            assert!(get(series) >= 0.0);
+        }
     } else {
         assert!(!t_.contains("xdpt_xdp_"), "no XDP program, no XDP metrics");
     }

@@ -409,7 +409,7 @@ pub struct QueueCounters {
 }
 
 /// Which metric each of a queue's counters is (packets, dropped, kernel) and its label.
-const AFXDP_FIELDS: [(AfXdpMetric, &str); 12] = [
+const AFXDP_FIELDS: [(AfXdpMetric, &str); 14] = [
     (AfXdpMetric::Packets, "rx"),
     (AfXdpMetric::Packets, "tx"),
     (AfXdpMetric::Dropped, "tx_no_frame"),
@@ -422,6 +422,8 @@ const AFXDP_FIELDS: [(AfXdpMetric, &str); 12] = [
     (AfXdpMetric::Kernel, "rx_ring_full"),
     (AfXdpMetric::Kernel, "rx_fill_ring_empty_descs"),
     (AfXdpMetric::Kernel, "tx_ring_empty_descs"),
+    (AfXdpMetric::Retransmits, "timeout"),
+    (AfXdpMetric::Retransmits, "fast"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,6 +431,7 @@ enum AfXdpMetric {
     Packets,
     Dropped,
     Kernel,
+    Retransmits,
 }
 
 impl AfXdpMetric {
@@ -456,13 +459,25 @@ impl AfXdpMetric {
                  ring (rx) or the tx ring was found empty.",
                 "event",
             ),
+            Self::Retransmits => (
+                "afxdp_tcp_retransmits",
+                "Segments the user-space TCP/IP stack of a queue retransmitted: after a \
+                 retransmission timeout (timeout) or on three duplicate ACKs (fast).",
+                "kind",
+            ),
         }
     }
 }
 
 impl QueueCounters {
-    /// Publishes the socket's counters (`kernel`: the kernel's, when it gave them).
-    pub fn publish(&self, s: &XskStats, kernel: Option<xdpilone::xdp::XdpStatisticsV2>) {
+    /// Publishes the socket's counters (`kernel`: the kernel's, when it gave them) and the
+    /// stack's retransmissions (after a timeout, fast).
+    pub fn publish(
+        &self,
+        s: &XskStats,
+        kernel: Option<xdpilone::xdp::XdpStatisticsV2>,
+        retransmits: (u64, u64),
+    ) {
         let user = [
             s.rx_packets,
             s.tx_packets,
@@ -487,6 +502,13 @@ impl QueueCounters {
                 v.store(n, Ordering::Relaxed);
             }
         }
+        let tcp = [retransmits.0, retransmits.1];
+        for (v, n) in self.values[AFXDP_FIELDS.len() - tcp.len()..]
+            .iter()
+            .zip(tcp)
+        {
+            v.store(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -509,6 +531,7 @@ impl Collector for AfXdpQueues {
             AfXdpMetric::Packets,
             AfXdpMetric::Dropped,
             AfXdpMetric::Kernel,
+            AfXdpMetric::Retransmits,
         ] {
             let (name, help, label) = metric.describe();
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -756,6 +779,7 @@ mod tests {
                 ..XskStats::default()
             },
             Some(kernel),
+            (8, 9),
         );
         let t = m.encode();
         for (series, want) in [
@@ -790,6 +814,14 @@ mod tests {
             (
                 r#"xdpt_afxdp_kernel_events_total{queue="3",event="tx_ring_empty_descs"}"#,
                 7.0,
+            ),
+            (
+                r#"xdpt_afxdp_tcp_retransmits_total{queue="3",kind="timeout"}"#,
+                8.0,
+            ),
+            (
+                r#"xdpt_afxdp_tcp_retransmits_total{queue="3",kind="fast"}"#,
+                9.0,
             ),
         ] {
             assert_eq!(value(&t, series), Some(want), "{series} in\n{t}");

@@ -438,10 +438,14 @@ struct XdpReactor {
 }
 
 impl XdpReactor {
-    /// Publishes the socket's counters and adds the stack's new refusals to the metrics.
+    /// Publishes the socket's and the stack's counters and adds the stack's new refusals to
+    /// the metrics.
     fn publish(&mut self) {
-        self.published
-            .publish(&self.io.xsk.stats(), self.io.xsk.kernel_stats());
+        self.published.publish(
+            &self.io.xsk.stats(),
+            self.io.xsk.kernel_stats(),
+            self.io.stack.retransmits(),
+        );
         for (&(port, n), seen) in self.io.stack.refused().iter().zip(&mut self.refused_seen) {
             if n > *seen {
                 if let Some(&p) = self.ports.get(&port) {

@@ -527,6 +527,12 @@ pub struct Socket<'a> {
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
 
+    /// Retransmissions after a retransmission timeout, and fast retransmits, over the
+    /// socket's whole life (a reset does not clear them), for the user's statistics.
+    // xdp-target patch 5: smoltcp kept no retransmission count.
+    rto_retransmits: u64,
+    fast_retransmits: u64,
+
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
     /// Delayed ack timer. If set, packets containing exclusively
@@ -617,6 +623,8 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            rto_retransmits: 0,
+            fast_retransmits: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -896,6 +904,12 @@ impl<'a> Socket<'a> {
     #[inline]
     pub fn remote_endpoint(&self) -> Option<IpEndpoint> {
         Some(self.tuple?.remote)
+    }
+
+    /// Retransmissions over the socket's whole life: after a retransmission timeout, and
+    /// fast retransmits (three duplicate ACKs). (xdp-target patch 5.)
+    pub fn retransmits(&self) -> (u64, u64) {
+        (self.rto_retransmits, self.fast_retransmits)
     }
 
     /// Return the connection state, in terms of the TCP state machine.
@@ -2507,6 +2521,7 @@ impl<'a> Socket<'a> {
             if let Timer::Retransmit { .. } = self.timer {
                 // If a retransmit timer expired, we should resend data starting at the last ACK.
                 net_debug!("retransmitting after rto");
+                self.rto_retransmits += 1;
 
                 // Inform the congestion controller that we're retransmitting and should enter the slow start state
                 let in_flight = self.flight_size();
@@ -2524,6 +2539,7 @@ impl<'a> Socket<'a> {
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
+                self.fast_retransmits += 1;
 
                 // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
                 let in_flight = self.flight_size();
