@@ -46,6 +46,9 @@
 //! max_queue_depth = 128             # deepest I/O queue accepted (2-128; the device may lower it)
 //! inline_data = 8192                # in-capsule data per command (0-16384, multiple of 16)
 //!
+//! [control]
+//! socket = "/run/xdp-target.sock"   # `xdp-target ctl` (JSON-RPC); absent: none
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9464"         # Prometheus text on GET /metrics; absent or "": none
 //! ```
@@ -55,7 +58,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use target_common::{DEFAULT_STORAGE_PORTS, MAX_STORAGE_PORTS};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +96,7 @@ pub enum ConfigError {
     MetricsListen(String),
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -106,6 +109,8 @@ pub struct Config {
     pub rdma: RdmaConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
     #[serde(default = "default_subsystems", rename = "subsystem")]
     pub subsystems: Vec<SubsystemConfig>,
     /// Reactor threads; by default one per CPU in the process's affinity mask.
@@ -128,6 +133,7 @@ impl Default for Config {
             iscsi: IscsiConfig::default(),
             rdma: RdmaConfig::default(),
             metrics: MetricsConfig::default(),
+            control: ControlConfig::default(),
             subsystems: default_subsystems(),
             reactors: None,
             max_connections_per_reactor: default_max_connections(),
@@ -165,7 +171,7 @@ fn default_subsystems() -> Vec<SubsystemConfig> {
     }]
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NvmeConfig {
     #[serde(default = "default_listen")]
@@ -189,8 +195,16 @@ impl Default for NvmeConfig {
     }
 }
 
+/// The control socket of `xdp-target ctl`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// A Unix socket path; none by default.
+    pub socket: Option<String>,
+}
+
 /// NVMe over RDMA (InfiniBand, RoCE, iWARP, soft-RoCE): where the RDMA CM listens.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RdmaConfig {
     /// Addresses (of RDMA-capable interfaces) to listen on; a port equal to
@@ -232,7 +246,7 @@ impl Default for RdmaConfig {
 }
 
 /// iSCSI serving: portals, digests, pings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct IscsiConfig {
     #[serde(default = "default_iscsi_listen")]
@@ -277,7 +291,7 @@ const fn default_nop_timeout() -> u64 {
 }
 
 /// The Prometheus endpoint (`crate::metrics`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address the HTTP endpoint listens on; absent or empty: no endpoint.
@@ -299,7 +313,7 @@ impl MetricsConfig {
 }
 
 /// A CHAP user name and secret.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ChapCredentials {
     pub user: String,
@@ -318,7 +332,7 @@ fn default_model() -> String {
     "xdp-target".into()
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SubsystemConfig {
     pub nqn: String,
@@ -340,7 +354,7 @@ pub struct SubsystemConfig {
     pub namespaces: Vec<NamespaceConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Memory,
@@ -348,7 +362,7 @@ pub enum BackendKind {
     File,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     pub nsid: u32,
@@ -375,7 +389,9 @@ const fn default_block_size() -> u32 {
 }
 
 /// A size in bytes: an integer, or a string with a binary suffix ("512MiB", "1GiB").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Saved as the integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
 pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
@@ -413,7 +429,7 @@ fn parse_size(t: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode, falling back to generic (skb) mode.
@@ -425,7 +441,7 @@ pub enum XdpMode {
     Skb,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct XdpConfig {
     #[serde(default = "default_ports")]
@@ -458,7 +474,7 @@ pub struct XdpConfig {
     pub tx_checksum: crate::transport::xdp::xsk::TxChecksum,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ZeroCopy {
     #[default]
@@ -568,6 +584,12 @@ impl AllowList {
 }
 
 impl Config {
+    /// The configuration as TOML that [`Config::load`] reads back to the same value (every
+    /// setting spelled out, sizes in bytes): what `xdp-target ctl save` writes.
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| e.to_string())
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -826,6 +848,29 @@ mod tests {
                 s.namespaces[1].size
             ),
             (7, 512, Some(Size(1 << 20)))
+        );
+    }
+
+    #[test]
+    fn a_saved_configuration_reads_back_the_same() {
+        let c = parse(
+            "reactors = 2\nmax_connections_per_reactor = 9\n[nvme]\nlisten = [\"[::]:4420\"]\n\
+             [iscsi]\nlisten = []\ndiscovery_chap = { user = \"d\", secret = \"0123456789ab\" }\n\
+             [xdp]\nallow_sources = [\"10.0.0.0/8\"]\nzero_copy = \"off\"\n\
+             [rdma]\nlisten = [\"10.0.0.1:4420\"]\ninline_data = 4096\n\
+             [metrics]\nlisten = \"127.0.0.1:9464\"\n\
+             [[subsystem]]\nnqn = \"nqn.2026-11.dev.test:a\"\nallow_hosts = [\"nqn.h\"]\n\
+             iqn = \"iqn.2026-11.dev.test:a\"\nchap = { user = \"u\", secret = \"0123456789ab\" }\n\
+             [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = \"64MiB\"\n\
+             [[subsystem.namespace]]\nnsid = 2\nbackend = \"file\"\npath = \"/tmp/x.img\"\nread_only = true\nnvme = false\n",
+        )
+        .unwrap();
+        let saved = c.to_toml().unwrap();
+        assert_eq!(parse(&saved).unwrap(), c, "{saved}");
+        assert!(saved.contains("size = 67108864"), "{saved}");
+        assert_eq!(
+            parse(&Config::default().to_toml().unwrap()).unwrap(),
+            Config::default()
         );
     }
 

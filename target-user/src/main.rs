@@ -6,6 +6,7 @@
 
 mod backend;
 mod config;
+mod control;
 mod metrics;
 mod reactor;
 mod serve;
@@ -38,6 +39,8 @@ enum Command {
     /// Measure (and with --verify, check) an NVMe/TCP, NVMe/RDMA or iSCSI target, like
     /// spdk_nvme_perf.
     Perf(target_initiator::perf::PerfArgs),
+    /// Change a running target: allow lists, and save its configuration (see the README).
+    Ctl(CtlArgs),
     /// Print the XDP counters of a running `serve --xdp`.
     Stats {
         /// The interface the target serves.
@@ -81,6 +84,98 @@ struct ServeArgs {
     /// metrics.listen).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Answer `xdp-target ctl` on this Unix socket (sets control.socket).
+    #[arg(long, value_name = "PATH")]
+    control: Option<String>,
+}
+
+/// Where `xdp-target ctl` finds a target when `--socket` is not given.
+const DEFAULT_CONTROL_SOCKET: &str = "/run/xdp-target.sock";
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The control socket of the running target (its control.socket or --control).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    what: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Subsystems, namespaces, allow lists and listeners, as JSON.
+    List,
+    /// Let host NQN HOST connect to subsystem NQN.
+    AddHost { nqn: String, host: String },
+    /// Stop letting HOST connect to NQN (connected hosts stay); never empties the list.
+    RemoveHost { nqn: String, host: String },
+    /// Replace NQN's host list; --any lets every host connect.
+    SetHosts {
+        nqn: String,
+        hosts: Vec<String>,
+        #[arg(long, conflicts_with = "hosts")]
+        any: bool,
+    },
+    /// Let initiator INITIATOR log in to iSCSI target IQN.
+    AddInitiator { iqn: String, initiator: String },
+    /// Stop letting INITIATOR log in to IQN (sessions stay); never empties the list.
+    RemoveInitiator { iqn: String, initiator: String },
+    /// Replace IQN's initiator list; --any lets every initiator log in.
+    SetInitiators {
+        iqn: String,
+        initiators: Vec<String>,
+        #[arg(long, conflicts_with = "initiators")]
+        any: bool,
+    },
+    /// Write the running configuration as TOML (default: the file serve --config read).
+    Save { path: Option<PathBuf> },
+    /// Any method with JSON params, e.g. `call add_host '{"nqn":"..","host":".."}'`.
+    Call {
+        method: String,
+        params: Option<String>,
+    },
+}
+
+fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    use serde_json::json;
+    let (method, params) = match args.what {
+        CtlCommand::List => ("list", json!({})),
+        CtlCommand::AddHost { nqn, host } => ("add_host", json!({"nqn": nqn, "host": host})),
+        CtlCommand::RemoveHost { nqn, host } => ("remove_host", json!({"nqn": nqn, "host": host})),
+        CtlCommand::SetHosts { nqn, hosts, any } => (
+            "set_hosts",
+            json!({"nqn": nqn, "hosts": if any { None } else { Some(hosts) }}),
+        ),
+        CtlCommand::AddInitiator { iqn, initiator } => {
+            ("add_initiator", json!({"iqn": iqn, "initiator": initiator}))
+        }
+        CtlCommand::RemoveInitiator { iqn, initiator } => (
+            "remove_initiator",
+            json!({"iqn": iqn, "initiator": initiator}),
+        ),
+        CtlCommand::SetInitiators {
+            iqn,
+            initiators,
+            any,
+        } => (
+            "set_initiators",
+            json!({"iqn": iqn, "initiators": if any { None } else { Some(initiators) }}),
+        ),
+        CtlCommand::Save { path } => ("save", json!({ "path": path })),
+        CtlCommand::Call { method, params } => {
+            let p = match params {
+                Some(p) => serde_json::from_str(&p)
+                    .map_err(|e| anyhow::anyhow!("params are not JSON: {e}"))?,
+                None => json!({}),
+            };
+            let result = control::request(&args.socket, &method, p)?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            return Ok(());
+        }
+    };
+    let result = control::request(&args.socket, method, params)?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -95,6 +190,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Perf(args) => target_initiator::perf::run(&args).map_err(anyhow::Error::from),
+        Command::Ctl(args) => ctl(args),
         Command::Stats { iface, json, watch } => {
             transport::xdp::stats::run(&iface, json, watch).map_err(anyhow::Error::from)
         }
@@ -145,6 +241,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics {
         config.metrics.listen = Some(addr);
     }
+    if let Some(path) = args.control {
+        config.control.socket = Some(path);
+    }
     config.validate()?;
 
     // Register the signals before anything starts, so a signal during setup still
@@ -175,6 +274,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         Some(serve::start(&config, steering.as_mut())?)
     };
+    if let (Some(path), Some(server)) = (&config.control.socket, &server) {
+        let c = control::Control::new(
+            config.clone(),
+            args.config.clone(),
+            std::sync::Arc::clone(&server.registry),
+            std::sync::Arc::clone(&server.iscsi_registry),
+        );
+        control::spawn(std::path::Path::new(path), std::sync::Arc::new(c))
+            .map_err(|e| anyhow::anyhow!("control socket {path}: {e}"))?;
+    }
     for s in &config.subsystems {
         for n in &s.namespaces {
             info!(nqn = %s.nqn, nsid = n.nsid, backend = ?n.backend, path = ?n.path, block_size = n.block_size, "namespace");

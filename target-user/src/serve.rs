@@ -52,10 +52,13 @@ pub enum ServeError {
     MetricsListen { addr: SocketAddr, source: io::Error },
 }
 
-/// The running socket transport; [`Server::stop`] ends it.
+/// The running transports; [`Server::stop`] ends them.
 pub struct Server {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// The registries the transports serve from, for the control socket to change.
+    pub registry: Arc<Mutex<Registry>>,
+    pub iscsi_registry: Arc<Mutex<IscsiRegistry>>,
 }
 
 impl Server {
@@ -235,7 +238,7 @@ fn parse_addrs(list: &[String]) -> Vec<SocketAddr> {
 
 /// The registries, engine parameters, backends and metrics every reactor shares
 /// (`xdp_iface`: where the XDP program is attached, whose counters the metrics read).
-fn shared(config: &Config, xdp_iface: Option<&str>) -> Result<Shared, ServeError> {
+pub(crate) fn shared(config: &Config, xdp_iface: Option<&str>) -> Result<Shared, ServeError> {
     let Built {
         subsystems,
         targets,
@@ -385,14 +388,26 @@ pub fn start(
         Ok(t) => threads.extend(t),
         Err(e) => {
             // The AF_XDP reactors may be running: stop them before failing.
-            Server { stop, threads }.stop();
+            Server {
+                stop,
+                threads,
+                registry: Arc::clone(&shared.registry),
+                iscsi_registry: Arc::clone(&shared.iscsi_registry),
+            }
+            .stop();
             return Err(e);
         }
     }
     let sockets = match crate::transport::socket::start(config, &shared, &allow, &stop, &all, n) {
         Ok(s) => s,
         Err(e) => {
-            Server { stop, threads }.stop();
+            Server {
+                stop,
+                threads,
+                registry: Arc::clone(&shared.registry),
+                iscsi_registry: Arc::clone(&shared.iscsi_registry),
+            }
+            .stop();
             return Err(e);
         }
     };
@@ -409,7 +424,12 @@ pub fn start(
         .map(|l| l.1)
         .collect();
     info!(reactors = n, nvme = ?nvme, iscsi = ?iscsi, "serving over kernel sockets");
-    Ok(Server { stop, threads })
+    Ok(Server {
+        stop,
+        threads,
+        registry: Arc::clone(&shared.registry),
+        iscsi_registry: Arc::clone(&shared.iscsi_registry),
+    })
 }
 
 #[cfg(test)]

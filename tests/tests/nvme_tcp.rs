@@ -331,6 +331,85 @@ fn hosts_off_the_allow_list_and_unknown_subsystems_are_refused() {
     let _ = std::fs::remove_file(cfg);
 }
 
+/// `xdp-target ctl` on a running target: a host off the list is let in by `add-host` and
+/// shut out again by `remove-host`, the last entry is
+/// never removed, and `save` writes a configuration the target loads back.
+#[test]
+fn ctl_changes_who_may_connect_and_saves_the_configuration() {
+    use std::process::Command;
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let socket = std::env::temp_dir().join(format!("xdpt-ctl-{}.sock", std::process::id()));
+    let allowed = "nqn.2014-08.org.nvmexpress:uuid:allowed";
+    let cfg = config_top(
+        "ctl",
+        &format!("reactors = 1\n[control]\nsocket = \"{}\"", socket.display()),
+        4 * MIB,
+        512,
+        &format!("allow_hosts = [\"{allowed}\"]"),
+    );
+    let t = serve(&pair, &cfg);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(xdp_target_tests::target::bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("run xdp-target ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
+    let refused = Status::command_specific(CommandSpecificStatus::ConnectInvalidHost);
+    let client = pair.client.handle();
+    let status = |host: &'static str| {
+        client
+            .run(move || {
+                let mut c = Client::connect(addr, false).expect("connect");
+                c.fabrics_connect(0, 0xffff, NQN, host)
+                    .expect("answer")
+                    .cqe
+                    .status
+            })
+            .expect("namespace thread")
+    };
+    assert_eq!(status(HOST_NQN), refused);
+    let (ok, out) = ctl(&["add-host", NQN, HOST_NQN]);
+    assert!(ok && out.contains(HOST_NQN), "{out}");
+    assert!(status(HOST_NQN).is_success(), "added: let in");
+    let (ok, out) = ctl(&["remove-host", NQN, HOST_NQN]);
+    assert!(ok, "{out}");
+    assert_eq!(status(HOST_NQN), refused, "removed: shut out again");
+    let (ok, out) = ctl(&["remove-host", NQN, allowed]);
+    assert!(
+        !ok && out.contains("any host"),
+        "the last entry stays: {out}"
+    );
+    let (ok, out) = ctl(&["list"]);
+    assert!(
+        ok && out.contains(allowed) && !out.contains(HOST_NQN),
+        "{out}"
+    );
+    let saved = std::env::temp_dir().join(format!("xdpt-ctl-saved-{}.toml", std::process::id()));
+    let (ok, out) = ctl(&["save", saved.to_str().expect("utf-8")]);
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(&saved).expect("saved file");
+    assert!(text.contains(allowed) && text.contains(NQN), "{text}");
+    assert!(t.stop().expect("stop").success());
+    // The saved file is a configuration the target starts from.
+    let t = serve(&pair, &saved);
+    assert_eq!(status(HOST_NQN), refused);
+    assert!(status(allowed).is_success());
+    assert!(t.stop().expect("stop").success());
+    for f in [cfg, saved, socket] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
 #[test]
 fn sources_off_the_allow_list_cannot_connect() {
     require_netns!();

@@ -141,6 +141,23 @@ impl Registry {
         }
     }
 
+    /// Replaces the initiator allow list of target `iqn` (`None`: any initiator). Logins
+    /// from now on are checked against it; sessions already logged in stay. False when
+    /// there is no such target.
+    pub fn set_allowed_initiators(&mut self, iqn: &str, initiators: Option<Vec<String>>) -> bool {
+        let Some(t) = self.targets.iter_mut().find(|t| t.iqn == iqn) else {
+            return false;
+        };
+        *t = Arc::new(TargetNode {
+            iqn: t.iqn.clone(),
+            alias: t.alias.clone(),
+            scsi: Arc::clone(&t.scsi),
+            allowed_initiators: initiators,
+            chap: t.chap.clone(),
+        });
+        true
+    }
+
     pub fn targets(&self) -> &[Arc<TargetNode>] {
         &self.targets
     }

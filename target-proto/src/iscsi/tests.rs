@@ -2429,3 +2429,15 @@ fn an_initiator_that_stops_reading_stops_being_read() {
     }
     assert_eq!(responses, 400);
 }
+
+#[test]
+fn initiator_allow_lists_change() {
+    let r = registry_with(vec![node("iqn.t", None, None)]);
+    let mut g = r.lock().unwrap();
+    assert!(g.target("iqn.t").unwrap().allows("iqn.i1"));
+    assert!(g.set_allowed_initiators("iqn.t", Some(vec!["iqn.i2".into()])));
+    assert!(!g.set_allowed_initiators("iqn.none", None));
+    let t = g.target("iqn.t").unwrap();
+    assert!(!t.allows("iqn.i1") && t.allows("iqn.i2"));
+    assert_eq!(t.alias.as_deref(), Some("disk0"), "the rest stays");
+}

@@ -196,6 +196,19 @@ impl Registry {
         &self.subsystems
     }
 
+    /// Replaces the host allow list of subsystem `nqn` (`None`: any host). Connects from
+    /// now on are checked against it; controllers already connected stay, as with Linux's
+    /// nvmet. False when there is no such subsystem.
+    pub fn set_allowed_hosts(&mut self, nqn: &str, hosts: Option<Vec<String>>) -> bool {
+        let Some(s) = self.subsystems.iter_mut().find(|s| s.nqn == nqn) else {
+            return false;
+        };
+        let mut changed = Subsystem::clone(s);
+        changed.allowed_hosts = hosts;
+        *s = Arc::new(changed);
+        true
+    }
+
     /// An admin-queue Connect (dynamic model): a new controller on `sub_nqn` for the host
     /// `host_nqn` with Host Identifier `host_id`.
     pub fn create_controller(
@@ -398,6 +411,22 @@ mod tests {
                 .unwrap_err(),
             ConnectError::UnknownController
         );
+    }
+
+    #[test]
+    fn allow_lists_change_for_new_connects_only() {
+        let mut r = Registry::new(vec![subsystem("nqn.a", None)]);
+        let before = r.create_controller("nqn.a", "nqn.h1", ID).unwrap();
+        assert!(r.set_allowed_hosts("nqn.a", Some(vec!["nqn.h2".into()])));
+        assert!(!r.set_allowed_hosts("nqn.none", None));
+        assert_eq!(
+            r.create_controller("nqn.a", "nqn.h1", ID).unwrap_err(),
+            ConnectError::HostNotAllowed
+        );
+        assert!(r.create_controller("nqn.a", "nqn.h2", ID).is_ok());
+        assert!(r.controller_alive(before.cntlid), "connected hosts stay");
+        assert!(r.set_allowed_hosts("nqn.a", None));
+        assert!(r.create_controller("nqn.a", "nqn.h1", ID).is_ok());
     }
 
     #[test]

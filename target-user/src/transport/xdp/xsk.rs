@@ -86,7 +86,17 @@ pub struct XskSizes {
 }
 
 /// Who computes the TCP checksums of sent packets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TxChecksum {
     /// The device, asked through AF_XDP TX metadata (Linux 6.11); user space only seeds
