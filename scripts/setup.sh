@@ -3,7 +3,10 @@
 #   scripts/setup.sh        base packages, the eBPF toolchain (Debian rustc-web, llvm-22,
 #                           bpf-linker), cargo-fuzz, libiscsi's tools and a fio with the
 #                           libiscsi engine (scripts/build-fio-libiscsi.sh), promtool (package
-#                           prometheus; the metrics test checks the exposition with it)
+#                           prometheus; the metrics test checks the exposition with it), and
+#                           rdma-core's verbs and RDMA CM libraries with their headers (NVMe/RDMA
+#                           loads the libraries at run time; a test checks the layouts against
+#                           the headers)
 #   scripts/setup.sh --lab  also what `cargo xtask lab` needs: QEMU, debootstrap, busybox
 #                           for the guest image and its initrd
 # Idempotent: every step checks first and does nothing when it is already there.
