@@ -367,6 +367,13 @@ pub fn start(
             ),
         }
     }
+    // The running transports as a Server (also to stop them when a later one fails).
+    let server = |threads| Server {
+        stop: Arc::clone(&stop),
+        threads,
+        registry: Arc::clone(&shared.registry),
+        iscsi_registry: Arc::clone(&shared.iscsi_registry),
+    };
     // Before the kernel's listeners: a host must not read a discovery log that lists RDMA
     // ports before it is known whether RDMA serves.
     let rdma = crate::transport::rdma::start(config, &shared, &stop, n).map_err(ServeError::Rdma);
@@ -388,26 +395,14 @@ pub fn start(
         Ok(t) => threads.extend(t),
         Err(e) => {
             // The AF_XDP reactors may be running: stop them before failing.
-            Server {
-                stop,
-                threads,
-                registry: Arc::clone(&shared.registry),
-                iscsi_registry: Arc::clone(&shared.iscsi_registry),
-            }
-            .stop();
+            server(threads).stop();
             return Err(e);
         }
     }
     let sockets = match crate::transport::socket::start(config, &shared, &allow, &stop, &all, n) {
         Ok(s) => s,
         Err(e) => {
-            Server {
-                stop,
-                threads,
-                registry: Arc::clone(&shared.registry),
-                iscsi_registry: Arc::clone(&shared.iscsi_registry),
-            }
-            .stop();
+            server(threads).stop();
             return Err(e);
         }
     };
@@ -424,12 +419,7 @@ pub fn start(
         .map(|l| l.1)
         .collect();
     info!(reactors = n, nvme = ?nvme, iscsi = ?iscsi, "serving over kernel sockets");
-    Ok(Server {
-        stop,
-        threads,
-        registry: Arc::clone(&shared.registry),
-        iscsi_registry: Arc::clone(&shared.iscsi_registry),
-    })
+    Ok(server(threads))
 }
 
 #[cfg(test)]

@@ -280,6 +280,15 @@ impl<T> Conns<T> {
     }
 }
 
+/// A poll(2) entry waiting for `fd` to be readable.
+pub fn readable(fd: std::os::fd::RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
 /// Fills `buf` from the kernel's random pool (getrandom(2)).
 pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut got = 0;

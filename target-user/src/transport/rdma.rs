@@ -784,30 +784,14 @@ impl Reactor {
             return;
         }
         let mut fds = vec![
-            libc::pollfd {
-                fd: self.mail.channels[self.index].fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.mail.wakers[self.index],
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            crate::reactor::readable(self.mail.channels[self.index].fd()),
+            crate::reactor::readable(self.mail.wakers[self.index]),
         ];
         if let Some(fd) = self.core.blocks.ring_fd() {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(crate::reactor::readable(fd));
         }
         for d in &self.verbs.devs {
-            fds.push(libc::pollfd {
-                fd: d.comp.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(crate::reactor::readable(d.comp.fd()));
         }
         let timeout = i32::try_from(TICK.as_millis()).unwrap_or(100);
         // SAFETY: poll(2) over a live array of pollfds.

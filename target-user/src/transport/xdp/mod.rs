@@ -544,17 +544,9 @@ impl XdpReactor {
             .poll_delay(self.now_us())
             .map_or(TICK, Duration::from_micros)
             .min(TICK);
-        let mut fds = vec![libc::pollfd {
-            fd: self.io.xsk.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = vec![crate::reactor::readable(self.io.xsk.fd())];
         if let Some(fd) = self.core.blocks.ring_fd() {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(crate::reactor::readable(fd));
         }
         let ms = i32::try_from(delay.as_millis()).unwrap_or(100);
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
