@@ -129,7 +129,9 @@ enum CtlCommand {
     },
     /// Write the running configuration as TOML (default: the file serve --config read).
     Save { path: Option<PathBuf> },
-    /// Any method with JSON params, e.g. `call add_host '{"nqn":"..","host":".."}'`.
+    /// Any method with JSON params, e.g. `call add_host '{"nqn":"..","host":".."}'`; `-`
+    /// reads them from stdin (for secrets: `set_chap`, which the command line would show
+    /// to every user's `ps`).
     Call {
         method: String,
         params: Option<String>,
@@ -163,6 +165,14 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         ),
         CtlCommand::Save { path } => ("save", json!({ "path": path })),
         CtlCommand::Call { method, params } => {
+            let params = match params.as_deref() {
+                Some("-") => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                    Some(text)
+                }
+                _ => params,
+            };
             let p = match params {
                 Some(p) => serde_json::from_str(&p)
                     .map_err(|e| anyhow::anyhow!("params are not JSON: {e}"))?,

@@ -80,6 +80,14 @@ struct Built {
     names: Vec<NamespaceName>,
 }
 
+/// The CHAP an iSCSI target of subsystem `s` requires (and answers, for mutual CHAP).
+pub(crate) fn chap_config(s: &crate::config::SubsystemConfig) -> Option<ChapConfig> {
+    s.chap.as_ref().map(|c| ChapConfig {
+        initiator: chap(c),
+        target: s.mutual_chap.as_ref().map(chap),
+    })
+}
+
 fn chap(c: &ChapCredentials) -> ChapSecret {
     ChapSecret {
         name: c.user.clone(),
@@ -171,10 +179,7 @@ fn build(config: &Config) -> Result<Built, ServeError> {
                 scsi,
                 allowed_initiators: (!s.allow_initiators.is_empty())
                     .then(|| s.allow_initiators.clone()),
-                chap: s.chap.as_ref().map(|c| ChapConfig {
-                    initiator: chap(c),
-                    target: s.mutual_chap.as_ref().map(chap),
-                }),
+                chap: chap_config(s),
             });
         }
         let serial = s.serial.clone().unwrap_or_else(|| {

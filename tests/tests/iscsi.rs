@@ -310,6 +310,73 @@ fn libiscsi_tools_discover_inquire_and_size_the_lun() {
     let _ = std::fs::remove_file(cfg);
 }
 
+/// `xdp-target ctl call set_chap -` on a running target: CHAP is required from the next
+/// login on (params from stdin, so the secret is not on a command line), and dropped again.
+#[test]
+fn ctl_sets_and_drops_chap_at_run_time() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let socket = std::env::temp_dir().join(format!("xdpt-ctl-chap-{}.sock", std::process::id()));
+    let cfg = config(
+        "ctl-chap",
+        16 * MIB,
+        &format!("[control]\nsocket = \"{}\"\n", socket.display()),
+    );
+    let t = serve(&pair, &cfg);
+    let set_chap = |params: &str| {
+        let mut child = Command::new(xdp_target_tests::target::bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["call", "set_chap", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run xdp-target ctl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(params.as_bytes())
+            .expect("write params");
+        let out = child.wait_with_output().expect("ctl output");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 3260);
+    let client = pair.client.handle();
+    let login = move |chap: Option<&'static [u8]>| {
+        client
+            .run(move || {
+                let mut o = LoginOptions::new(INITIATOR, Some(IQN));
+                o.chap = chap.map(|s| ("alice".to_string(), s.to_vec()));
+                Client::login(addr, o)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .expect("namespace thread")
+    };
+    login(None).expect("no CHAP yet");
+    set_chap(&format!(
+        r#"{{"iqn":"{IQN}","chap":{{"user":"alice","secret":"alice-secret-1"}}}}"#
+    ));
+    let refused = format!("LoginRefused({})", login_status::AUTHENTICATION_FAILURE);
+    let e = login(None).expect_err("CHAP is required now");
+    assert!(e.contains(&refused), "{e}");
+    login(Some(b"alice-secret-1")).expect("CHAP login");
+    set_chap(&format!(r#"{{"iqn":"{IQN}","chap":null}}"#));
+    login(None).expect("CHAP dropped again");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+    let _ = std::fs::remove_file(socket);
+}
+
 #[test]
 fn chap_and_mutual_chap_log_in_and_wrong_secrets_do_not() {
     require_netns!();

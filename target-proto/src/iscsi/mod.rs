@@ -158,6 +158,22 @@ impl Registry {
         true
     }
 
+    /// Replaces the CHAP target `iqn` requires (`None`: none). Logins from now on use it;
+    /// sessions already logged in stay. False when there is no such target.
+    pub fn set_chap(&mut self, iqn: &str, chap: Option<ChapConfig>) -> bool {
+        let Some(t) = self.targets.iter_mut().find(|t| t.iqn == iqn) else {
+            return false;
+        };
+        *t = Arc::new(TargetNode {
+            iqn: t.iqn.clone(),
+            alias: t.alias.clone(),
+            scsi: Arc::clone(&t.scsi),
+            allowed_initiators: t.allowed_initiators.clone(),
+            chap,
+        });
+        true
+    }
+
     pub fn targets(&self) -> &[Arc<TargetNode>] {
         &self.targets
     }

@@ -11,7 +11,8 @@
 //!
 //! Methods: `list`; `add_host`, `remove_host`, `set_hosts` (NVMe host allow lists);
 //! `add_initiator`, `remove_initiator`, `set_initiators` (iSCSI initiator allow lists);
-//! `save` (the running configuration as TOML). A change applies to connects and logins
+//! `set_chap` (the CHAP an iSCSI target requires); `save` (the running configuration as
+//! TOML). A change applies to connects and logins
 //! from then on; connections already up stay, as with Linux's nvmet and LIO. An empty
 //! allow list means any host, so `remove_*` never empties one: `set_*` with `null` says
 //! "any" explicitly. The socket is created mode 0600: whoever can write to it can change
@@ -139,12 +140,13 @@ impl Control {
             "add_initiator" => self.change(Acl::Initiators, params, Change::Add),
             "remove_initiator" => self.change(Acl::Initiators, params, Change::Remove),
             "set_initiators" => self.change(Acl::Initiators, params, Change::Set),
+            "set_chap" => self.set_chap(params),
             "save" => self.save(params),
             _ => Err(RpcError {
                 code: -32601,
                 message: format!(
                     "no method {method:?}; there are list, add_host, remove_host, set_hosts, \
-                     add_initiator, remove_initiator, set_initiators, save"
+                     add_initiator, remove_initiator, set_initiators, set_chap, save"
                 ),
             }),
         }
@@ -260,6 +262,46 @@ impl Control {
             "control: {list_key} of {owner} changed (an empty list allows any)"
         );
         Ok(json!({ owner_key: owner, list_key: new, "any": new.is_empty() }))
+    }
+
+    /// `{iqn, chap: {user, secret} | null, mutual_chap: {user, secret} | null}`: the CHAP an
+    /// iSCSI target requires from now on, checked by the same rules as the configuration
+    /// file (secrets of 12 to 256 bytes, mutual CHAP only with CHAP, secrets that differ).
+    fn set_chap(&self, params: &Value) -> Result<Value, RpcError> {
+        let iqn = string_param(params, "iqn")?;
+        let creds = |key: &str| -> Result<Option<crate::config::ChapCredentials>, RpcError> {
+            match params.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+                    RpcError::invalid_params(format!("params.{key}: {{user, secret}}: {e}"))
+                }),
+            }
+        };
+        let (chap, mutual) = (creds("chap")?, creds("mutual_chap")?);
+        let mut c = lock(&self.config);
+        let mut changed = c.clone();
+        let Some(s) = changed
+            .subsystems
+            .iter_mut()
+            .find(|s| s.iqn.as_deref() == Some(iqn.as_str()))
+        else {
+            return Err(RpcError::refused(format!("no iSCSI target {iqn:?}")));
+        };
+        s.chap = chap;
+        s.mutual_chap = mutual;
+        let applied = crate::serve::chap_config(s);
+        let user = s.chap.as_ref().map(|c| c.user.clone());
+        changed
+            .validate()
+            .map_err(|e| RpcError::invalid_params(e.to_string()))?;
+        if !lock(&self.iscsi_registry).set_chap(&iqn, applied) {
+            return Err(RpcError::refused(format!(
+                "{iqn:?} is configured but not served (a bug)"
+            )));
+        }
+        *c = changed;
+        info!(iqn, user, "control: CHAP of {iqn} changed");
+        Ok(json!({ "iqn": iqn, "chap": user.is_some(), "user": user }))
     }
 
     fn save(&self, params: &Value) -> Result<Value, RpcError> {
@@ -453,6 +495,31 @@ mod tests {
             .unwrap();
         assert!(lock(&c.registry).subsystems()[0].allows("nqn.anyone"));
         assert!(lock(&c.config).subsystems[0].allow_hosts.is_empty());
+
+        // CHAP: the configuration file's rules, then the registry.
+        let e = c
+            .call(
+                "set_chap",
+                &json!({"iqn": "iqn.a", "chap": {"user": "u", "secret": "short"}}),
+            )
+            .unwrap_err();
+        assert!(e.message.contains("12 to 256"), "{e:?}");
+        c.call(
+            "set_chap",
+            &json!({"iqn": "iqn.a", "chap": {"user": "u", "secret": "0123456789ab"}}),
+        )
+        .unwrap();
+        let t = lock(&c.iscsi_registry).target("iqn.a").unwrap();
+        assert_eq!(t.chap.as_ref().unwrap().initiator.name, "u");
+        c.call("set_chap", &json!({"iqn": "iqn.a", "chap": null}))
+            .unwrap();
+        assert!(
+            lock(&c.iscsi_registry)
+                .target("iqn.a")
+                .unwrap()
+                .chap
+                .is_none()
+        );
 
         c.call(
             "set_initiators",
