@@ -249,14 +249,13 @@ pub unsafe extern "C" fn xdpt_open(
 ) -> *mut Xdpt {
     // SAFETY: the caller passes a NUL-terminated string.
     let url = unsafe { CStr::from_ptr(url) }.to_string_lossy();
-    let host = (!host_nqn.is_null())
+    let host = if host_nqn.is_null() {
+        None
+    } else {
         // SAFETY: a non-NULL `host_nqn` is a NUL-terminated string (the caller's promise).
-        .then(|| {
-            unsafe { CStr::from_ptr(host_nqn) }
-                .to_string_lossy()
-                .into_owned()
-        })
-        .filter(|h| !h.is_empty());
+        let h = unsafe { CStr::from_ptr(host_nqn) }.to_string_lossy();
+        (!h.is_empty()).then(|| h.into_owned())
+    };
     match Xdpt::open(&url, host.as_deref(), nsid, qd as usize, digests != 0) {
         Ok(x) => {
             // SAFETY: `info` is valid for a write (the caller's promise).

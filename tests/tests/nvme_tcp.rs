@@ -1164,7 +1164,8 @@ fn run_fio(pair: &VethPair, fio: &Path, args: &[&str]) -> serde_json::Value {
         .client
         .command(fio)
         .args(args)
-        .args(["--output-format=json"])
+        // No verify state files left in the working directory.
+        .args(["--output-format=json", "--verify_state_save=0"])
         .output()
         .expect("run fio");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// The fio that `scripts/build-fio-libiscsi.sh` installs, and its configured source tree.
-pub(crate) fn fio(root: &Path) -> Result<(PathBuf, PathBuf)> {
+fn fio(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let dir = root.join("target/fio-libiscsi");
     let fio = dir.join("fio");
     if !fio.is_file() {

@@ -173,6 +173,10 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     lint::run(root)?;
     build_ebpf(root)?;
     ensure_test_tools(root)?;
+    // The NVMe/TCP end-to-end suite runs fio through the engine.
+    if root.join("target/fio-libiscsi/fio").is_file() {
+        fio_engine::build(root)?;
+    }
     // The end-to-end tests run the xdp-target binary, so build it before they start.
     run(cargo(root).args(["build", "--package", "target-user", "--bin", "xdp-target"]))?;
     let mut cmd = cargo(root);
