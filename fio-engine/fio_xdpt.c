@@ -28,7 +28,7 @@ struct xdpt_info {
 	uint64_t size;
 	uint32_t block;
 };
-enum { XDPT_READ = 0, XDPT_WRITE = 1, XDPT_FLUSH = 2 };
+enum { XDPT_READ = 0, XDPT_WRITE = 1, XDPT_FLUSH = 2, XDPT_TRIM = 3 };
 struct xdpt *xdpt_open(const char *url, const char *host_nqn, uint32_t nsid, uint32_t qd,
 		       int digests, struct xdpt_info *info, char *err, size_t err_len);
 int xdpt_submit(struct xdpt *h, int kind, uint64_t offset, uint64_t len, void *buf,
@@ -155,6 +155,8 @@ static enum fio_q_status fio_xdpt_queue(struct thread_data *td, struct io_u *io_
 		kind = XDPT_READ;
 	else if (io_u->ddir == DDIR_WRITE)
 		kind = XDPT_WRITE;
+	else if (io_u->ddir == DDIR_TRIM)
+		kind = XDPT_TRIM;
 	else if (ddir_sync(io_u->ddir))
 		kind = XDPT_FLUSH;
 	else {

@@ -22,6 +22,8 @@ pub const MAX_IO: usize = 128 * 1024;
 pub const XDPT_READ: c_int = 0;
 pub const XDPT_WRITE: c_int = 1;
 pub const XDPT_FLUSH: c_int = 2;
+/// Dataset Management, Deallocate (fio's trim).
+pub const XDPT_TRIM: c_int = 3;
 
 /// What [`xdpt_open`] reports of the namespace.
 #[repr(C)]
@@ -134,6 +136,11 @@ impl Xdpt {
     ) -> Result<(), SubmitError> {
         let (cid, read_to, n) = match kind {
             XDPT_FLUSH => (self.q.flush(), std::ptr::null_mut(), 0),
+            XDPT_TRIM => {
+                let block = self.q.block_size() as u64;
+                let (lba, blocks) = blocks_of(offset, len, block, self.q.capacity())?;
+                (self.q.deallocate(lba, blocks), std::ptr::null_mut(), 0)
+            }
             XDPT_READ | XDPT_WRITE => {
                 let block = self.q.block_size() as u64;
                 let (lba, blocks) = blocks_of(offset, len, block, self.q.capacity())?;
@@ -270,8 +277,9 @@ pub unsafe extern "C" fn xdpt_open(
     }
 }
 
-/// Queues a read, write (`kind` XDPT_READ, XDPT_WRITE; `len` bytes at byte `offset`,
-/// block-aligned) or flush (XDPT_FLUSH; offset, len and buf ignored). 0, or a negative
+/// Queues a read, write, trim (`kind` XDPT_READ, XDPT_WRITE, XDPT_TRIM; `len` bytes at
+/// byte `offset`, block-aligned; a trim's `buf` is ignored) or flush (XDPT_FLUSH; offset,
+/// len and buf ignored). 0, or a negative
 /// errno when refused (nothing was queued).
 ///
 /// # Safety

@@ -1180,7 +1180,8 @@ fn run_fio(pair: &VethPair, fio: &Path, args: &[&str]) -> serde_json::Value {
 
 /// Standard fio jobs through the engine: two jobs of 4 KiB random writes at QD8, each on
 /// its own 16 MiB, verified with crc32c; then 64 KiB sequential writes (R2T, not in the
-/// capsule) with digests, the subsystem found through discovery. fio's verify alone would
+/// capsule) with digests, the subsystem found through discovery, and trims (Dataset
+/// Management, Deallocate). fio's verify alone would
 /// pass an engine that put every block at a consistently wrong place, so the blocks are
 /// then read with the project's own client: each must hold fio's verify header naming its
 /// own byte offset.
@@ -1254,6 +1255,24 @@ fn fio_through_the_xdpt_engine_verifies_clean() {
     assert_eq!(job["error"], 0, "{job}");
     assert_eq!(job["write"]["io_bytes"], 8 * MIB, "{job}");
     assert_eq!(job["read"]["io_bytes"], 8 * MIB, "verify reads: {job}");
+    // Trims go as Dataset Management Deallocate; the target must take every one.
+    let v = run_fio(
+        &pair,
+        &fio,
+        &[
+            "--name=trim",
+            &ioengine,
+            &with_nqn,
+            "--rw=randtrim",
+            "--bs=64k",
+            "--iodepth=4",
+            "--offset=48m",
+            "--size=8m",
+        ],
+    );
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert_eq!(job["trim"]["io_bytes"], 8 * MIB, "{job}");
     // fio's verify header: magic ACCAh at 0, the block's byte offset at 16.
     let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
     pair.client

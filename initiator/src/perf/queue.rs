@@ -86,6 +86,12 @@ impl NvmeTcpQueue {
         u32::from(self.io.h.submit(sqe, Vec::new(), false, 0))
     }
 
+    /// Queues a Dataset Management Deallocate of `blocks` blocks at `lba`; its tag.
+    pub fn deallocate(&mut self, lba: u64, blocks: u32) -> u32 {
+        let (sqe, range) = commands::deallocate(self.ctrl.nsid, lba, blocks);
+        u32::from(self.io.h.submit(sqe, range, true, 0))
+    }
+
     /// Sends what is queued and takes what arrived. With `wait`, and commands
     /// outstanding, it returns only once something arrived (or the connection failed);
     /// without, it never blocks. Sends Keep Alive when it is due.
