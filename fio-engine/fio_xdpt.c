@@ -8,7 +8,8 @@
  * (fio splits filenames at ':'): nvme-tcp://ADDR[:PORT][/NQN]; without an NQN, the first
  * NVM subsystem of the discovery log at ADDR:PORT. Each file of each job is a controller of
  * its own (an admin queue and one I/O queue of --iodepth commands, over a kernel TCP
- * socket); fio's offsets are byte offsets into namespace --xdpt_nsid (1).
+ * socket), created in the job's process; fio's offsets are byte offsets into namespace
+ * --xdpt_nsid (1).
  *
  * This file only translates fio's ioengine_ops to the C ABI of the Rust library
  * (fio-engine/src/lib.rs), compiled against the headers of the fio it is loaded into
@@ -88,30 +89,49 @@ struct xdpt_data {
 	unsigned int nr_open;
 };
 
-static int fio_xdpt_setup(struct thread_data *td)
+static struct xdpt_data *xdpt_data(struct thread_data *td)
+{
+	struct xdpt_data *d = td->io_ops_data;
+
+	if (d)
+		return d;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	d->tags = calloc(td->o.iodepth, sizeof(*d->tags));
+	d->errors = calloc(td->o.iodepth, sizeof(*d->errors));
+	if (!d->tags || !d->errors) {
+		free(d->tags);
+		free(d->errors);
+		free(d);
+		return NULL;
+	}
+	td->io_ops_data = d;
+	return d;
+}
+
+/*
+ * Connects every file not connected yet and sets its size; keeps the connections when
+ * `keep`, else closes them again.
+ */
+static int xdpt_connect(struct thread_data *td, bool keep)
 {
 	struct xdpt_options *o = td->eo;
-	struct xdpt_data *d;
+	struct xdpt_data *d = xdpt_data(td);
 	struct fio_file *f;
 	unsigned int i;
 	char err[512];
 
-	if (td->io_ops_data)
-		return 0;
-	d = calloc(1, sizeof(*d));
-	if (!d)
+	if (!d) {
+		td_verror(td, ENOMEM, "xdpt_data");
 		return 1;
-	d->tags = calloc(td->o.iodepth, sizeof(*d->tags));
-	d->errors = calloc(td->o.iodepth, sizeof(*d->errors));
-	td->io_ops_data = d;
-	if (!d->tags || !d->errors)
-		return 1;
-
-	/* Connect here, as the libiscsi engine does: fio needs the namespace's size now. */
+	}
 	for_each_file(td, f, i) {
 		struct xdpt_info info;
 		struct xdpt *h;
 
+		if (f->engine_data)
+			continue;
 		h = xdpt_open(f->file_name, o->hostnqn, o->nsid, td->o.iodepth, o->digests,
 			      &info, err, sizeof(err));
 		if (!h) {
@@ -119,13 +139,34 @@ static int fio_xdpt_setup(struct thread_data *td)
 			td_verror(td, ECONNREFUSED, "xdpt_open");
 			return 1;
 		}
-		f->engine_data = h;
 		f->real_file_size = info.size;
-		d->nr_open++;
 		dprint(FD_FILE, "xdpt: %s: %llu bytes, %u-byte blocks\n", f->file_name,
 		       (unsigned long long)info.size, info.block);
+		if (keep) {
+			f->engine_data = h;
+			d->nr_open++;
+		} else {
+			xdpt_close(h);
+		}
 	}
 	return 0;
+}
+
+/*
+ * fio wants the namespace's size here, usually in its main process before it starts the
+ * job's (with create_serialize, the default), and perhaps long before: a job behind a
+ * stonewall waits for the ones before it. So this only asks and disconnects; init(),
+ * which runs in the job's own process or thread, connects for the I/O. When init() ran
+ * first (create_serialize=0), the files are connected and sized already.
+ */
+static int fio_xdpt_setup(struct thread_data *td)
+{
+	return xdpt_connect(td, false);
+}
+
+static int fio_xdpt_init(struct thread_data *td)
+{
+	return xdpt_connect(td, true);
 }
 
 static int fio_xdpt_open_file(struct thread_data *td, struct fio_file *f)
@@ -138,7 +179,7 @@ static int fio_xdpt_close_file(struct thread_data *td, struct fio_file *f)
 	return 0;
 }
 
-/* The size was set when setup() connected. */
+/* The size was set when setup() or init() connected. */
 static int fio_xdpt_get_file_size(struct thread_data *td, struct fio_file *f)
 {
 	fio_file_set_size_known(f);
@@ -244,6 +285,7 @@ struct ioengine_ops ioengine = {
 	.version = FIO_IOOPS_VERSION,
 	.flags = FIO_DISKLESSIO | FIO_NODISKUTIL | FIO_NOEXTEND,
 	.setup = fio_xdpt_setup,
+	.init = fio_xdpt_init,
 	.queue = fio_xdpt_queue,
 	.commit = fio_xdpt_commit,
 	.getevents = fio_xdpt_getevents,
