@@ -367,18 +367,9 @@ impl<E: Engine> Conn<E> {
                 }
             }
             match self.stream.read(&mut self.buf) {
-                Ok(0) => {
-                    let e = io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "the target closed the connection",
-                    );
-                    return Err(self.io_err(e));
-                }
                 Ok(n) => {
                     self.h.consume_output(sent);
-                    return self.h.receive(&self.buf[..n]).map_err(|e| {
-                        PerfError::Target(format!("protocol error from the target: {e}"))
-                    });
+                    return self.take_read(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let now = Instant::now();
@@ -409,17 +400,24 @@ impl<E: Engine> Conn<E> {
             }
         }
         match self.stream.read(&mut self.buf) {
-            Ok(0) => Err(self.io_err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the target closed the connection",
-            ))),
-            Ok(n) => self
-                .h
-                .receive(&self.buf[..n])
-                .map_err(|e| PerfError::Target(format!("protocol error from the target: {e}"))),
+            Ok(n) => self.take_read(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(self.io_err(e)),
         }
+    }
+
+    /// Feeds the engine the `n` bytes a read put in `buf`; none means the target closed.
+    fn take_read(&mut self, n: usize) -> Result<(), PerfError> {
+        if n == 0 {
+            let e = io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the target closed the connection",
+            );
+            return Err(self.io_err(e));
+        }
+        self.h
+            .receive(&self.buf[..n])
+            .map_err(|e| PerfError::Target(format!("protocol error from the target: {e}")))
     }
 
     /// Sleeps until the socket is readable (or writable, when output waits), at most 10 ms.
