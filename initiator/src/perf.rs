@@ -10,12 +10,15 @@
 //! a disjoint LBA region and never has two commands in flight on the same blocks, so every
 //! read has exactly one right answer: misplaced, stale or torn data is counted.
 
+pub mod queue;
 mod rdma;
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -34,6 +37,7 @@ const SPIN: Duration = Duration::from_micros(100);
 /// The admin queue's keep-alive timeout: the controller ends a controller whose host sends
 /// no admin command for this long, so `run` sends Keep Alive every third of it.
 const ADMIN_KATO_MS: u32 = 30_000;
+const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(ADMIN_KATO_MS as u64 / 3);
 const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 const DEFAULT_INITIATOR: &str = "iqn.2026-11.dev.xdp-target:perf";
 const DEFAULT_HOST_NQN: &str =
@@ -219,11 +223,12 @@ impl Engine for IscsiHost {
 }
 
 /// A finished I/O of either protocol.
-struct Done {
-    tag: u32,
+pub struct Done {
+    pub tag: u32,
     /// `None` when it succeeded, else what the target said.
-    error: Option<String>,
-    data: Vec<u8>,
+    pub error: Option<String>,
+    /// The data read (empty for writes).
+    pub data: Vec<u8>,
 }
 
 /// What the workload loop needs of a queue.
@@ -362,18 +367,9 @@ impl<E: Engine> Conn<E> {
                 }
             }
             match self.stream.read(&mut self.buf) {
-                Ok(0) => {
-                    let e = io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "the target closed the connection",
-                    );
-                    return Err(self.io_err(e));
-                }
                 Ok(n) => {
                     self.h.consume_output(sent);
-                    return self.h.receive(&self.buf[..n]).map_err(|e| {
-                        PerfError::Target(format!("protocol error from the target: {e}"))
-                    });
+                    return self.take_read(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let now = Instant::now();
@@ -390,6 +386,38 @@ impl<E: Engine> Conn<E> {
                 Err(e) => return Err(self.io_err(e)),
             }
         }
+    }
+
+    /// Sends what it can of what is queued and feeds the engine what has arrived, without
+    /// waiting for either.
+    fn try_exchange(&mut self) -> Result<(), PerfError> {
+        let out_len = self.h.output().len();
+        if out_len > 0 {
+            match self.stream.write(&self.h.output()[..out_len]) {
+                Ok(n) => self.h.consume_output(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(self.io_err(e)),
+            }
+        }
+        match self.stream.read(&mut self.buf) {
+            Ok(n) => self.take_read(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    /// Feeds the engine the `n` bytes a read put in `buf`; none means the target closed.
+    fn take_read(&mut self, n: usize) -> Result<(), PerfError> {
+        if n == 0 {
+            let e = io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the target closed the connection",
+            );
+            return Err(self.io_err(e));
+        }
+        self.h
+            .receive(&self.buf[..n])
+            .map_err(|e| PerfError::Target(format!("protocol error from the target: {e}")))
     }
 
     /// Sleeps until the socket is readable (or writable, when output waits), at most 10 ms.
@@ -868,22 +896,40 @@ struct Setup {
     capacity: u64,
     /// Opens queue `q` (its own connection).
     open: Box<OpenQueue>,
-    /// Kept open while the queues run (the NVMe admin queue owns the controller), and
-    /// sent Keep Alive.
-    admin: Option<Box<dyn NvmeConn>>,
+    /// Sends Keep Alive on the NVMe admin queue, which is kept open while the queues run
+    /// (it owns the controller).
+    keep_alive: Option<Box<dyn FnMut() -> Result<(), PerfError>>>,
 }
 
-fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setup, PerfError> {
-    let host = args
-        .host_nqn
-        .clone()
-        .unwrap_or_else(|| DEFAULT_HOST_NQN.to_string());
+/// A controller of an NVM subsystem, created on its admin queue (Connect, CC.EN, Identify,
+/// Number of Queues), and what its I/O queues need.
+struct Controller<Q> {
+    admin: Q,
+    addr: SocketAddr,
+    nqn: String,
+    host: String,
+    cntlid: u16,
+    /// Bytes of write data an I/O queue may put in its capsules (IOCCSZ).
+    in_capsule: usize,
+    nsid: u32,
+    block: usize,
+    capacity: u64,
+}
+
+/// Creates a controller for `io_queues` I/O queues on the subsystem of `url` (the first
+/// NVM subsystem of the discovery log when the URL names none).
+fn nvme_controller<T: NvmeTransport>(
+    t: &T,
+    url: &Url,
+    host: Option<&str>,
+    nsid: u32,
+    io_queues: u16,
+) -> Result<Controller<T::Queue>, PerfError> {
+    let host = host.unwrap_or(DEFAULT_HOST_NQN).to_string();
     let nqn = match &url.name {
         Some(n) => n.clone(),
-        None => discover(&t, url.addr, &host)?,
+        None => discover(t, url.addr, &host)?,
     };
-    let qd = args.qd.clamp(1, 126);
-    let sqsize = u16::try_from(qd + 1).unwrap_or(127);
     let mut admin = t.open(url.addr, QueueSpec::ADMIN)?;
     let cntlid = admin.connect(0, 0xffff, &nqn, &host, QueueSpec::ADMIN.depth - 1)?;
     admin.enable()?;
@@ -899,7 +945,7 @@ fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setu
     let in_capsule = IdentifyController::new_checked(&idc.data[..])
         .map(|c| (c.ioccsz() as usize * 16).saturating_sub(SQE_LEN))
         .map_err(|_| PerfError::Target("short Identify Controller".into()))?;
-    let want = u32::from(args.queues.max(1) - 1);
+    let want = u32::from(io_queues.max(1) - 1);
     admin.admin(
         AdminOpcode::SetFeatures,
         0,
@@ -909,7 +955,7 @@ fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setu
     )?;
     let id = admin.admin(
         AdminOpcode::Identify,
-        args.nsid,
+        nsid,
         u32::from(u8::from(Cns::Namespace)),
         0,
         4096,
@@ -917,26 +963,77 @@ fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setu
     let ns = IdentifyNamespace::new_checked(&id.data[..])
         .map_err(|_| PerfError::Target("short Identify Namespace".into()))?;
     let block = 1usize << ns.current_lbaf().lbads;
-    let capacity = ns.nsze() * block as u64;
-    let (addr, nsid, n, bs) = (url.addr, args.nsid, nqn.clone(), args.bs);
+    Ok(Controller {
+        admin,
+        addr: url.addr,
+        nqn,
+        host,
+        cntlid,
+        in_capsule,
+        nsid,
+        block,
+        capacity: ns.nsze() * block as u64,
+    })
+}
+
+impl<Q: NvmeConn> Controller<Q> {
+    /// Opens and Connects I/O queue `qid` (1-based) of `qd` commands in flight, for
+    /// transfers up to `data_len` bytes.
+    fn open_io_queue<T: NvmeTransport<Queue = Q>>(
+        &self,
+        t: &T,
+        qid: u16,
+        qd: usize,
+        data_len: usize,
+    ) -> Result<Q, PerfError> {
+        let sqsize = u16::try_from(qd.clamp(1, 126) + 1).unwrap_or(127);
+        let spec = QueueSpec {
+            qid,
+            cntlid: self.cntlid,
+            depth: sqsize + 1,
+            in_capsule: self.in_capsule,
+            data_len,
+        };
+        let mut c = t.open(self.addr, spec)?;
+        c.connect(qid, self.cntlid, &self.nqn, &self.host, sqsize)?;
+        c.set_nsid(self.nsid);
+        Ok(c)
+    }
+
+    /// Sends Keep Alive on the admin queue: the controller counts only admin commands as
+    /// the host being alive, and ends a controller that sends none for KATO.
+    fn keep_alive(&mut self) -> Result<(), PerfError> {
+        let keep_alive = commands::admin(AdminOpcode::KeepAlive, 0, 0, 0);
+        self.admin
+            .command(keep_alive, Vec::new(), 0)
+            .map(drop)
+            .map_err(|e| PerfError::Target(format!("Keep Alive: {e}")))
+    }
+}
+
+fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setup, PerfError> {
+    let ctrl = nvme_controller(
+        &t,
+        url,
+        args.host_nqn.as_deref(),
+        args.nsid,
+        args.queues.max(1),
+    )?;
+    let (name, block, capacity) = (ctrl.nqn.clone(), ctrl.block, ctrl.capacity);
+    let (qd, bs) = (args.qd, args.bs);
+    // Both closures run on the thread that calls `run`: the queues open before their
+    // threads start, Keep Alive goes out while they run.
+    let ctrl = Rc::new(RefCell::new(ctrl));
+    let for_queues = Rc::clone(&ctrl);
     Ok(Setup {
-        name: nqn,
+        name,
         block,
         capacity,
         open: Box::new(move |q| {
-            let spec = QueueSpec {
-                qid: q + 1,
-                cntlid,
-                depth: sqsize + 1,
-                in_capsule,
-                data_len: bs,
-            };
-            let mut c = t.open(addr, spec)?;
-            c.connect(q + 1, cntlid, &n, &host, sqsize)?;
-            c.set_nsid(nsid);
+            let c = for_queues.borrow().open_io_queue(&t, q + 1, qd, bs)?;
             Ok(Box::new(c) as Box<dyn IoQueue + Send>)
         }),
-        admin: Some(Box::new(admin)),
+        keep_alive: Some(Box::new(move || ctrl.borrow_mut().keep_alive())),
     })
 }
 
@@ -972,7 +1069,7 @@ fn iscsi_setup(args: &PerfArgs, url: &Url) -> Result<Setup, PerfError> {
             c.lun = lun;
             Ok(Box::new(c) as Box<dyn IoQueue + Send>)
         }),
-        admin: None,
+        keep_alive: None,
     })
 }
 
@@ -1034,15 +1131,12 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
     }
     // The controller counts only admin commands as the host being alive: without Keep
     // Alive, a run longer than KATO loses its controller and with it every queue.
-    if let Some(admin) = setup.admin.as_mut() {
-        let every = Duration::from_millis(u64::from(ADMIN_KATO_MS / 3));
+    if let Some(keep_alive) = setup.keep_alive.as_mut() {
+        let every = KEEP_ALIVE_EVERY;
         let mut next = Instant::now() + every;
         while next < deadline {
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            let keep_alive = commands::admin(AdminOpcode::KeepAlive, 0, 0, 0);
-            admin
-                .command(keep_alive, Vec::new(), 0)
-                .map_err(|e| PerfError::Target(format!("Keep Alive: {e}")))?;
+            keep_alive()?;
             next += every;
         }
     }

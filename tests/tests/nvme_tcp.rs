@@ -1232,3 +1232,152 @@ fn metrics_count_what_the_host_did() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(path);
 }
+
+/// The `xdpt` external fio ioengine (`cargo xtask fio-engine`; `FIO_XDPT_ENGINE` names
+/// another build) and the fio it was built against, when both are there.
+fn fio_xdpt() -> Option<(PathBuf, PathBuf)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fio = xdp_target_tests::iscsi::tool("fio-libiscsi")?;
+    let engine = std::env::var_os("FIO_XDPT_ENGINE")
+        .map_or_else(|| root.join("target/release/libfio-xdpt.so"), PathBuf::from);
+    engine.is_file().then_some((fio, engine))
+}
+
+/// Runs fio in the client namespace; its JSON.
+fn run_fio(pair: &VethPair, fio: &Path, args: &[&str]) -> serde_json::Value {
+    let out = pair
+        .client
+        .command(fio)
+        .args(args)
+        // No verify state files left in the working directory.
+        .args(["--output-format=json", "--verify_state_save=0"])
+        .output()
+        .expect("run fio");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio {args:?}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text[text.find('{').unwrap_or(0)..])
+        .unwrap_or_else(|e| panic!("fio JSON: {e}\n{text}"))
+}
+
+/// Standard fio jobs through the engine: two jobs of 4 KiB random writes at QD8, each on
+/// its own 16 MiB, verified with crc32c; then 64 KiB sequential writes (R2T, not in the
+/// capsule) with digests, the subsystem found through discovery, and trims (Dataset
+/// Management, Deallocate). fio's verify alone would
+/// pass an engine that put every block at a consistently wrong place, so the blocks are
+/// then read with the project's own client: each must hold fio's verify header naming its
+/// own byte offset.
+#[test]
+fn fio_through_the_xdpt_engine_verifies_clean() {
+    require_netns!();
+    let Some((fio, engine)) = fio_xdpt() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the fio engine is missing in CI: `cargo xtask test` builds it"
+        );
+        eprintln!("SKIPPED: no fio engine (cargo xtask fio-engine) or fio (scripts/setup.sh)");
+        return;
+    };
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("fio", 64 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let ioengine = format!("--ioengine=external:{}", engine.display());
+    let with_nqn = format!(
+        "--filename=nvme-tcp\\://{}\\:4420/{}",
+        pair.target_addr,
+        NQN.replace(':', "\\:")
+    );
+    let v = run_fio(
+        &pair,
+        &fio,
+        &[
+            "--name=randwrite",
+            &ioengine,
+            &with_nqn,
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=8",
+            "--numjobs=2",
+            "--size=16m",
+            "--offset_increment=16m",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+        ],
+    );
+    let jobs = v["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 2, "{v}");
+    for job in jobs {
+        assert_eq!(job["error"], 0, "{job}");
+        assert_eq!(job["write"]["io_bytes"], 16 * MIB, "{job}");
+        assert_eq!(job["read"]["io_bytes"], 16 * MIB, "verify reads: {job}");
+        assert!(job["write"]["iops"].as_f64().unwrap_or(0.0) > 0.0, "{job}");
+    }
+    let discovered = format!("--filename=nvme-tcp\\://{}", pair.target_addr);
+    let v = run_fio(
+        &pair,
+        &fio,
+        &[
+            "--name=seqwrite",
+            &ioengine,
+            &discovered,
+            "--xdpt_digests=1",
+            "--rw=write",
+            "--bs=64k",
+            "--iodepth=4",
+            "--offset=32m",
+            "--size=8m",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--end_fsync=1",
+        ],
+    );
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert_eq!(job["write"]["io_bytes"], 8 * MIB, "{job}");
+    assert_eq!(job["read"]["io_bytes"], 8 * MIB, "verify reads: {job}");
+    // Trims go as Dataset Management Deallocate; the target must take every one.
+    let v = run_fio(
+        &pair,
+        &fio,
+        &[
+            "--name=trim",
+            &ioengine,
+            &with_nqn,
+            "--rw=randtrim",
+            "--bs=64k",
+            "--iodepth=4",
+            "--offset=48m",
+            "--size=8m",
+        ],
+    );
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert_eq!(job["trim"]["io_bytes"], 8 * MIB, "{job}");
+    // fio's verify header: magic ACCAh at 0, the block's byte offset at 16.
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
+    pair.client
+        .run(move || {
+            let (mut a, cntlid) = admin(addr.ip(), false);
+            let mut q = io_queue(addr.ip(), cntlid, 1, false);
+            for (start, len, bs) in [(0, 32 * MIB, 4096), (32 * MIB, 8 * MIB, 65536)] {
+                for offset in (start..start + len).step_by(bs) {
+                    let r = q
+                        .io(IoOpcode::Read, offset / 512, 8, 512, Vec::new())
+                        .expect("read");
+                    assert!(r.cqe.status.is_success());
+                    let magic = u16::from_le_bytes([r.data[0], r.data[1]]);
+                    let at = u64::from_le_bytes(r.data[16..24].try_into().expect("8 bytes"));
+                    assert_eq!((magic, at), (0xacca, offset), "block at byte {offset}");
+                }
+            }
+            drop(a.admin(AdminOpcode::KeepAlive, 0, 0, 0, 0));
+        })
+        .expect("client namespace");
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}

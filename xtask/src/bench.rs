@@ -5,7 +5,8 @@
 //! target is started over sockets, then over the XDP path (alternating, so drift in the
 //! machine hits both alike), and every job runs with one and two connections over both
 //! protocols with the same client, `xdp-target perf` (the same namespace is NVMe namespace
-//! 1 and iSCSI LUN 0), then fio's libiscsi engine. For each run the target's user and
+//! 1 and iSCSI LUN 0), then fio: its libiscsi engine and the project's NVMe/TCP engine
+//! (`cargo xtask fio-engine`). For each run the target's user and
 //! system CPU time (from /proc/PID/stat) and the two cores' softirq time (from /proc/stat:
 //! veth does receive work in the sender's softirq) are divided by the I/Os done. By default
 //! veth is left as a user gets it: the client's receive work runs in the softirq of the
@@ -168,13 +169,14 @@ fn fio_row(stdout: &[u8]) -> Result<(f64, Row)> {
     ))
 }
 
-/// fio with the libiscsi engine: 4K randread QD32 for `seconds` against `url`.
-fn fio_cmd(fio: &Path, url: &str, seconds: u64) -> Vec<String> {
+/// fio with `engine` (libiscsi, or `external:` the xdpt engine for NVMe/TCP): 4K randread
+/// QD32 for `seconds` against `url`.
+fn fio_cmd(fio: &Path, engine: &str, url: &str, seconds: u64) -> Vec<String> {
     let escaped = url.replace(':', "\\:");
     vec![
         fio.display().to_string(),
         "--name=bench".into(),
-        "--ioengine=libiscsi".into(),
+        format!("--ioengine={engine}"),
         format!("--filename={escaped}"),
         "--rw=randread".into(),
         "--bs=4k".into(),
@@ -388,6 +390,15 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32, napi_thread: bool) -> Re
     );
     let busy_poll = std::env::var("XDPT_BUSY_POLL_US").ok();
     let fio = root.join("target/fio-libiscsi/fio");
+    // fio over NVMe/TCP too, through the xdpt engine built against that fio.
+    let fio_xdpt = if fio.is_file() {
+        Some(format!(
+            "external:{}",
+            super::fio_engine::build(root)?.display()
+        ))
+    } else {
+        None
+    };
     let cpus = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -450,12 +461,26 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32, napi_thread: bool) -> Re
                     }
                 }
                 if fio.is_file() {
-                    let row = measured(&pair, pid, &fio_cmd(&fio, &iscsi_url, seconds), fio_row)?;
+                    let cmd = fio_cmd(&fio, "libiscsi", &iscsi_url, seconds);
+                    let row = measured(&pair, pid, &cmd, fio_row)?;
                     samples.push(Sample {
                         mtu,
                         job: "fio libiscsi 4K QD32",
                         conns: 1,
                         proto: "iscsi",
+                        path,
+                        row,
+                        softirq_us: 0.0,
+                    });
+                }
+                if let Some(engine) = &fio_xdpt {
+                    let cmd = fio_cmd(&fio, engine, &url, seconds);
+                    let row = measured(&pair, pid, &cmd, fio_row)?;
+                    samples.push(Sample {
+                        mtu,
+                        job: "fio xdpt 4K QD32",
+                        conns: 1,
+                        proto: "nvme",
                         path,
                         row,
                         softirq_us: 0.0,
@@ -575,7 +600,8 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32, napi_thread: bool) -> Re
         match tgt::start(&pair)? {
             Some(t) => {
                 let turl = format!("iscsi://{}:3261/{}/1", pair.target_addr, tgt::IQN);
-                let r = measured(&pair, t.pid(), &fio_cmd(&fio, &turl, seconds), fio_row)?;
+                let cmd = fio_cmd(&fio, "libiscsi", &turl, seconds);
+                let r = measured(&pair, t.pid(), &cmd, fio_row)?;
                 println!(
                     "Debian tgt, fio libiscsi 4K randread QD32, MTU 1500: {:.0} IOPS, {:.1} us mean, {:.1} us target CPU per I/O ({:.0} IOPS per core)",
                     r.iops,

@@ -24,13 +24,24 @@ const SANS_IO: &[(&str, &[&str])] = &[
     ("target-proto", &["target-wire"]),
 ];
 
-/// Crates that must build without the eBPF toolchain (the initiator runs on machines that
-/// only measure): what they may not reach, directly or not.
+/// Crates that must build without the eBPF toolchain (the initiator and the fio engine run
+/// on machines that only measure): what they may not reach, directly or not.
 /// target-rdma is the verbs/RDMA CM layer under both the target and the initiator: it knows
 /// nothing of NVMe or of the rest of the workspace.
 const NO_EBPF: &[(&str, &[&str])] = &[
     (
         "target-initiator",
+        &[
+            "aya",
+            "aya-obj",
+            "target-common",
+            "target-user",
+            "io-uring",
+            "xdpilone",
+        ],
+    ),
+    (
+        "target-fio",
         &[
             "aya",
             "aya-obj",

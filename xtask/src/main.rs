@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <build-ebpf|lint|test|demo|lab|fuzz|bench>`.
+//! Project tasks: `cargo xtask <build-ebpf|lint|test|demo|lab|fuzz|bench|fio-engine>`.
 
 mod bench;
 #[expect(
@@ -6,6 +6,7 @@ mod bench;
     reason = "`inputs` is for build.rs, which shares this module"
 )]
 mod ebpf_build;
+mod fio_engine;
 mod lab;
 mod lint;
 mod vendored;
@@ -75,6 +76,9 @@ enum Task {
         #[arg(long, value_name = "JSON")]
         chart_from: Option<PathBuf>,
     },
+    /// Build the `xdpt` external fio ioengine for NVMe/TCP (target/release/libfio-xdpt.so)
+    /// against the fio that scripts/build-fio-libiscsi.sh builds, and print its path.
+    FioEngine,
     /// Run every fuzz target (fuzz/fuzz_targets) for a while with cargo-fuzz on nightly.
     Fuzz {
         /// Seconds per target.
@@ -105,6 +109,11 @@ fn main() -> Result<()> {
             chart_from: None,
         } => bench::run(&root, seconds, reps, napi_thread),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
+        Task::FioEngine => {
+            let so = fio_engine::build(&root)?;
+            println!("{}", so.display());
+            Ok(())
+        }
     }
 }
 
@@ -164,6 +173,10 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     lint::run(root)?;
     build_ebpf(root)?;
     ensure_test_tools(root)?;
+    // The NVMe/TCP end-to-end suite runs fio through the engine.
+    if root.join("target/fio-libiscsi/fio").is_file() {
+        fio_engine::build(root)?;
+    }
     // The end-to-end tests run the xdp-target binary, so build it before they start.
     run(cargo(root).args(["build", "--package", "target-user", "--bin", "xdp-target"]))?;
     let mut cmd = cargo(root);

@@ -399,7 +399,7 @@ pub mod commands {
     };
     use target_wire::nvme::opcode::{AdminOpcode, IoOpcode};
     use target_wire::nvme::properties::{CC, Cc};
-    use target_wire::nvme::sqe::Sqe;
+    use target_wire::nvme::sqe::{DSM_RANGE_LEN, DsmAttributes, DsmRange, Sqe};
 
     /// Fabrics Connect for queue `qid` (0: admin, a new controller when `cntlid` is
     /// FFFFh) with `sqsize` + 1 entries, and its 1024-byte data; `None` when an NQN does
@@ -458,6 +458,26 @@ pub mod commands {
         sqe
     }
 
+    /// Dataset Management with Deallocate of one range, `blocks` blocks at `slba`, and its
+    /// 16-byte range data (NVM Command Set 1.0, 3.2.3).
+    pub fn deallocate(nsid: u32, slba: u64, blocks: u32) -> ([u8; 64], Vec<u8>) {
+        let mut sqe = [0u8; 64];
+        let mut s = Sqe::new_unchecked(&mut sqe[..]);
+        s.set_opcode(IoOpcode::DatasetManagement.into());
+        s.set_nsid(nsid);
+        s.set_dsm_range_count(1);
+        let ad = DsmAttributes {
+            ad: true,
+            ..DsmAttributes::default()
+        };
+        s.set_cdw11(ad.into());
+        let mut data = vec![0u8; DSM_RANGE_LEN];
+        let mut r = DsmRange::new_unchecked(&mut data[..]);
+        r.set_nlb(blocks);
+        r.set_slba(slba);
+        (sqe, data)
+    }
+
     /// An NVM I/O command on `blocks` blocks (1-based) at `slba`.
     pub fn io(op: IoOpcode, nsid: u32, slba: u64, blocks: u32) -> [u8; 64] {
         let mut sqe = [0u8; 64];
@@ -467,5 +487,34 @@ pub mod commands {
         s.set_slba(slba);
         s.set_cdw12(blocks.saturating_sub(1));
         sqe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use target_wire::nvme::opcode::IoOpcode;
+    use target_wire::nvme::sqe::{Sqe, dsm_range};
+
+    #[test]
+    fn deallocate_is_one_range_with_the_ad_bit() {
+        let (sqe, data) = super::commands::deallocate(3, 0x0012_3456_789a, 16);
+        let s = Sqe::new_checked(&sqe[..]).expect("64 bytes");
+        assert_eq!(s.opcode(), u8::from(IoOpcode::DatasetManagement));
+        assert_eq!(s.nsid(), 3);
+        assert_eq!(s.dsm_range_count(), 1);
+        assert_eq!(s.cdw10(), 0, "NR is 0-based");
+        assert_eq!(s.cdw11(), 4, "AD alone");
+        assert_eq!(data.len(), 16);
+        let r = dsm_range(&data, 0).expect("one range");
+        assert_eq!(
+            (r.context_attributes(), r.nlb(), r.slba()),
+            (0, 16, 0x0012_3456_789a)
+        );
+        assert_eq!(&data[4..8], &16u32.to_le_bytes(), "NLB at byte 4");
+        assert_eq!(
+            &data[8..16],
+            &0x0012_3456_789au64.to_le_bytes(),
+            "SLBA at byte 8"
+        );
     }
 }
