@@ -506,6 +506,8 @@ fn fio_libiscsi_verify_job_runs_clean() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            // No verify state file in the working directory.
+            "--verify_state_save=0",
             "--output-format=json",
         ],
     );
