@@ -66,6 +66,9 @@ const RDMA_NS_PATH: &str = "/tmp/lab-ns1.img";
 const GUEST_LAB_DIR: &str = "/run/lab";
 
 const SUITE: &str = "bookworm";
+/// Where the zero-copy session's kernel comes from (only the kernel: the rest of the
+/// image is SUITE's).
+const ZEROCOPY_KERNEL_SUITE: &str = "bookworm-backports";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// open-iscsi is there for the iSCSI steps; rdma-core, the verbs and RDMA CM libraries
 /// (which xdp-target and xdp-target-perf dlopen; no package depends on them for that),
@@ -139,8 +142,9 @@ enum Session {
     /// is not ACTIVE.
     Rdma,
     /// The target in the guest on the XDP path with `xdp.zero_copy = "require"`: a guest
-    /// with bookworm-backports' kernel 6.12, whose virtio-net binds AF_XDP sockets in
-    /// zero-copy mode (since 6.11), on a virtio-net device with VIRTIO_F_ACCESS_PLATFORM
+    /// with bookworm-backports' kernel 6.12 (virtio-net has zero-copy receive code since
+    /// 6.11, but advertises zero-copy only from 6.13: 6.12 refuses the bind with
+    /// EOPNOTSUPP, and the session fails; see the README), on a virtio-net device with VIRTIO_F_ACCESS_PLATFORM
     /// (the driver needs the DMA API for zero-copy) and VIRTIO_F_RING_RESET (it resets the
     /// queue it binds). The initiators are on the host's end of the tap: the project's
     /// perf client over NVMe/TCP and iSCSI, and libiscsi's iscsi-ls. Should the driver
@@ -424,7 +428,7 @@ impl Image {
 enum GuestKernel {
     /// Debian 12's own (6.1), from the apt sources of the machine.
     Stable,
-    /// bookworm-backports' (6.12): virtio-net has zero-copy AF_XDP only since 6.11.
+    /// ZEROCOPY_KERNEL_SUITE's (bookworm-backports: 6.12), for virtio-net's AF_XDP zero-copy.
     Backports,
 }
 
@@ -435,15 +439,15 @@ fn apt_options(cache: &Path, kernel: GuestKernel, mirror: &str) -> Result<Vec<St
     if kernel == GuestKernel::Stable {
         return Ok(Vec::new());
     }
-    let dir = cache.join(format!("apt-{SUITE}-backports"));
+    let dir = cache.join(format!("apt-{ZEROCOPY_KERNEL_SUITE}"));
     fs::create_dir_all(dir.join("lists/partial"))?;
     fs::create_dir_all(dir.join("cache/archives/partial"))?;
     let sources = dir.join("sources.list");
     fs::write(
         &sources,
         format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror}              {SUITE}-backports main
-"
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} \
+             {ZEROCOPY_KERNEL_SUITE} main\n"
         ),
     )?;
     let opts = vec![
@@ -611,7 +615,14 @@ fn build_initrd(work: &Path, modules: &Path) -> Result<()> {
     }
     fs::copy("/bin/busybox", dir.join("bin/busybox")).context("copying /bin/busybox")?;
     let dep = fs::read_to_string(modules.join("modules.dep")).context("reading modules.dep")?;
-    let order = module_load_order(&dep, &INITRD_MODULES)?;
+    // A kernel may have some of them built in (6.12 from bookworm-backports has virtio_pci).
+    let builtin = fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
+    let builtin: Vec<String> = builtin.lines().map(module_name).collect();
+    let wanted: Vec<&str> = INITRD_MODULES
+        .into_iter()
+        .filter(|m| !builtin.contains(&m.replace('-', "_")))
+        .collect();
+    let order = module_load_order(&dep, &wanted)?;
     let mut names = Vec::new();
     for rel in &order {
         let name = module_name(rel);
