@@ -66,6 +66,9 @@ const RDMA_NS_PATH: &str = "/tmp/lab-ns1.img";
 const GUEST_LAB_DIR: &str = "/run/lab";
 
 const SUITE: &str = "bookworm";
+/// Where the zero-copy session's kernel comes from (only the kernel: the rest of the
+/// image is SUITE's).
+const ZEROCOPY_KERNEL_SUITE: &str = "bookworm-backports";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// open-iscsi is there for the iSCSI steps; rdma-core, the verbs and RDMA CM libraries
 /// (which xdp-target and xdp-target-perf dlopen; no package depends on them for that),
@@ -101,6 +104,9 @@ pub(crate) enum LabPath {
     Xdp,
     /// NVMe/RDMA over soft-RoCE, the target in the guest.
     Rdma,
+    /// The target in a 6.12 guest, AF_XDP zero-copy on its virtio-net; initiators on the
+    /// host. Not part of `all`.
+    Zerocopy,
     /// Sockets, then XDP.
     Both,
     /// Sockets, XDP, then RDMA.
@@ -114,6 +120,7 @@ impl LabPath {
             Self::Sockets => &[Session::Sockets],
             Self::Xdp => &[Session::Xdp],
             Self::Rdma => &[Session::Rdma],
+            Self::Zerocopy => &[Session::Zerocopy],
             Self::Both => &[Session::Sockets, Session::Xdp],
             Self::All => &[Session::Sockets, Session::Xdp, Session::Rdma],
         }
@@ -134,6 +141,16 @@ enum Session {
     /// cores are too slow. The tap still gives eth0 its carrier, without which rxe0's port
     /// is not ACTIVE.
     Rdma,
+    /// The target in the guest on the XDP path with `xdp.zero_copy = "require"`: a guest
+    /// with bookworm-backports' kernel 6.12 (virtio-net has zero-copy receive code since
+    /// 6.11, but advertises zero-copy only from 6.13: 6.12 refuses the bind with
+    /// EOPNOTSUPP, and the session fails; see the README), on a virtio-net device with VIRTIO_F_ACCESS_PLATFORM
+    /// (the driver needs the DMA API for zero-copy) and VIRTIO_F_RING_RESET (it resets the
+    /// queue it binds). The initiators are on the host's end of the tap: the project's
+    /// perf client over NVMe/TCP and iSCSI, and libiscsi's iscsi-ls. Should the driver
+    /// refuse zero-copy, the guest reports why and serves in copy mode instead, so the
+    /// initiators still run (and the session fails).
+    Zerocopy,
 }
 
 impl Session {
@@ -143,6 +160,7 @@ impl Session {
             Self::Sockets => "sockets",
             Self::Xdp => "xdp",
             Self::Rdma => "rdma",
+            Self::Zerocopy => "zerocopy",
         }
     }
 
@@ -151,6 +169,10 @@ impl Session {
             Self::Sockets => "kernel sockets",
             Self::Xdp => "the XDP path (XDP program on tap0, AF_XDP, user-space TCP/IP), MTU 9000",
             Self::Rdma => "NVMe/RDMA (soft-RoCE in the guest, the target in the guest too)",
+            Self::Zerocopy => {
+                "zero-copy AF_XDP on the guest's virtio-net (kernel 6.12, the target in the \
+                 guest, initiators on the host)"
+            }
         }
     }
 
@@ -160,20 +182,29 @@ impl Session {
     fn mtu(self) -> u32 {
         match self {
             Self::Xdp => 9000,
-            Self::Sockets | Self::Rdma => 1500,
+            Self::Sockets | Self::Rdma | Self::Zerocopy => 1500,
         }
     }
 
     /// The target runs in the guest, not on the host.
     fn target_in_guest(self) -> bool {
-        self == Self::Rdma
+        matches!(self, Self::Rdma | Self::Zerocopy)
+    }
+
+    /// The guest's kernel: zero-copy AF_XDP on virtio-net needs 6.11 or later.
+    fn kernel(self) -> GuestKernel {
+        if self == Self::Zerocopy {
+            GuestKernel::Backports
+        } else {
+            GuestKernel::Stable
+        }
     }
 
     /// What `nvme discover` and `nvme connect` take as `-t`, and the controller's
     /// `transport` in sysfs.
     fn transport(self) -> &'static str {
         match self {
-            Self::Sockets | Self::Xdp => "tcp",
+            Self::Sockets | Self::Xdp | Self::Zerocopy => "tcp",
             Self::Rdma => "rdma",
         }
     }
@@ -190,7 +221,7 @@ impl Session {
     fn ns_bytes(self) -> u64 {
         match self {
             Self::Sockets | Self::Xdp => NS_BYTES,
-            Self::Rdma => RDMA_NS_BYTES,
+            Self::Rdma | Self::Zerocopy => RDMA_NS_BYTES,
         }
     }
 }
@@ -203,9 +234,12 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     }
     ensure_tools(root)?;
     let cache = root.join("target/lab-cache");
-    let image = ensure_image(&cache)?;
-    let bin = super::release_binary(root)?;
     let sessions = path.sessions();
+    let mut images = Vec::new();
+    for &session in sessions {
+        images.push(ensure_image(&cache, session.kernel())?);
+    }
+    let bin = super::release_binary(root)?;
     let perf = if sessions.iter().any(|s| s.target_in_guest()) {
         Some(super::release_perf_binary(root)?)
     } else {
@@ -225,7 +259,7 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
     // SAFETY: setting a signal to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let mut tally = Tally::default();
-    for &session in sessions {
+    for (&session, image) in sessions.iter().zip(&images) {
         let name = session.name();
         let run_dir = runs.join(name);
         fs::create_dir_all(&run_dir)?;
@@ -235,6 +269,9 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
         // A target that runs in the guest comes in the steps tar, with its config and the
         // perf client.
         let mut payload = Vec::new();
+        // The zero-copy session's fallback: the same target in copy mode, should the
+        // driver refuse zero-copy.
+        let copy_config = run_dir.join("target-copy.toml");
         if session.target_in_guest() {
             let perf = perf.as_deref().context("no perf binary")?;
             payload = vec![
@@ -243,11 +280,17 @@ pub(crate) fn run(root: &Path, accel: Accel, path: LabPath) -> Result<()> {
                 (config.as_path(), "target.toml"),
             ];
         }
+        if session == Session::Zerocopy {
+            fs::write(&copy_config, zerocopy_target_config("auto"))
+                .context("writing the copy-mode target config")?;
+            payload.push((copy_config.as_path(), "target-copy.toml"));
+        }
         let steps_tar = write_guest_steps(&run_dir, session, &payload)?;
         println!("lab: session over {}", session.describe());
         tally.prefix = format!("[{name}] ");
         let mut lab = Lab::create(&run_dir, &bin, &config, session)?;
-        let result = lab.session(&image, &steps_tar, accel, &mut tally);
+        lab.perf.clone_from(&perf);
+        let result = lab.session(image, &steps_tar, accel, &mut tally);
         drop(lab);
         if let Err(e) = result {
             tally.fail("lab", &format!("{e:#}"));
@@ -380,11 +423,50 @@ impl Image {
     }
 }
 
+/// Where the guest's kernel comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuestKernel {
+    /// Debian 12's own (6.1), from the apt sources of the machine.
+    Stable,
+    /// ZEROCOPY_KERNEL_SUITE's (bookworm-backports: 6.12), for virtio-net's AF_XDP zero-copy.
+    Backports,
+}
+
+/// apt's options for a kernel's sources: none for the machine's own, a private sources
+/// list and package lists under target/lab-cache for bookworm-backports (refreshed with
+/// `apt-get update` on each run; the machine's apt configuration is left alone).
+fn apt_options(cache: &Path, kernel: GuestKernel, mirror: &str) -> Result<Vec<String>> {
+    if kernel == GuestKernel::Stable {
+        return Ok(Vec::new());
+    }
+    let dir = cache.join(format!("apt-{ZEROCOPY_KERNEL_SUITE}"));
+    fs::create_dir_all(dir.join("lists/partial"))?;
+    fs::create_dir_all(dir.join("cache/archives/partial"))?;
+    let sources = dir.join("sources.list");
+    fs::write(
+        &sources,
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} \
+             {ZEROCOPY_KERNEL_SUITE} main\n"
+        ),
+    )?;
+    let opts = vec![
+        format!("-oDir::Etc::SourceList={}", sources.display()),
+        format!("-oDir::Etc::SourceParts={}", dir.join("none").display()),
+        format!("-oDir::State::Lists={}", dir.join("lists").display()),
+        format!("-oDir::Cache={}", dir.join("cache").display()),
+    ];
+    super::run(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
+    Ok(opts)
+}
+
 /// Returns the cached image for the current inputs, building it first when it is missing.
-fn ensure_image(cache: &Path) -> Result<Image> {
+fn ensure_image(cache: &Path, kernel: GuestKernel) -> Result<Image> {
     let mirror = apt_mirror();
-    let kernel_pkg = kernel_package()?;
-    let kernel_version = package_version(&kernel_pkg)?;
+    fs::create_dir_all(cache)?;
+    let apt = apt_options(cache, kernel, &mirror)?;
+    let kernel_pkg = kernel_package(&apt)?;
+    let kernel_version = package_version(&apt, &kernel_pkg)?;
     let inputs = format!(
         "layout={IMAGE_LAYOUT}\nsuite={SUITE}\nmirror={mirror}\npackages={GUEST_PACKAGES}\n\
          kernel={kernel_pkg} {kernel_version}\ninitrd-modules={}\nroot-size={ROOT_IMG_SIZE}\n\
@@ -407,7 +489,7 @@ fn ensure_image(cache: &Path) -> Result<Image> {
     let work = cache.join(format!("{key}.building"));
     remove_tree(&work)?;
     fs::create_dir_all(&work)?;
-    let built = build_image(&work, &mirror, &kernel_pkg);
+    let built = build_image(&work, &mirror, &apt, &kernel_pkg);
     if let Err(e) = built {
         let _ = remove_tree(&work);
         return Err(e.context("building the guest image"));
@@ -424,7 +506,7 @@ fn ensure_image(cache: &Path) -> Result<Image> {
     Ok(image)
 }
 
-fn build_image(work: &Path, mirror: &str, kernel_pkg: &str) -> Result<()> {
+fn build_image(work: &Path, mirror: &str, apt: &[String], kernel_pkg: &str) -> Result<()> {
     let rootfs = work.join("rootfs");
     println!("lab:   debootstrap --variant=minbase {SUITE} (30-60 s)");
     let log = File::create(work.join("debootstrap.log"))?;
@@ -450,6 +532,7 @@ fn build_image(work: &Path, mirror: &str, kernel_pkg: &str) -> Result<()> {
     println!("lab:   kernel {kernel_pkg}");
     super::run(
         Command::new("apt-get")
+            .args(apt)
             .args(["download", "-q", kernel_pkg])
             .current_dir(work),
     )?;
@@ -532,7 +615,14 @@ fn build_initrd(work: &Path, modules: &Path) -> Result<()> {
     }
     fs::copy("/bin/busybox", dir.join("bin/busybox")).context("copying /bin/busybox")?;
     let dep = fs::read_to_string(modules.join("modules.dep")).context("reading modules.dep")?;
-    let order = module_load_order(&dep, &INITRD_MODULES)?;
+    // A kernel may have some of them built in (6.12 from bookworm-backports has virtio_pci).
+    let builtin = fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
+    let builtin: Vec<String> = builtin.lines().map(module_name).collect();
+    let wanted: Vec<&str> = INITRD_MODULES
+        .into_iter()
+        .filter(|m| !builtin.contains(&m.replace('-', "_")))
+        .collect();
+    let order = module_load_order(&dep, &wanted)?;
     let mut names = Vec::new();
     for rel in &order {
         let name = module_name(rel);
@@ -655,9 +745,10 @@ fn apt_mirror() -> String {
 }
 
 /// The versioned image package that `linux-image-amd64` depends on.
-fn kernel_package() -> Result<String> {
+fn kernel_package(apt: &[String]) -> Result<String> {
     let query = || {
         Command::new("apt-cache")
+            .args(apt)
             .args(["depends", "linux-image-amd64"])
             .output()
     };
@@ -675,8 +766,9 @@ fn kernel_package() -> Result<String> {
         .context("apt-cache depends linux-image-amd64 names no linux-image-* package")
 }
 
-fn package_version(pkg: &str) -> Result<String> {
+fn package_version(apt: &[String], pkg: &str) -> Result<String> {
     let out = Command::new("apt-cache")
+        .args(apt)
         .args(["show", "--no-all-versions", pkg])
         .output()
         .context("running apt-cache show")?;
@@ -734,6 +826,8 @@ fn remove_tree(dir: &Path) -> Result<()> {
 struct Lab {
     target: Option<Child>,
     qemu: Option<Child>,
+    /// The perf client, for the initiator steps the host runs (zero-copy session).
+    perf: Option<PathBuf>,
     run_dir: PathBuf,
     bin: PathBuf,
     config: PathBuf,
@@ -748,6 +842,7 @@ impl Lab {
         let lab = Self {
             target: None,
             qemu: None,
+            perf: None,
             run_dir: run_dir.to_path_buf(),
             bin: bin.to_path_buf(),
             config: config.to_path_buf(),
@@ -865,6 +960,21 @@ impl Lab {
         tally: &mut Tally,
     ) -> Result<()> {
         let qemu_log = File::create(self.run_dir.join("qemu.log"))?;
+        // Zero-copy AF_XDP on virtio-net needs the DMA API (VIRTIO_F_ACCESS_PLATFORM, which
+        // a modern-only device offers with iommu_platform=on; no vIOMMU is needed) and
+        // per-queue reset (VIRTIO_F_RING_RESET, QEMU's queue_reset, on since QEMU 7.2):
+        // drivers/net/virtio_net.c, virtnet_xsk_pool_enable() and virtnet_rq_bind_xsk_pool().
+        let nic = match self.session {
+            // On the XDP path the guest computes its checksums itself: with offload, its
+            // frames reach the tap with partial checksums (as from any local peer), which
+            // the user-space stack, verifying every checksum, would drop. A NIC on a wire
+            // always delivers complete ones.
+            Session::Xdp => "virtio-net-pci,netdev=n0,csum=off,host_mtu=9000",
+            Session::Zerocopy => {
+                "virtio-net-pci,netdev=n0,disable-legacy=on,iommu_platform=on,queue_reset=on"
+            }
+            Session::Sockets | Session::Rdma => "virtio-net-pci,netdev=n0",
+        };
         let mut console = File::create(self.run_dir.join("console.log"))?;
         let mut child = self
             .ns
@@ -893,24 +1003,19 @@ impl Lab {
                 "-netdev",
                 &format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
                 "-device",
-                // On the XDP path the guest computes its checksums itself: with offload, its
-                // frames reach the tap with partial checksums (as from any local peer), which
-                // the user-space stack, verifying every checksum, would drop. A NIC on a wire
-                // always delivers complete ones.
-                if self.session == Session::Xdp {
-                    "virtio-net-pci,netdev=n0,csum=off,host_mtu=9000"
-                } else {
-                    "virtio-net-pci,netdev=n0"
-                },
+                nic,
                 "-serial",
                 "stdio",
             ])
-            .stdin(Stdio::null())
+            // The zero-copy session's guest waits on its serial line for the host's
+            // initiator steps to end.
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(qemu_log)
             .spawn()
             .context("starting qemu-system-x86_64")?;
         let stdout = child.stdout.take().context("qemu stdout")?;
+        let mut serial_in = child.stdin.take();
         self.qemu = Some(child);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -987,6 +1092,18 @@ impl Lab {
                     Ok(how) => tally.pass(&format!("{step} | old one exited: {how}")),
                     Err(e) => tally.fail(step, &format!("{e:#}")),
                 }
+            } else if msg == "HOST-STEPS" {
+                self.host_steps(tally);
+                // The guest reads this line from its ttyS0 and goes on.
+                let told = serial_in
+                    .as_mut()
+                    .map(|s| s.write_all(b"host-steps-done\n").and_then(|()| s.flush()));
+                if !matches!(told, Some(Ok(()))) {
+                    tally.fail(
+                        "host tells the guest its steps ended",
+                        "qemu's stdin is closed",
+                    );
+                }
             } else if msg == "DONE" {
                 done = true;
             }
@@ -1018,6 +1135,93 @@ impl Lab {
             }
         }
         Ok(())
+    }
+}
+
+impl Lab {
+    /// The initiators on the host's end of the tap, against the target in the guest (the
+    /// zero-copy session): libiscsi's iscsi-ls, then the perf client's verified mixed
+    /// workload over NVMe/TCP (with and without digests) and over iSCSI.
+    fn host_steps(&self, tally: &mut Tally) {
+        let Some(perf) = self.perf.as_deref() else {
+            tally.fail("host initiators", "no perf binary");
+            return;
+        };
+        let run = |program: &Path, args: &[&str], secs: u64| -> (bool, String) {
+            let out = self
+                .ns
+                .command("timeout")
+                .args(["-k", "5", &secs.to_string()])
+                .arg(program)
+                .args(args)
+                .output();
+            match out {
+                Ok(o) => (
+                    o.status.success(),
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                ),
+                Err(e) => (false, format!("cannot run {}: {e}", program.display())),
+            }
+        };
+        let portal = format!("iscsi://{GUEST_ADDR}");
+        let step = format!("host: iscsi-ls -s {portal} lists {IQN}");
+        let (ok, out) = run(Path::new("iscsi-ls"), &["-s", &portal], 60);
+        if ok && out.contains(IQN) {
+            let lun = out
+                .lines()
+                .find(|l| l.contains("Lun:0"))
+                .unwrap_or("")
+                .trim();
+            tally.pass(&format!("{step} | {lun}"));
+        } else {
+            tally.fail(&step, &out);
+        }
+        let nvme = format!("nvme-tcp://{GUEST_ADDR}:{IO_PORT}/{NQN}");
+        let iscsi = format!("iscsi://{GUEST_ADDR}/{IQN}/0");
+        for (url, digests) in [(&nvme, false), (&nvme, true), (&iscsi, false)] {
+            let mut args = vec![
+                url.as_str(),
+                "--workload",
+                "mixed",
+                "--verify",
+                "--time",
+                "5",
+            ];
+            args.push("--json");
+            if digests {
+                args.push("--digests");
+            }
+            let step = format!(
+                "host: xdp-target-perf {url} --workload mixed --verify --time 5{}",
+                if digests { " --digests" } else { "" }
+            );
+            let (ok, out) = run(perf, &args, 90);
+            let field = |k: &str| {
+                out.split(&format!("\"{k}\":"))
+                    .nth(1)
+                    .map(|r| {
+                        r.chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default()
+            };
+            let (reads, writes, mismatches) =
+                (field("reads"), field("writes"), field("mismatches"));
+            let busy = |n: &str| n.parse::<u64>().is_ok_and(|n| n > 0);
+            if ok && mismatches == "0" && busy(&reads) && busy(&writes) {
+                tally.pass(&format!(
+                    "{step} | {} IOPS, {reads} reads verified, {writes} writes, 0 mismatches",
+                    field("iops")
+                ));
+            } else {
+                tally.fail(&step, &out);
+            }
+        }
     }
 }
 
@@ -1066,6 +1270,9 @@ fn tail(path: &Path, lines: usize) -> String {
 fn target_config(session: Session, run_dir: &Path) -> String {
     if session == Session::Rdma {
         return rdma_target_config();
+    }
+    if session == Session::Zerocopy {
+        return zerocopy_target_config("require");
     }
     let image = run_dir.join("ns1.img");
     let image = image.display();
@@ -1126,6 +1333,41 @@ block_size = {NS_BLOCK}
     )
 }
 
+/// The config of the target in the zero-copy session's guest: NVMe/TCP and iSCSI on the
+/// guest's address, served over the XDP path on eth0 (`--xdp eth0 --require-afxdp`), with
+/// `zero_copy` ("require", or "auto" for the copy-mode fallback). The user-space stack
+/// computes its own TCP checksums: zero-copy AF_XDP on virtio-net has no TX checksum
+/// offload to ask for. No CHAP: the initiators here are the perf client and iscsi-ls.
+fn zerocopy_target_config(zero_copy: &str) -> String {
+    format!(
+        r#"# Written by cargo xtask lab; the target reads it in the guest.
+[nvme]
+listen = ["{GUEST_ADDR}:{IO_PORT}", "{GUEST_ADDR}:{DISCOVERY_PORT}"]
+discovery_port = {DISCOVERY_PORT}
+header_digest = true
+data_digest = true
+
+[iscsi]
+listen = ["{GUEST_ADDR}:{ISCSI_PORT}"]
+
+[xdp]
+zero_copy = "{zero_copy}"
+require_afxdp = true
+tx_checksum = "software"
+
+[[subsystem]]
+nqn = "{NQN}"
+iqn = "{IQN}"
+[[subsystem.namespace]]
+nsid = 1
+backend = "file"
+path = "{RDMA_NS_PATH}"
+size = {RDMA_NS_BYTES}
+block_size = {NS_BLOCK}
+"#
+    )
+}
+
 /// Writes lib.sh, main.sh and `payload` (files, and their paths in the tar) into a tar
 /// for the guest's /dev/vdb, which the guest unpacks into GUEST_LAB_DIR.
 fn write_guest_steps(
@@ -1142,6 +1384,7 @@ fn write_guest_steps(
     let steps = match session {
         Session::Sockets | Session::Xdp => GUEST_STEPS_TCP,
         Session::Rdma => GUEST_STEPS_RDMA,
+        Session::Zerocopy => GUEST_STEPS_ZEROCOPY,
     };
     fs::write(dir.join("main.sh"), format!("{GUEST_MAIN}{steps}"))?;
     let mut names = vec!["lib.sh", "main.sh"];
@@ -1175,7 +1418,8 @@ fn guest_vars(session: Session) -> String {
          IQN={IQN}\nINITIATOR={INITIATOR}\nISCSI_PORT={ISCSI_PORT}\n\
          CHAP_USER={CHAP_USER}\nCHAP_SECRET={CHAP_SECRET}\n\
          MUTUAL_USER={MUTUAL_USER}\nMUTUAL_SECRET={MUTUAL_SECRET}\nMTU={}\n\
-         LAB_BIN={GUEST_LAB_DIR}/bin\nTARGET_CONFIG={GUEST_LAB_DIR}/target.toml\n\
+         LAB_DIR={GUEST_LAB_DIR}\nLAB_BIN={GUEST_LAB_DIR}/bin\n\
+         TARGET_CONFIG={GUEST_LAB_DIR}/target.toml\n\
          TARGET_LOG=/tmp/lab-target.log\n",
         session.name(),
         session.transport(),
@@ -1474,6 +1718,100 @@ s_perf() {
     echo "$out" | grep -q '"reads":[1-9]' || { echo "no reads done"; return 1; }
     echo "$out" | grep -q '"writes":[1-9]' || { echo "no writes done"; return 1; }
     note "$(echo "$out" | grep -o '"ios":[0-9]*\|"iops":[0-9]*\|"mismatches":[0-9]*' | paste -sd' ')"
+}
+
+# ---- zero-copy AF_XDP in the guest (zero-copy session) ---------------------------------
+
+# Kernel 6.12, and the virtio features zero-copy needs negotiated on eth0: bit 33
+# VIRTIO_F_ACCESS_PLATFORM (the DMA API) and bit 40 VIRTIO_F_RING_RESET (per-queue reset).
+s_zc_env() {
+    local f
+    mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || return 1
+    f=$(cat /sys/class/net/eth0/device/features) || return 1
+    echo "kernel $(uname -r); eth0 driver $(basename "$(readlink /sys/class/net/eth0/device/driver)"), features $f"
+    [ "${f:33:1}" = 1 ] || { echo "VIRTIO_F_ACCESS_PLATFORM (bit 33) not negotiated"; return 1; }
+    [ "${f:40:1}" = 1 ] || { echo "VIRTIO_F_RING_RESET (bit 40) not negotiated"; return 1; }
+    note "$(uname -r); virtio-net with ACCESS_PLATFORM and RING_RESET; $(ls /sys/class/net/eth0/queues | grep -c rx) rx queue(s)"
+}
+
+# Starts the target on the XDP path on eth0 with config $1, in the background; it is up
+# once it has logged "stop with Ctrl-C" (after its AF_XDP sockets are bound). Prints the
+# sockets' bind lines, or on failure the target's error and the kernel's messages.
+xdp_target_start() {
+    local pid from kfrom start=$SECONDS
+    touch "$TARGET_LOG"
+    from=$(($(wc -l < "$TARGET_LOG") + 1))
+    kfrom=$(($(dmesg | wc -l) + 1))
+    RUST_LOG=info NO_COLOR=1 setsid "$LAB_BIN/xdp-target" serve --config "$1" \
+        --xdp eth0 --require-afxdp >> "$TARGET_LOG" 2>&1 < /dev/null &
+    pid=$!
+    echo "$pid" > /tmp/lab-target.pid
+    while [ $((SECONDS - start)) -lt 40 ]; do
+        if ! alive "$pid"; then
+            echo "xdp-target exited; its log:"
+            tail -n +"$from" "$TARGET_LOG" | tail -n 25
+            echo "kernel messages since:"
+            dmesg | tail -n +"$kfrom"
+            return 1
+        fi
+        if tail -n +"$from" "$TARGET_LOG" | grep -q 'stop with Ctrl-C'; then
+            tail -n +"$from" "$TARGET_LOG" | grep 'AF_XDP socket bound\|XDP program attached'
+            echo "pid $pid, up after $((SECONDS - start)) s"
+            return 0
+        fi
+        sleep 0.2
+    done
+    kill -KILL "$pid"
+    echo "xdp-target did not come up in 40 s (killed); its log:"
+    tail -n +"$from" "$TARGET_LOG" | tail -n 25
+    return 1
+}
+
+# With xdp.zero_copy = "require": the target starts only when every AF_XDP socket
+# bound in zero-copy mode.
+s_target_zerocopy() {
+    local out bound
+    out=$(xdp_target_start "$TARGET_CONFIG") || { echo "$out"; return 1; }
+    bound=$(echo "$out" | grep 'AF_XDP socket bound')
+    if [ -z "$bound" ] || echo "$bound" | grep -qv 'zero-copy'; then
+        echo "$out"
+        echo "not every AF_XDP socket is bound in zero-copy mode"
+        return 1
+    fi
+    note "$(echo "$bound" | wc -l) AF_XDP socket(s) bound zero-copy; $(echo "$out" | grep -o 'XDP program attached.*' | head -c 120)"
+}
+
+# The fallback when the driver refused: xdp.zero_copy = "auto" (copy mode).
+s_target_copy() {
+    local out
+    out=$(xdp_target_start "$LAB_DIR/target-copy.toml") || { echo "$out"; return 1; }
+    note "$(echo "$out" | grep 'AF_XDP socket bound' | grep -o 'mode=[^ ]*' | paste -sd' ')"
+}
+
+# The host runs its initiators now, and writes a line on the serial console when done.
+s_wait_host() {
+    local line
+    read -r -t 240 line < /dev/ttyS0 || { echo "no word from the host in 240 s"; return 1; }
+    note "host: $line"
+}
+
+# Every connection the host made went through AF_XDP (none through kernel sockets), and
+# the sockets were bound in zero-copy mode.
+s_target_log_zerocopy() {
+    local xdp other
+    xdp=$(grep -c 'connection closed (AF_XDP)' "$TARGET_LOG")
+    other=$(grep 'connection closed' "$TARGET_LOG" | grep -vc '(AF_XDP)')
+    if [ "$xdp" -eq 0 ] || [ "$other" -ne 0 ]; then
+        grep 'connection closed' "$TARGET_LOG" | tail -n 10
+        echo "$xdp connections closed over AF_XDP, $other over other transports"
+        return 1
+    fi
+    if grep 'AF_XDP socket bound' "$TARGET_LOG" | grep -qv 'zero-copy'; then
+        grep 'AF_XDP socket bound' "$TARGET_LOG"
+        echo "an AF_XDP socket was bound in copy mode"
+        return 1
+    fi
+    note "$xdp connections closed over AF_XDP, none over kernel sockets; every socket zero-copy"
 }
 
 # ---- NVMe steps (over $TRANSPORT to $TARGET) ------------------------------------------
@@ -1947,11 +2285,32 @@ dmesg | grep -iE 'nvme|rdma|rxe|infiniband' | sed 's/^/LAB: DMESG /'
 [ -f "$TARGET_LOG" ] && sed 's/^/LAB: TARGET-LOG /' "$TARGET_LOG"
 "#;
 
+/// The zero-copy session's steps: the target in the guest on eth0 with
+/// `xdp.zero_copy = "require"` (falling back to copy mode, as a failed step, so that the
+/// host's initiators still run), then `LAB: HOST-STEPS`: the host runs its initiators and
+/// answers on the serial line; then the target's log must show every connection over
+/// AF_XDP on zero-copy sockets.
+const GUEST_STEPS_ZEROCOPY: &str = r#"
+step "guest network: eth0 $GUEST/24" 30 s_network
+step "kernel 6.12, virtio-net with ACCESS_PLATFORM and RING_RESET, bpffs" 30 s_zc_env
+step "xdp-target, xdp-target-perf, their config and libraries are in the guest" 30 s_target_files
+if step "target serves $NQN and $IQN on $TARGET over AF_XDP zero-copy on eth0 (xdp.zero_copy = require)" 60 s_target_zerocopy \
+    || step "target serves in copy mode instead (xdp.zero_copy = auto)" 60 s_target_copy; then
+    echo "LAB: HOST-STEPS"
+    step "the host's initiators ran" 250 s_wait_host
+    step "target exits on SIGTERM" 30 s_target_stop
+    step "target log: every connection over AF_XDP, every socket zero-copy" 30 s_target_log_zerocopy
+fi
+
+dmesg | grep -iE 'virtio|xdp|xsk|bpf' | sed 's/^/LAB: DMESG /'
+[ -f "$TARGET_LOG" ] && sed 's/^/LAB: TARGET-LOG /' "$TARGET_LOG"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::{
-        GUEST_ADDR, GUEST_LIB, GUEST_MAIN, GUEST_STEPS_RDMA, GUEST_STEPS_TCP, HOST_ADDR, LabPath,
-        Session, guest_vars, module_load_order, module_name, target_config,
+        GUEST_ADDR, GUEST_LIB, GUEST_MAIN, GUEST_STEPS_RDMA, GUEST_STEPS_TCP, GUEST_STEPS_ZEROCOPY,
+        HOST_ADDR, LabPath, Session, guest_vars, module_load_order, module_name, target_config,
     };
     use std::path::Path;
 
@@ -1961,6 +2320,7 @@ mod tests {
         assert_eq!(LabPath::Sockets.sessions(), [Sockets]);
         assert_eq!(LabPath::Xdp.sessions(), [Xdp]);
         assert_eq!(LabPath::Rdma.sessions(), [Rdma]);
+        assert_eq!(LabPath::Zerocopy.sessions(), [Session::Zerocopy]);
         assert_eq!(LabPath::Both.sessions(), [Sockets, Xdp]);
         assert_eq!(LabPath::All.sessions(), [Sockets, Xdp, Rdma]);
     }
@@ -1979,6 +2339,19 @@ mod tests {
         assert!(config.contains("path = \"/run-dir/ns1.img\""));
         assert!(config.contains(&format!("listen = [\"{HOST_ADDR}:4420\"")));
         assert!(!config.contains("[rdma]"));
+    }
+
+    #[test]
+    fn the_zerocopy_target_requires_zero_copy_on_the_guest_address() {
+        let config = target_config(Session::Zerocopy, Path::new("/unused"));
+        assert!(config.contains("[xdp]\nzero_copy = \"require\"\nrequire_afxdp = true\n"));
+        assert!(config.contains(&format!("listen = [\"{GUEST_ADDR}:3260\"]")));
+        assert!(config.contains("path = \"/tmp/lab-ns1.img\""));
+        assert_eq!(Session::Zerocopy.kernel(), super::GuestKernel::Backports);
+        assert_eq!(Session::Xdp.kernel(), super::GuestKernel::Stable);
+        // The fallback differs only in the mode.
+        let copy = super::zerocopy_target_config("auto");
+        assert_eq!(copy.replace("\"auto\"", "\"require\""), config);
     }
 
     #[test]
@@ -2008,13 +2381,13 @@ mod tests {
     /// Every `step NAME TIMEOUT s_fn` names a function lib.sh defines.
     #[test]
     fn every_step_function_is_defined() {
-        for steps in [GUEST_STEPS_TCP, GUEST_STEPS_RDMA] {
+        for steps in [GUEST_STEPS_TCP, GUEST_STEPS_RDMA, GUEST_STEPS_ZEROCOPY] {
             let used: Vec<&str> = steps
                 .lines()
                 .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("s_")))
                 .map(|w| w.trim_end_matches(';'))
                 .collect();
-            assert!(used.len() > 10);
+            assert!(used.len() >= 8);
             for f in used {
                 assert!(
                     GUEST_LIB.contains(&format!("\n{f}() {{")),
@@ -2027,11 +2400,16 @@ mod tests {
     /// The scripts the guest runs parse (`bash -n`), for every session.
     #[test]
     fn guest_scripts_parse() {
-        for session in [Session::Sockets, Session::Xdp, Session::Rdma] {
-            let steps = if session == Session::Rdma {
-                GUEST_STEPS_RDMA
-            } else {
-                GUEST_STEPS_TCP
+        for session in [
+            Session::Sockets,
+            Session::Xdp,
+            Session::Rdma,
+            Session::Zerocopy,
+        ] {
+            let steps = match session {
+                Session::Rdma => GUEST_STEPS_RDMA,
+                Session::Zerocopy => GUEST_STEPS_ZEROCOPY,
+                Session::Sockets | Session::Xdp => GUEST_STEPS_TCP,
             };
             for script in [
                 format!("{}{GUEST_LIB}", guest_vars(session)),
