@@ -68,7 +68,7 @@ const GUEST_LAB_DIR: &str = "/run/lab";
 const SUITE: &str = "bookworm";
 /// Where the zero-copy session's kernel comes from (only the kernel: the rest of the
 /// image is SUITE's).
-const ZEROCOPY_KERNEL_SUITE: &str = "bookworm-backports";
+const ZEROCOPY_KERNEL_SUITE: &str = "trixie-backports";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// open-iscsi is there for the iSCSI steps; rdma-core, the verbs and RDMA CM libraries
 /// (which xdp-target and xdp-target-perf dlopen; no package depends on them for that),
@@ -104,12 +104,12 @@ pub(crate) enum LabPath {
     Xdp,
     /// NVMe/RDMA over soft-RoCE, the target in the guest.
     Rdma,
-    /// The target in a 6.12 guest, AF_XDP zero-copy on its virtio-net; initiators on the
-    /// host. Not part of `all`.
+    /// The target in a guest with trixie-backports' kernel, AF_XDP zero-copy on its
+    /// virtio-net; initiators on the host.
     Zerocopy,
     /// Sockets, then XDP.
     Both,
-    /// Sockets, XDP, then RDMA.
+    /// Sockets, XDP, RDMA, then zero-copy.
     All,
 }
 
@@ -122,7 +122,12 @@ impl LabPath {
             Self::Rdma => &[Session::Rdma],
             Self::Zerocopy => &[Session::Zerocopy],
             Self::Both => &[Session::Sockets, Session::Xdp],
-            Self::All => &[Session::Sockets, Session::Xdp, Session::Rdma],
+            Self::All => &[
+                Session::Sockets,
+                Session::Xdp,
+                Session::Rdma,
+                Session::Zerocopy,
+            ],
         }
     }
 }
@@ -142,9 +147,9 @@ enum Session {
     /// is not ACTIVE.
     Rdma,
     /// The target in the guest on the XDP path with `xdp.zero_copy = "require"`: a guest
-    /// with bookworm-backports' kernel 6.12 (virtio-net has zero-copy receive code since
-    /// 6.11, but advertises zero-copy only from 6.13: 6.12 refuses the bind with
-    /// EOPNOTSUPP, and the session fails; see the README), on a virtio-net device with VIRTIO_F_ACCESS_PLATFORM
+    /// with trixie-backports' kernel (7.x; virtio-net has zero-copy receive code since
+    /// 6.11 but advertises zero-copy only from 6.13: bookworm-backports' 6.12 refused the
+    /// bind with EOPNOTSUPP, see the README), on a virtio-net device with VIRTIO_F_ACCESS_PLATFORM
     /// (the driver needs the DMA API for zero-copy) and VIRTIO_F_RING_RESET (it resets the
     /// queue it binds). The initiators are on the host's end of the tap: the project's
     /// perf client over NVMe/TCP and iSCSI, and libiscsi's iscsi-ls. Should the driver
@@ -170,8 +175,8 @@ impl Session {
             Self::Xdp => "the XDP path (XDP program on tap0, AF_XDP, user-space TCP/IP), MTU 9000",
             Self::Rdma => "NVMe/RDMA (soft-RoCE in the guest, the target in the guest too)",
             Self::Zerocopy => {
-                "zero-copy AF_XDP on the guest's virtio-net (kernel 6.12, the target in the \
-                 guest, initiators on the host)"
+                "zero-copy AF_XDP on the guest's virtio-net (trixie-backports' kernel, the \
+                 target in the guest, initiators on the host)"
             }
         }
     }
@@ -428,12 +433,12 @@ impl Image {
 enum GuestKernel {
     /// Debian 12's own (6.1), from the apt sources of the machine.
     Stable,
-    /// ZEROCOPY_KERNEL_SUITE's (bookworm-backports: 6.12), for virtio-net's AF_XDP zero-copy.
+    /// ZEROCOPY_KERNEL_SUITE's (trixie-backports: 7.x), for virtio-net's AF_XDP zero-copy.
     Backports,
 }
 
 /// apt's options for a kernel's sources: none for the machine's own, a private sources
-/// list and package lists under target/lab-cache for bookworm-backports (refreshed with
+/// list and package lists under target/lab-cache for trixie-backports (refreshed with
 /// `apt-get update` on each run; the machine's apt configuration is left alone).
 fn apt_options(cache: &Path, kernel: GuestKernel, mirror: &str) -> Result<Vec<String>> {
     if kernel == GuestKernel::Stable {
@@ -530,46 +535,68 @@ fn build_image(work: &Path, mirror: &str, apt: &[String], kernel_pkg: &str) -> R
     }
 
     println!("lab:   kernel {kernel_pkg}");
+    // Since trixie the image package is split: the kernel in linux-binary-*, the modules
+    // in linux-modules-*, modules.builtin and the rest in linux-base-<version>, all among
+    // its dependencies.
+    let mut pkgs = vec![kernel_pkg.to_string()];
+    pkgs.extend(split_kernel_packages(apt, kernel_pkg)?);
     super::run(
         Command::new("apt-get")
             .args(apt)
-            .args(["download", "-q", kernel_pkg])
+            .args(["download", "-q"])
+            .args(&pkgs)
             .current_dir(work),
     )?;
-    let deb = fs::read_dir(work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{kernel_pkg}_")) && n.ends_with(".deb"))
-        })
-        .context("apt-get download left no .deb")?;
     let kx = work.join("kernel");
-    super::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kx))?;
-    let kver = only_entry(&kx.join("lib/modules"))?;
+    let mut debs = Vec::new();
+    for pkg in &pkgs {
+        let deb = fs::read_dir(work)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+            })
+            .with_context(|| format!("apt-get download left no .deb of {pkg}"))?;
+        super::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kx))?;
+        debs.push(deb);
+    }
+    // Packages built for a usrmerged suite ship their modules in usr/lib/modules.
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .into_iter()
+        .map(|d| kx.join(d))
+        .find(|d| d.is_dir())
+        .context("the kernel packages hold no lib/modules")?;
+    let kver = only_entry(&modules)?;
     // The rootfs is usrmerged (/lib -> usr/lib): copy into usr/lib, never over the symlink.
     super::run(
         Command::new("cp")
             .arg("-a")
-            .arg(kx.join("lib/modules"))
+            .arg(&modules)
             .arg(rootfs.join("usr/lib/")),
     )?;
-    super::run(
-        Command::new("cp")
-            .arg("-a")
-            .arg(kx.join("boot/."))
-            .arg(rootfs.join("boot/")),
-    )?;
+    if kx.join("boot").is_dir() {
+        super::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(kx.join("boot/."))
+                .arg(rootfs.join("boot/")),
+        )?;
+    }
     super::run(
         Command::new("chroot")
             .arg(&rootfs)
             .args(["depmod", "-a", &kver]),
     )?;
-    fs::copy(
+    // boot/vmlinuz-KVER, or (linux-binary-*, since trixie) beside the modules.
+    let vmlinuz = [
         kx.join(format!("boot/vmlinuz-{kver}")),
-        work.join("vmlinuz"),
-    )
-    .context("copying vmlinuz")?;
+        modules.join(&kver).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .context("no vmlinuz in the kernel packages")?;
+    fs::copy(&vmlinuz, work.join("vmlinuz")).context("copying vmlinuz")?;
 
     // The guest side: its init, a hostname, no apt caches.
     let lab_init = rootfs.join("sbin/lab-init");
@@ -592,7 +619,9 @@ fn build_image(work: &Path, mirror: &str, apt: &[String], kernel_pkg: &str) -> R
     )?;
     remove_tree(&rootfs)?;
     remove_tree(&kx)?;
-    fs::remove_file(&deb)?;
+    for deb in debs {
+        fs::remove_file(deb)?;
+    }
     Ok(())
 }
 
@@ -615,12 +644,21 @@ fn build_initrd(work: &Path, modules: &Path) -> Result<()> {
     }
     fs::copy("/bin/busybox", dir.join("bin/busybox")).context("copying /bin/busybox")?;
     let dep = fs::read_to_string(modules.join("modules.dep")).context("reading modules.dep")?;
-    // A kernel may have some of them built in (6.12 from bookworm-backports has virtio_pci).
+    // A kernel may have some of them built in (newer ones have virtio_pci built in).
     let builtin = fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
     let builtin: Vec<String> = builtin.lines().map(module_name).collect();
+    // crc32c_generic (ext4's checksums) is gone as a module since 6.x's CRC library
+    // rework: the CRC code is built in there.
+    let optional = ["crc32c_generic"];
+    let listed = |m: &str| {
+        dep.lines()
+            .filter_map(|l| l.split_once(':'))
+            .any(|(path, _)| module_name(path) == m.replace('-', "_"))
+    };
     let wanted: Vec<&str> = INITRD_MODULES
         .into_iter()
         .filter(|m| !builtin.contains(&m.replace('-', "_")))
+        .filter(|m| !optional.contains(m) || listed(m))
         .collect();
     let order = module_load_order(&dep, &wanted)?;
     let mut names = Vec::new();
@@ -764,6 +802,28 @@ fn kernel_package(apt: &[String]) -> Result<String> {
         .find(|p| p.starts_with("linux-image-"))
         .map(str::to_string)
         .context("apt-cache depends linux-image-amd64 names no linux-image-* package")
+}
+
+/// The linux-binary-*, linux-modules-* and linux-base-<version> packages an image package
+/// depends on (none before trixie, whose image packages hold all of it).
+fn split_kernel_packages(apt: &[String], kernel_pkg: &str) -> Result<Vec<String>> {
+    let out = Command::new("apt-cache")
+        .args(apt)
+        .args(["depends", kernel_pkg])
+        .output()
+        .context("running apt-cache depends")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .filter(|p| {
+            p.starts_with("linux-binary-")
+                || p.starts_with("linux-modules-")
+                || p.strip_prefix("linux-base-")
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .map(str::to_string)
+        .collect())
 }
 
 fn package_version(apt: &[String], pkg: &str) -> Result<String> {
@@ -1722,7 +1782,7 @@ s_perf() {
 
 # ---- zero-copy AF_XDP in the guest (zero-copy session) ---------------------------------
 
-# Kernel 6.12, and the virtio features zero-copy needs negotiated on eth0: bit 33
+# The kernel, and the virtio features zero-copy needs negotiated on eth0: bit 33
 # VIRTIO_F_ACCESS_PLATFORM (the DMA API) and bit 40 VIRTIO_F_RING_RESET (per-queue reset).
 s_zc_env() {
     local f
@@ -2292,7 +2352,7 @@ dmesg | grep -iE 'nvme|rdma|rxe|infiniband' | sed 's/^/LAB: DMESG /'
 /// AF_XDP on zero-copy sockets.
 const GUEST_STEPS_ZEROCOPY: &str = r#"
 step "guest network: eth0 $GUEST/24" 30 s_network
-step "kernel 6.12, virtio-net with ACCESS_PLATFORM and RING_RESET, bpffs" 30 s_zc_env
+step "virtio-net with ACCESS_PLATFORM and RING_RESET, bpffs" 30 s_zc_env
 step "xdp-target, xdp-target-perf, their config and libraries are in the guest" 30 s_target_files
 if step "target serves $NQN and $IQN on $TARGET over AF_XDP zero-copy on eth0 (xdp.zero_copy = require)" 60 s_target_zerocopy \
     || step "target serves in copy mode instead (xdp.zero_copy = auto)" 60 s_target_copy; then
@@ -2322,7 +2382,10 @@ mod tests {
         assert_eq!(LabPath::Rdma.sessions(), [Rdma]);
         assert_eq!(LabPath::Zerocopy.sessions(), [Session::Zerocopy]);
         assert_eq!(LabPath::Both.sessions(), [Sockets, Xdp]);
-        assert_eq!(LabPath::All.sessions(), [Sockets, Xdp, Rdma]);
+        assert_eq!(
+            LabPath::All.sessions(),
+            [Sockets, Xdp, Rdma, Session::Zerocopy]
+        );
     }
 
     #[test]
