@@ -248,6 +248,16 @@ trait IoQueue {
     fn done(&mut self) -> Option<Done>;
 }
 
+/// The SQE of a Read or Write of `blocks` blocks at `lba` of namespace `nsid`.
+pub(crate) fn rw_sqe(write: bool, nsid: u32, lba: u64, blocks: u32) -> [u8; 64] {
+    let op = if write {
+        IoOpcode::Write
+    } else {
+        IoOpcode::Read
+    };
+    commands::io(op, nsid, lba, blocks)
+}
+
 impl IoQueue for Conn<HostQueue> {
     fn submit_io(
         &mut self,
@@ -257,13 +267,8 @@ impl IoQueue for Conn<HostQueue> {
         data: Vec<u8>,
         read_len: usize,
     ) -> Result<u32, PerfError> {
-        let op = if write {
-            IoOpcode::Write
-        } else {
-            IoOpcode::Read
-        };
         let in_capsule = write && data.len() <= 8192;
-        let sqe = commands::io(op, self.nsid, lba, blocks);
+        let sqe = rw_sqe(write, self.nsid, lba, blocks);
         Ok(u32::from(self.h.submit(sqe, data, in_capsule, read_len)))
     }
     fn can_submit(&self) -> bool {

@@ -25,15 +25,15 @@ use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use target_proto::nvme_rdma::host::{
-    Completion, HostConfig, HostQueue, RESPONSE_LEN, Region, SubmitError, commands,
+    Completion, HostConfig, HostQueue, RESPONSE_LEN, Region, SubmitError,
 };
 use target_rdma::sys::{self, ibv_qp_cap};
 use target_rdma::{
     CmEvent, CmId, ConnParam, Cq, EventChannel, Mr, Pd, ibv_recv_wr, ibv_send_wr, ibv_sge, ibv_wc,
 };
-use target_wire::nvme::opcode::IoOpcode;
 use target_wire::nvme_rdma::{CmRejectRepr, CmStatus};
 
+use super::rw_sqe;
 use super::{Done, IoQueue, NvmeConn, NvmeTransport, PerfError, QueueSpec, SPIN};
 
 /// The most write data a capsule carries, whatever IOCCSZ allows: each command slot has
@@ -448,12 +448,7 @@ impl IoQueue for RdmaQueue {
         data: Vec<u8>,
         read_len: usize,
     ) -> Result<u32, PerfError> {
-        let op = if write {
-            IoOpcode::Write
-        } else {
-            IoOpcode::Read
-        };
-        let sqe = commands::io(op, self.nsid, lba, blocks);
+        let sqe = rw_sqe(write, self.nsid, lba, blocks);
         self.submit(sqe, &data, read_len).map(u32::from)
     }
 
