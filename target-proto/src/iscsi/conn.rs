@@ -1478,7 +1478,7 @@ impl IscsiConn {
             return;
         };
         let lun_n = decode_lun(lun);
-        let lun_exists = lun_n.is_some_and(|n| scsi.luns().iter().any(|l| l.config().lun == n));
+        let lun_exists = lun_n.is_some_and(|n| scsi.lu(n).is_some());
         let mut then_close = false;
         let response = match function {
             tmf::ABORT_TASK => {
@@ -2001,7 +2001,7 @@ pub use crate::scsi::{decode_lun, encode_lun};
 /// A WRITE (6/10/12/16) or WRITE AND VERIFY (10/12/16) CDB cut to `bytes`, when that is a
 /// whole number of the LUN's blocks; `None` when it is not, or for any other command.
 fn shrink_write(cdb: &[u8], bytes: usize, scsi: &ScsiTarget, lun: u64) -> Option<Vec<u8>> {
-    let lu = scsi.luns().iter().find(|l| l.config().lun == lun)?;
+    let lu = scsi.lu(lun)?;
     let bs = lu.config().block_size as usize;
     if bs == 0 || !bytes.is_multiple_of(bs) {
         return None;

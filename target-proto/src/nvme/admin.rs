@@ -25,6 +25,9 @@ use super::subsystem::{Attached, DISCOVERY_NQN, Namespace, Port, PortTransport, 
 
 /// Keep Alive granularity reported in KAS, in 100 ms units: one second.
 const KAS: u16 = 10;
+/// Identify Controller NN: the NSIDs hosts should expect at least, as Linux's nvmet
+/// (NVMET_MAX_NAMESPACES); a configuration with larger NSIDs reports its largest.
+const MAX_NSID: u32 = 1024;
 /// Abort commands accepted at once, 0's based.
 const ACL: u8 = 3;
 
@@ -144,7 +147,18 @@ fn identify_controller(buf: &mut [u8], attached: &Attached, limits: TransportLim
     id.set_acl(ACL);
     // One firmware slot, read-only.
     id.set_frmw(0b0000_0011);
-    id.set_nn(s.namespaces.iter().map(|n| n.nsid).max().unwrap_or(0));
+    // Namespaces come and go at run time (`xdp-target ctl`), so NN is the most there may
+    // be, not the count now; hosts list the active ones (CNS 02h) and learn of changes
+    // from the Namespace Attribute Changed notice.
+    id.set_nn(
+        s.namespaces
+            .iter()
+            .map(|n| n.nsid)
+            .max()
+            .unwrap_or(0)
+            .max(MAX_NSID),
+    );
+    id.set_oaes(identify::oaes::NAMESPACE_ATTRIBUTE_NOTICES);
     let dealloc = s.namespaces.iter().any(|n| n.deallocate);
     id.set_oncs(
         identify::oncs::COMPARE
@@ -200,7 +214,7 @@ fn identify_namespace(buf: &mut [u8], ns: &Namespace, _vwc_enabled: bool) {
 pub fn get_log_page(
     sqe: &Sqe<&[u8]>,
     attached: &Attached,
-    registry: &Registry,
+    registry: &mut Registry,
     host_nqn: &str,
     local: Option<IpAddr>,
 ) -> Response {
@@ -216,7 +230,10 @@ pub fn get_log_page(
             let _ = l.set_frs(1, &attached.subsystem.firmware);
             b
         }
-        (LogPageId::ChangedNamespaceList, false) => vec![0u8; 4096],
+        // Read with RAE cleared, the list empties and the notice is unmasked.
+        (LogPageId::ChangedNamespaceList, false) => {
+            registry.changed_namespace_list(attached, !sqe.log_rae())
+        }
         (LogPageId::CommandsEffects, false) => commands_effects(),
         _ => {
             return Response::status(Status::command_specific(

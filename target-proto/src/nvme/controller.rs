@@ -12,7 +12,10 @@ use std::sync::Mutex;
 use target_wire::nvme::fabrics::{
     self, ConnectData, ConnectRepr, PropertyGetRepr, PropertySetRepr, PropertySize, cattr,
 };
-use target_wire::nvme::opcode::{AdminOpcode, FABRICS_OPCODE, FabricsType, FeatureId, IoOpcode};
+use target_wire::nvme::identify::oaes;
+use target_wire::nvme::opcode::{
+    AdminOpcode, FABRICS_OPCODE, FabricsType, FeatureId, IoOpcode, LogPageId,
+};
 use target_wire::nvme::properties::{self as prop, Cap, Cc, Csts, Shn, Shst};
 use target_wire::nvme::sqe::{Sqe, dsm_range};
 use target_wire::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, Status};
@@ -55,6 +58,10 @@ const CONNECT_DATA_HOSTID_OFFSET: u16 = 0;
 const CONNECT_DATA_CNTLID_OFFSET: u16 = 16;
 const CONNECT_DATA_SUBNQN_OFFSET: u16 = 256;
 const CONNECT_DATA_HOSTNQN_OFFSET: u16 = 512;
+
+/// Asynchronous Event Request completion DW0 of a Namespace Attribute Changed notice
+/// without its log page: event type Notice (2h), information 00h.
+const AEN_NOTICE: u32 = 0x2;
 
 /// NVMe 2.0.
 pub(crate) const VERSION: u32 = 0x0002_0000;
@@ -196,6 +203,7 @@ impl QueueController {
         if sqe.opcode() == FABRICS_OPCODE {
             return self.fabrics(sqe, data, registry, now_ms);
         }
+        self.refresh(registry);
         let Some(attached) = self.attached.clone() else {
             // Nothing but Connect before Connect.
             return respond(Status::generic(GenericStatus::CommandSequenceError));
@@ -206,6 +214,42 @@ impl QueueController {
         } else {
             io_command(sqe, data, &attached.subsystem)
         }
+    }
+
+    /// Takes the subsystem as it is now when it changed (namespaces added, removed or
+    /// resized) since this queue last looked: one atomic load while nothing changed.
+    fn refresh(&mut self, registry: &Mutex<Registry>) {
+        let Some(a) = self.attached.as_mut().filter(|a| a.stale()) else {
+            return;
+        };
+        if let Some((subsystem, epoch)) = lock(registry).refresh(a) {
+            a.subsystem = subsystem;
+            a.seen_epoch = epoch;
+        }
+    }
+
+    /// An event for one of the admin queue's held Asynchronous Event Requests, if one is
+    /// due: a Namespace Attribute Changed notice when the subsystem's namespaces changed
+    /// and the host enabled the notice (Set Features Asynchronous Event Configuration bit
+    /// 8, as Linux does when OAES reports it). The caller answers a held command with it.
+    pub fn take_event(&mut self, registry: &Mutex<Registry>) -> Option<Response> {
+        let a = self.attached.as_ref()?;
+        if self.qid != 0
+            || self.admin.aers == 0
+            || a.discovery
+            || self.admin.async_event_config & oaes::NAMESPACE_ATTRIBUTE_NOTICES == 0
+            || !lock(registry).take_namespace_notice(a)
+        {
+            return None;
+        }
+        self.admin.aers -= 1;
+        // Completion DW0: event type Notice (2h), information Namespace Attribute Changed
+        // (00h), log page Changed Namespace List (04h).
+        Some(
+            Response::ok().with_dw0(
+                AEN_NOTICE | (u32::from(u8::from(LogPageId::ChangedNamespaceList)) << 16),
+            ),
+        )
     }
 
     /// Turns a finished block operation into the response.
@@ -248,10 +292,11 @@ impl QueueController {
                 > u64::from(self.kato_ms) + KATO_GRACE_MS
     }
 
-    /// For an I/O queue: whether its controller still exists.
+    /// Whether the queue's controller still exists: an I/O queue's ends with its admin
+    /// queue, every queue's when its subsystem is removed.
     pub fn controller_alive(&self, registry: &Mutex<Registry>) -> bool {
         match &self.attached {
-            Some(a) if self.qid != 0 => lock(registry).controller_alive(a.cntlid),
+            Some(a) if !a.discovery => lock(registry).controller_alive(a),
             _ => true,
         }
     }
@@ -261,9 +306,9 @@ impl QueueController {
         if let Some(a) = self.attached.take() {
             let mut r = lock(registry);
             if self.qid == 0 {
-                r.remove_controller(a.cntlid);
+                r.remove_controller(&a);
             } else {
-                r.detach_io_queue(a.cntlid, self.qid);
+                r.detach_io_queue(&a, self.qid);
             }
         }
     }
@@ -467,7 +512,7 @@ impl QueueController {
             AdminOpcode::GetLogPage => Plan::Respond(admin::get_log_page(
                 sqe,
                 attached,
-                &lock(registry),
+                &mut lock(registry),
                 &self.host_nqn,
                 self.local,
             )),

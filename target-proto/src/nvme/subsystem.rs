@@ -6,10 +6,17 @@
 //! applies a subsystem's host allow-list, and says whether an I/O queue may attach to a
 //! controller (its host and subsystem must match, and it must be enabled). Queues call it
 //! at Connect, on CC.EN changes and at teardown; the I/O path never touches it.
+//!
+//! Subsystems and namespaces change at run time (`xdp-target ctl`): the registry swaps in a
+//! new [`Subsystem`] and bumps its epoch, which every queue compares with one atomic load
+//! per command before taking the new subsystem; each controller of the subsystem notes the
+//! NSID in its Changed Namespace List and owes its host a Namespace Attribute Changed
+//! event (NVMe Base 2.x, 5.2 "Asynchronous Event Request", 5.16.1.5 "Changed Namespace
+//! List"). Removing a subsystem ends its controllers, as Linux's nvmet does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::scsi::LunReservations;
 
@@ -124,8 +131,21 @@ pub struct Attached {
     pub subsystem: Arc<Subsystem>,
     /// The discovery controller rather than an NVM controller.
     pub discovery: bool,
-    /// Shared by the controller's queues: I/O queues count, the admin queue reports.
+    /// Shared by the controller's queues: I/O queues count, the admin queue reports. Also
+    /// the controller's identity: a controller ID can be reused once its controller is
+    /// gone, its stats cannot.
     pub stats: Arc<ControllerStats>,
+    /// The registry's epoch (see [`Registry::epoch`]) and the value it had when
+    /// `subsystem` was taken.
+    pub epoch: Arc<AtomicU64>,
+    pub seen_epoch: u64,
+}
+
+impl Attached {
+    /// Whether the subsystem changed since this queue took it (one atomic load).
+    pub fn stale(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) != self.seen_epoch
+    }
 }
 
 /// What the SMART / Health log reports of a controller's I/O, counted by its I/O queues
@@ -149,7 +169,81 @@ struct ControllerEntry {
     /// I/O queues the host may create (from Set Features Number of Queues).
     io_queues: u16,
     connected: Vec<u16>,
+    changed: ChangedNamespaces,
 }
+
+/// Entries in the Changed Namespace List log page (LID 04h): 4 KiB of NSIDs.
+pub const CHANGED_NS_LIST_ENTRIES: usize = 1024;
+
+/// A controller's Changed Namespace List and its Namespace Attribute Changed event.
+#[derive(Debug, Default)]
+struct ChangedNamespaces {
+    /// NSIDs changed since the host last read the log page, sorted, at most
+    /// [`CHANGED_NS_LIST_ENTRIES`]; `overflow` once more changed.
+    nsids: Vec<u32>,
+    overflow: bool,
+    /// An event happened that no Asynchronous Event Request has reported yet.
+    pending: bool,
+    /// An event was reported: further ones are masked until the host reads the log page
+    /// with RAE cleared (NVMe Base 2.x, 5.2.1).
+    masked: bool,
+}
+
+impl ChangedNamespaces {
+    fn note(&mut self, nsid: u32) {
+        if let Err(i) = self.nsids.binary_search(&nsid) {
+            if self.nsids.len() < CHANGED_NS_LIST_ENTRIES {
+                self.nsids.insert(i, nsid);
+            } else {
+                self.overflow = true;
+            }
+        }
+        if !self.masked {
+            self.pending = true;
+        }
+    }
+
+    /// The log page; `clear` (RAE cleared) empties the list and unmasks the event.
+    fn page(&mut self, clear: bool) -> Vec<u8> {
+        let mut b = vec![0u8; CHANGED_NS_LIST_ENTRIES * 4];
+        if self.overflow {
+            // More than 1024 changed: the first entry is FFFFFFFFh, the rest zero.
+            b[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        } else {
+            for (i, n) in self.nsids.iter().enumerate() {
+                b[i * 4..i * 4 + 4].copy_from_slice(&n.to_le_bytes());
+            }
+        }
+        if clear {
+            *self = Self::default();
+        }
+        b
+    }
+}
+
+/// Why a change of subsystems or namespaces is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeError {
+    NoSubsystem(String),
+    SubsystemExists(String),
+    NoNamespace(String, u32),
+    NamespaceExists(String, u32),
+}
+
+impl std::fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoSubsystem(n) => write!(f, "no subsystem {n:?}"),
+            Self::SubsystemExists(n) => write!(f, "subsystem {n:?} exists already"),
+            Self::NoNamespace(n, id) => write!(f, "subsystem {n:?} has no namespace {id}"),
+            Self::NamespaceExists(n, id) => {
+                write!(f, "subsystem {n:?} has a namespace {id} already")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ChangeError {}
 
 /// Subsystems and live controllers. Single-threaded: user space shares it behind a lock.
 #[derive(Debug)]
@@ -159,6 +253,8 @@ pub struct Registry {
     controllers: BTreeMap<u16, ControllerEntry>,
     next_cntlid: u16,
     ports: Vec<Port>,
+    /// Bumped on every change of a subsystem's namespaces (shared with every queue).
+    epoch: Arc<AtomicU64>,
 }
 
 /// Controller IDs 1..=FFEFh are valid (FFF0h and up are reserved, FFFFh means "any").
@@ -180,6 +276,152 @@ impl Registry {
             controllers: BTreeMap::new(),
             next_cntlid: 1,
             ports: Vec::new(),
+            epoch: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The controller `a` attached to, if it is still there (the same controller: its ID
+    /// may have been handed out again since).
+    fn entry(&mut self, a: &Attached) -> Option<&mut ControllerEntry> {
+        self.controllers
+            .get_mut(&a.cntlid)
+            .filter(|c| Arc::ptr_eq(&c.stats, &a.stats))
+    }
+
+    fn attached(&self, cntlid: u16, c: &ControllerEntry, discovery: bool) -> Attached {
+        Attached {
+            cntlid,
+            subsystem: Arc::clone(&c.subsystem),
+            discovery,
+            stats: Arc::clone(&c.stats),
+            epoch: Arc::clone(&self.epoch),
+            seen_epoch: self.epoch.load(Ordering::Acquire),
+        }
+    }
+
+    /// Adds a subsystem (no controller can be on it yet).
+    pub fn add_subsystem(&mut self, s: Subsystem) -> Result<(), ChangeError> {
+        if s.nqn == DISCOVERY_NQN || self.subsystems.iter().any(|x| x.nqn == s.nqn) {
+            return Err(ChangeError::SubsystemExists(s.nqn));
+        }
+        self.subsystems.push(Arc::new(s));
+        Ok(())
+    }
+
+    /// Removes subsystem `nqn` and every controller on it: their queues end at their next
+    /// tick ("its controller is gone"), as nvmet ends them when a subsystem is deleted.
+    /// Returns how many controllers went.
+    pub fn remove_subsystem(&mut self, nqn: &str) -> Result<usize, ChangeError> {
+        let i = self
+            .subsystems
+            .iter()
+            .position(|s| s.nqn == nqn)
+            .ok_or_else(|| ChangeError::NoSubsystem(nqn.to_string()))?;
+        self.subsystems.remove(i);
+        let before = self.controllers.len();
+        self.controllers.retain(|_, c| c.subsystem.nqn != nqn);
+        Ok(before - self.controllers.len())
+    }
+
+    /// Adds namespace `ns` to subsystem `nqn`.
+    pub fn add_namespace(&mut self, nqn: &str, ns: Namespace) -> Result<(), ChangeError> {
+        let nsid = ns.nsid;
+        self.change_namespaces(nqn, nsid, |list| {
+            match list.binary_search_by_key(&nsid, |n| n.nsid) {
+                Ok(_) => Err(ChangeError::NamespaceExists(nqn.to_string(), nsid)),
+                Err(i) => {
+                    list.insert(i, ns);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Removes namespace `nsid` of subsystem `nqn` and returns it.
+    pub fn remove_namespace(&mut self, nqn: &str, nsid: u32) -> Result<Namespace, ChangeError> {
+        self.change_namespaces(nqn, nsid, |list| {
+            match list.binary_search_by_key(&nsid, |n| n.nsid) {
+                Ok(i) => Ok(list.remove(i)),
+                Err(_) => Err(ChangeError::NoNamespace(nqn.to_string(), nsid)),
+            }
+        })
+    }
+
+    /// Gives namespace `nsid` of subsystem `nqn` a new size in blocks.
+    pub fn resize_namespace(
+        &mut self,
+        nqn: &str,
+        nsid: u32,
+        blocks: u64,
+    ) -> Result<(), ChangeError> {
+        self.change_namespaces(nqn, nsid, |list| {
+            match list.binary_search_by_key(&nsid, |n| n.nsid) {
+                Ok(i) => {
+                    list[i].blocks = blocks;
+                    Ok(())
+                }
+                Err(_) => Err(ChangeError::NoNamespace(nqn.to_string(), nsid)),
+            }
+        })
+    }
+
+    /// Changes subsystem `nqn`'s namespaces with `f`; when it succeeds, the new subsystem
+    /// replaces the old one everywhere, every controller on it notes `nsid` as changed,
+    /// and the epoch moves so that the queues take the new subsystem.
+    fn change_namespaces<T>(
+        &mut self,
+        nqn: &str,
+        nsid: u32,
+        f: impl FnOnce(&mut Vec<Namespace>) -> Result<T, ChangeError>,
+    ) -> Result<T, ChangeError> {
+        let s = self
+            .subsystems
+            .iter_mut()
+            .find(|s| s.nqn == nqn)
+            .ok_or_else(|| ChangeError::NoSubsystem(nqn.to_string()))?;
+        let mut changed = Subsystem::clone(s);
+        let out = f(&mut changed.namespaces)?;
+        let changed = Arc::new(changed);
+        *s = Arc::clone(&changed);
+        for c in self.controllers.values_mut() {
+            if c.subsystem.nqn == nqn {
+                c.subsystem = Arc::clone(&changed);
+                c.changed.note(nsid);
+            }
+        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(out)
+    }
+
+    /// The subsystem as it is now for the controller `a` is on (`None`: the controller is
+    /// gone), and the epoch it belongs to.
+    pub fn refresh(&self, a: &Attached) -> Option<(Arc<Subsystem>, u64)> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        self.controllers
+            .get(&a.cntlid)
+            .filter(|c| Arc::ptr_eq(&c.stats, &a.stats))
+            .map(|c| (Arc::clone(&c.subsystem), epoch))
+    }
+
+    /// Whether controller `a` owes its host a Namespace Attribute Changed event; taking it
+    /// masks further ones until the host reads the Changed Namespace List.
+    pub fn take_namespace_notice(&mut self, a: &Attached) -> bool {
+        match self.entry(a) {
+            Some(c) if c.changed.pending => {
+                c.changed.pending = false;
+                c.changed.masked = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The Changed Namespace List log page of controller `a`; `clear` (RAE cleared) empties
+    /// it and unmasks the event.
+    pub fn changed_namespace_list(&mut self, a: &Attached, clear: bool) -> Vec<u8> {
+        match self.entry(a) {
+            Some(c) => c.changed.page(clear),
+            None => vec![0u8; CHANGED_NS_LIST_ENTRIES * 4],
         }
     }
 
@@ -231,25 +473,19 @@ impl Registry {
             (Arc::clone(s), false)
         };
         let cntlid = self.allocate_cntlid().ok_or(ConnectError::Busy)?;
-        let stats = Arc::new(ControllerStats::default());
-        self.controllers.insert(
-            cntlid,
-            ControllerEntry {
-                subsystem: Arc::clone(&subsystem),
-                stats: Arc::clone(&stats),
-                host_nqn: host_nqn.to_string(),
-                host_id,
-                ready: false,
-                io_queues: 0,
-                connected: Vec::new(),
-            },
-        );
-        Ok(Attached {
-            cntlid,
+        let entry = ControllerEntry {
             subsystem,
-            discovery,
-            stats,
-        })
+            stats: Arc::new(ControllerStats::default()),
+            host_nqn: host_nqn.to_string(),
+            host_id,
+            ready: false,
+            io_queues: 0,
+            connected: Vec::new(),
+            changed: ChangedNamespaces::default(),
+        };
+        let attached = self.attached(cntlid, &entry, discovery);
+        self.controllers.insert(cntlid, entry);
+        Ok(attached)
     }
 
     fn allocate_cntlid(&mut self) -> Option<u16> {
@@ -294,12 +530,8 @@ impl Registry {
             return Err(ConnectError::InvalidQueue);
         }
         c.connected.push(qid);
-        Ok(Attached {
-            cntlid,
-            subsystem: Arc::clone(&c.subsystem),
-            discovery: false,
-            stats: Arc::clone(&c.stats),
-        })
+        let c = &self.controllers[&cntlid];
+        Ok(self.attached(cntlid, c, false))
     }
 
     /// The admin queue granted `count` I/O queues (Set Features Number of Queues).
@@ -317,21 +549,26 @@ impl Registry {
     }
 
     /// An I/O queue went away.
-    pub fn detach_io_queue(&mut self, cntlid: u16, qid: u16) {
-        if let Some(c) = self.controllers.get_mut(&cntlid) {
+    pub fn detach_io_queue(&mut self, a: &Attached, qid: u16) {
+        if let Some(c) = self.entry(a) {
             c.connected.retain(|&q| q != qid);
         }
     }
 
     /// The admin queue went away (disconnect, keep-alive expiry, shutdown): the controller
     /// is gone and its I/O queues may no longer attach.
-    pub fn remove_controller(&mut self, cntlid: u16) {
-        self.controllers.remove(&cntlid);
+    pub fn remove_controller(&mut self, a: &Attached) {
+        if self.entry(a).is_some() {
+            self.controllers.remove(&a.cntlid);
+        }
     }
 
-    /// Whether the controller still exists (I/O queues end when it does not).
-    pub fn controller_alive(&self, cntlid: u16) -> bool {
-        self.controllers.contains_key(&cntlid)
+    /// Whether the controller `a` attached to still exists (its queues end when it does
+    /// not: its admin queue went, or its subsystem was removed).
+    pub fn controller_alive(&self, a: &Attached) -> bool {
+        self.controllers
+            .get(&a.cntlid)
+            .is_some_and(|c| Arc::ptr_eq(&c.stats, &a.stats))
     }
 }
 
@@ -402,10 +639,11 @@ mod tests {
                 .unwrap_err(),
             ConnectError::HostIdMismatch
         );
-        r.detach_io_queue(1, 1);
+        let io = r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 2).unwrap();
+        r.detach_io_queue(&io, 1);
         assert!(r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 1).is_ok());
-        r.remove_controller(1);
-        assert!(!r.controller_alive(1));
+        r.remove_controller(&a);
+        assert!(!r.controller_alive(&a));
         assert_eq!(
             r.attach_io_queue(1, "nqn.a", "nqn.host1", ID, 2)
                 .unwrap_err(),
@@ -424,7 +662,7 @@ mod tests {
             ConnectError::HostNotAllowed
         );
         assert!(r.create_controller("nqn.a", "nqn.h2", ID).is_ok());
-        assert!(r.controller_alive(before.cntlid), "connected hosts stay");
+        assert!(r.controller_alive(&before), "connected hosts stay");
         assert!(r.set_allowed_hosts("nqn.a", None));
         assert!(r.create_controller("nqn.a", "nqn.h1", ID).is_ok());
     }

@@ -229,7 +229,17 @@ impl NvmeTcpQueue {
             self.closing = true;
             return false;
         }
+        self.answer_held_event(registry);
         true
+    }
+
+    /// Answers a held Asynchronous Event Request when the controller has an event for it.
+    fn answer_held_event(&mut self, registry: &Mutex<Registry>) {
+        if let Some(i) = self.slots.iter().position(|s| s.state == SlotState::Held)
+            && let Some(r) = self.controller.take_event(registry)
+        {
+            self.respond(i, r);
+        }
     }
 
     /// Why [`Self::tick`] ended the queue.

@@ -286,7 +286,8 @@ fn linux_connect_sequence_identify_and_io_with_and_without_digests() {
         assert_eq!(idc.subnqn().unwrap(), NQN);
         assert_eq!(idc.mdts(), 5);
         assert_eq!(idc.ioccsz(), (64 + 8192) / 16);
-        assert_eq!(idc.nn(), 1);
+        assert_eq!(idc.nn(), 1024, "namespaces may be added at run time");
+        assert_eq!(idc.oaes(), 1 << 8, "Namespace Attribute Notices");
 
         let ns = admin.admin(
             AdminOpcode::Identify,
@@ -899,4 +900,123 @@ fn silent_connections_and_missing_r2t_data_time_out() {
         io.q.end_reason(),
         Some("the data an R2T asked for did not come within 30 s")
     );
+}
+
+/// Namespaces added, resized and removed at run time: the I/O queue sees them at its next
+/// command, the admin queue answers its held Asynchronous Event Request with a Namespace
+/// Attribute Changed notice (once, until the Changed Namespace List is read), and removing
+/// the subsystem ends both queues.
+#[test]
+fn namespace_changes_reach_the_queues_and_raise_one_notice_per_log_read() {
+    let registry = registry();
+    let disk = disk();
+    let (mut admin, cntlid) = admin_session(&registry, &disk, false);
+    let aec = admin.admin(
+        AdminOpcode::SetFeatures,
+        u32::from(u8::from(FeatureId::AsyncEventConfiguration)),
+        1 << 8,
+        0,
+        0,
+    );
+    assert!(status(&aec).is_success());
+    let aer = |admin: &mut Host<'_>| {
+        let cid = admin.h.submit(
+            commands::admin(AdminOpcode::AsyncEventRequest, 0, 0, 0),
+            Vec::new(),
+            false,
+            0,
+        );
+        admin.pump().unwrap();
+        assert!(admin.h.completion().is_none(), "held");
+        cid
+    };
+    let held = aer(&mut admin);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    let read2 = |io: &mut Host<'_>| {
+        let r = io.command(commands::io(IoOpcode::Read, 2, 0, 1), &[], false, 512);
+        status(&r)
+    };
+    assert_eq!(read2(&mut io), Status::invalid_namespace());
+
+    // Nothing changed: a tick answers nothing.
+    assert!(admin.q.tick(0, &registry));
+    admin.pump().unwrap();
+    assert!(admin.h.completion().is_none());
+
+    let mut ns = subsystem(NQN, &[0, 0], None).namespaces[1].clone();
+    ns.blocks = 16;
+    registry.lock().unwrap().add_namespace(NQN, ns).unwrap();
+    assert!(
+        read2(&mut io).is_success(),
+        "the I/O queue took the new subsystem"
+    );
+    assert!(admin.q.tick(0, &registry));
+    admin.pump().unwrap();
+    let c = admin.h.completion().expect("the held AER is answered");
+    assert_eq!(c.cid, held);
+    assert!(c.cqe.status.is_success());
+    assert_eq!(
+        c.cqe.dw0, 0x0004_0002,
+        "Notice, Namespace Attribute Changed, LID 04h"
+    );
+
+    // A second change before the log is read raises no second notice.
+    let _held2 = aer(&mut admin);
+    registry
+        .lock()
+        .unwrap()
+        .resize_namespace(NQN, 2, BLOCKS)
+        .unwrap();
+    assert!(admin.q.tick(0, &registry));
+    admin.pump().unwrap();
+    assert!(
+        admin.h.completion().is_none(),
+        "masked until the log is read"
+    );
+    let id = admin.admin(
+        AdminOpcode::Identify,
+        u32::from(u8::from(Cns::Namespace)),
+        0,
+        2,
+        4096,
+    );
+    assert_eq!(
+        u64::from_le_bytes(id.data[..8].try_into().unwrap()),
+        BLOCKS,
+        "NSZE after the resize"
+    );
+    let changed_list = |admin: &mut Host<'_>, rae: bool| {
+        let cdw10 = u32::from(u8::from(LogPageId::ChangedNamespaceList))
+            | if rae { 1 << 15 } else { 0 }
+            | (1023 << 16);
+        admin
+            .admin(AdminOpcode::GetLogPage, cdw10, 0, 0xffff_ffff, 4096)
+            .data
+    };
+    let log = changed_list(&mut admin, true);
+    assert_eq!(&log[..8], &[2, 0, 0, 0, 0, 0, 0, 0], "NSID 2, then the end");
+    let log = changed_list(&mut admin, false);
+    assert_eq!(&log[..4], &[2, 0, 0, 0], "RAE kept the list");
+    let log = changed_list(&mut admin, false);
+    assert!(log.iter().all(|&b| b == 0), "read with RAE cleared: empty");
+
+    // Unmasked again: the removal answers the second held AER.
+    let removed = registry.lock().unwrap().remove_namespace(NQN, 2).unwrap();
+    assert_eq!(removed.nsid, 2);
+    assert_eq!(read2(&mut io), Status::invalid_namespace());
+    assert!(admin.q.tick(0, &registry));
+    admin.pump().unwrap();
+    assert_eq!(
+        admin.h.completion().expect("second notice").cqe.dw0,
+        0x0004_0002
+    );
+
+    registry.lock().unwrap().remove_subsystem(NQN).unwrap();
+    assert!(
+        !io.q.tick(0, &registry),
+        "the I/O queue ends with its subsystem"
+    );
+    assert!(!admin.q.tick(0, &registry), "and the admin queue");
+    assert_eq!(admin.q.end_reason(), Some("its controller is gone"));
 }

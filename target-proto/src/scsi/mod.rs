@@ -36,7 +36,7 @@ mod task;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 pub use crate::block::{AlignedBuf, BlockIo, BlockOp, IoOutcome};
 pub use sense::{Asc, FieldPointer, Sense, key, status};
@@ -121,7 +121,8 @@ impl LunConfig {
 #[derive(Debug)]
 pub struct LogicalUnit {
     cfg: LunConfig,
-    state: Mutex<LuState>,
+    /// Shared with the resized copies of this logical unit (see [`ScsiTarget::resize_lun`]).
+    state: Arc<Mutex<LuState>>,
     reservations: Arc<LunReservations>,
 }
 
@@ -131,8 +132,21 @@ impl LogicalUnit {
         let reservations = Arc::clone(&state.published);
         Self {
             cfg,
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
             reservations,
+        }
+    }
+
+    /// The same logical unit (its reservations, unit attentions, mode parameters) with a
+    /// capacity of `blocks`.
+    fn resized(&self, blocks: u64) -> Self {
+        Self {
+            cfg: LunConfig {
+                blocks,
+                ..self.cfg.clone()
+            },
+            state: Arc::clone(&self.state),
+            reservations: Arc::clone(&self.reservations),
         }
     }
 
@@ -181,7 +195,9 @@ pub enum TaskManagement {
 /// All logical units of one iSCSI target, shared by its sessions.
 #[derive(Debug)]
 pub struct ScsiTarget {
-    luns: Vec<Arc<LogicalUnit>>,
+    /// Sorted by LUN. Commands take the logical unit they address under the read lock
+    /// (one Arc clone); `xdp-target ctl` adds, removes and resizes under the write lock.
+    luns: RwLock<Vec<Arc<LogicalUnit>>>,
 }
 
 impl ScsiTarget {
@@ -190,22 +206,87 @@ impl ScsiTarget {
         luns.sort_by_key(|c| c.lun);
         luns.dedup_by_key(|c| c.lun);
         Self {
-            luns: luns
-                .into_iter()
-                .map(|c| Arc::new(LogicalUnit::new(c)))
-                .collect(),
+            luns: RwLock::new(
+                luns.into_iter()
+                    .map(|c| Arc::new(LogicalUnit::new(c)))
+                    .collect(),
+            ),
         }
     }
 
-    pub fn luns(&self) -> &[Arc<LogicalUnit>] {
-        &self.luns
+    /// The logical units now, sorted by LUN.
+    pub fn luns(&self) -> Vec<Arc<LogicalUnit>> {
+        self.read().clone()
     }
 
-    fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<LogicalUnit>>> {
         self.luns
-            .binary_search_by_key(&lun, |l| l.cfg.lun)
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<LogicalUnit>>> {
+        self.luns
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Logical unit `lun`, if there is one.
+    pub fn lu(&self, lun: u64) -> Option<Arc<LogicalUnit>> {
+        let luns = self.read();
+        luns.binary_search_by_key(&lun, |l| l.cfg.lun)
             .ok()
-            .and_then(|i| self.luns.get(i))
+            .map(|i| Arc::clone(&luns[i]))
+    }
+
+    /// Adds a logical unit (`Err` with its configuration when the LUN is taken). Every I_T
+    /// nexus of the other logical units gets REPORTED LUNS DATA HAS CHANGED (SPC-4 6.37,
+    /// SAM-5 5.14), as Linux's target raises it; Linux's initiator logs it and rescans
+    /// when asked to (`iscsiadm -m session -R`).
+    pub fn add_lun(&self, cfg: LunConfig) -> Result<Arc<LogicalUnit>, LunConfig> {
+        let mut luns = self.write();
+        let i = match luns.binary_search_by_key(&cfg.lun, |l| l.cfg.lun) {
+            Ok(_) => return Err(cfg),
+            Err(i) => i,
+        };
+        let lu = Arc::new(LogicalUnit::new(cfg));
+        for other in luns.iter() {
+            other
+                .lock()
+                .queue_ua_all(Asc::REPORTED_LUNS_DATA_HAS_CHANGED, None);
+        }
+        luns.insert(i, Arc::clone(&lu));
+        Ok(lu)
+    }
+
+    /// Removes logical unit `lun`; the remaining ones report REPORTED LUNS DATA HAS
+    /// CHANGED to every I_T nexus. Commands already started on it finish.
+    pub fn remove_lun(&self, lun: u64) -> Option<Arc<LogicalUnit>> {
+        let mut luns = self.write();
+        let i = luns.binary_search_by_key(&lun, |l| l.cfg.lun).ok()?;
+        let lu = luns.remove(i);
+        for other in luns.iter() {
+            other
+                .lock()
+                .queue_ua_all(Asc::REPORTED_LUNS_DATA_HAS_CHANGED, None);
+        }
+        Some(lu)
+    }
+
+    /// Gives logical unit `lun` a capacity of `blocks`; each of its I_T nexuses gets
+    /// CAPACITY DATA HAS CHANGED (SBC-4 4.6), after which Linux's initiator reads the
+    /// capacity again on a rescan. False when there is no such logical unit.
+    pub fn resize_lun(&self, lun: u64, blocks: u64) -> bool {
+        let mut luns = self.write();
+        let Ok(i) = luns.binary_search_by_key(&lun, |l| l.cfg.lun) else {
+            return false;
+        };
+        let resized = Arc::new(luns[i].resized(blocks));
+        resized
+            .lock()
+            .queue_ua_all(Asc::CAPACITY_DATA_HAS_CHANGED, None);
+        luns[i] = resized;
+        true
     }
 
     /// Starts a command addressed to `lun`. Never panics: a bad CDB gives a task whose
@@ -213,7 +294,7 @@ impl ScsiTarget {
     /// peripheral qualifier 011b, REPORT LUNS and REQUEST SENSE normally, and anything
     /// else with LOGICAL UNIT NOT SUPPORTED.
     pub fn command(&self, nexus: &Nexus, lun: u64, cdb: &[u8]) -> Task {
-        Task::new(self, self.lu(lun).cloned(), nexus, cdb)
+        Task::new(self, self.lu(lun), nexus, cdb)
     }
 
     /// Applies a task management function's effects on logical unit state; the transport
@@ -234,13 +315,13 @@ impl ScsiTarget {
             // SAM-5 6.6/6.7: a target reset is a logical unit reset of every logical unit;
             // a cold reset also reports power on.
             TaskManagement::TargetWarmReset => {
-                for lu in &self.luns {
+                for lu in self.luns() {
                     lu.lock()
                         .reset(Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, Some(nexus.id));
                 }
             }
             TaskManagement::TargetColdReset => {
-                for lu in &self.luns {
+                for lu in self.luns() {
                     lu.lock().reset(Asc::POWER_ON_OCCURRED, None);
                 }
             }
@@ -250,7 +331,7 @@ impl ScsiTarget {
     /// The I_T nexus ended: its RESERVE(6) reservation, PREVENT state and pending unit
     /// attentions go; persistent reservation registrations stay (SPC-4 5.12.6).
     pub fn nexus_lost(&self, nexus: &Nexus) {
-        for lu in &self.luns {
+        for lu in self.luns() {
             lu.lock().nexus_lost(nexus.id);
         }
     }

@@ -51,8 +51,10 @@ impl Asc {
     pub const RESERVATIONS_PREEMPTED: Self = Self(0x2a, 0x03);
     pub const RESERVATIONS_RELEASED: Self = Self(0x2a, 0x04);
     pub const REGISTRATIONS_PREEMPTED: Self = Self(0x2a, 0x05);
+    pub const CAPACITY_DATA_HAS_CHANGED: Self = Self(0x2a, 0x09);
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Self = Self(0x2f, 0x00);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Self = Self(0x39, 0x00);
+    pub const REPORTED_LUNS_DATA_HAS_CHANGED: Self = Self(0x3f, 0x0e);
     pub const INTERNAL_TARGET_FAILURE: Self = Self(0x44, 0x00);
     pub const MEDIUM_REMOVAL_PREVENTED: Self = Self(0x53, 0x02);
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Self = Self(0x55, 0x04);

@@ -700,7 +700,7 @@ fn report_luns(target: &ScsiTarget, cdb: Cdb<'_>) -> Prep {
         return Err(Sense::invalid_cdb(6, None).into());
     }
     let data = match cdb.u8(2) {
-        0 | 2 => inquiry::report_luns(target.luns.iter().map(|l| l.cfg.lun)),
+        0 | 2 => inquiry::report_luns(target.luns().iter().map(|l| l.cfg.lun)),
         // Well-known logical units only: there are none.
         1 => inquiry::report_luns(std::iter::empty()),
         _ => return Err(Sense::invalid_cdb(2, None).into()),

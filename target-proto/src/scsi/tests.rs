@@ -1084,3 +1084,54 @@ fn software_write_protect_and_loej() {
     let o = h.run(&n, 0, &[0x1b, 1, 0, 0, 0x02, 0], &[]);
     assert!(o.check(key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB));
 }
+
+/// LUNs added and removed at run time raise REPORTED LUNS DATA HAS CHANGED on the other
+/// logical units, a resize CAPACITY DATA HAS CHANGED on its own; READ CAPACITY and REPORT
+/// LUNS answer the new state, and the logical unit's other state survives the resize.
+#[test]
+fn lun_changes_at_run_time_raise_their_unit_attentions() {
+    let mut h = Harness::one();
+    let a = nexus(1);
+    assert!(h.run(&a, 0, &[0; 6], &[]).good());
+    let report_luns = [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    assert_eq!(h.run(&a, 0, &report_luns, &[]).data[3], 8, "one LUN");
+
+    let mut c1 = cfg(1);
+    c1.blocks = 64;
+    assert!(h.target.add_lun(c1.clone()).is_ok());
+    assert!(h.target.add_lun(c1).is_err(), "LUN 1 is taken");
+    h.disks.push(vec![0u8; 64 * 512]);
+    let o = h.run(&a, 0, &[0; 6], &[]);
+    assert!(o.check(key::UNIT_ATTENTION, Asc::REPORTED_LUNS_DATA_HAS_CHANGED));
+    assert!(h.run(&a, 0, &[0; 6], &[]).good(), "reported once");
+    assert_eq!(h.run(&a, 0, &report_luns, &[]).data[3], 16, "two LUNs");
+    // The new LUN has no unit attention of its own for a nexus it never saw.
+    assert!(h.run(&a, 1, &[0; 6], &[]).good());
+
+    // PREVENT on LUN 1 is logical unit state: a resize keeps it.
+    assert!(h.run(&a, 1, &[0x1e, 0, 0, 0, 1, 0], &[]).good());
+    assert!(h.target.resize_lun(1, 128));
+    assert!(!h.target.resize_lun(9, 128));
+    let read_capacity = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let o = h.run(&a, 1, &read_capacity, &[]);
+    assert!(o.check(key::UNIT_ATTENTION, Asc::CAPACITY_DATA_HAS_CHANGED));
+    let o = h.run(&a, 1, &read_capacity, &[]);
+    assert!(o.good());
+    assert_eq!(u32::from_be_bytes(o.data[..4].try_into().unwrap()), 127);
+    assert!(
+        h.run(&a, 0, &[0; 6], &[]).good(),
+        "LUN 0 saw no capacity change"
+    );
+    let state = h.target.lu(1).unwrap();
+    assert!(
+        state.lock().prevent.contains(&a.id),
+        "PREVENT survived the resize"
+    );
+
+    assert!(h.target.remove_lun(1).is_some());
+    assert!(h.target.remove_lun(1).is_none());
+    let o = h.run(&a, 0, &[0; 6], &[]);
+    assert!(o.check(key::UNIT_ATTENTION, Asc::REPORTED_LUNS_DATA_HAS_CHANGED));
+    let o = h.run(&a, 1, &[0; 6], &[]);
+    assert!(o.check(key::ILLEGAL_REQUEST, Asc::LOGICAL_UNIT_NOT_SUPPORTED));
+}
