@@ -105,6 +105,49 @@ struct CtlArgs {
 enum CtlCommand {
     /// Subsystems, namespaces, allow lists and listeners, as JSON.
     List,
+    /// Add an NVM subsystem (also an iSCSI target with --iqn), without namespaces: add
+    /// them with add-namespace. `call add_subsystem` takes a whole [[subsystem]] table.
+    AddSubsystem {
+        nqn: String,
+        #[arg(long)]
+        iqn: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        serial: Option<String>,
+    },
+    /// Remove a subsystem and its iSCSI target: their controllers and sessions end.
+    RemoveSubsystem { nqn: String },
+    /// Add namespace NSID to subsystem NQN (also LUN NSID-1 of its iSCSI target): memory
+    /// of --size, or the file or block device --file (created with --size when missing).
+    AddNamespace {
+        nqn: String,
+        nsid: u32,
+        /// Bytes, or with a suffix: 512MiB, 1GiB.
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long, value_name = "PATH")]
+        file: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        block_size: u32,
+        /// Not exported over NVMe.
+        #[arg(long)]
+        no_nvme: bool,
+        /// Not an iSCSI LUN.
+        #[arg(long)]
+        no_iscsi: bool,
+        /// Refuse writes (iSCSI only; with --no-nvme).
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Remove namespace NSID of subsystem NQN (and its LUN).
+    RemoveNamespace { nqn: String, nsid: u32 },
+    /// Grow namespace NSID of subsystem NQN to SIZE (bytes, or 2GiB); hosts are told.
+    ResizeNamespace {
+        nqn: String,
+        nsid: u32,
+        size: String,
+    },
     /// Let host NQN HOST connect to subsystem NQN.
     AddHost { nqn: String, host: String },
     /// Stop letting HOST connect to NQN (connected hosts stay); never empties the list.
@@ -142,6 +185,49 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     use serde_json::json;
     let (method, params) = match args.what {
         CtlCommand::List => ("list", json!({})),
+        CtlCommand::AddSubsystem {
+            nqn,
+            iqn,
+            model,
+            serial,
+        } => {
+            let mut p = json!({ "nqn": nqn, "iqn": iqn, "serial": serial });
+            if let Some(m) = model {
+                p["model"] = json!(m);
+            }
+            ("add_subsystem", p)
+        }
+        CtlCommand::RemoveSubsystem { nqn } => ("remove_subsystem", json!({ "nqn": nqn })),
+        CtlCommand::AddNamespace {
+            nqn,
+            nsid,
+            size,
+            file,
+            block_size,
+            no_nvme,
+            no_iscsi,
+            read_only,
+        } => (
+            "add_namespace",
+            json!({
+                "nqn": nqn,
+                "nsid": nsid,
+                "backend": if file.is_some() { "file" } else { "memory" },
+                "size": size,
+                "path": file,
+                "block_size": block_size,
+                "nvme": !no_nvme,
+                "iscsi": !no_iscsi,
+                "read_only": read_only,
+            }),
+        ),
+        CtlCommand::RemoveNamespace { nqn, nsid } => {
+            ("remove_namespace", json!({ "nqn": nqn, "nsid": nsid }))
+        }
+        CtlCommand::ResizeNamespace { nqn, nsid, size } => (
+            "resize_namespace",
+            json!({ "nqn": nqn, "nsid": nsid, "size": size }),
+        ),
         CtlCommand::AddHost { nqn, host } => ("add_host", json!({"nqn": nqn, "host": host})),
         CtlCommand::RemoveHost { nqn, host } => ("remove_host", json!({"nqn": nqn, "host": host})),
         CtlCommand::SetHosts { nqn, hosts, any } => (
@@ -288,8 +374,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let c = control::Control::new(
             config.clone(),
             args.config.clone(),
-            std::sync::Arc::clone(&server.registry),
-            std::sync::Arc::clone(&server.iscsi_registry),
+            control::Served {
+                registry: std::sync::Arc::clone(&server.registry),
+                iscsi_registry: std::sync::Arc::clone(&server.iscsi_registry),
+                backends: std::sync::Arc::clone(&server.backends),
+                metrics: std::sync::Arc::clone(&server.metrics),
+            },
         );
         control::spawn(std::path::Path::new(path), std::sync::Arc::new(c))
             .map_err(|e| anyhow::anyhow!("control socket {path}: {e}"))?;

@@ -20,8 +20,9 @@ use target_proto::scsi::{LunConfig, ScsiTarget};
 use tracing::{info, warn};
 
 use crate::backend::{Backend, FileBackend, FileBackendError, MemoryBackend};
-use crate::config::{BackendKind, ChapCredentials, Config};
+use crate::config::{BackendKind, ChapCredentials, Config, NamespaceConfig, SubsystemConfig};
 use crate::metrics::{Metrics, NamespaceName};
+use crate::reactor::block::{BackendEntry, Backends};
 pub use crate::reactor::engine::Proto;
 use crate::reactor::engine::Shared;
 
@@ -59,6 +60,9 @@ pub struct Server {
     /// The registries the transports serve from, for the control socket to change.
     pub registry: Arc<Mutex<Registry>>,
     pub iscsi_registry: Arc<Mutex<IscsiRegistry>>,
+    /// The backends and metrics, for the control socket to add namespaces to.
+    pub backends: Arc<Backends>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -81,7 +85,7 @@ struct Built {
 }
 
 /// The CHAP an iSCSI target of subsystem `s` requires (and answers, for mutual CHAP).
-pub(crate) fn chap_config(s: &crate::config::SubsystemConfig) -> Option<ChapConfig> {
+pub(crate) fn chap_config(s: &SubsystemConfig) -> Option<ChapConfig> {
     s.chap.as_ref().map(|c| ChapConfig {
         initiator: chap(c),
         target: s.mutual_chap.as_ref().map(chap),
@@ -95,6 +99,100 @@ fn chap(c: &ChapCredentials) -> ChapSecret {
     }
 }
 
+/// Opens (or creates) namespace `n`'s medium.
+pub(crate) fn open_backend(n: &NamespaceConfig) -> Result<Backend, FileBackendError> {
+    Ok(match n.backend {
+        BackendKind::Memory => Backend::Memory(MemoryBackend::new(n.size.map_or(0, |s| s.0))),
+        BackendKind::File => {
+            let path = n.path.as_deref().unwrap_or_default();
+            let f = FileBackend::open(path, n.size.map(|s| s.0), n.block_size)?;
+            let mode = if f.direct {
+                "O_DIRECT"
+            } else {
+                "buffered: no O_DIRECT at this block size"
+            };
+            info!(path, bytes = f.size(), "file namespace ({mode})");
+            Backend::File(f)
+        }
+    })
+}
+
+/// The LUN namespace `n` of subsystem `s` is on iSCSI (its number is NSID - 1), when it
+/// is one; `id` is its backend's index.
+pub(crate) fn lun_config(
+    s: &SubsystemConfig,
+    n: &NamespaceConfig,
+    backend: &Backend,
+    id: u32,
+) -> Option<LunConfig> {
+    (s.iqn.is_some() && n.iscsi).then(|| LunConfig {
+        lun: u64::from(n.nsid - 1),
+        block_size: n.block_size,
+        blocks: backend.size() / u64::from(n.block_size),
+        backend: id,
+        volatile_write_cache: backend.volatile_cache(),
+        thin: true,
+        read_only: n.read_only,
+        identity: identity(&s.nqn, n.nsid),
+        vendor: "XDPT".into(),
+        product: s.model.chars().take(16).collect(),
+        revision: env!("CARGO_PKG_VERSION").chars().take(4).collect(),
+    })
+}
+
+/// The NVMe namespace `n` of subsystem `s` is, when it is one; `scsi` is the iSCSI target
+/// of the same subsystem, whose LUN on the same medium it honours the reservations of.
+pub(crate) fn nvme_namespace(
+    s: &SubsystemConfig,
+    n: &NamespaceConfig,
+    backend: &Backend,
+    id: u32,
+    scsi: Option<&ScsiTarget>,
+) -> Option<Namespace> {
+    let ident = identity(&s.nqn, n.nsid);
+    n.nvme.then(|| Namespace {
+        nsid: n.nsid,
+        block_size: n.block_size,
+        blocks: backend.size() / u64::from(n.block_size),
+        nguid: ident,
+        eui64: ident[..8].try_into().expect("8 bytes"),
+        uuid: uuid_v8(ident),
+        volatile_write_cache: backend.volatile_cache(),
+        deallocate: true,
+        backend: id,
+        scsi_reservations: scsi
+            .and_then(|t| t.lu(u64::from(n.nsid - 1)))
+            .map(|l| Arc::clone(l.reservations())),
+    })
+}
+
+/// The NVM subsystem of `s`, with `namespaces`.
+pub(crate) fn nvme_subsystem(s: &SubsystemConfig, namespaces: Vec<Namespace>) -> Subsystem {
+    let serial = s.serial.clone().unwrap_or_else(|| {
+        let h = identity(&s.nqn, 0);
+        h[..10].iter().map(|b| format!("{b:02x}")).collect()
+    });
+    Subsystem {
+        nqn: s.nqn.clone(),
+        serial,
+        model: s.model.clone(),
+        firmware: env!("CARGO_PKG_VERSION").chars().take(8).collect(),
+        namespaces,
+        allowed_hosts: (!s.allow_hosts.is_empty()).then(|| s.allow_hosts.clone()),
+    }
+}
+
+/// The iSCSI target of `s` (which has an IQN), over `scsi`.
+pub(crate) fn target_node(s: &SubsystemConfig, iqn: &str, scsi: Arc<ScsiTarget>) -> TargetNode {
+    TargetNode {
+        iqn: iqn.to_string(),
+        alias: None,
+        scsi,
+        allowed_initiators: (!s.allow_initiators.is_empty()).then(|| s.allow_initiators.clone()),
+        chap: chap_config(s),
+    }
+}
+
 /// Subsystems as the controller sees them, iSCSI targets, and the backends their
 /// namespaces point at.
 fn build(config: &Config) -> Result<Built, ServeError> {
@@ -103,97 +201,33 @@ fn build(config: &Config) -> Result<Built, ServeError> {
     let mut subsystems = Vec::new();
     let mut targets = Vec::new();
     for s in &config.subsystems {
-        let mut namespaces = Vec::new();
+        let first = backends.len();
         let mut luns = Vec::new();
         for n in &s.namespaces {
-            let backend = match n.backend {
-                BackendKind::Memory => {
-                    Backend::Memory(MemoryBackend::new(n.size.map_or(0, |s| s.0)))
-                }
-                BackendKind::File => {
-                    let path = n.path.as_deref().unwrap_or_default();
-                    let f = FileBackend::open(path, n.size.map(|s| s.0), n.block_size)?;
-                    let mode = if f.direct {
-                        "O_DIRECT"
-                    } else {
-                        "buffered: no O_DIRECT at this block size"
-                    };
-                    info!(path, bytes = f.size, "file namespace ({mode})");
-                    Backend::File(f)
-                }
-            };
+            let backend = open_backend(n)?;
             let id = u32::try_from(backends.len()).expect("fewer than 2^32 namespaces");
             names.push(NamespaceName {
                 subsystem: s.nqn.clone(),
                 nsid: n.nsid,
             });
-            let ident = identity(&s.nqn, n.nsid);
-            if s.iqn.is_some() && n.iscsi {
-                luns.push(LunConfig {
-                    lun: u64::from(n.nsid - 1),
-                    block_size: n.block_size,
-                    blocks: backend.size() / u64::from(n.block_size),
-                    backend: id,
-                    volatile_write_cache: backend.volatile_cache(),
-                    thin: true,
-                    read_only: n.read_only,
-                    identity: ident,
-                    vendor: "XDPT".into(),
-                    product: s.model.chars().take(16).collect(),
-                    revision: env!("CARGO_PKG_VERSION").chars().take(4).collect(),
-                });
-            }
-            if !n.nvme {
-                backends.push(Arc::new(backend));
-                continue;
-            }
-            namespaces.push(Namespace {
-                nsid: n.nsid,
-                block_size: n.block_size,
-                blocks: backend.size() / u64::from(n.block_size),
-                nguid: ident,
-                eui64: ident[..8].try_into().expect("8 bytes"),
-                uuid: uuid_v8(ident),
-                volatile_write_cache: backend.volatile_cache(),
-                deallocate: true,
-                backend: id,
-                scsi_reservations: None,
-            });
+            luns.extend(lun_config(s, n, &backend, id));
             backends.push(Arc::new(backend));
         }
+        let scsi = s.iqn.as_ref().map(|_| Arc::new(ScsiTarget::new(luns)));
+        let mut namespaces: Vec<Namespace> = s
+            .namespaces
+            .iter()
+            .zip(first..)
+            .filter_map(|(n, id)| {
+                let id = u32::try_from(id).expect("fewer than 2^32 namespaces");
+                nvme_namespace(s, n, &backends[id as usize], id, scsi.as_deref())
+            })
+            .collect();
         namespaces.sort_by_key(|n| n.nsid);
-        if let Some(iqn) = &s.iqn {
-            let scsi = Arc::new(ScsiTarget::new(luns));
-            // A namespace that is also a LUN honours the LUN's reservations on NVMe I/O.
-            for ns in &mut namespaces {
-                let lun = u64::from(ns.nsid - 1);
-                ns.scsi_reservations = scsi
-                    .luns()
-                    .iter()
-                    .find(|l| l.config().lun == lun)
-                    .map(|l| Arc::clone(l.reservations()));
-            }
-            targets.push(TargetNode {
-                iqn: iqn.clone(),
-                alias: None,
-                scsi,
-                allowed_initiators: (!s.allow_initiators.is_empty())
-                    .then(|| s.allow_initiators.clone()),
-                chap: chap_config(s),
-            });
+        if let (Some(iqn), Some(scsi)) = (&s.iqn, scsi) {
+            targets.push(target_node(s, iqn, scsi));
         }
-        let serial = s.serial.clone().unwrap_or_else(|| {
-            let h = identity(&s.nqn, 0);
-            h[..10].iter().map(|b| format!("{b:02x}")).collect()
-        });
-        subsystems.push(Subsystem {
-            nqn: s.nqn.clone(),
-            serial,
-            model: s.model.clone(),
-            firmware: env!("CARGO_PKG_VERSION").chars().take(8).collect(),
-            namespaces,
-            allowed_hosts: (!s.allow_hosts.is_empty()).then(|| s.allow_hosts.clone()),
-        });
+        subsystems.push(nvme_subsystem(s, namespaces));
     }
     Ok(Built {
         subsystems,
@@ -250,6 +284,14 @@ pub(crate) fn shared(config: &Config, xdp_iface: Option<&str>) -> Result<Shared,
         backends,
         names,
     } = build(config)?;
+    let metrics = Arc::new(Metrics::new(&names, xdp_iface));
+    let backends = Arc::new(Backends::new(
+        backends
+            .into_iter()
+            .zip(metrics.namespace_io())
+            .map(|(backend, io)| BackendEntry { backend, io })
+            .collect(),
+    ));
     let mut registry = Registry::new(subsystems);
     let iscsi_addrs = parse_addrs(&config.iscsi.listen);
     // Every NVMe listener, TCP and RDMA, is a port of the discovery log: a host that
@@ -312,7 +354,7 @@ pub(crate) fn shared(config: &Config, xdp_iface: Option<&str>) -> Result<Shared,
         iscsi_params,
         params,
         backends,
-        metrics: Arc::new(Metrics::new(&names, xdp_iface)),
+        metrics,
         busy_poll: std::env::var("XDPT_BUSY_POLL_US")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -378,6 +420,8 @@ pub fn start(
         threads,
         registry: Arc::clone(&shared.registry),
         iscsi_registry: Arc::clone(&shared.iscsi_registry),
+        backends: Arc::clone(&shared.backends),
+        metrics: Arc::clone(&shared.metrics),
     };
     // Before the kernel's listeners: a host must not read a discovery log that lists RDMA
     // ports before it is known whether RDMA serves.

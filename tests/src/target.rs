@@ -326,3 +326,19 @@ pub fn stats_json(iface: &str) -> io::Result<serde_json::Value> {
     }
     serde_json::from_slice(&out.stdout).map_err(io::Error::other)
 }
+
+/// Runs `xdp-target ctl --socket SOCKET ARGS...`: whether it succeeded, and what it printed
+/// (stdout, then stderr).
+pub fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run xdp-target ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}

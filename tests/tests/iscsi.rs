@@ -650,3 +650,151 @@ fn nvme_and_iscsi_serve_the_same_blocks() {
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
 }
+
+/// `xdp-target ctl` adds, grows and removes a LUN under a logged-in session: the session's
+/// next command on another LUN gets REPORTED LUNS DATA HAS CHANGED, the resized LUN
+/// CAPACITY DATA HAS CHANGED, and REPORT LUNS, READ CAPACITY and I/O follow. Removing the
+/// subsystem ends the session.
+#[test]
+fn ctl_changes_luns_with_unit_attentions() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let socket = std::env::temp_dir().join(format!("xdpt-ctl-lun-{}.sock", std::process::id()));
+    let cfg = config(
+        "ctl-lun",
+        16 * MIB,
+        &format!("[control]\nsocket = \"{}\"\n", socket.display()),
+    );
+    let t = serve(&pair, &cfg);
+    let ctl = |args: &[&str]| {
+        let (ok, out) = xdp_target_tests::target::ctl(&socket, args);
+        assert!(ok, "ctl {args:?}: {out}");
+        out
+    };
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 3260);
+    let client = pair.client.handle();
+    /// Sense key, ASC and ASCQ of a CHECK CONDITION, or `None` for GOOD.
+    fn check(c: &target_proto::iscsi::host::ScsiCompletion) -> Option<(u8, u8, u8)> {
+        (c.status != 0).then(|| (c.sense[2] & 0xf, c.sense[12], c.sense[13]))
+    }
+    const TUR: [u8; 6] = [0; 6];
+    const REPORT_LUNS: [u8; 12] = [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    const READ_CAPACITY: [u8; 10] = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let luns = |c: &mut Client| {
+        let r = c
+            .command(0, &REPORT_LUNS, Vec::new(), 256)
+            .expect("REPORT LUNS");
+        assert_eq!(r.status, 0);
+        u32::from_be_bytes(r.data[..4].try_into().expect("4 bytes")) / 8
+    };
+    let session = client
+        .run(move || {
+            let mut c =
+                Client::login(addr, LoginOptions::new(INITIATOR, Some(IQN))).expect("login");
+            assert_eq!(
+                check(&c.command(0, &TUR, Vec::new(), 0).expect("TUR")),
+                None
+            );
+            c
+        })
+        .expect("namespace thread");
+
+    ctl(&["add-namespace", NQN, "3", "--size", "1MiB", "--no-nvme"]);
+    let session = client
+        .run(move || {
+            let mut c = session;
+            let r = c.command(0, &TUR, Vec::new(), 0).expect("TUR");
+            assert_eq!(
+                check(&r),
+                Some((6, 0x3f, 0x0e)),
+                "REPORTED LUNS DATA HAS CHANGED"
+            );
+            assert_eq!(
+                check(&c.command(0, &TUR, Vec::new(), 0).expect("TUR")),
+                None,
+                "once"
+            );
+            assert_eq!(luns(&mut c), 3, "LUNs 0, 1 and the new 2");
+            let data = pattern(5, 3, 512);
+            let w = c.rw(2, Some(data.clone()), 5, 1, 512).expect("write");
+            assert_eq!(w.status, 0);
+            assert_eq!(c.rw(2, None, 5, 1, 512).expect("read").data, data);
+            c
+        })
+        .expect("namespace thread");
+
+    ctl(&["resize-namespace", NQN, "3", "4MiB"]);
+    let session = client
+        .run(move || {
+            let mut c = session;
+            let r = c
+                .command(2, &READ_CAPACITY, Vec::new(), 8)
+                .expect("READ CAPACITY");
+            assert_eq!(
+                check(&r),
+                Some((6, 0x2a, 0x09)),
+                "CAPACITY DATA HAS CHANGED"
+            );
+            let r = c
+                .command(2, &READ_CAPACITY, Vec::new(), 8)
+                .expect("READ CAPACITY");
+            assert_eq!(check(&r), None);
+            let last = u32::from_be_bytes(r.data[..4].try_into().expect("4 bytes"));
+            assert_eq!(u64::from(last), 4 * MIB / 512 - 1);
+            assert_eq!(
+                c.rw(2, Some(pattern(8000, 1, 512)), 8000, 1, 512)
+                    .expect("write")
+                    .status,
+                0
+            );
+            assert_eq!(
+                c.rw(2, None, 5, 1, 512).expect("read").data,
+                pattern(5, 3, 512)
+            );
+            assert_eq!(
+                check(&c.command(0, &TUR, Vec::new(), 0).expect("TUR")),
+                None,
+                "LUN 0 unaffected"
+            );
+            c
+        })
+        .expect("namespace thread");
+
+    ctl(&["remove-namespace", NQN, "3"]);
+    let session = client
+        .run(move || {
+            let mut c = session;
+            let r = c.command(0, &TUR, Vec::new(), 0).expect("TUR");
+            assert_eq!(check(&r), Some((6, 0x3f, 0x0e)));
+            assert_eq!(luns(&mut c), 2);
+            let r = c.command(2, &TUR, Vec::new(), 0).expect("TUR");
+            assert_eq!(check(&r), Some((5, 0x25, 0)), "LOGICAL UNIT NOT SUPPORTED");
+            c
+        })
+        .expect("namespace thread");
+
+    let out = ctl(&["remove-subsystem", NQN]);
+    assert!(out.contains("\"sessions_ended\": 1"), "{out}");
+    client
+        .run(move || {
+            let mut c = session;
+            let mut ended = false;
+            for _ in 0..50 {
+                if c.command(0, &TUR, Vec::new(), 0).is_err() {
+                    ended = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            assert!(ended, "the session of a removed target ends");
+            assert!(
+                Client::login(addr, LoginOptions::new(INITIATOR, Some(IQN))).is_err(),
+                "and the target is gone"
+            );
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    for f in [cfg, socket] {
+        let _ = std::fs::remove_file(f);
+    }
+}

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 
+use target_proto::nvme_tcp::host::commands;
 use target_wire::nvme::identify::{IdentifyController, IdentifyNamespace};
 use target_wire::nvme::log::{DiscoveryLogHeader, SubType, TrType, discovery_entry};
 use target_wire::nvme::opcode::{AdminOpcode, Cns, FeatureId, IoOpcode, LogPageId};
@@ -336,7 +337,6 @@ fn hosts_off_the_allow_list_and_unknown_subsystems_are_refused() {
 /// never removed, and `save` writes a configuration the target loads back.
 #[test]
 fn ctl_changes_who_may_connect_and_saves_the_configuration() {
-    use std::process::Command;
     require_netns!();
     let pair = VethPair::create().expect("veth pair");
     let socket = std::env::temp_dir().join(format!("xdpt-ctl-{}.sock", std::process::id()));
@@ -349,20 +349,7 @@ fn ctl_changes_who_may_connect_and_saves_the_configuration() {
         &format!("allow_hosts = [\"{allowed}\"]"),
     );
     let t = serve(&pair, &cfg);
-    let ctl = |args: &[&str]| {
-        let out = Command::new(xdp_target_tests::target::bin())
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .output()
-            .expect("run xdp-target ctl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let ctl = |args: &[&str]| xdp_target_tests::target::ctl(&socket, args);
     let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
     let refused = Status::command_specific(CommandSpecificStatus::ConnectInvalidHost);
     let client = pair.client.handle();
@@ -1380,4 +1367,266 @@ fn fio_through_the_xdpt_engine_verifies_clean() {
         .expect("client namespace");
     assert!(t.stop().expect("stop").success());
     let _ = std::fs::remove_file(cfg);
+}
+
+/// `xdp-target ctl` adds, grows and removes a namespace on a running target: the host's
+/// held Asynchronous Event Request is answered with a Namespace Attribute Changed notice
+/// each time, the Changed Namespace List names it, Identify and I/O see the change on
+/// queues that were connected before it, and `save` keeps it. A subsystem added at run
+/// time takes connects; removing it ends the controllers on it.
+#[test]
+fn ctl_changes_namespaces_and_tells_connected_hosts() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let socket = std::env::temp_dir().join(format!("xdpt-ctl-ns-{}.sock", std::process::id()));
+    let cfg = config_top(
+        "ctl-ns",
+        &format!("reactors = 2\n[control]\nsocket = \"{}\"", socket.display()),
+        4 * MIB,
+        512,
+        "",
+    );
+    let t = serve(&pair, &cfg);
+    let ctl = |args: &[&str]| {
+        let (ok, out) = xdp_target_tests::target::ctl(&socket, args);
+        assert!(ok, "ctl {args:?}: {out}");
+        out
+    };
+    let addr = SocketAddr::new(IpAddr::V4(pair.target_addr), 4420);
+    let client = pair.client.handle();
+    const NOTICE: u32 = 0x0004_0002;
+    let aer = || commands::admin(AdminOpcode::AsyncEventRequest, 0, 0, 0);
+    let (admin, io) = client
+        .run(move || {
+            let mut admin = Client::connect(addr, false).expect("connect");
+            let c = admin
+                .fabrics_connect(0, 0xffff, NQN, HOST_NQN)
+                .expect("Connect");
+            assert!(c.cqe.status.is_success());
+            let cntlid = c.cqe.dw0 as u16;
+            admin.enable().expect("enable");
+            let id = admin
+                .admin(
+                    AdminOpcode::Identify,
+                    0,
+                    u32::from(u8::from(Cns::Controller)),
+                    0,
+                    4096,
+                )
+                .expect("Identify");
+            let idc = IdentifyController::new_checked(&id.data[..]).expect("4 KiB");
+            assert_eq!(
+                idc.oaes() & (1 << 8),
+                1 << 8,
+                "OAES: namespace attribute notices"
+            );
+            let fid = |f: FeatureId| u32::from(u8::from(f));
+            for (f, v) in [
+                (FeatureId::NumberOfQueues, 0),
+                (FeatureId::AsyncEventConfiguration, 1 << 8),
+            ] {
+                let r = admin
+                    .admin(AdminOpcode::SetFeatures, 0, fid(f), v, 0)
+                    .expect("Set Features");
+                assert!(r.cqe.status.is_success(), "{f:?}");
+            }
+            admin.submit(aer(), 0);
+            let mut io = Client::connect(addr, false).expect("connect");
+            assert!(
+                io.fabrics_connect(1, cntlid, NQN, HOST_NQN)
+                    .expect("Connect")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+            (admin, io)
+        })
+        .expect("namespace thread");
+
+    let out = ctl(&["add-namespace", NQN, "2", "--size", "2MiB"]);
+    assert!(out.contains("\"nsid\": 2"), "{out}");
+    let (admin, io) = client
+        .run(move || {
+            let (mut admin, mut io) = (admin, io);
+            let c = admin.wait().expect("the held AER is answered");
+            assert!(c.cqe.status.is_success());
+            assert_eq!(
+                c.cqe.dw0, NOTICE,
+                "Notice: Namespace Attribute Changed, LID 04h"
+            );
+            let log = admin
+                .admin(
+                    AdminOpcode::GetLogPage,
+                    0xffff_ffff,
+                    4 | (1023 << 16),
+                    0,
+                    4096,
+                )
+                .expect("Changed Namespace List");
+            assert_eq!(&log.data[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+            let list = admin
+                .admin(
+                    AdminOpcode::Identify,
+                    0,
+                    u32::from(u8::from(Cns::ActiveNamespaceList)),
+                    0,
+                    4096,
+                )
+                .expect("active namespaces");
+            assert_eq!(&list.data[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+            // The I/O queue connected before the namespace existed writes and reads it.
+            let data = pattern(3, 1, 512);
+            let w = io
+                .command(
+                    commands::io(IoOpcode::Write, 2, 3, 1),
+                    data.clone(),
+                    true,
+                    0,
+                )
+                .expect("write");
+            assert!(w.cqe.status.is_success(), "{:?}", w.cqe);
+            let r = io
+                .command(
+                    commands::io(IoOpcode::Read, 2, 3, 1),
+                    Vec::new(),
+                    false,
+                    512,
+                )
+                .expect("read");
+            assert!(r.cqe.status.is_success());
+            assert_eq!(r.data, data);
+            admin.submit(aer(), 0);
+            (admin, io)
+        })
+        .expect("namespace thread");
+
+    let (ok, out) = xdp_target_tests::target::ctl(&socket, &["resize-namespace", NQN, "2", "1MiB"]);
+    assert!(!ok && out.contains("only growing"), "no shrinking: {out}");
+    ctl(&["resize-namespace", NQN, "2", "8MiB"]);
+    let (admin, io) = client
+        .run(move || {
+            let (mut admin, mut io) = (admin, io);
+            assert_eq!(admin.wait().expect("resize notice").cqe.dw0, NOTICE);
+            let id = admin
+                .admin(
+                    AdminOpcode::Identify,
+                    2,
+                    u32::from(u8::from(Cns::Namespace)),
+                    0,
+                    4096,
+                )
+                .expect("Identify Namespace");
+            let ns = IdentifyNamespace::new_checked(&id.data[..]).expect("4 KiB");
+            assert_eq!(ns.nsze(), 8 * MIB / 512);
+            let last = 8 * MIB / 512 - 1;
+            let w = io
+                .command(
+                    commands::io(IoOpcode::Write, 2, last, 1),
+                    pattern(last, 2, 512),
+                    true,
+                    0,
+                )
+                .expect("write");
+            assert!(
+                w.cqe.status.is_success(),
+                "the grown end is writable: {:?}",
+                w.cqe
+            );
+            let r = io
+                .command(
+                    commands::io(IoOpcode::Read, 2, 3, 1),
+                    Vec::new(),
+                    false,
+                    512,
+                )
+                .expect("read");
+            assert_eq!(r.data, pattern(3, 1, 512), "data before the resize stays");
+            // Read with RAE cleared: unmasks the next notice.
+            admin
+                .admin(
+                    AdminOpcode::GetLogPage,
+                    0xffff_ffff,
+                    4 | (1023 << 16),
+                    0,
+                    4096,
+                )
+                .expect("log");
+            admin.submit(aer(), 0);
+            (admin, io)
+        })
+        .expect("namespace thread");
+
+    let saved = std::env::temp_dir().join(format!("xdpt-ctl-ns-saved-{}.toml", std::process::id()));
+    ctl(&["save", saved.to_str().expect("utf-8")]);
+    let text = std::fs::read_to_string(&saved).expect("saved");
+    assert!(
+        text.contains("nsid = 2") && text.contains("size = 8388608"),
+        "{text}"
+    );
+
+    ctl(&["remove-namespace", NQN, "2"]);
+    client
+        .run(move || {
+            let (mut admin, mut io) = (admin, io);
+            assert_eq!(admin.wait().expect("removal notice").cqe.dw0, NOTICE);
+            let r = io
+                .command(
+                    commands::io(IoOpcode::Read, 2, 3, 1),
+                    Vec::new(),
+                    false,
+                    512,
+                )
+                .expect("read");
+            assert_eq!(r.cqe.status, Status::invalid_namespace());
+            let r = io
+                .io(IoOpcode::Read, 0, 1, 512, Vec::new())
+                .expect("read nsid 1");
+            assert!(r.cqe.status.is_success(), "namespace 1 is untouched");
+        })
+        .expect("namespace thread");
+
+    // A subsystem added at run time takes connects; removing it ends them.
+    let other = "nqn.2026-11.dev.xdp-target:added";
+    ctl(&["add-subsystem", other]);
+    ctl(&["add-namespace", other, "1", "--size", "1MiB"]);
+    let admin = client
+        .run(move || {
+            let mut admin = Client::connect(addr, false).expect("connect");
+            assert!(
+                admin
+                    .fabrics_connect(0, 0xffff, other, HOST_NQN)
+                    .expect("Connect")
+                    .cqe
+                    .status
+                    .is_success()
+            );
+            admin.enable().expect("enable");
+            admin
+        })
+        .expect("namespace thread");
+    let out = ctl(&["remove-subsystem", other]);
+    assert!(out.contains("\"controllers_ended\": 1"), "{out}");
+    client
+        .run(move || {
+            let mut admin = admin;
+            let mut ended = false;
+            for _ in 0..50 {
+                if admin.admin(AdminOpcode::KeepAlive, 0, 0, 0, 0).is_err() {
+                    ended = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            assert!(ended, "the controller of a removed subsystem ends");
+            let mut again = Client::connect(addr, false).expect("connect");
+            let c = again
+                .fabrics_connect(0, 0xffff, other, HOST_NQN)
+                .expect("answer");
+            assert!(!c.cqe.status.is_success(), "gone");
+        })
+        .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    for f in [cfg, saved, socket] {
+        let _ = std::fs::remove_file(f);
+    }
 }

@@ -85,6 +85,22 @@ impl Client {
         }
     }
 
+    /// Queues a command without waiting for it (an Asynchronous Event Request, which the
+    /// controller answers only when an event occurs); [`Self::wait`] collects it.
+    pub fn submit(&mut self, sqe: [u8; 64], read_len: usize) -> u16 {
+        self.h.submit(sqe, Vec::new(), false, read_len)
+    }
+
+    /// Waits for the next completion of any command (within the read timeout).
+    pub fn wait(&mut self) -> io::Result<Completion> {
+        loop {
+            if let Some(c) = self.h.completion() {
+                return Ok(c);
+            }
+            self.exchange()?;
+        }
+    }
+
     /// Fabrics Connect; returns the completion (DW0 holds the controller ID).
     pub fn fabrics_connect(
         &mut self,

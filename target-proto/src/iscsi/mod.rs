@@ -174,6 +174,35 @@ impl Registry {
         true
     }
 
+    /// Adds a target node; false when one of that name exists.
+    pub fn add_target(&mut self, t: TargetNode) -> bool {
+        if self.target(&t.iqn).is_some() {
+            return false;
+        }
+        self.targets.push(Arc::new(t));
+        true
+    }
+
+    /// Removes target `iqn` and ends its sessions: their connections close at their next
+    /// tick, as LIO ends the sessions of a target it deletes. The number of sessions ended,
+    /// or `None` when there is no such target.
+    pub fn remove_target(&mut self, iqn: &str) -> Option<usize> {
+        let i = self
+            .targets
+            .iter()
+            .position(|t| t.iqn.eq_ignore_ascii_case(iqn))?;
+        self.targets.remove(i);
+        let before = self.sessions.len();
+        self.sessions.retain(|s| {
+            let ours = s.target.eq_ignore_ascii_case(iqn);
+            if ours {
+                s.killed.store(true, Ordering::Relaxed);
+            }
+            !ours
+        });
+        Some(before - self.sessions.len())
+    }
+
     pub fn targets(&self) -> &[Arc<TargetNode>] {
         &self.targets
     }

@@ -12,7 +12,8 @@
 //! ever makes data (it is gone when the process ends), so no volatile write cache is
 //! advertised. File and block-device backends through io_uring are not written yet.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use target_proto::nvme::controller::{BlockOp, IoOutcome};
 
@@ -22,23 +23,38 @@ const CHUNK: usize = 1 << 20;
 type Chunk = Option<Box<[u8]>>;
 
 pub struct MemoryBackend {
-    chunks: Vec<Mutex<Chunk>>,
-    size: u64,
+    /// The chunk table grows (`xdp-target ctl resize`) under the write lock; operations
+    /// take the read lock, uncontended but for a resize.
+    chunks: RwLock<Vec<Mutex<Chunk>>>,
+    size: AtomicU64,
+}
+
+fn chunk_count(size: u64) -> usize {
+    usize::try_from(size.div_ceil(CHUNK as u64)).expect("size fits the address space")
 }
 
 impl MemoryBackend {
     /// A zeroed backend of `size` bytes (rounded up to whole chunks internally).
     pub fn new(size: u64) -> Self {
-        let n = usize::try_from(size.div_ceil(CHUNK as u64)).expect("size fits the address space");
-        let chunks = (0..n).map(|_| Mutex::new(None)).collect();
-        Self { chunks, size }
+        let chunks = (0..chunk_count(size)).map(|_| Mutex::new(None)).collect();
+        Self {
+            chunks: RwLock::new(chunks),
+            size: AtomicU64::new(size),
+        }
     }
 
-    fn chunk(&self, i: usize) -> MutexGuard<'_, Chunk> {
-        // A panic in a copy leaves bytes, not broken invariants: keep serving.
-        self.chunks[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Grows the backend to `size` bytes; the new bytes read as zeroes. Never shrinks.
+    pub fn grow(&self, size: u64) {
+        let mut chunks = self.chunks.write().unwrap_or_else(PoisonError::into_inner);
+        let n = chunk_count(size);
+        if n > chunks.len() {
+            chunks.resize_with(n, || Mutex::new(None));
+        }
+        self.size.fetch_max(size, Ordering::AcqRel);
     }
 
     /// Calls `f(chunk, range in the chunk, range in the caller's buffer)` for each piece of
@@ -49,7 +65,8 @@ impl MemoryBackend {
         len: u64,
         mut f: impl FnMut(&mut Chunk, std::ops::Range<usize>, std::ops::Range<usize>),
     ) -> bool {
-        let Some(end) = offset.checked_add(len).filter(|&e| e <= self.size) else {
+        let chunks = self.chunks.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= self.size()) else {
             return false;
         };
         let mut at = offset;
@@ -58,7 +75,8 @@ impl MemoryBackend {
             let within = (at % CHUNK as u64) as usize;
             let n = (CHUNK - within).min((end - at) as usize);
             let done = (at - offset) as usize;
-            let mut c = self.chunk(i);
+            // A panic in a copy leaves bytes, not broken invariants: keep serving.
+            let mut c = chunks[i].lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut c, within..within + n, done..done + n);
             at += n as u64;
         }
@@ -196,7 +214,48 @@ mod tests {
 
     /// Whether chunk `i` holds memory.
     fn allocated(m: &MemoryBackend, i: usize) -> bool {
-        m.chunk(i).is_some()
+        m.chunks.read().unwrap()[i].lock().unwrap().is_some()
+    }
+
+    #[test]
+    fn memory_grows_keeping_its_data_and_never_shrinks() {
+        let m = MemoryBackend::new(CHUNK as u64 + 4096);
+        let mut data = vec![0x5au8; 4096];
+        let write = |m: &MemoryBackend, offset: u64, data: &mut [u8]| {
+            m.execute(
+                &BlockOp::Write {
+                    offset,
+                    len: 4096,
+                    fua: false,
+                },
+                data,
+            )
+        };
+        assert_eq!(write(&m, CHUNK as u64, &mut data), IoOutcome::Ok);
+        let end = 3 * CHUNK as u64;
+        assert_ne!(
+            write(&m, end - 4096, &mut data),
+            IoOutcome::Ok,
+            "beyond the end"
+        );
+        m.grow(end);
+        assert_eq!(m.size(), end);
+        assert_eq!(write(&m, end - 4096, &mut data), IoOutcome::Ok, "grown");
+        m.grow(4096);
+        assert_eq!(m.size(), end, "never shrinks");
+        let mut back = vec![0u8; 4096];
+        let read = BlockOp::Read {
+            offset: CHUNK as u64,
+            len: 4096,
+        };
+        assert_eq!(m.execute(&read, &mut back), IoOutcome::Ok);
+        assert_eq!(back, data, "data before the growth stays");
+        let read = BlockOp::Read {
+            offset: 2 * CHUNK as u64,
+            len: 4096,
+        };
+        assert_eq!(m.execute(&read, &mut back), IoOutcome::Ok);
+        assert!(back.iter().all(|&b| b == 0), "new blocks read as zeroes");
     }
 
     #[test]
@@ -294,7 +353,7 @@ mod tests {
 /// range, punch hole).
 pub struct FileBackend {
     pub file: std::fs::File,
-    pub size: u64,
+    size: AtomicU64,
     /// Opened with O_DIRECT.
     pub direct: bool,
 }
@@ -352,6 +411,7 @@ impl FileBackend {
                 (have, None) => have,
             }
         };
+        let size = AtomicU64::new(size);
         match probe_direct(path, block_size) {
             Some(direct) => Ok(Self {
                 file: direct,
@@ -364,6 +424,35 @@ impl FileBackend {
                 direct: false,
             }),
         }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Grows the namespace to `size` bytes: a regular file is extended (the new blocks
+    /// read as zeroes), a block device must already hold them (grow it first, e.g.
+    /// `lvextend`). Never shrinks.
+    pub fn grow(&self, size: u64) -> std::io::Result<()> {
+        use std::io::Seek;
+        use std::os::unix::fs::FileTypeExt;
+        let meta = self.file.metadata()?;
+        if meta.file_type().is_block_device() {
+            let mut f = &self.file;
+            let have = f.seek(std::io::SeekFrom::End(0))?;
+            if have < size {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("the block device holds {have} bytes, less than {size}"),
+                ));
+            }
+        } else if meta.len() < size {
+            self.file.set_len(size)?;
+            // The new length is metadata a crash must not lose before hosts write there.
+            self.file.sync_all()?;
+        }
+        self.size.fetch_max(size, Ordering::AcqRel);
+        Ok(())
     }
 }
 
@@ -394,8 +483,19 @@ pub enum Backend {
 impl Backend {
     pub fn size(&self) -> u64 {
         match self {
-            Self::Memory(m) => m.size,
-            Self::File(f) => f.size,
+            Self::Memory(m) => m.size(),
+            Self::File(f) => f.size(),
+        }
+    }
+
+    /// Grows the backend to `size` bytes (see [`MemoryBackend::grow`], [`FileBackend::grow`]).
+    pub fn grow(&self, size: u64) -> std::io::Result<()> {
+        match self {
+            Self::Memory(m) => {
+                m.grow(size);
+                Ok(())
+            }
+            Self::File(f) => f.grow(size),
         }
     }
 

@@ -9,10 +9,12 @@
 //! {"jsonrpc":"2.0","id":1,"result":{"nqn":"nqn...","allow_hosts":["nqn..."]}}
 //! ```
 //!
-//! Methods: `list`; `add_host`, `remove_host`, `set_hosts` (NVMe host allow lists);
-//! `add_initiator`, `remove_initiator`, `set_initiators` (iSCSI initiator allow lists);
-//! `set_chap` (the CHAP an iSCSI target requires); `save` (the running configuration as
-//! TOML). A change applies to connects and logins
+//! Methods: `list`; `add_subsystem`, `remove_subsystem`, `add_namespace`,
+//! `remove_namespace`, `resize_namespace` (`storage`); `add_host`, `remove_host`,
+//! `set_hosts` (NVMe host allow lists); `add_initiator`, `remove_initiator`,
+//! `set_initiators` (iSCSI initiator allow lists); `set_chap` (the CHAP an iSCSI target
+//! requires); `save` (the running configuration as TOML). An allow-list change applies to
+//! connects and logins
 //! from then on; connections already up stay, as with Linux's nvmet and LIO. An empty
 //! allow list means any host, so `remove_*` never empties one: `set_*` with `null` says
 //! "any" explicitly. The socket is created mode 0600: whoever can write to it can change
@@ -30,6 +32,10 @@ use target_proto::nvme::subsystem::Registry;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::reactor::block::Backends;
+
+mod storage;
 
 /// The most a request line may hold.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -42,6 +48,16 @@ pub struct Control {
     config_path: Option<PathBuf>,
     registry: Arc<Mutex<Registry>>,
     iscsi_registry: Arc<Mutex<IscsiRegistry>>,
+    backends: Arc<Backends>,
+    metrics: Arc<Metrics>,
+}
+
+/// What the control socket changes in the running target (`serve::Server` has them).
+pub struct Served {
+    pub registry: Arc<Mutex<Registry>>,
+    pub iscsi_registry: Arc<Mutex<IscsiRegistry>>,
+    pub backends: Arc<Backends>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A JSON-RPC error: its code and message.
@@ -116,17 +132,14 @@ impl Acl {
 }
 
 impl Control {
-    pub fn new(
-        config: Config,
-        config_path: Option<PathBuf>,
-        registry: Arc<Mutex<Registry>>,
-        iscsi_registry: Arc<Mutex<IscsiRegistry>>,
-    ) -> Self {
+    pub fn new(config: Config, config_path: Option<PathBuf>, served: Served) -> Self {
         Self {
             config: Mutex::new(config),
             config_path,
-            registry,
-            iscsi_registry,
+            registry: served.registry,
+            iscsi_registry: served.iscsi_registry,
+            backends: served.backends,
+            metrics: served.metrics,
         }
     }
 
@@ -134,6 +147,11 @@ impl Control {
     pub fn call(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
         match method {
             "list" => Ok(self.list()),
+            "add_subsystem" => self.add_subsystem(params),
+            "remove_subsystem" => self.remove_subsystem(params),
+            "add_namespace" => self.add_namespace(params),
+            "remove_namespace" => self.remove_namespace(params),
+            "resize_namespace" => self.resize_namespace(params),
             "add_host" => self.change(Acl::Hosts, params, Change::Add),
             "remove_host" => self.change(Acl::Hosts, params, Change::Remove),
             "set_hosts" => self.change(Acl::Hosts, params, Change::Set),
@@ -145,8 +163,9 @@ impl Control {
             _ => Err(RpcError {
                 code: -32601,
                 message: format!(
-                    "no method {method:?}; there are list, add_host, remove_host, set_hosts, \
-                     add_initiator, remove_initiator, set_initiators, set_chap, save"
+                    "no method {method:?}; there are list, add_subsystem, remove_subsystem, \
+                     add_namespace, remove_namespace, resize_namespace, add_host, remove_host, \
+                     set_hosts, add_initiator, remove_initiator, set_initiators, set_chap, save"
                 ),
             }),
         }
@@ -467,8 +486,12 @@ mod tests {
         Control::new(
             config,
             None,
-            Arc::clone(&shared.registry),
-            Arc::clone(&shared.iscsi_registry),
+            Served {
+                registry: Arc::clone(&shared.registry),
+                iscsi_registry: Arc::clone(&shared.iscsi_registry),
+                backends: Arc::clone(&shared.backends),
+                metrics: Arc::clone(&shared.metrics),
+            },
         )
     }
 

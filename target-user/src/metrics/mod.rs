@@ -145,6 +145,38 @@ pub struct NamespaceIo {
     pub write: DirectionIo,
 }
 
+/// The per-namespace I/O metric families.
+#[derive(Debug)]
+struct IoFamilies {
+    ops: Family<IoLabels, Counter>,
+    bytes: Family<IoLabels, Counter>,
+    errors: Family<IoLabels, Counter>,
+    latency: Family<IoLabels, Latency>,
+}
+
+impl IoFamilies {
+    /// Namespace `n`'s counters, both directions.
+    fn namespace(&self, n: &NamespaceName) -> NamespaceIo {
+        let dir = |direction| {
+            let l = IoLabels {
+                subsystem: n.subsystem.clone(),
+                nsid: n.nsid,
+                direction,
+            };
+            DirectionIo {
+                ops: self.ops.get_or_create_owned(&l),
+                bytes: self.bytes.get_or_create_owned(&l),
+                errors: self.errors.get_or_create_owned(&l),
+                latency: self.latency.get_or_create_owned(&l),
+            }
+        };
+        NamespaceIo {
+            read: dir("read"),
+            write: dir("write"),
+        }
+    }
+}
+
 /// Which transport served a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -229,6 +261,7 @@ impl TransportConns {
 pub struct Metrics {
     registry: Registry,
     namespaces: Vec<NamespaceIo>,
+    io: IoFamilies,
     open: Family<ConnLabels, Gauge>,
     accepted: Family<ConnLabels, Counter>,
     closed: Family<ConnLabels, Counter>,
@@ -268,28 +301,6 @@ impl Metrics {
              reactor (io_uring: submission to reaped completion; memory: the copy)",
             latency.clone(),
         );
-        let namespaces = namespaces
-            .iter()
-            .map(|n| {
-                let dir = |direction| {
-                    let l = IoLabels {
-                        subsystem: n.subsystem.clone(),
-                        nsid: n.nsid,
-                        direction,
-                    };
-                    DirectionIo {
-                        ops: ops.get_or_create_owned(&l),
-                        bytes: bytes.get_or_create_owned(&l),
-                        errors: errors.get_or_create_owned(&l),
-                        latency: latency.get_or_create_owned(&l),
-                    }
-                };
-                NamespaceIo {
-                    read: dir("read"),
-                    write: dir("write"),
-                }
-            })
-            .collect();
         let open = Family::<ConnLabels, Gauge>::default();
         let accepted = Family::<ConnLabels, Counter>::default();
         let closed = Family::<ConnLabels, Counter>::default();
@@ -324,9 +335,17 @@ impl Metrics {
         }
         let afxdp = Arc::new(AfXdpQueues::default());
         registry.register_collector(Box::new(Arc::clone(&afxdp)));
+        let io = IoFamilies {
+            ops,
+            bytes,
+            errors,
+            latency,
+        };
+        let namespaces = namespaces.iter().map(|n| io.namespace(n)).collect();
         Self {
             registry,
             namespaces,
+            io,
             open,
             accepted,
             closed,
@@ -338,6 +357,27 @@ impl Metrics {
     /// The namespaces' counters by backend index, for a reactor's block runner.
     pub fn namespace_io(&self) -> Vec<NamespaceIo> {
         self.namespaces.clone()
+    }
+
+    /// The counters of a namespace added at run time.
+    pub fn add_namespace(&self, n: &NamespaceName) -> NamespaceIo {
+        self.io.namespace(n)
+    }
+
+    /// A namespace was removed: its series leave the exposition (a namespace added again
+    /// under the same name starts from zero, as Prometheus expects of a new series).
+    pub fn remove_namespace(&self, n: &NamespaceName) {
+        for direction in ["read", "write"] {
+            let l = IoLabels {
+                subsystem: n.subsystem.clone(),
+                nsid: n.nsid,
+                direction,
+            };
+            self.io.ops.remove(&l);
+            self.io.bytes.remove(&l);
+            self.io.errors.remove(&l);
+            self.io.latency.remove(&l);
+        }
     }
 
     /// A transport's connection counters, for its reactors.

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use io_uring::{IoUring, opcode, squeue, types};
@@ -19,12 +20,80 @@ use crate::metrics::NamespaceIo;
 /// Submission queue entries per reactor ring; a full ring is submitted and reused.
 const RING_ENTRIES: u32 = 1024;
 
+/// A backend and its namespace's counters, at its index in [`Backends`].
+#[derive(Clone)]
+pub struct BackendEntry {
+    pub backend: Arc<Backend>,
+    pub io: NamespaceIo,
+}
+
+/// Every backend by index (the index namespaces and LUNs carry in their block operations),
+/// shared by the reactors and changed at run time by `xdp-target ctl`. Indices are never
+/// reused: a removed backend leaves a hole, so an operation that names it fails instead
+/// of reaching another namespace's medium.
+pub struct Backends {
+    /// Bumped on every change; each runner compares it once per pass.
+    version: AtomicU64,
+    entries: Mutex<Vec<Option<BackendEntry>>>,
+}
+
+impl Backends {
+    pub fn new(entries: Vec<BackendEntry>) -> Self {
+        Self {
+            version: AtomicU64::new(0),
+            entries: Mutex::new(entries.into_iter().map(Some).collect()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<BackendEntry>>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a backend; its index.
+    pub fn add(&self, e: BackendEntry) -> u32 {
+        let mut entries = self.lock();
+        let i = u32::try_from(entries.len()).expect("fewer than 2^32 backends");
+        entries.push(Some(e));
+        self.version.fetch_add(1, Ordering::AcqRel);
+        i
+    }
+
+    /// Removes backend `i`: runners drop it at their next pass; operations already in a
+    /// ring keep it (and its file) until they complete.
+    pub fn remove(&self, i: u32) -> Option<BackendEntry> {
+        let e = self.lock().get_mut(i as usize)?.take();
+        self.version.fetch_add(1, Ordering::AcqRel);
+        e
+    }
+
+    pub fn get(&self, i: u32) -> Option<Arc<Backend>> {
+        self.lock()
+            .get(i as usize)?
+            .as_ref()
+            .map(|e| Arc::clone(&e.backend))
+    }
+
+    fn snapshot(&self) -> (u64, Vec<Option<BackendEntry>>) {
+        let entries = self.lock();
+        (self.version.load(Ordering::Acquire), entries.clone())
+    }
+
+    fn changed_since(&self, version: u64) -> bool {
+        self.version.load(Ordering::Acquire) != version
+    }
+}
+
 /// A reactor's block I/O: memory backends complete in place, file backends through the
 /// reactor's io_uring, completed later by [`BlockRunner::reap`].
 pub struct BlockRunner {
-    backends: Vec<Arc<Backend>>,
-    /// Each backend's counters (by backend index), looked up once for this runner.
-    metrics: Vec<NamespaceIo>,
+    table: Arc<Backends>,
+    /// The table as of `version`, this runner's copy: no lock on the I/O path.
+    version: u64,
+    backends: Vec<Option<Arc<Backend>>>,
+    /// Each backend's counters (by backend index).
+    metrics: Vec<Option<NamespaceIo>>,
     ring: Option<IoUring>,
     /// Operations in flight by user data (connection index << 16 | slot).
     pending: HashMap<u64, SlotIo>,
@@ -56,8 +125,8 @@ impl Measure {
     }
 
     /// Counts the finished operation: relaxed atomic adds, nothing else.
-    fn done(self, metrics: &[NamespaceIo], ok: bool) {
-        if let Some(ns) = metrics.get(self.backend as usize) {
+    fn done(self, metrics: &[Option<NamespaceIo>], ok: bool) {
+        if let Some(Some(ns)) = metrics.get(self.backend as usize) {
             let dir = if self.write { &ns.write } else { &ns.read };
             dir.done(self.len, ok, self.started.elapsed());
         }
@@ -96,20 +165,51 @@ impl Reaped {
 }
 
 impl BlockRunner {
-    /// A runner for `backends` (counted in `metrics`, by backend index); it owns an io_uring
-    /// when any of them is a file.
-    pub fn new(backends: Vec<Arc<Backend>>, metrics: Vec<NamespaceIo>) -> std::io::Result<Self> {
-        let needs_ring = backends.iter().any(|b| matches!(**b, Backend::File(_)));
-        Ok(Self {
-            backends,
-            metrics,
-            ring: if needs_ring {
-                Some(IoUring::new(RING_ENTRIES)?)
-            } else {
+    /// A runner for the backends of `table`. It owns an io_uring, which file backends need,
+    /// also when none is a file yet: `xdp-target ctl` may add one (the reactors watch the
+    /// ring's fd from their start). Only a kernel without io_uring and no file backend
+    /// does without.
+    pub fn new(table: Arc<Backends>) -> std::io::Result<Self> {
+        let (version, entries) = table.snapshot();
+        let needs_ring = entries
+            .iter()
+            .flatten()
+            .any(|e| matches!(*e.backend, Backend::File(_)));
+        let ring = match IoUring::new(RING_ENTRIES) {
+            Ok(r) => Some(r),
+            Err(e) if needs_ring => return Err(e),
+            Err(e) => {
+                warn!("no io_uring ({e}): file namespaces added at run time will fail their I/O");
                 None
-            },
+            }
+        };
+        let mut runner = Self {
+            table,
+            version,
+            backends: Vec::new(),
+            metrics: Vec::new(),
+            ring,
             pending: HashMap::new(),
-        })
+        };
+        runner.take(entries);
+        Ok(runner)
+    }
+
+    fn take(&mut self, entries: Vec<Option<BackendEntry>>) {
+        self.backends = entries
+            .iter()
+            .map(|e| e.as_ref().map(|e| Arc::clone(&e.backend)))
+            .collect();
+        self.metrics = entries.into_iter().map(|e| e.map(|e| e.io)).collect();
+    }
+
+    /// Takes the table's backends when they changed (one atomic load when not).
+    fn refresh(&mut self) {
+        if self.table.changed_since(self.version) {
+            let (version, entries) = self.table.snapshot();
+            self.version = version;
+            self.take(entries);
+        }
     }
 
     /// The ring's fd, for the reactor's sleep.
@@ -121,9 +221,10 @@ impl BlockRunner {
     /// went to the ring: the connection must outlive them.
     pub fn run(&mut self, conn: usize, q: &mut Engine) -> usize {
         let mut started = 0;
+        self.refresh();
         while let Some((slot, io)) = q.next_io() {
             let k = key(conn, slot);
-            let outcome = match self.backends.get(io.backend as usize).map(|b| &**b) {
+            let outcome = match backend(&self.backends, io.backend).map(|b| &**b) {
                 Some(Backend::Memory(m)) => {
                     // Completes in place: timed around the copy.
                     let measure = Measure::start(&io);
@@ -142,6 +243,12 @@ impl BlockRunner {
                         q.buffer_mut(slot),
                         k,
                     );
+                    // The file stays open while the ring uses its descriptor, even if its
+                    // namespace is removed meanwhile.
+                    p.hold = backend(&self.backends, io.backend)
+                        .cloned()
+                        .into_iter()
+                        .collect();
                     if p.remaining == 0 {
                         if let Some(t) = measure {
                             t.done(&self.metrics, false);
@@ -165,11 +272,17 @@ impl BlockRunner {
                         BlockOp::FlushAll { backends } => backends,
                         _ => &[],
                     };
-                    let fds: Vec<i32> = named
+                    let files: Vec<Arc<Backend>> = named
                         .iter()
-                        .filter_map(|&b| match self.backends.get(b as usize).map(|b| &**b) {
-                            Some(Backend::File(f)) => Some(f.file.as_raw_fd()),
-                            _ => None,
+                        .filter_map(|&b| backend(&self.backends, b))
+                        .filter(|b| matches!(***b, Backend::File(_)))
+                        .cloned()
+                        .collect();
+                    let fds: Vec<i32> = files
+                        .iter()
+                        .filter_map(|b| match &**b {
+                            Backend::File(f) => Some(f.file.as_raw_fd()),
+                            Backend::Memory(_) => None,
                         })
                         .collect();
                     let mut ring = Queued {
@@ -197,6 +310,7 @@ impl BlockRunner {
                                 len: 0,
                                 scratch: None,
                                 measure: None,
+                                hold: files,
                             },
                         );
                         None
@@ -297,6 +411,13 @@ pub(crate) struct SlotIo {
     scratch: Option<(Vec<u8>, usize)>,
     /// A read or write being timed, counted when the last entry completes.
     measure: Option<Measure>,
+    /// The backends whose descriptors the entries use, kept open until they complete.
+    hold: Vec<Arc<Backend>>,
+}
+
+/// Backend `i` of a runner's copy of the table (a hole or past the end: none).
+fn backend(list: &[Option<Arc<Backend>>], i: u32) -> Option<&Arc<Backend>> {
+    list.get(i as usize)?.as_ref()
 }
 
 fn key(conn: usize, slot: usize) -> u64 {
@@ -369,6 +490,7 @@ fn submit_file_io(
         len: 0,
         scratch: None,
         measure: None,
+        hold: Vec::new(),
     };
     let len32 = |l: u64| u32::try_from(l).unwrap_or(u32::MAX);
     match &io.op {

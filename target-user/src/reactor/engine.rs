@@ -13,9 +13,8 @@ use target_proto::nvme_tcp::icreq::ControllerParams;
 use target_proto::nvme_tcp::queue::NvmeTcpQueue;
 use tracing::{debug, info, warn};
 
-use super::block::BlockRunner;
+use super::block::{Backends, BlockRunner};
 use super::fill_random;
-use crate::backend::Backend;
 
 /// Which protocol a listening port serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +30,7 @@ pub struct Shared {
     pub iscsi_registry: Arc<Mutex<IscsiRegistry>>,
     pub iscsi_params: ConnParams,
     pub params: ControllerParams,
-    pub backends: Vec<Arc<Backend>>,
+    pub backends: Arc<Backends>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How long a reactor keeps polling after its last event before it sleeps.
     pub busy_poll: std::time::Duration,
@@ -60,7 +59,7 @@ impl Shared {
 
     /// A block runner for one reactor; it owns an io_uring when any backend is a file.
     pub fn block_runner(&self) -> std::io::Result<BlockRunner> {
-        BlockRunner::new(self.backends.clone(), self.metrics.namespace_io())
+        BlockRunner::new(Arc::clone(&self.backends))
     }
 }
 
@@ -197,7 +196,10 @@ impl Engine {
                 ConnEvent::NopTimeout => {
                     warn!(%peer, "iSCSI initiator stopped answering NOP-In pings");
                 }
-                ConnEvent::Reinstated => info!(%peer, "iSCSI session reinstated by a new login"),
+                ConnEvent::Reinstated => info!(
+                    %peer,
+                    "iSCSI session ended: reinstated by a new login, or its target was removed"
+                ),
             }
         }
     }
