@@ -41,6 +41,9 @@ use anyhow::{Context, Result, bail};
 use xdp_target_tests::netns::{Netns, ip};
 
 const NETNS: &str = "xdpt-lab";
+/// The target's control socket in the run directory (sessions with the target on the
+/// host): the guest's `LAB: CTL` lines run `xdp-target ctl` on it.
+const CONTROL_SOCKET: &str = "ctl.sock";
 const TAP: &str = "tap0";
 const HOST_ADDR: &str = "10.77.0.1";
 const GUEST_ADDR: &str = "10.77.0.2";
@@ -990,6 +993,35 @@ impl Lab {
         }
     }
 
+    /// Runs `xdp-target ctl ARGS` on the target's control socket for the guest (a step of
+    /// its own); the answer for the guest's serial line: `ctl ok ...` or `ctl failed ...`.
+    fn host_ctl(&self, args: &str, tally: &mut Tally) -> String {
+        let step = format!("host: xdp-target ctl {args}");
+        let out = Command::new(&self.bin)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.run_dir.join(CONTROL_SOCKET))
+            .args(args.split_whitespace())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let summary: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                tally.pass(&format!("{step} | {summary}"));
+                "ctl ok".into()
+            }
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                tally.fail(&step, &why);
+                format!("ctl failed: {}", why.lines().next().unwrap_or(""))
+            }
+            Err(e) => {
+                tally.fail(&step, &e.to_string());
+                format!("ctl failed: {e}")
+            }
+        }
+    }
+
     /// Stops the target with SIGTERM (SIGKILL after 10 s); returns how it exited.
     fn stop_target(&mut self) -> Result<String> {
         let Some(mut child) = self.target.take() else {
@@ -1151,6 +1183,15 @@ impl Lab {
                 match restarted {
                     Ok(how) => tally.pass(&format!("{step} | old one exited: {how}")),
                     Err(e) => tally.fail(step, &format!("{e:#}")),
+                }
+            } else if let Some(args) = msg.strip_prefix("CTL ") {
+                let answer = self.host_ctl(args, tally);
+                let told = serial_in.as_mut().map(|s| {
+                    s.write_all(format!("{answer}\n").as_bytes())
+                        .and_then(|()| s.flush())
+                });
+                if !matches!(told, Some(Ok(()))) {
+                    tally.fail("host answers the guest's ctl", "qemu's stdin is closed");
                 }
             } else if msg == "HOST-STEPS" {
                 self.host_steps(tally);
@@ -1336,8 +1377,13 @@ fn target_config(session: Session, run_dir: &Path) -> String {
     }
     let image = run_dir.join("ns1.img");
     let image = image.display();
+    let control = run_dir.join(CONTROL_SOCKET);
+    let control = control.display();
     format!(
         r#"# Written by cargo xtask lab.
+[control]
+socket = "{control}"
+
 [nvme]
 listen = ["{HOST_ADDR}:{IO_PORT}", "{HOST_ADDR}:{DISCOVERY_PORT}"]
 discovery_port = {DISCOVERY_PORT}
@@ -1587,6 +1633,149 @@ wait_gone() {
     done
     echo "namespace device still present after disconnect" >&2
     return 1
+}
+
+# Asks the host to run `xdp-target ctl ARGS` on the target it runs (a `LAB: CTL` line);
+# the host answers on ttyS0 with `ctl ok` or `ctl failed: why`.
+host_ctl() {
+    local line
+    echo "LAB: CTL $*" > /dev/console
+    read -r -t 60 line < /dev/ttyS0 || { echo "no answer from the host in 60 s"; return 1; }
+    case "$line" in
+        "ctl ok"*) return 0 ;;
+        *) echo "host: $line"; return 1 ;;
+    esac
+}
+
+# The block device of NVMe namespace NSID (any controller: the lab connects one).
+nsid_dev() {
+    local b
+    for b in /sys/block/nvme*n*; do
+        # Not the paths (nvmeXcYnZ) under a multipath head.
+        case "${b##*/}" in nvme*c*) continue ;; esac
+        [ "$(cat "$b/nsid" 2>/dev/null)" = "$1" ] && { echo "/dev/${b##*/}"; return 0; }
+    done
+    return 1
+}
+
+# Waits up to $2 s for `$1` (a command) to succeed.
+wait_for() {
+    local i
+    for i in $(seq 1 $(($2 * 10))); do
+        eval "$1" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# NVMe: namespace 2 added on the running target appears on the connected controller
+# (Namespace Attribute Changed AEN, Changed Namespace List, rescan), with its size.
+s_ns_appears() {
+    local dev bytes t0=$SECONDS
+    host_ctl add-namespace "$NQN" 2 --size 64MiB || return 1
+    wait_for 'nsid_dev 2 >/dev/null' 30 || { dmesg | tail -n 5; echo "no namespace 2 after 30 s"; return 1; }
+    dev=$(nsid_dev 2)
+    bytes=$(blockdev --getsize64 "$dev")
+    [ "$bytes" -eq 67108864 ] || { echo "$dev has $bytes bytes"; return 1; }
+    head -c 1048576 /dev/urandom > /tmp/ns2 || return 1
+    dd if=/tmp/ns2 of="$dev" bs=1M oflag=direct conv=fsync status=none || return 1
+    note "$dev appeared after $((SECONDS - t0)) s, $bytes bytes, 1 MiB written"
+}
+
+# NVMe: growing namespace 2 reaches the kernel without a reconnect; the data stays.
+s_ns_grows() {
+    local dev bytes t0=$SECONDS
+    dev=$(nsid_dev 2) || { echo "no namespace 2"; return 1; }
+    host_ctl resize-namespace "$NQN" 2 96MiB || return 1
+    wait_for '[ "$(blockdev --getsize64 '"$dev"')" -eq 100663296 ]' 30 \
+        || { echo "$dev still has $(blockdev --getsize64 "$dev") bytes"; return 1; }
+    same_mib "$dev" /tmp/ns2 || return 1
+    dd if=/dev/zero of="$dev" bs=1M seek=95 count=1 oflag=direct status=none || { echo "the new end is not writable"; return 1; }
+    note "$dev: 100663296 bytes after $((SECONDS - t0)) s (dmesg: $(dmesg | grep -i 'capacity change' | tail -n 1 | cut -c1-80)), data intact"
+}
+
+# NVMe: removing namespace 2 removes the device; namespace 1 stays.
+s_ns_goes() {
+    local t0=$SECONDS
+    host_ctl remove-namespace "$NQN" 2 || return 1
+    wait_for '! nsid_dev 2 >/dev/null' 30 || { echo "namespace 2 still there after 30 s"; return 1; }
+    nsid_dev 1 >/dev/null || { echo "namespace 1 went too"; return 1; }
+    note "gone after $((SECONDS - t0)) s; namespace 1 stays"
+}
+
+# The disk of LUN $1 of the iSCSI session (the lab logs in to one target).
+lun_dev() {
+    local d
+    for d in /sys/class/scsi_disk/*:"$1"; do
+        [ -d "$d/device/block" ] || continue
+        echo "/dev/$(ls "$d/device/block" | head -n 1)"
+        return 0
+    done
+    return 1
+}
+
+# The first MiB of device $1 is file $2 (the guest has no /dev/fd for <(...)).
+same_mib() {
+    dd if="$1" of=/tmp/mib bs=1M count=1 iflag=direct status=none || return 1
+    cmp -s /tmp/mib "$2" || { echo "the first MiB of $1 changed"; return 1; }
+}
+
+# How often the kernel logged $1.
+dmesg_count() { dmesg | grep -c "$1"; }
+
+LUNS_CHANGED="LUN assignments on this target have changed"
+
+# iSCSI: LUN 1 added on the running target: the next command gets REPORTED LUNS DATA HAS
+# CHANGED (the kernel logs it), and a rescan attaches the new disk.
+s_iscsi_lun_appears() {
+    local before dev bytes
+    before=$(dmesg_count "$LUNS_CHANGED")
+    host_ctl add-namespace "$NQN" 2 --size 32MiB --no-nvme || return 1
+    dd if="$LAB_DEV" of=/dev/null bs=4096 count=1 iflag=direct status=none || return 1
+    wait_for '[ "$(dmesg_count "$LUNS_CHANGED")" -gt '"$before"' ]' 10 \
+        || { echo "the kernel logged no REPORTED LUNS DATA HAS CHANGED"; return 1; }
+    iscsiadm -m session -R >/dev/null || return 1
+    wait_for 'lun_dev 1 >/dev/null' 30 || { echo "no disk for LUN 1 after the rescan"; return 1; }
+    dev=$(lun_dev 1)
+    bytes=$(blockdev --getsize64 "$dev")
+    [ "$bytes" -eq 33554432 ] || { echo "$dev has $bytes bytes"; return 1; }
+    head -c 1048576 /dev/urandom > /tmp/lun1 || return 1
+    dd if=/tmp/lun1 of="$dev" bs=1M oflag=direct conv=fsync status=none || return 1
+    note "unit attention logged; rescan attached $dev, $bytes bytes, 1 MiB written"
+}
+
+# iSCSI: growing LUN 1 gives CAPACITY DATA HAS CHANGED; a rescan reads the new size.
+s_iscsi_lun_grows() {
+    local dev before
+    dev=$(lun_dev 1) || { echo "no disk for LUN 1"; return 1; }
+    before=$(dmesg_count "Capacity data has changed")
+    host_ctl resize-namespace "$NQN" 2 48MiB || return 1
+    dd if="$dev" of=/dev/null bs=4096 count=1 iflag=direct status=none || return 1
+    wait_for '[ "$(dmesg_count "Capacity data has changed")" -gt '"$before"' ]' 10 \
+        || { echo "the kernel logged no CAPACITY DATA HAS CHANGED"; return 1; }
+    iscsiadm -m session -R >/dev/null || return 1
+    wait_for '[ "$(blockdev --getsize64 '"$dev"')" -eq 50331648 ]' 30 \
+        || { echo "$dev has $(blockdev --getsize64 "$dev") bytes after the rescan"; return 1; }
+    same_mib "$dev" /tmp/lun1 || return 1
+    note "unit attention logged; $dev: 50331648 bytes after the rescan, data intact"
+}
+
+# iSCSI: removing LUN 1: REPORTED LUNS DATA HAS CHANGED again, its disk fails I/O (the
+# kernel keeps the device until it is deleted), LUN 0 serves on.
+s_iscsi_lun_goes() {
+    local dev before
+    dev=$(lun_dev 1) || { echo "no disk for LUN 1"; return 1; }
+    before=$(dmesg_count "$LUNS_CHANGED")
+    host_ctl remove-namespace "$NQN" 2 || return 1
+    dd if="$LAB_DEV" of=/dev/null bs=4096 count=1 iflag=direct status=none || return 1
+    wait_for '[ "$(dmesg_count "$LUNS_CHANGED")" -gt '"$before"' ]' 10 \
+        || { echo "the kernel logged no REPORTED LUNS DATA HAS CHANGED"; return 1; }
+    if dd if="$dev" of=/dev/null bs=4096 count=1 iflag=direct status=none 2>/dev/null; then
+        echo "$dev still reads"
+        return 1
+    fi
+    echo 1 > "/sys/block/${dev#/dev/}/device/delete"
+    note "unit attention logged, $dev fails I/O and was deleted; LUN 0 serves on"
 }
 
 ctrl_state() {
@@ -2280,6 +2469,9 @@ step "dd direct read after reconnect" 60 s_direct_read 33554432
 step "fio verify crc32c after reconnect" 120 s_fio_verify 16M
 step "nvme disconnect (after restart)" 30 s_disconnect
 step "fresh nvme connect to the restarted target" 60 s_connect
+step "ctl add-namespace: namespace 2 appears on the connected host (AEN)" 90 s_ns_appears
+step "ctl resize-namespace: the host sees namespace 2 grow" 90 s_ns_grows
+step "ctl remove-namespace: namespace 2 goes from the host" 90 s_ns_goes
 step "write 4 MiB marker over NVMe (for the iSCSI steps)" 60 s_write_marker
 step "nvme disconnect (fresh)" 30 s_disconnect
 
@@ -2291,6 +2483,9 @@ step "the LUN's size and sectors" 30 s_iscsi_size
 step "the NVMe marker reads back over iSCSI (same blocks)" 60 s_iscsi_sees_nvme_data
 LAB_DEV=$(bash -c 'source /run/lab/lib.sh; iscsi_dev' 2>/dev/null)
 export LAB_DEV
+step "ctl add-namespace: LUN 1 appears (REPORTED LUNS DATA HAS CHANGED, rescan)" 90 s_iscsi_lun_appears
+step "ctl resize-namespace: LUN 1 grows (CAPACITY DATA HAS CHANGED, rescan)" 90 s_iscsi_lun_grows
+step "ctl remove-namespace: LUN 1 goes (REPORTED LUNS DATA HAS CHANGED)" 90 s_iscsi_lun_goes
 step "dd direct read of the whole LUN" 120 s_direct_read
 step "mkfs.ext4 (iSCSI)" 60 s_mkfs
 step "mount, write files, sync (iSCSI)" 120 s_fs_write
