@@ -11,8 +11,9 @@
 //!
 //! Methods: `list`; `add_host`, `remove_host`, `set_hosts` (NVMe host allow lists);
 //! `add_initiator`, `remove_initiator`, `set_initiators` (iSCSI initiator allow lists);
-//! `set_chap` (the CHAP an iSCSI target requires); `save` (the running configuration as
-//! TOML). A change applies to connects and logins
+//! `set_chap` (the CHAP an iSCSI target requires); `add_listener`, `remove_listener`
+//! (addresses NVMe/TCP, iSCSI and NVMe/RDMA are served on; [`listeners`]); `save` (the
+//! running configuration as TOML). A change applies to connects and logins
 //! from then on; connections already up stay, as with Linux's nvmet and LIO. An empty
 //! allow list means any host, so `remove_*` never empties one: `set_*` with `null` says
 //! "any" explicitly. The socket is created mode 0600: whoever can write to it can change
@@ -31,6 +32,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+mod listeners;
+
 /// The most a request line may hold.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -42,6 +45,8 @@ pub struct Control {
     config_path: Option<PathBuf>,
     registry: Arc<Mutex<Registry>>,
     iscsi_registry: Arc<Mutex<IscsiRegistry>>,
+    /// The running transports, for `add_listener` and `remove_listener`.
+    listeners: Option<Arc<crate::transport::listeners::Listeners>>,
 }
 
 /// A JSON-RPC error: its code and message.
@@ -127,7 +132,14 @@ impl Control {
             config_path,
             registry,
             iscsi_registry,
+            listeners: None,
         }
+    }
+
+    /// The running transports' listeners, which `add_listener` and `remove_listener` change.
+    pub fn with_listeners(mut self, l: Arc<crate::transport::listeners::Listeners>) -> Self {
+        self.listeners = Some(l);
+        self
     }
 
     /// Runs one method.
@@ -141,12 +153,15 @@ impl Control {
             "remove_initiator" => self.change(Acl::Initiators, params, Change::Remove),
             "set_initiators" => self.change(Acl::Initiators, params, Change::Set),
             "set_chap" => self.set_chap(params),
+            "add_listener" => self.add_listener(params),
+            "remove_listener" => self.remove_listener(params),
             "save" => self.save(params),
             _ => Err(RpcError {
                 code: -32601,
                 message: format!(
                     "no method {method:?}; there are list, add_host, remove_host, set_hosts, \
-                     add_initiator, remove_initiator, set_initiators, set_chap, save"
+                     add_initiator, remove_initiator, set_initiators, set_chap, add_listener, \
+                     remove_listener, save"
                 ),
             }),
         }
