@@ -134,6 +134,10 @@ enum CtlCommand {
         #[arg(value_parser = ["nvme_tcp", "iscsi", "nvme_rdma"])]
         transport: String,
         addr: String,
+        /// XDP path: steer the port if the XDP program does not yet (adds it to
+        /// xdp.ports), so the AF_XDP reactors serve it rather than the kernel socket.
+        #[arg(long)]
+        steer: bool,
     },
     /// Stop accepting on ADDR (connections already up stay); says how many remain.
     RemoveListener {
@@ -177,9 +181,13 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             "set_initiators",
             json!({"iqn": iqn, "initiators": if any { None } else { Some(initiators) }}),
         ),
-        CtlCommand::AddListener { transport, addr } => (
+        CtlCommand::AddListener {
+            transport,
+            addr,
+            steer,
+        } => (
             "add_listener",
-            json!({"transport": transport, "addr": addr}),
+            json!({"transport": transport, "addr": addr, "steer": steer}),
         ),
         CtlCommand::RemoveListener { transport, addr } => (
             "remove_listener",

@@ -1569,11 +1569,42 @@ fn ctl_adds_and_removes_listeners_without_a_restart() {
         "{text}"
     );
 
+    // A port the XDP program does not steer: `--steer` adds it to the program's map and
+    // the AF_XDP reactors serve it; without AF_XDP there is nothing to steer to.
+    let steered = SocketAddr::new(target, 4423);
+    let (ok, out) = ctl(&["add-listener", "nvme_tcp", &steered.to_string(), "--steer"]);
+    if xdp_path() {
+        assert!(ok && json(&out)["xdp_served"] == true, "{out}");
+        let mut a = client
+            .run(move || {
+                let mut a = Client::connect(steered, false).expect("connect 4423");
+                let r = a.fabrics_connect(0, 0xffff, NQN, HOST_NQN).expect("connect");
+                assert!(r.cqe.status.is_success());
+                a.enable().expect("enable");
+                a
+            })
+            .expect("namespace thread");
+        identify(&mut a);
+        let stats = xdp_target_tests::target::stats_json(&pair.target_if).expect("stats");
+        let port = stats["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["port"] == 4423)
+            .unwrap_or_else(|| panic!("4423 is not steered: {stats}"));
+        assert!(port["packets"]["redirected"].as_u64() > Some(0), "{stats}");
+        let (ok, out) = ctl(&["list"]);
+        assert!(ok && out.contains("4423"), "{out}");
+    } else {
+        assert!(!ok && out.contains("no AF_XDP reactors run"), "{out}");
+    }
+
     // Removed: new connections are refused, discovery forgets the port, and what is up
     // stays up.
     let (ok, out) = ctl(&["remove-listener", "nvme_tcp", &nvme.to_string()]);
     assert!(ok, "{out}");
-    assert_eq!(json(&out)["remaining"], 2, "{out}");
+    let nvme_left = if xdp_path() { 3 } else { 2 };
+    assert_eq!(json(&out)["remaining"], nvme_left, "{out}");
     assert!(nvme_admin().is_err(), "4421 no longer accepts");
     assert!(!ports().contains(&"4421".to_string()), "{:?}", ports());
     identify(&mut held);

@@ -1,5 +1,7 @@
 //! `add_listener` and `remove_listener`: `{"transport": "nvme_tcp" | "iscsi" | "nvme_rdma",
-//! "addr": "IP:PORT"}`.
+//! "addr": "IP:PORT"}`, and for `add_listener` an optional `"steer": true`: a TCP port the
+//! XDP program does not steer yet is added to `xdp.ports` and its map, so the AF_XDP
+//! reactors serve it (without it, the kernel socket serves such a port).
 //!
 //! What may change is decided here, against the running configuration, before anything
 //! changes: a bad address, port 0, an address already served (the same one, or one that
@@ -186,12 +188,25 @@ impl Control {
     /// `add_listener`: accept on `addr` from now on, without a restart.
     pub(super) fn add_listener(&self, params: &Value) -> Result<Value, RpcError> {
         let (kind, addr) = params_of(params)?;
+        let steer = match params.get("steer") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(RpcError::invalid_params("params.steer must be a boolean")),
+        };
+        if steer && !kind.is_tcp() {
+            return Err(RpcError::invalid_params(
+                "params.steer: only TCP ports (nvme_tcp, iscsi) are steered",
+            ));
+        }
         let mut c = lock(&self.config);
         if let Some(why) = refusal(&c, kind, addr) {
             return Err(RpcError::refused(why));
         }
         let mut changed = c.clone();
         kind.list_mut(&mut changed).push(addr.to_string());
+        if steer && !changed.xdp.ports.contains(&addr.port()) {
+            changed.xdp.ports.push(addr.port());
+        }
         changed
             .validate()
             .map_err(|e| RpcError::invalid_params(e.to_string()))?;
@@ -200,8 +215,8 @@ impl Control {
             RpcError::refused(format!("cannot listen on {addr} ({}): {e}", kind.name()))
         };
         let xdp = match kind {
-            Kind::NvmeTcp => Some(t.add_tcp(Proto::Nvme, addr).map_err(failed)?),
-            Kind::Iscsi => Some(t.add_tcp(Proto::Iscsi, addr).map_err(failed)?),
+            Kind::NvmeTcp => Some(t.add_tcp(Proto::Nvme, addr, steer).map_err(failed)?),
+            Kind::Iscsi => Some(t.add_tcp(Proto::Iscsi, addr, steer).map_err(failed)?),
             Kind::NvmeRdma => {
                 t.add_rdma(addr).map_err(failed)?;
                 None
@@ -228,7 +243,7 @@ impl Control {
         });
         if let Some(x) = xdp {
             answer["xdp"] = json!(x.describe());
-            answer["xdp_served"] = json!(x == XdpPath::Served);
+            answer["xdp_served"] = json!(matches!(x, XdpPath::Served | XdpPath::Steered));
         }
         if kind != Kind::Iscsi {
             answer["discovery"] = json!("the discovery log lists it");
@@ -320,6 +335,21 @@ mod tests {
     }
 
     #[test]
+    fn steering_is_checked_before_anything_changes() {
+        let c = control();
+        let p = json!({"transport": "nvme_rdma", "addr": "10.0.0.1:4421", "steer": true});
+        assert_eq!(c.call("add_listener", &p).unwrap_err().code, -32602);
+        let p = json!({"transport": "nvme_tcp", "addr": "10.0.0.1:4421", "steer": "yes"});
+        assert_eq!(c.call("add_listener", &p).unwrap_err().code, -32602);
+        // The XDP program steers 16 ports at most: the configuration would not validate.
+        lock(&c.config).xdp.ports = (5000..5016).collect();
+        let p = json!({"transport": "nvme_tcp", "addr": "10.0.0.1:4421", "steer": true});
+        let e = c.call("add_listener", &p).unwrap_err();
+        assert!(e.message.contains("xdp.ports"), "{e:?}");
+        assert_eq!(lock(&c.config).xdp.ports.len(), 16);
+    }
+
+    #[test]
     fn params_are_checked() {
         let ok = params_of(&json!({"transport": "iscsi", "addr": "127.0.0.1:3261"})).unwrap();
         assert_eq!(ok, (Kind::Iscsi, a("127.0.0.1:3261")));
@@ -370,18 +400,22 @@ mod tests {
         assert_eq!(port_removed(&four, Kind::NvmeTcp, a("10.0.0.1:4420")), four);
     }
 
-    #[test]
-    fn without_transports_nothing_changes() {
+    fn control() -> Control {
         let text = "[[subsystem]]\nnqn = \"nqn.a\"\niqn = \"iqn.a\"\n\
                     [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = 1048576\n";
         let config: Config = toml::from_str(text).unwrap();
         let shared = crate::serve::shared(&config, None).unwrap();
-        let c = Control::new(
+        Control::new(
             config,
             None,
             std::sync::Arc::clone(&shared.registry),
             std::sync::Arc::clone(&shared.iscsi_registry),
-        );
+        )
+    }
+
+    #[test]
+    fn without_transports_nothing_changes() {
+        let c = control();
         let p = json!({"transport": "nvme_tcp", "addr": "127.0.0.1:4499"});
         let e = c.call("add_listener", &p).unwrap_err();
         assert_eq!(e.code, 1);

@@ -11,7 +11,10 @@
 //! - XDP path: the AF_XDP reactors' stacks listen on ports, not addresses (as at start).
 //!   A port the XDP program steers (`xdp.ports`) is added to every stack; a removed one
 //!   is taken off when no listener uses it any more, so its SYNs get RST while the
-//!   connections already up go on (the port stays steered for them).
+//!   connections already up go on (the port stays steered for them). With `steer`, a
+//!   port the program does not steer yet is added to its map of storage ports
+//!   (`STORAGE_PORTS`), after the stacks listen on it, so no SYN meets a stack that
+//!   would refuse it.
 //! - RDMA: the RDMA CM listeners are on the first reactor's event channel
 //!   (`transport::rdma::RdmaListeners`).
 //!
@@ -24,7 +27,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use mio::net::TcpListener;
+use target_common::{MAX_STORAGE_PORTS, PORT_FLAG_STEER, PortEntry};
 use tracing::{info, warn};
 
 use crate::reactor::engine::Proto;
@@ -50,6 +55,14 @@ pub enum ListenerError {
         "NVMe/RDMA is not running (no RDMA device or libraries, or rdma.listen was empty at start): an RDMA listener needs a restart with rdma.listen set"
     )]
     NoRdma,
+    #[error(
+        "no AF_XDP reactors run: there is nothing to steer the port to (the kernel socket serves it without --steer)"
+    )]
+    NothingToSteerTo,
+    #[error("the XDP program steers {MAX_STORAGE_PORTS} ports at most")]
+    TooManyPorts,
+    #[error("steering port {port}: {message}")]
+    Steer { port: u16, message: String },
     #[error("RDMA CM listener on {addr}: {source}")]
     Rdma {
         addr: SocketAddr,
@@ -133,6 +146,9 @@ pub enum XdpPath {
     /// The port is steered: the AF_XDP reactors now serve it (or, removed, no longer
     /// accept on it).
     Served,
+    /// The port was not steered and is now (`steer`): the XDP program redirects it and
+    /// the AF_XDP reactors serve it.
+    Steered,
     /// The port is not in `xdp.ports`: the XDP program passes it and the kernel socket
     /// serves it on every interface.
     NotSteered,
@@ -145,8 +161,11 @@ impl XdpPath {
         match self {
             Self::Off => "no AF_XDP reactors run: the kernel sockets serve it",
             Self::Served => "the port is steered (xdp.ports): the AF_XDP reactors serve it too",
+            Self::Steered => {
+                "the port is steered from now on (added to xdp.ports): the AF_XDP reactors serve it too"
+            }
             Self::NotSteered => {
-                "the port is not steered (not in xdp.ports): the XDP program passes it and the kernel socket serves it"
+                "the port is not steered (not in xdp.ports): the XDP program passes it and the kernel socket serves it (add it with steer: true, --steer, to have the AF_XDP reactors serve it)"
             }
             Self::Kept => "another listener still uses the port: the AF_XDP reactors keep it",
         }
@@ -158,7 +177,9 @@ pub struct Listeners {
     sockets: Mutex<Vec<Arc<Inbox<SocketChange>>>>,
     xdp: Mutex<Vec<Arc<Inbox<PortChange>>>>,
     /// The ports the XDP program steers (`xdp.ports`).
-    steered: Vec<u16>,
+    steered: Mutex<Vec<u16>>,
+    /// The XDP program's map of storage ports (when AF_XDP reactors run).
+    port_map: Mutex<Option<BpfHashMap<MapData, u16, PortEntry>>>,
     rdma: Mutex<Option<crate::transport::rdma::RdmaListeners>>,
 }
 
@@ -167,7 +188,8 @@ impl Listeners {
         Self {
             sockets: Mutex::new(Vec::new()),
             xdp: Mutex::new(Vec::new()),
-            steered,
+            steered: Mutex::new(steered),
+            port_map: Mutex::new(None),
             rdma: Mutex::new(None),
         }
     }
@@ -182,6 +204,11 @@ impl Listeners {
         lock(&self.xdp).push(inbox);
     }
 
+    /// The XDP program's map of storage ports (when the AF_XDP reactors run).
+    pub fn steering(&self, map: BpfHashMap<MapData, u16, PortEntry>) {
+        *lock(&self.port_map) = Some(map);
+    }
+
     /// The RDMA reactors' listener handle (when RDMA runs).
     pub fn rdma_running(&self, rdma: crate::transport::rdma::RdmaListeners) {
         *lock(&self.rdma) = Some(rdma);
@@ -191,7 +218,7 @@ impl Listeners {
     fn xdp_path(&self, port: u16) -> XdpPath {
         if lock(&self.xdp).is_empty() {
             XdpPath::Off
-        } else if self.steered.contains(&port) {
+        } else if lock(&self.steered).contains(&port) {
             XdpPath::Served
         } else {
             XdpPath::NotSteered
@@ -199,8 +226,31 @@ impl Listeners {
     }
 
     /// Starts accepting `proto` on `addr` on every socket reactor and, when the port is
-    /// steered, on every AF_XDP reactor. Nothing changes when a bind fails.
-    pub fn add_tcp(&self, proto: Proto, addr: SocketAddr) -> Result<XdpPath, ListenerError> {
+    /// steered (or `steer` asks to steer it), on every AF_XDP reactor. Nothing changes
+    /// when a bind fails.
+    pub fn add_tcp(
+        &self,
+        proto: Proto,
+        addr: SocketAddr,
+        steer: bool,
+    ) -> Result<XdpPath, ListenerError> {
+        let mut xdp = self.xdp_path(addr.port());
+        if steer && xdp == XdpPath::Off {
+            return Err(ListenerError::NothingToSteerTo);
+        }
+        if steer && xdp == XdpPath::NotSteered {
+            if lock(&self.port_map).is_none() {
+                return Err(ListenerError::Steer {
+                    port: addr.port(),
+                    message: "the XDP program's port map could not be opened (see the log at start)"
+                        .into(),
+                });
+            }
+            if lock(&self.steered).len() >= MAX_STORAGE_PORTS as usize {
+                return Err(ListenerError::TooManyPorts);
+            }
+            xdp = XdpPath::Steered;
+        }
         let inboxes = lock(&self.sockets).clone();
         // Bound here, all of them before any reactor is told: a port in use fails now.
         let mut bound = Vec::with_capacity(inboxes.len());
@@ -213,16 +263,46 @@ impl Listeners {
             .map(|(inbox, l)| inbox.post(SocketChange::Add(l, proto, addr)))
             .collect();
         wait_all(acks)?;
-        let xdp = self.xdp_path(addr.port());
-        if xdp == XdpPath::Served {
+        if matches!(xdp, XdpPath::Served | XdpPath::Steered) {
             let acks = lock(&self.xdp)
                 .iter()
                 .map(|inbox| inbox.post(PortChange::Add(addr.port(), proto)))
                 .collect();
             wait_all(acks)?;
         }
+        if xdp == XdpPath::Steered {
+            // Only now that every stack listens on it: a SYN redirected earlier would get RST.
+            self.steer(addr.port())?;
+        }
         info!(%addr, ?proto, reactors = inboxes.len(), xdp = xdp.describe(), "listener added");
         Ok(xdp)
+    }
+
+    /// Adds `port` to the XDP program's storage ports, in the next counter slot (the
+    /// slots follow `xdp.ports`, as at start).
+    fn steer(&self, port: u16) -> Result<(), ListenerError> {
+        let mut steered = lock(&self.steered);
+        let mut map = lock(&self.port_map);
+        let map = map.as_mut().ok_or(ListenerError::Steer {
+            port,
+            message: "no port map".into(),
+        })?;
+        let slot = u32::try_from(steered.len()).unwrap_or(u32::MAX);
+        map.insert(
+            port,
+            PortEntry {
+                slot,
+                flags: PORT_FLAG_STEER,
+            },
+            0,
+        )
+        .map_err(|e| ListenerError::Steer {
+            port,
+            message: e.to_string(),
+        })?;
+        steered.push(port);
+        info!(port, slot, "the XDP program steers port {port} from now on");
+        Ok(())
     }
 
     /// Stops accepting on `addr`: its sockets close on every socket reactor; the AF_XDP
@@ -326,13 +406,17 @@ mod tests {
         // A port another program holds without SO_REUSEPORT: refused, nothing posted.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let e = l
-            .add_tcp(Proto::Nvme, taken.local_addr().unwrap())
+            .add_tcp(Proto::Nvme, taken.local_addr().unwrap(), false)
             .unwrap_err();
         assert!(e.to_string().contains("cannot listen"), "{e}");
         // A free one: every reactor listens; no AF_XDP reactors, so the kernel serves it.
         let free = taken.local_addr().unwrap();
         drop(taken);
-        assert_eq!(l.add_tcp(Proto::Iscsi, free).unwrap(), XdpPath::Off);
+        assert!(matches!(
+            l.add_tcp(Proto::Iscsi, free, true),
+            Err(ListenerError::NothingToSteerTo)
+        ));
+        assert_eq!(l.add_tcp(Proto::Iscsi, free, false).unwrap(), XdpPath::Off);
         std::net::TcpStream::connect(free).unwrap();
         assert_eq!(l.remove_tcp(free, false).unwrap(), XdpPath::Off);
         assert!(std::net::TcpStream::connect(free).is_err());

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use target_tcp::{ConnId, ConnState, Stack, StackConfig};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ZeroCopy};
 use crate::metrics::{QueueCounters, Transport};
@@ -402,6 +402,10 @@ pub fn start(
     // Only once every reactor runs: a failed start leaves no inbox nobody reads.
     for i in inboxes {
         changes.xdp_reactor(i);
+    }
+    match steering.storage_ports() {
+        Ok(map) => changes.steering(map),
+        Err(e) => warn!("ports cannot be steered at run time (ctl add-listener --steer): {e}"),
     }
     Ok(threads)
 }
