@@ -2035,7 +2035,11 @@ fn ports_come_and_go_and_connections_stay() {
     let first = connected(&mut net, &mut echo, 5000);
     net.stack.remove_port(PORT);
     assert_eq!(net.stack.ports(), &[] as &[u16]);
-    assert_eq!(net.stack.sockets(), 1, "the listeners went, the connection stays");
+    assert_eq!(
+        net.stack.sockets(),
+        1,
+        "the listeners went, the connection stays"
+    );
     // A new initiator gets RST.
     let h = net.connect(40_001, 64 * 1024);
     net.run_for(SECOND, |n| echo.serve(&mut n.stack));

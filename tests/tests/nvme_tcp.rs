@@ -1435,7 +1435,13 @@ fn ctl_adds_and_removes_listeners_without_a_restart() {
         "reactors = 2\n[control]\nsocket = \"{}\"\n[xdp]\nports = [4420, 8009, 3260, 4421, 3261]",
         socket.display()
     );
-    let cfg = config_top("ctl-listen", &top, 4 * MIB, 512, &format!("iqn = \"{IQN}\""));
+    let cfg = config_top(
+        "ctl-listen",
+        &top,
+        4 * MIB,
+        512,
+        &format!("iqn = \"{IQN}\""),
+    );
     let t = serve(&pair, &cfg);
     let ctl = |args: &[&str]| ctl_at(&socket, args);
     let json = |out: &str| -> serde_json::Value {
@@ -1497,7 +1503,13 @@ fn ctl_adds_and_removes_listeners_without_a_restart() {
     };
     let identify = |a: &mut Client| {
         let id = a
-            .admin(AdminOpcode::Identify, 0, u32::from(u8::from(Cns::Controller)), 0, 4096)
+            .admin(
+                AdminOpcode::Identify,
+                0,
+                u32::from(u8::from(Cns::Controller)),
+                0,
+                4096,
+            )
             .expect("id-ctrl");
         assert!(id.cqe.status.is_success());
         let c = IdentifyController::new_checked(&id.data[..]).expect("4096 bytes");
@@ -1523,7 +1535,9 @@ fn ctl_adds_and_removes_listeners_without_a_restart() {
     let (ok, out) = ctl(&["add-listener", "iscsi", &iscsi.to_string()]);
     assert!(ok, "{out}");
     assert!(
-        portals().iter().any(|p| p.starts_with(&format!("{iscsi},"))),
+        portals()
+            .iter()
+            .any(|p| p.starts_with(&format!("{iscsi},"))),
         "{:?}",
         portals()
     );
@@ -1578,7 +1592,9 @@ fn ctl_adds_and_removes_listeners_without_a_restart() {
         let mut a = client
             .run(move || {
                 let mut a = Client::connect(steered, false).expect("connect 4423");
-                let r = a.fabrics_connect(0, 0xffff, NQN, HOST_NQN).expect("connect");
+                let r = a
+                    .fabrics_connect(0, 0xffff, NQN, HOST_NQN)
+                    .expect("connect");
                 assert!(r.cqe.status.is_success());
                 a.enable().expect("enable");
                 a
@@ -1612,7 +1628,11 @@ fn ctl_adds_and_removes_listeners_without_a_restart() {
     assert!(ok, "{out}");
     assert_eq!(json(&out)["remaining"], 1, "{out}");
     assert!(iscsi_login().is_err(), "3261 no longer accepts");
-    assert!(portals().iter().all(|p| !p.contains(":3261")), "{:?}", portals());
+    assert!(
+        portals().iter().all(|p| !p.contains(":3261")),
+        "{:?}",
+        portals()
+    );
     assert_eq!(session.rw(0, None, 0, 1, 512).expect("read").status, 0);
     let (ok, out) = ctl(&["remove-listener", "iscsi", &iscsi.to_string()]);
     assert!(!ok && out.contains("not listening"), "{out}");

@@ -134,7 +134,12 @@ fn refusal(c: &Config, kind: Kind, addr: SocketAddr) -> Option<String> {
 /// The discovery log's ports with `addr` added (a new PORTID, the others keep theirs).
 fn port_added(ports: &[Port], kind: Kind, addr: SocketAddr, discovery_port: u16) -> Vec<Port> {
     let mut out = ports.to_vec();
-    let id = ports.iter().map(|p| p.id).max().unwrap_or(0).saturating_add(1);
+    let id = ports
+        .iter()
+        .map(|p| p.id)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
     out.push(Port {
         id,
         addr: (!addr.ip().is_unspecified()).then_some(addr.ip()),
@@ -370,12 +375,32 @@ mod tests {
         c.iscsi.listen = vec!["127.0.0.1:3260".into()];
         c.rdma.listen = vec!["10.0.0.1:4420".into()];
         let why = |k, s| refusal(&c, k, a(s));
-        assert!(why(Kind::NvmeTcp, "0.0.0.0:4420").unwrap().contains("already"));
-        assert!(why(Kind::NvmeTcp, "127.0.0.1:4420").unwrap().contains("overlaps"));
+        assert!(
+            why(Kind::NvmeTcp, "0.0.0.0:4420")
+                .unwrap()
+                .contains("already")
+        );
+        assert!(
+            why(Kind::NvmeTcp, "127.0.0.1:4420")
+                .unwrap()
+                .contains("overlaps")
+        );
         assert!(why(Kind::Iscsi, "0.0.0.0:3260").unwrap().contains("iscsi"));
-        assert!(why(Kind::Iscsi, "127.0.0.1:8009").unwrap().contains("nvme_tcp"));
-        assert!(why(Kind::NvmeTcp, "127.0.0.1:0").unwrap().contains("fixed port"));
-        assert!(why(Kind::NvmeRdma, "10.0.0.1:4420").unwrap().contains("already"));
+        assert!(
+            why(Kind::Iscsi, "127.0.0.1:8009")
+                .unwrap()
+                .contains("nvme_tcp")
+        );
+        assert!(
+            why(Kind::NvmeTcp, "127.0.0.1:0")
+                .unwrap()
+                .contains("fixed port")
+        );
+        assert!(
+            why(Kind::NvmeRdma, "10.0.0.1:4420")
+                .unwrap()
+                .contains("already")
+        );
         // Another family, another address on the port, or RDMA beside TCP: fine.
         assert_eq!(why(Kind::NvmeTcp, "[::]:4420"), None);
         assert_eq!(why(Kind::Iscsi, "127.0.0.2:8009"), None);
@@ -396,7 +421,10 @@ mod tests {
         let left = port_removed(&three, Kind::NvmeTcp, a("0.0.0.0:4420"));
         assert_eq!(left.iter().map(|p| p.id).collect::<Vec<_>>(), [2, 3]);
         let four = port_added(&left, Kind::NvmeTcp, a("0.0.0.0:4421"), 8009);
-        assert_eq!(four[2].id, 4, "a new PORTID, never a reused one while others live");
+        assert_eq!(
+            four[2].id, 4,
+            "a new PORTID, never a reused one while others live"
+        );
         assert_eq!(port_removed(&four, Kind::NvmeTcp, a("10.0.0.1:4420")), four);
     }
 
@@ -419,7 +447,13 @@ mod tests {
         let p = json!({"transport": "nvme_tcp", "addr": "127.0.0.1:4499"});
         let e = c.call("add_listener", &p).unwrap_err();
         assert_eq!(e.code, 1);
-        assert!(lock(&c.config).nvme.listen.iter().all(|l| l != "127.0.0.1:4499"));
+        assert!(
+            lock(&c.config)
+                .nvme
+                .listen
+                .iter()
+                .all(|l| l != "127.0.0.1:4499")
+        );
         let e = c.call("remove_listener", &p).unwrap_err();
         assert!(e.message.contains("not listening"), "{e:?}");
         assert_eq!(remaining(&lock(&c.config), Kind::Iscsi), 1);

@@ -242,8 +242,9 @@ impl Listeners {
             if lock(&self.port_map).is_none() {
                 return Err(ListenerError::Steer {
                     port: addr.port(),
-                    message: "the XDP program's port map could not be opened (see the log at start)"
-                        .into(),
+                    message:
+                        "the XDP program's port map could not be opened (see the log at start)"
+                            .into(),
                 });
             }
             if lock(&self.steered).len() >= MAX_STORAGE_PORTS as usize {

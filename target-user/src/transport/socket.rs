@@ -324,7 +324,11 @@ impl Reactor {
 
     fn accept(&mut self, l: usize) {
         let name = &self.core.name;
-        let Some(proto) = self.io.listeners.get(l).and_then(|x| x.as_ref().map(|x| x.proto))
+        let Some(proto) = self
+            .io
+            .listeners
+            .get(l)
+            .and_then(|x| x.as_ref().map(|x| x.proto))
         else {
             // Removed in this batch of events.
             return;

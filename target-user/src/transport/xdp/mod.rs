@@ -547,12 +547,20 @@ impl XdpReactor {
                     self.ports.insert(port, proto);
                     self.io.stack.add_port(port);
                     self.refused_seen.resize(self.io.stack.refused().len(), 0);
-                    info!(queue = self.queue, port, ?proto, "AF_XDP: accepting on port {port}");
+                    info!(
+                        queue = self.queue,
+                        port,
+                        ?proto,
+                        "AF_XDP: accepting on port {port}"
+                    );
                 }
                 PortChange::Remove(port) => {
                     self.ports.remove(&port);
                     self.io.stack.remove_port(port);
-                    info!(queue = self.queue, port, "AF_XDP: no longer accepting on port {port}");
+                    info!(
+                        queue = self.queue,
+                        port, "AF_XDP: no longer accepting on port {port}"
+                    );
                 }
             }
         }

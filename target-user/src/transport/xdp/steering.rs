@@ -193,8 +193,7 @@ impl Steering {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        let map = aya::maps::Map::from_map_data(data)
-            .map_err(map_err(map_names::STORAGE_PORTS))?;
+        let map = aya::maps::Map::from_map_data(data).map_err(map_err(map_names::STORAGE_PORTS))?;
         HashMap::try_from(map).map_err(map_err(map_names::STORAGE_PORTS))
     }
 
