@@ -127,6 +127,22 @@ fn refusal(c: &Config, kind: Kind, addr: SocketAddr) -> Option<String> {
                 ));
             }
         }
+        // The AF_XDP stacks tell the protocols apart by port alone.
+        let other = if kind == Kind::NvmeTcp {
+            Kind::Iscsi
+        } else {
+            Kind::NvmeTcp
+        };
+        if let Some(o) = addrs(other.list(c))
+            .into_iter()
+            .find(|o| o.port() == addr.port())
+        {
+            return Some(format!(
+                "port {} already serves {} (on {o}): a port serves one protocol",
+                addr.port(),
+                other.name()
+            ));
+        }
     }
     None
 }
@@ -175,6 +191,14 @@ fn portal(addr: SocketAddr) -> Portal {
     }
 }
 
+/// Whether a TCP listener (NVMe/TCP or iSCSI) of `c` has `port`.
+fn tcp_port_in_use(c: &Config, port: u16) -> bool {
+    [Kind::NvmeTcp, Kind::Iscsi]
+        .iter()
+        .flat_map(|k| addrs(k.list(c)))
+        .any(|a| a.port() == port)
+}
+
 /// Listeners of NVMe (TCP and RDMA) or of iSCSI in `c`.
 fn remaining(c: &Config, kind: Kind) -> usize {
     match kind {
@@ -219,9 +243,16 @@ impl Control {
         let failed = |e: crate::transport::listeners::ListenerError| {
             RpcError::refused(format!("cannot listen on {addr} ({}): {e}", kind.name()))
         };
+        let in_use = tcp_port_in_use(&c, addr.port());
         let xdp = match kind {
-            Kind::NvmeTcp => Some(t.add_tcp(Proto::Nvme, addr, steer).map_err(failed)?),
-            Kind::Iscsi => Some(t.add_tcp(Proto::Iscsi, addr, steer).map_err(failed)?),
+            Kind::NvmeTcp => Some(
+                t.add_tcp(Proto::Nvme, addr, steer, in_use)
+                    .map_err(failed)?,
+            ),
+            Kind::Iscsi => Some(
+                t.add_tcp(Proto::Iscsi, addr, steer, in_use)
+                    .map_err(failed)?,
+            ),
             Kind::NvmeRdma => {
                 t.add_rdma(addr).map_err(failed)?;
                 None
@@ -279,10 +310,7 @@ impl Control {
             RpcError::refused(format!("removing {addr} ({}): {e}", kind.name()))
         };
         let xdp = if kind.is_tcp() {
-            let still_used = [Kind::NvmeTcp, Kind::Iscsi]
-                .iter()
-                .flat_map(|k| addrs(k.list(&changed)))
-                .any(|a| a.port() == addr.port());
+            let still_used = tcp_port_in_use(&changed, addr.port());
             Some(t.remove_tcp(addr, still_used).map_err(failed)?)
         } else {
             t.remove_rdma(addr).map_err(failed)?;
@@ -403,7 +431,12 @@ mod tests {
         );
         // Another family, another address on the port, or RDMA beside TCP: fine.
         assert_eq!(why(Kind::NvmeTcp, "[::]:4420"), None);
-        assert_eq!(why(Kind::Iscsi, "127.0.0.2:8009"), None);
+        assert!(
+            why(Kind::Iscsi, "127.0.0.2:8009")
+                .unwrap()
+                .contains("one protocol")
+        );
+        assert_eq!(why(Kind::NvmeTcp, "127.0.0.2:8009"), None);
         assert_eq!(why(Kind::NvmeRdma, "10.0.0.1:4421"), None);
         assert_eq!(why(Kind::NvmeRdma, "127.0.0.1:3260"), None);
     }

@@ -226,13 +226,15 @@ impl Listeners {
     }
 
     /// Starts accepting `proto` on `addr` on every socket reactor and, when the port is
-    /// steered (or `steer` asks to steer it), on every AF_XDP reactor. Nothing changes
-    /// when a bind fails.
+    /// steered (or `steer` asks to steer it), on every AF_XDP reactor (`port_in_use`:
+    /// another listener has the port, so the AF_XDP stacks already listen on it). Nothing
+    /// changes when a bind fails; what a later step did is undone when it fails.
     pub fn add_tcp(
         &self,
         proto: Proto,
         addr: SocketAddr,
         steer: bool,
+        port_in_use: bool,
     ) -> Result<XdpPath, ListenerError> {
         let mut xdp = self.xdp_path(addr.port());
         if steer && xdp == XdpPath::Off {
@@ -263,17 +265,29 @@ impl Listeners {
             .zip(bound)
             .map(|(inbox, l)| inbox.post(SocketChange::Add(l, proto, addr)))
             .collect();
-        wait_all(acks)?;
-        if matches!(xdp, XdpPath::Served | XdpPath::Steered) {
-            let acks = lock(&self.xdp)
-                .iter()
-                .map(|inbox| inbox.post(PortChange::Add(addr.port(), proto)))
-                .collect();
-            wait_all(acks)?;
-        }
-        if xdp == XdpPath::Steered {
-            // Only now that every stack listens on it: a SYN redirected earlier would get RST.
-            self.steer(addr.port())?;
+        let added = wait_all(acks).and_then(|()| {
+            if matches!(xdp, XdpPath::Served | XdpPath::Steered) {
+                let acks = lock(&self.xdp)
+                    .iter()
+                    .map(|inbox| inbox.post(PortChange::Add(addr.port(), proto)))
+                    .collect();
+                wait_all(acks)?;
+            }
+            if xdp == XdpPath::Steered {
+                // Only now that every stack listens on it: a SYN redirected earlier would
+                // get RST.
+                self.steer(addr.port())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = added {
+            // A reactor that did not answer, or a map that refused the port: nothing of
+            // the request may stay.
+            warn!(%addr, "adding the listener failed, undoing it: {e}");
+            if let Err(undo) = self.remove_tcp(addr, port_in_use) {
+                warn!(%addr, "undoing the listener failed too: {undo}");
+            }
+            return Err(e);
         }
         info!(%addr, ?proto, reactors = inboxes.len(), xdp = xdp.describe(), "listener added");
         Ok(xdp)
@@ -407,17 +421,20 @@ mod tests {
         // A port another program holds without SO_REUSEPORT: refused, nothing posted.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let e = l
-            .add_tcp(Proto::Nvme, taken.local_addr().unwrap(), false)
+            .add_tcp(Proto::Nvme, taken.local_addr().unwrap(), false, false)
             .unwrap_err();
         assert!(e.to_string().contains("cannot listen"), "{e}");
         // A free one: every reactor listens; no AF_XDP reactors, so the kernel serves it.
         let free = taken.local_addr().unwrap();
         drop(taken);
         assert!(matches!(
-            l.add_tcp(Proto::Iscsi, free, true),
+            l.add_tcp(Proto::Iscsi, free, true, false),
             Err(ListenerError::NothingToSteerTo)
         ));
-        assert_eq!(l.add_tcp(Proto::Iscsi, free, false).unwrap(), XdpPath::Off);
+        assert_eq!(
+            l.add_tcp(Proto::Iscsi, free, false, false).unwrap(),
+            XdpPath::Off
+        );
         std::net::TcpStream::connect(free).unwrap();
         assert_eq!(l.remove_tcp(free, false).unwrap(), XdpPath::Off);
         assert!(std::net::TcpStream::connect(free).is_err());
