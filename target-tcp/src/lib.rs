@@ -231,6 +231,41 @@ impl Stack {
         s
     }
 
+    /// Ports it accepts connections on.
+    pub fn ports(&self) -> &[u16] {
+        &self.config.ports
+    }
+
+    /// Starts accepting connections on `port` too (nothing changes if it already does).
+    pub fn add_port(&mut self, port: u16) {
+        if self.config.ports.contains(&port) {
+            return;
+        }
+        self.config.ports.push(port);
+        if !self.refused.iter().any(|r| r.0 == port) {
+            self.refused.push((port, 0));
+        }
+        self.replenish();
+    }
+
+    /// Stops accepting connections on `port`: its listening sockets go, so a SYN for it is
+    /// answered with RST from now on. Connections already accepted, and handshakes already
+    /// begun (the user refuses them at accept if it wants), stay. Its refusal count stays.
+    pub fn remove_port(&mut self, port: u16) {
+        self.config.ports.retain(|&p| p != port);
+        // Listeners that received a SYN since the last poll become connections first.
+        self.housekeeping();
+        let mut i = 0;
+        while i < self.listeners.len() {
+            if self.listeners[i].0 == port {
+                let (_, h) = self.listeners.swap_remove(i);
+                self.remove_socket(h);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Keeps `backlog` listeners per port while there is room for more connections.
     fn replenish(&mut self) {
         for port in self.config.ports.clone() {

@@ -2027,3 +2027,48 @@ fn garbage_is_ignored() {
     assert_eq!(net.sock(peer.h).state(), tcp::State::Established);
     assert_eq!(net.stack.connections(), 1);
 }
+
+#[test]
+fn ports_come_and_go_and_connections_stay() {
+    let mut net = Net::new(false, 1500, |_| {});
+    let mut echo = Echo::default();
+    let first = connected(&mut net, &mut echo, 5000);
+    net.stack.remove_port(PORT);
+    assert_eq!(net.stack.ports(), &[] as &[u16]);
+    assert_eq!(
+        net.stack.sockets(),
+        1,
+        "the listeners went, the connection stays"
+    );
+    // A new initiator gets RST.
+    let h = net.connect(40_001, 64 * 1024);
+    net.run_for(SECOND, |n| echo.serve(&mut n.stack));
+    assert_eq!(net.sock(h).state(), tcp::State::Closed);
+    assert_eq!(net.stack.connections(), 1);
+    // The first one is still echoed.
+    net.sock(first.h).send_slice(b"still here").unwrap();
+    let mut reply = Vec::new();
+    net.run(SECOND, |n| {
+        echo.serve(&mut n.stack);
+        let s = n.sock(first.h);
+        while s.can_recv() {
+            s.recv(|b| {
+                reply.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        reply.ends_with(b"still here")
+    });
+    // Back again: new initiators get in.
+    net.stack.add_port(PORT);
+    net.stack.add_port(PORT);
+    assert_eq!(net.stack.ports(), &[PORT]);
+    let mut second = Peer::new(&mut net, 40_002, 3000, 64 * 1024);
+    net.run(10 * SECOND, |n| {
+        echo.serve(&mut n.stack);
+        second.pump(n);
+        second.done()
+    });
+    assert_eq!(net.stack.connections(), 2);
+}

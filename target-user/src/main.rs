@@ -39,7 +39,8 @@ enum Command {
     /// Measure (and with --verify, check) an NVMe/TCP, NVMe/RDMA or iSCSI target, like
     /// spdk_nvme_perf.
     Perf(target_initiator::perf::PerfArgs),
-    /// Change a running target: allow lists, and save its configuration (see the README).
+    /// Change a running target: allow lists, CHAP, listeners, and save its configuration
+    /// (see the README).
     Ctl(CtlArgs),
     /// Print the XDP counters of a running `serve --xdp`.
     Stats {
@@ -170,6 +171,23 @@ enum CtlCommand {
         #[arg(long, conflicts_with = "initiators")]
         any: bool,
     },
+    /// Start accepting TRANSPORT (nvme_tcp, iscsi, nvme_rdma) on ADDR (IP:PORT) now,
+    /// without a restart; NVMe listeners join the discovery log.
+    AddListener {
+        #[arg(value_parser = ["nvme_tcp", "iscsi", "nvme_rdma"])]
+        transport: String,
+        addr: String,
+        /// XDP path: steer the port if the XDP program does not yet (adds it to
+        /// xdp.ports), so the AF_XDP reactors serve it rather than the kernel socket.
+        #[arg(long)]
+        steer: bool,
+    },
+    /// Stop accepting on ADDR (connections already up stay); says how many remain.
+    RemoveListener {
+        #[arg(value_parser = ["nvme_tcp", "iscsi", "nvme_rdma"])]
+        transport: String,
+        addr: String,
+    },
     /// Write the running configuration as TOML (default: the file serve --config read).
     Save { path: Option<PathBuf> },
     /// Any method with JSON params, e.g. `call add_host '{"nqn":"..","host":".."}'`; `-`
@@ -248,6 +266,18 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         } => (
             "set_initiators",
             json!({"iqn": iqn, "initiators": if any { None } else { Some(initiators) }}),
+        ),
+        CtlCommand::AddListener {
+            transport,
+            addr,
+            steer,
+        } => (
+            "add_listener",
+            json!({"transport": transport, "addr": addr, "steer": steer}),
+        ),
+        CtlCommand::RemoveListener { transport, addr } => (
+            "remove_listener",
+            json!({"transport": transport, "addr": addr}),
         ),
         CtlCommand::Save { path } => ("save", json!({ "path": path })),
         CtlCommand::Call { method, params } => {
@@ -380,7 +410,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 backends: std::sync::Arc::clone(&server.backends),
                 metrics: std::sync::Arc::clone(&server.metrics),
             },
-        );
+        )
+        .with_listeners(std::sync::Arc::clone(&server.listeners));
         control::spawn(std::path::Path::new(path), std::sync::Arc::new(c))
             .map_err(|e| anyhow::anyhow!("control socket {path}: {e}"))?;
     }

@@ -63,6 +63,8 @@ pub struct Server {
     /// The backends and metrics, for the control socket to add namespaces to.
     pub backends: Arc<Backends>,
     pub metrics: Arc<Metrics>,
+    /// The reactors, for the control socket to add and remove listeners.
+    pub listeners: Arc<crate::transport::listeners::Listeners>,
 }
 
 impl Server {
@@ -403,10 +405,13 @@ pub fn start(
     let n = reactor_count(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(n);
+    let listeners = Arc::new(crate::transport::listeners::Listeners::new(
+        config.xdp.ports.clone(),
+    ));
     // The AF_XDP sockets first: once the kernel's listeners accept, the storage ports'
     // traffic on that interface already goes to the user-space stack.
     if let Some(steering) = xdp {
-        match crate::transport::xdp::start(config, steering, &shared, &stop) {
+        match crate::transport::xdp::start(config, steering, &shared, &stop, &listeners) {
             Ok(t) => threads.extend(t),
             Err(e) if config.xdp.require_afxdp => return Err(ServeError::AfXdp(e)),
             Err(e) => warn!(
@@ -422,10 +427,12 @@ pub fn start(
         iscsi_registry: Arc::clone(&shared.iscsi_registry),
         backends: Arc::clone(&shared.backends),
         metrics: Arc::clone(&shared.metrics),
+        listeners: Arc::clone(&listeners),
     };
     // Before the kernel's listeners: a host must not read a discovery log that lists RDMA
     // ports before it is known whether RDMA serves.
-    let rdma = crate::transport::rdma::start(config, &shared, &stop, n).map_err(ServeError::Rdma);
+    let rdma = crate::transport::rdma::start(config, &shared, &stop, n, &listeners)
+        .map_err(ServeError::Rdma);
     match rdma {
         Ok(t) if t.is_empty() && !config.rdma.listen.is_empty() => {
             // RDMA is unusable here: the discovery log must not send hosts to it.
@@ -448,7 +455,9 @@ pub fn start(
             return Err(e);
         }
     }
-    let sockets = match crate::transport::socket::start(config, &shared, &allow, &stop, &all, n) {
+    let sockets = match crate::transport::socket::start(
+        config, &shared, &allow, &stop, &all, n, &listeners,
+    ) {
         Ok(s) => s,
         Err(e) => {
             server(threads).stop();

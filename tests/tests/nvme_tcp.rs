@@ -42,19 +42,24 @@ fn serve(pair: &VethPair, config: &Path) -> Target {
 
 /// The discovery log page (4 KiB) of the discovery controller on `addr`:8009.
 fn discovery_log(addr: IpAddr) -> Vec<u8> {
+    discovery_log_of(addr, 4096)
+}
+
+/// The first `len` bytes (a multiple of 4) of the discovery log page on `addr`:8009.
+fn discovery_log_of(addr: IpAddr, len: u32) -> Vec<u8> {
     let mut d = Client::connect(SocketAddr::new(addr, 8009), false).expect("connect 8009");
     let r = d
         .fabrics_connect(0, 0xffff, "nqn.2014-08.org.nvmexpress.discovery", HOST_NQN)
         .expect("connect");
     assert!(r.cqe.status.is_success());
     d.enable().expect("enable");
-    let numd = 4096 / 4 - 1;
+    let numd = len / 4 - 1;
     d.admin(
         AdminOpcode::GetLogPage,
         0,
         u32::from(u8::from(LogPageId::Discovery)) | (numd << 16),
         0,
-        4096,
+        len as usize,
     )
     .expect("discovery log")
     .data
@@ -1625,6 +1630,265 @@ fn ctl_changes_namespaces_and_tells_connected_hosts() {
             assert!(!c.cqe.status.is_success(), "gone");
         })
         .expect("namespace thread");
+    assert!(t.stop().expect("stop").success());
+    for f in [cfg, saved, socket] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// The TCP ports the discovery log on `addr`:8009 names.
+fn discovery_ports(addr: IpAddr) -> Vec<String> {
+    // The header and up to 15 entries of 1 KiB.
+    let log = discovery_log_of(addr, 16 * 1024);
+    let n = DiscoveryLogHeader::new_checked(&log[..])
+        .expect("header")
+        .numrec();
+    assert!(n <= 15, "{n} entries");
+    (0..n as usize)
+        .map(|i| {
+            let e = discovery_entry(&log, i).expect("entry");
+            e.trsvcid().expect("port").to_string()
+        })
+        .collect()
+}
+
+/// `ctl add-listener` and `remove-listener` on a running target: an NVMe/TCP listener on
+/// a new port is discovered and connected through, an iSCSI one is logged in through and
+/// reported by SendTargets; `save` writes them. Removed, new connections are refused,
+/// discovery forgets the port, and the connections already up keep working. On the XDP
+/// path the new ports are steered (`xdp.ports`), so the AF_XDP reactors serve them.
+#[test]
+fn ctl_adds_and_removes_listeners_without_a_restart() {
+    use target_proto::iscsi::host::LoginOptions;
+    use xdp_target_tests::iscsi::{Client as IscsiClient, INITIATOR};
+    const IQN: &str = "iqn.2026-11.dev.xdp-target:e2e";
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let socket = std::env::temp_dir().join(format!("xdpt-ctl-listen-{}.sock", std::process::id()));
+    let top = format!(
+        "reactors = 2\n[control]\nsocket = \"{}\"\n[xdp]\nports = [4420, 8009, 3260, 4421, 3261]",
+        socket.display()
+    );
+    let cfg = config_top(
+        "ctl-listen",
+        &top,
+        4 * MIB,
+        512,
+        &format!("iqn = \"{IQN}\""),
+    );
+    let t = serve(&pair, &cfg);
+    let ctl = |args: &[&str]| xdp_target_tests::target::ctl(&socket, args);
+    let json = |out: &str| -> serde_json::Value {
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let target = IpAddr::V4(pair.target_addr);
+    let nvme = SocketAddr::new(target, 4421);
+    let iscsi = SocketAddr::new(target, 3261);
+    let client = pair.client.handle();
+    let nvme_admin = {
+        let client = client.clone();
+        move || {
+            client
+                .run(move || -> std::io::Result<Client> {
+                    let mut a = Client::connect(nvme, false)?;
+                    let r = a.fabrics_connect(0, 0xffff, NQN, HOST_NQN)?;
+                    assert!(r.cqe.status.is_success(), "{:?}", r.cqe);
+                    a.enable()?;
+                    Ok(a)
+                })
+                .expect("namespace thread")
+        }
+    };
+    let iscsi_login = {
+        let client = client.clone();
+        move || {
+            client
+                .run(move || IscsiClient::login(iscsi, LoginOptions::new(INITIATOR, Some(IQN))))
+                .expect("namespace thread")
+        }
+    };
+    let portals = {
+        let client = client.clone();
+        move || {
+            client
+                .run(move || {
+                    let mut d = IscsiClient::login(
+                        SocketAddr::new(target, 3260),
+                        LoginOptions::new(INITIATOR, None),
+                    )
+                    .expect("discovery login");
+                    d.send_targets()
+                        .expect("SendTargets")
+                        .into_iter()
+                        .filter(|(k, _)| k == "TargetAddress")
+                        .map(|(_, v)| v)
+                        .collect::<Vec<_>>()
+                })
+                .expect("namespace thread")
+        }
+    };
+    let ports = {
+        let client = client.clone();
+        move || {
+            client
+                .run(move || discovery_ports(target))
+                .expect("namespace thread")
+        }
+    };
+    let identify = |a: &mut Client| {
+        let id = a
+            .admin(
+                AdminOpcode::Identify,
+                0,
+                u32::from(u8::from(Cns::Controller)),
+                0,
+                4096,
+            )
+            .expect("id-ctrl");
+        assert!(id.cqe.status.is_success());
+        let c = IdentifyController::new_checked(&id.data[..]).expect("4096 bytes");
+        assert_eq!(c.subnqn().expect("nqn"), NQN);
+    };
+
+    // Nothing on the new ports yet.
+    assert!(nvme_admin().is_err(), "nothing listens on 4421 yet");
+    assert!(iscsi_login().is_err(), "nothing listens on 3261 yet");
+    assert!(!ports().contains(&"4421".to_string()));
+
+    // NVMe/TCP on 4421: discovered, and connected through.
+    let (ok, out) = ctl(&["add-listener", "nvme_tcp", &nvme.to_string()]);
+    assert!(ok, "{out}");
+    let r = json(&out);
+    assert_eq!(r["listening"], true, "{out}");
+    assert_eq!(r["xdp_served"], xdp_path(), "{out}");
+    assert!(ports().contains(&"4421".to_string()), "{:?}", ports());
+    let mut held = nvme_admin().expect("connect through the new listener");
+    identify(&mut held);
+
+    // iSCSI on 3261: SendTargets reports it, and a login through it works.
+    let (ok, out) = ctl(&["add-listener", "iscsi", &iscsi.to_string()]);
+    assert!(ok, "{out}");
+    assert!(
+        portals()
+            .iter()
+            .any(|p| p.starts_with(&format!("{iscsi},"))),
+        "{:?}",
+        portals()
+    );
+    let mut session = iscsi_login().expect("log in through the new listener");
+    assert_eq!(session.rw(0, None, 0, 1, 512).expect("read").status, 0);
+
+    // Mistakes: each a clear error, nothing changed.
+    let (ok, out) = ctl(&["add-listener", "nvme_tcp", &nvme.to_string()]);
+    assert!(!ok && out.contains("already listening"), "{out}");
+    let (ok, out) = ctl(&["add-listener", "nvme_tcp", "10.0.0.1"]);
+    assert!(!ok && out.contains("not an address:port"), "{out}");
+    let (ok, out) = ctl(&["add-listener", "iscsi", &format!("{target}:4420")]);
+    assert!(!ok && out.contains("overlaps"), "{out}");
+    let (ok, out) = ctl(&["add-listener", "nvme_rdma", &format!("{target}:4420")]);
+    assert!(!ok && out.contains("NVMe/RDMA is not running"), "{out}");
+    let taken = SocketAddr::new(target, 4422);
+    let holder = pair
+        .target
+        .run(move || std::net::TcpListener::bind(taken).expect("bind 4422"))
+        .expect("namespace thread");
+    let (ok, out) = ctl(&["add-listener", "nvme_tcp", &taken.to_string()]);
+    assert!(!ok && out.contains("Address already in use"), "{out}");
+    drop(holder);
+
+    // `list` and `save` show the running listeners.
+    let (ok, out) = ctl(&["list"]);
+    assert!(ok, "{out}");
+    let l = json(&out);
+    assert!(
+        l["listeners"]["nvme_tcp"]
+            .as_array()
+            .expect("list")
+            .contains(&serde_json::json!(nvme.to_string())),
+        "{out}"
+    );
+    assert!(!out.contains("4422"), "a failed add leaves no trace: {out}");
+    let saved = std::env::temp_dir().join(format!("xdpt-ctl-listen-{}.toml", std::process::id()));
+    let (ok, out) = ctl(&["save", saved.to_str().expect("utf-8")]);
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(&saved).expect("saved file");
+    assert!(
+        text.contains(&nvme.to_string()) && text.contains(&iscsi.to_string()),
+        "{text}"
+    );
+
+    // A port the XDP program does not steer: `--steer` adds it to the program's map and
+    // the AF_XDP reactors serve it; without AF_XDP there is nothing to steer to.
+    let steered = SocketAddr::new(target, 4423);
+    let (ok, out) = ctl(&["add-listener", "nvme_tcp", &steered.to_string(), "--steer"]);
+    if xdp_path() {
+        assert!(ok && json(&out)["xdp_served"] == true, "{out}");
+        let mut a = client
+            .run(move || {
+                let mut a = Client::connect(steered, false).expect("connect 4423");
+                let r = a
+                    .fabrics_connect(0, 0xffff, NQN, HOST_NQN)
+                    .expect("connect");
+                assert!(r.cqe.status.is_success());
+                a.enable().expect("enable");
+                a
+            })
+            .expect("namespace thread");
+        identify(&mut a);
+        let stats = xdp_target_tests::target::stats_json(&pair.target_if).expect("stats");
+        let port = stats["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["port"] == 4423)
+            .unwrap_or_else(|| panic!("4423 is not steered: {stats}"));
+        assert!(port["packets"]["redirected"].as_u64() > Some(0), "{stats}");
+        let (ok, out) = ctl(&["list"]);
+        assert!(ok && out.contains("4423"), "{out}");
+    } else {
+        assert!(!ok && out.contains("no AF_XDP reactors run"), "{out}");
+    }
+
+    // Removed: new connections are refused, discovery forgets the port, and what is up
+    // stays up.
+    let (ok, out) = ctl(&["remove-listener", "nvme_tcp", &nvme.to_string()]);
+    assert!(ok, "{out}");
+    let nvme_left = if xdp_path() { 3 } else { 2 };
+    assert_eq!(json(&out)["remaining"], nvme_left, "{out}");
+    assert!(nvme_admin().is_err(), "4421 no longer accepts");
+    assert!(!ports().contains(&"4421".to_string()), "{:?}", ports());
+    identify(&mut held);
+    let (ok, out) = ctl(&["remove-listener", "iscsi", &iscsi.to_string()]);
+    assert!(ok, "{out}");
+    assert_eq!(json(&out)["remaining"], 1, "{out}");
+    assert!(iscsi_login().is_err(), "3261 no longer accepts");
+    assert!(
+        portals().iter().all(|p| !p.contains(":3261")),
+        "{:?}",
+        portals()
+    );
+    assert_eq!(session.rw(0, None, 0, 1, 512).expect("read").status, 0);
+    let (ok, out) = ctl(&["remove-listener", "iscsi", &iscsi.to_string()]);
+    assert!(!ok && out.contains("not listening"), "{out}");
+    // The last iSCSI listener may go too; the answer says none remain.
+    let (ok, out) = ctl(&["remove-listener", "iscsi", "0.0.0.0:3260"]);
+    assert!(ok && out.contains("no iSCSI listener remains"), "{out}");
+
+    if xdp_path() {
+        // The AF_XDP reactors' stacks took the steered port, and let it go.
+        let log = t.log_text();
+        assert!(
+            log.contains("AF_XDP: accepting on port 4421")
+                && log.contains("AF_XDP: no longer accepting on port 4421"),
+            "{log}"
+        );
+    }
+
+    // The saved configuration starts a target that serves the added listeners.
+    drop((held, session));
+    assert!(t.stop().expect("stop").success());
+    let t = serve(&pair, &saved);
+    identify(&mut nvme_admin().expect("the saved listener serves"));
     assert!(t.stop().expect("stop").success());
     for f in [cfg, saved, socket] {
         let _ = std::fs::remove_file(f);

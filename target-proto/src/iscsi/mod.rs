@@ -211,6 +211,12 @@ impl Registry {
         &self.portals
     }
 
+    /// The portals SendTargets reports from now on (listeners added or removed while the
+    /// target runs).
+    pub fn set_portals(&mut self, portals: Vec<Portal>) {
+        self.portals = portals;
+    }
+
     pub fn target(&self, iqn: &str) -> Option<Arc<TargetNode>> {
         // iSCSI names compare case-insensitively after stringprep; IQNs are lower case.
         self.targets

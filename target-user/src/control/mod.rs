@@ -13,8 +13,9 @@
 //! `remove_namespace`, `resize_namespace` (`storage`); `add_host`, `remove_host`,
 //! `set_hosts` (NVMe host allow lists); `add_initiator`, `remove_initiator`,
 //! `set_initiators` (iSCSI initiator allow lists); `set_chap` (the CHAP an iSCSI target
-//! requires); `save` (the running configuration as TOML). An allow-list change applies to
-//! connects and logins
+//! requires); `add_listener`, `remove_listener` (addresses NVMe/TCP, iSCSI and NVMe/RDMA
+//! are served on; [`listeners`]); `save` (the running configuration as TOML). An
+//! allow-list change applies to connects and logins
 //! from then on; connections already up stay, as with Linux's nvmet and LIO. An empty
 //! allow list means any host, so `remove_*` never empties one: `set_*` with `null` says
 //! "any" explicitly. The socket is created mode 0600: whoever can write to it can change
@@ -37,6 +38,8 @@ use crate::reactor::block::Backends;
 
 mod storage;
 
+mod listeners;
+
 /// The most a request line may hold.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -50,6 +53,8 @@ pub struct Control {
     iscsi_registry: Arc<Mutex<IscsiRegistry>>,
     backends: Arc<Backends>,
     metrics: Arc<Metrics>,
+    /// The running transports, for `add_listener` and `remove_listener`.
+    listeners: Option<Arc<crate::transport::listeners::Listeners>>,
 }
 
 /// What the control socket changes in the running target (`serve::Server` has them).
@@ -140,7 +145,14 @@ impl Control {
             iscsi_registry: served.iscsi_registry,
             backends: served.backends,
             metrics: served.metrics,
+            listeners: None,
         }
+    }
+
+    /// The running transports' listeners, which `add_listener` and `remove_listener` change.
+    pub fn with_listeners(mut self, l: Arc<crate::transport::listeners::Listeners>) -> Self {
+        self.listeners = Some(l);
+        self
     }
 
     /// Runs one method.
@@ -159,13 +171,16 @@ impl Control {
             "remove_initiator" => self.change(Acl::Initiators, params, Change::Remove),
             "set_initiators" => self.change(Acl::Initiators, params, Change::Set),
             "set_chap" => self.set_chap(params),
+            "add_listener" => self.add_listener(params),
+            "remove_listener" => self.remove_listener(params),
             "save" => self.save(params),
             _ => Err(RpcError {
                 code: -32601,
                 message: format!(
                     "no method {method:?}; there are list, add_subsystem, remove_subsystem, \
                      add_namespace, remove_namespace, resize_namespace, add_host, remove_host, \
-                     set_hosts, add_initiator, remove_initiator, set_initiators, set_chap, save"
+                     set_hosts, add_initiator, remove_initiator, set_initiators, set_chap, \
+                     add_listener, remove_listener, save"
                 ),
             }),
         }
@@ -475,10 +490,11 @@ pub fn request(path: &Path, method: &str, params: Value) -> anyhow::Result<Value
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn control() -> Control {
+    /// A control socket's handler over a one-namespace subsystem with an IQN, no transports.
+    pub(in crate::control) fn control() -> Control {
         let text = "[[subsystem]]\nnqn = \"nqn.a\"\niqn = \"iqn.a\"\n\
                     [[subsystem.namespace]]\nnsid = 1\nbackend = \"memory\"\nsize = 1048576\n";
         let config: Config = toml::from_str(text).unwrap();

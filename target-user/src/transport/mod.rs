@@ -4,6 +4,7 @@
 //! ([`rdma`]: InfiniBand, RoCE, iWARP, soft-RoCE). All drive the same engines and block I/O
 //! through `crate::reactor`.
 
+pub mod listeners;
 pub mod rdma;
 pub mod socket;
 pub mod xdp;

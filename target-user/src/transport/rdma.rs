@@ -21,6 +21,10 @@
 //! - a reactor busy-polls its completion queues, then arms them and sleeps in poll(2) on
 //!   the completion and CM channels and the io_uring (an idle target uses no CPU).
 //!
+//! Listeners added and removed at run time (`xdp-target ctl add-listener nvme_rdma`) are
+//! made on the first reactor's channel by [`RdmaListeners`] and handed to that reactor,
+//! which destroys them when asked; queue pairs already up stay.
+//!
 //! A queue pair ends on a DISCONNECTED or DEVICE_REMOVAL event, a failed work request, or
 //! its queue's own end (keep-alive expiry, protocol error): its controller or queue is torn
 //! down by [`Core::close`], and the queue pair and its id are destroyed when the
@@ -49,6 +53,7 @@ use crate::config::Config;
 use crate::metrics::Transport;
 use crate::reactor::engine::{Engine, Shared};
 use crate::reactor::{Conn, Conns, Core, Link, TICK, reactor_thread};
+use crate::transport::listeners::{Inbox, ListenerError, Listeners};
 
 /// Completion queue entries per device and reactor (less if the device has fewer).
 const CQ_ENTRIES: u32 = 16_384;
@@ -102,6 +107,11 @@ impl Mailboxes {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(h);
+        self.wake(r);
+    }
+
+    /// Wakes reactor `r` from its poll(2).
+    fn wake(&self, r: usize) {
         let one: u64 = 1;
         // SAFETY: write(2) of 8 bytes from a live u64 to our own eventfd.
         unsafe { libc::write(self.wakers[r], std::ptr::from_ref(&one).cast(), 8) };
@@ -117,6 +127,50 @@ impl Drop for Mailboxes {
     }
 }
 
+/// A listener change for the first reactor, which owns the listeners.
+pub enum RdmaChange {
+    /// A listening id (on the first reactor's channel) to keep.
+    Add(CmId, SocketAddr),
+    /// Destroy the listener on this address.
+    Remove(SocketAddr),
+}
+
+/// The running RDMA reactors' listeners, for the control socket.
+pub struct RdmaListeners {
+    mail: Arc<Mailboxes>,
+    inbox: Arc<Inbox<RdmaChange>>,
+}
+
+impl RdmaListeners {
+    /// Listens on `addr` (on the first reactor's channel) and hands the listener to that
+    /// reactor; the receiver ends when it has it.
+    pub fn add(&self, addr: SocketAddr) -> Result<std::sync::mpsc::Receiver<()>, ListenerError> {
+        let id = cm_listen(&self.mail.channels[0], addr)
+            .map_err(|source| ListenerError::Rdma { addr, source })?;
+        let done = self.inbox.post(RdmaChange::Add(id, addr));
+        self.mail.wake(0);
+        Ok(done)
+    }
+
+    /// Asks the first reactor to destroy the listener on `addr`.
+    pub fn remove(&self, addr: SocketAddr) -> std::sync::mpsc::Receiver<()> {
+        let done = self.inbox.post(RdmaChange::Remove(addr));
+        self.mail.wake(0);
+        done
+    }
+}
+
+/// An RDMA CM id listening on `addr`, its events on `channel`.
+fn cm_listen(channel: &EventChannel, addr: SocketAddr) -> io::Result<CmId> {
+    let id = CmId::new(channel)?;
+    if let Err(e) = id.bind(addr).and_then(|()| id.listen(BACKLOG)) {
+        // SAFETY: our own new id, without events.
+        unsafe { id.destroy() };
+        return Err(e);
+    }
+    Ok(id)
+}
+
 /// Starts `n` RDMA reactors listening on `rdma.listen`. No listeners configured: nothing.
 /// RDMA unusable: an error with `rdma.require`, else one warning and no reactors (TCP
 /// goes on serving).
@@ -125,6 +179,7 @@ pub fn start(
     shared: &Arc<Shared>,
     stop: &Arc<AtomicBool>,
     n: usize,
+    changes: &Listeners,
 ) -> Result<Vec<JoinHandle<()>>, RdmaError> {
     let addrs: Vec<SocketAddr> = config
         .rdma
@@ -135,7 +190,7 @@ pub fn start(
     if addrs.is_empty() {
         return Ok(Vec::new());
     }
-    match start_reactors(config, shared, stop, n, &addrs) {
+    match start_reactors(config, shared, stop, n, &addrs, changes) {
         Ok(t) => Ok(t),
         Err(e) if config.rdma.require => Err(e),
         Err(e) => {
@@ -151,6 +206,7 @@ fn start_reactors(
     stop: &Arc<AtomicBool>,
     n: usize,
     addrs: &[SocketAddr],
+    changes: &Listeners,
 ) -> Result<Vec<JoinHandle<()>>, RdmaError> {
     let devices = target_rdma::devices()?;
     if devices.is_empty() {
@@ -176,16 +232,7 @@ fn start_reactors(
     // The listeners, on the first reactor's channel.
     let mut listeners = Vec::with_capacity(addrs.len());
     for &addr in addrs {
-        let listen = || -> io::Result<CmId> {
-            let id = CmId::new(&mail.channels[0])?;
-            if let Err(e) = id.bind(addr).and_then(|()| id.listen(BACKLOG)) {
-                // SAFETY: our own new id, without events.
-                unsafe { id.destroy() };
-                return Err(e);
-            }
-            Ok(id)
-        };
-        match listen() {
+        match cm_listen(&mail.channels[0], addr) {
             Ok(id) => listeners.push((id, addr)),
             Err(source) => {
                 for (id, _) in listeners {
@@ -205,6 +252,7 @@ fn start_reactors(
     };
     let mut threads = Vec::with_capacity(n);
     let mut listeners = Some(listeners);
+    let inbox = Arc::new(Inbox::new(None));
     for r in 0..n {
         let name = format!("rdma-{r}");
         let reactor = Reactor {
@@ -231,6 +279,7 @@ fn start_reactors(
                 Vec::new()
             },
             mail: Arc::clone(&mail),
+            changes: (r == 0).then(|| Arc::clone(&inbox)),
             limits,
             in_capsule: config.rdma.inline_data,
             touched: Vec::with_capacity(POLL_BATCH),
@@ -244,6 +293,7 @@ fn start_reactors(
             .map_err(RdmaError::Setup)?;
         threads.push(t);
     }
+    changes.rdma_running(RdmaListeners { mail, inbox });
     Ok(threads)
 }
 
@@ -718,6 +768,8 @@ struct Reactor {
     index: usize,
     listeners: Vec<(CmId, SocketAddr)>,
     mail: Arc<Mailboxes>,
+    /// The first reactor's: listeners added and removed at run time.
+    changes: Option<Arc<Inbox<RdmaChange>>>,
     limits: CmLimits,
     /// In-capsule data each queue accepts (`rdma.inline_data`).
     in_capsule: usize,
@@ -739,6 +791,7 @@ impl Reactor {
         while !stop.load(Ordering::Relaxed) {
             let mut busy = self.cm_events();
             busy |= self.inbox();
+            busy |= self.listener_changes();
             busy |= self.completions(&mut wcs);
             for i in self.core.reap(&mut self.verbs) {
                 busy = true;
@@ -769,6 +822,39 @@ impl Reactor {
             // SAFETY: our listeners; their events are acknowledged as read.
             unsafe { id.destroy() };
         }
+    }
+
+    /// Keeps the listeners added at run time and destroys the removed ones; dropping each
+    /// change's sender acknowledges it. True when there were any.
+    fn listener_changes(&mut self) -> bool {
+        let Some(inbox) = self.changes.clone() else {
+            return false;
+        };
+        let changes = inbox.take();
+        let any = !changes.is_empty();
+        for (change, _done) in changes {
+            match change {
+                RdmaChange::Add(id, addr) => {
+                    info!(%addr, "NVMe/RDMA listening on {addr}");
+                    self.listeners.push((id, addr));
+                }
+                RdmaChange::Remove(addr) => {
+                    // rdma_destroy_id waits for the id's events to be acknowledged: take
+                    // (and so acknowledge) every event that arrived first.
+                    self.cm_events();
+                    let (gone, kept) = self.listeners.drain(..).partition(|l| l.1 == addr);
+                    self.listeners = kept;
+                    let gone: Vec<(CmId, SocketAddr)> = gone;
+                    for (id, _) in gone {
+                        // SAFETY: our listener, on this reactor's channel, whose events
+                        // were all read; connect requests it took are ids of their own.
+                        unsafe { id.destroy() };
+                        info!(%addr, "NVMe/RDMA listener on {addr} closed");
+                    }
+                }
+            }
+        }
+        any
     }
 
     /// Sleeps until a completion, a CM event, a handed-over connect request or block I/O

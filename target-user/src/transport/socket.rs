@@ -7,6 +7,11 @@
 //! path; the NVMe controller registry and the iSCSI session registry (mutexes) are touched
 //! only at Connect/login, CC.EN and teardown.
 //!
+//! Listeners come and go while the target runs (`xdp-target ctl add-listener`): each
+//! reactor takes its changes from an inbox (`transport::listeners`) when its waker fires.
+//! A listener's token is `LISTENER_BASE + slot` and a connection's its index, so neither
+//! moves when a listener is added or removed.
+//!
 //! With `xdp.allow_sources` set, a connection from outside the list is closed as soon as it
 //! is accepted, on every listener and whatever interface it came in on: the XDP program
 //! applies the list only on the interface it is attached to.
@@ -28,11 +33,16 @@ use crate::metrics::Transport;
 use crate::reactor::engine::{Proto, Shared};
 use crate::reactor::{Conn, Conns, Core, Link, TICK, reactor_thread};
 use crate::serve::ServeError;
+use crate::transport::listeners::{Inbox, Listeners, SocketChange};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 256 * 1024;
 /// Token of the reactor's io_uring in its epoll set.
 const RING_TOKEN: Token = Token(usize::MAX);
+/// Token of the waker that says listener changes wait in the reactor's inbox.
+const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+/// Listener `slot` has token `LISTENER_BASE + slot`; connections have their index, below.
+const LISTENER_BASE: usize = usize::MAX / 2;
 
 /// The socket reactors' threads, and the addresses they listen on.
 pub struct Started {
@@ -41,7 +51,8 @@ pub struct Started {
     pub listening: Vec<(Proto, SocketAddr)>,
 }
 
-/// Starts `n` socket reactors listening on `addrs`.
+/// Starts `n` socket reactors listening on `addrs`, each with an inbox in `changes` for
+/// the listeners added and removed later.
 pub fn start(
     config: &Config,
     shared: &Arc<Shared>,
@@ -49,6 +60,7 @@ pub fn start(
     stop: &Arc<AtomicBool>,
     addrs: &[(SocketAddr, Proto)],
     n: usize,
+    changes: &Listeners,
 ) -> Result<Started, ServeError> {
     let mut threads = Vec::with_capacity(n);
     let mut listening = Vec::new();
@@ -59,9 +71,17 @@ pub fn start(
             if r == 0 {
                 listening.push((proto, l.local_addr().unwrap_or(a)));
             }
-            listeners.push((l, proto));
+            listeners.push(Some(Listening {
+                socket: l,
+                proto,
+                addr: a,
+            }));
         }
         let name = format!("reactor-{r}");
+        let poll = Poll::new().map_err(ServeError::Reactor)?;
+        let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN).map_err(ServeError::Reactor)?;
+        let inbox = Arc::new(Inbox::new(Some(waker)));
+        changes.socket_reactor(Arc::clone(&inbox));
         let reactor = Reactor {
             core: Core {
                 name: name.clone(),
@@ -71,10 +91,8 @@ pub fn start(
                 shared: Arc::clone(shared),
                 metrics: shared.metrics.transport(Transport::Socket),
             },
-            io: Sockets {
-                poll: Poll::new().map_err(ServeError::Reactor)?,
-                listeners,
-            },
+            io: Sockets { poll, listeners },
+            inbox,
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
             max_connections: config.max_connections_per_reactor,
@@ -92,7 +110,9 @@ pub fn start(
     Ok(Started { threads, listening })
 }
 
-fn listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+/// A non-blocking listening socket on `addr` that shares the port with the other
+/// reactors' (SO_REUSEPORT).
+pub(crate) fn listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     let err = |source| ServeError::Listen { addr, source };
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
@@ -108,10 +128,19 @@ fn listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     Ok(TcpListener::from_std(s.into()))
 }
 
-/// The kernel-socket half of a reactor: its epoll set and listeners.
+/// A listening socket of a reactor.
+struct Listening {
+    socket: TcpListener,
+    proto: Proto,
+    /// The address it was asked for (what a removal names).
+    addr: SocketAddr,
+}
+
+/// The kernel-socket half of a reactor: its epoll set and listeners (by slot; a removed
+/// one leaves its slot empty for the next).
 struct Sockets {
     poll: Poll,
-    listeners: Vec<(TcpListener, Proto)>,
+    listeners: Vec<Option<Listening>>,
 }
 
 impl Link for Sockets {
@@ -138,9 +167,11 @@ impl Link for Sockets {
 }
 
 struct Reactor {
-    /// Connections by token (token = listeners + index).
+    /// Connections by token (token = index).
     core: Core<TcpStream>,
     io: Sockets,
+    /// Listener changes from the control socket.
+    inbox: Arc<Inbox<SocketChange>>,
     started: Instant,
     buf: Vec<u8>,
     /// Connections held at most (`max_connections_per_reactor`).
@@ -160,13 +191,13 @@ impl Reactor {
 
     fn run(mut self, stop: &AtomicBool) {
         let name = self.core.name.clone();
-        for (i, (l, _)) in self.io.listeners.iter_mut().enumerate() {
-            if let Err(e) = self
-                .io
-                .poll
-                .registry()
-                .register(l, Token(i), Interest::READABLE)
-            {
+        for (i, l) in self.io.listeners.iter_mut().enumerate() {
+            let Some(l) = l else { continue };
+            if let Err(e) = self.io.poll.registry().register(
+                &mut l.socket,
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            ) {
                 warn!(reactor = name, "cannot watch a listener: {e}");
             }
         }
@@ -202,10 +233,12 @@ impl Reactor {
                 if t == RING_TOKEN {
                     continue;
                 }
-                if t.0 < self.io.listeners.len() {
-                    self.accept(t.0);
+                if t == WAKER_TOKEN {
+                    self.listener_changes();
+                } else if t.0 >= LISTENER_BASE {
+                    self.accept(t.0 - LISTENER_BASE);
                 } else {
-                    self.service(t.0 - self.io.listeners.len());
+                    self.service(t.0);
                 }
             }
             for i in self.core.reap(&mut self.io) {
@@ -241,11 +274,71 @@ impl Reactor {
         }
     }
 
+    /// Adds and removes the listeners the control socket asked for; dropping each
+    /// change's sender tells it the change is made.
+    fn listener_changes(&mut self) {
+        let name = &self.core.name;
+        for (change, _done) in self.inbox.take() {
+            match change {
+                SocketChange::Add(mut socket, proto, addr) => {
+                    let slot = self
+                        .io
+                        .listeners
+                        .iter()
+                        .position(Option::is_none)
+                        .unwrap_or(self.io.listeners.len());
+                    if let Err(e) = self.io.poll.registry().register(
+                        &mut socket,
+                        Token(LISTENER_BASE + slot),
+                        Interest::READABLE,
+                    ) {
+                        // The other reactors' sockets on the port take its connections.
+                        warn!(reactor = name, %addr, "cannot watch an added listener: {e}");
+                        continue;
+                    }
+                    let l = Listening {
+                        socket,
+                        proto,
+                        addr,
+                    };
+                    if slot == self.io.listeners.len() {
+                        self.io.listeners.push(Some(l));
+                    } else {
+                        self.io.listeners[slot] = Some(l);
+                    }
+                    debug!(reactor = name, %addr, ?proto, "listening");
+                }
+                SocketChange::Remove(addr) => {
+                    for slot in &mut self.io.listeners {
+                        if slot.as_ref().is_some_and(|l| l.addr == addr)
+                            && let Some(mut l) = slot.take()
+                        {
+                            let _ = self.io.poll.registry().deregister(&mut l.socket);
+                            debug!(reactor = name, %addr, "listener closed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn accept(&mut self, l: usize) {
         let name = &self.core.name;
-        let counted = self.core.metrics.of(self.io.listeners[l].1).clone();
+        let Some(proto) = self
+            .io
+            .listeners
+            .get(l)
+            .and_then(|x| x.as_ref().map(|x| x.proto))
+        else {
+            // Removed in this batch of events.
+            return;
+        };
+        let counted = self.core.metrics.of(proto).clone();
         loop {
-            match self.io.listeners[l].0.accept() {
+            let Some(Some(listening)) = self.io.listeners.get(l) else {
+                return;
+            };
+            match listening.socket.accept() {
                 Ok((mut stream, peer)) => {
                     if !self.allow.allows(peer.ip()) {
                         // Closed at once (the stream drops), whatever interface it came
@@ -269,7 +362,7 @@ impl Reactor {
                     }
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().ok().map(|a| a.ip());
-                    let token = Token(self.io.listeners.len() + self.core.conns.vacant());
+                    let token = Token(self.core.conns.vacant());
                     if let Err(e) = self.io.poll.registry().register(
                         &mut stream,
                         token,
@@ -279,7 +372,7 @@ impl Reactor {
                         continue;
                     }
                     debug!(reactor = name, %peer, "connection accepted");
-                    let q = match self.core.shared.engine(self.io.listeners[l].1, local) {
+                    let q = match self.core.shared.engine(proto, local) {
                         Ok(q) => q,
                         Err(e) => {
                             error!(%peer, "connection refused: no random bytes for its CHAP challenge: {e}");

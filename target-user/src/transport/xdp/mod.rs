@@ -20,13 +20,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use target_tcp::{ConnId, ConnState, Stack, StackConfig};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ZeroCopy};
 use crate::metrics::{QueueCounters, Transport};
 use crate::reactor::engine::{Proto, Shared};
 use crate::reactor::{Conn, Conns, Core, Link, TICK, reactor_thread};
 use crate::serve::listen_addrs;
+use crate::transport::listeners::{Inbox, Listeners, PortChange};
 use steering::Steering;
 use xsk::{BindMode, Xsk, XskError, XskSizes};
 
@@ -266,6 +267,7 @@ pub fn start(
     steering: &mut Steering,
     shared: &Arc<Shared>,
     stop: &Arc<AtomicBool>,
+    changes: &Listeners,
 ) -> Result<Vec<JoinHandle<()>>, AfXdpError> {
     if !config.xdp.steer {
         return Err(AfXdpError::CountOnly);
@@ -343,6 +345,7 @@ pub fn start(
             .map_err(|source| AfXdpError::Register { queue: *q, source })?;
     }
     let mut threads = Vec::new();
+    let mut inboxes = Vec::new();
     let [seed, isn0, isn1] = random_words().map_err(AfXdpError::Random)?;
     for (q, mut xsk) in sockets {
         let stack = Stack::new(
@@ -383,9 +386,11 @@ pub fn start(
             refused_seen: vec![0; stack.refused().len()],
             io: UserStack { xsk, stack },
             ports: ports.clone(),
+            inbox: Arc::new(Inbox::new(None)),
             started: Instant::now(),
             published: shared.metrics.afxdp_queue(q),
         };
+        inboxes.push(Arc::clone(&reactor.inbox));
         let stop = Arc::clone(stop);
         threads.push(
             std::thread::Builder::new()
@@ -393,6 +398,14 @@ pub fn start(
                 .spawn(move || reactor_thread(&name, || reactor.run(&stop)))
                 .map_err(AfXdpError::Thread)?,
         );
+    }
+    // Only once every reactor runs: a failed start leaves no inbox nobody reads.
+    for i in inboxes {
+        changes.xdp_reactor(i);
+    }
+    match steering.storage_ports() {
+        Ok(map) => changes.steering(map),
+        Err(e) => warn!("ports cannot be steered at run time (ctl add-listener --steer): {e}"),
     }
     Ok(threads)
 }
@@ -430,6 +443,8 @@ struct XdpReactor {
     core: Core<ConnId>,
     io: UserStack,
     ports: HashMap<u16, Proto>,
+    /// Ports added and removed from the control socket (`transport::listeners`).
+    inbox: Arc<Inbox<PortChange>>,
     started: Instant,
     /// Where the socket's counters are published for the metrics.
     published: Arc<QueueCounters>,
@@ -465,6 +480,7 @@ impl XdpReactor {
         let mut last_work = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let now = self.now_us();
+            self.port_changes();
             let mut work = self.io.xsk.pull() > 0;
             self.settle_contested();
             // Ingress only: the ACKs of what arrived wait for the answers below.
@@ -520,6 +536,34 @@ impl XdpReactor {
             kernel = ?self.io.xsk.kernel_stats(),
             "AF_XDP reactor stopped"
         );
+    }
+
+    /// Starts or stops accepting on the ports the control socket asked for (connections
+    /// already up on a removed port go on); dropping each change's sender acknowledges it.
+    fn port_changes(&mut self) {
+        for (change, _done) in self.inbox.take() {
+            match change {
+                PortChange::Add(port, proto) => {
+                    self.ports.insert(port, proto);
+                    self.io.stack.add_port(port);
+                    self.refused_seen.resize(self.io.stack.refused().len(), 0);
+                    info!(
+                        queue = self.queue,
+                        port,
+                        ?proto,
+                        "AF_XDP: accepting on port {port}"
+                    );
+                }
+                PortChange::Remove(port) => {
+                    self.ports.remove(&port);
+                    self.io.stack.remove_port(port);
+                    info!(
+                        queue = self.queue,
+                        port, "AF_XDP: no longer accepting on port {port}"
+                    );
+                }
+            }
+        }
     }
 
     /// SYNs that named a known connection with another MAC: they re-teach it only when the

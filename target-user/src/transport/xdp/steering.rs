@@ -184,6 +184,19 @@ impl Steering {
             .map_err(map_err(map_names::SETTINGS))
     }
 
+    /// The program's map of storage ports, opened again from its pin: listeners added at
+    /// run time steer new ports through it while `self` stays with its owner.
+    pub fn storage_ports(&self) -> Result<HashMap<aya::maps::MapData, u16, PortEntry>, XdpError> {
+        let path = self.pin_dir.join(map_names::STORAGE_PORTS);
+        let data = aya::maps::MapData::from_pin(&path).map_err(|e| XdpError::Pin {
+            what: format!("map {} (opening it again)", map_names::STORAGE_PORTS),
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        let map = aya::maps::Map::from_map_data(data).map_err(map_err(map_names::STORAGE_PORTS))?;
+        HashMap::try_from(map).map_err(map_err(map_names::STORAGE_PORTS))
+    }
+
     pub fn mode(&self) -> &'static str {
         self.mode
     }
