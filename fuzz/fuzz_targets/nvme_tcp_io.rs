@@ -143,8 +143,7 @@ impl Link {
 
     /// Takes the controller's output: whole valid PDUs, at most `bound` bytes.
     fn drain(&mut self, bound: usize) {
-        let out = self.q.output().to_vec();
-        self.q.consume_output(out.len());
+        let out = self.q.take_output();
         assert!(
             out.len() <= bound,
             "{} bytes out, more than {bound}",
@@ -168,8 +167,7 @@ fn pump(q: &mut NvmeTcpQueue, h: &mut HostQueue, registry: &Mutex<Registry>) {
         let to_q = h.output().to_vec();
         h.consume_output(to_q.len());
         q.receive(&to_q, registry, 0);
-        let to_h = q.output().to_vec();
-        q.consume_output(to_h.len());
+        let to_h = q.take_output();
         if h.receive(&to_h).is_err() || (to_q.is_empty() && to_h.is_empty()) {
             return;
         }
@@ -404,7 +402,7 @@ fuzz_target!(|input: &[u8]| {
                     let took = links[i].q.receive(piece, &registry, now);
                     assert!(
                         took == piece.len()
-                            || links[i].q.output().len() >= target_proto::OUTPUT_HIGH_WATER
+                            || links[i].q.output_len() >= target_proto::OUTPUT_HIGH_WATER
                     );
                     sent[i] += took;
                 }

@@ -45,7 +45,7 @@ fuzz_target!(|input: &[u8]| {
     for piece in rest.chunks(chunk) {
         // The queue takes everything unless its output is full (back-pressure).
         let took = q.receive(piece, &registry, 0);
-        assert!(took == piece.len() || q.output().len() >= target_proto::OUTPUT_HIGH_WATER);
+        assert!(took == piece.len() || q.output_len() >= target_proto::OUTPUT_HIGH_WATER);
         while let Some((slot, io)) = q.next_io() {
             let buf = q.buffer_mut(slot);
             let outcome = match io.op {
@@ -71,8 +71,15 @@ fuzz_target!(|input: &[u8]| {
             };
             q.io_done(slot, outcome);
         }
-        let out = q.output().to_vec();
-        q.consume_output(out.len());
+        // Sent in pieces of `chunk` bytes, as a full socket would take them: a read's
+        // data stays in its slot until the last of it is consumed.
+        let mut out = Vec::with_capacity(q.output_len());
+        while q.output_len() > 0 {
+            let first = q.output();
+            let n = first.len().min(chunk);
+            out.extend_from_slice(&first[..n]);
+            q.consume_output(n);
+        }
         let mut o = out.as_slice();
         if first && !o.is_empty() {
             // The ICResp, then the negotiated digests apply.

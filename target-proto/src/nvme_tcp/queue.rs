@@ -2,8 +2,11 @@
 //! connection initialization, capsules with in-capsule data, R2T/H2CData for writes,
 //! C2HData for reads, response capsules, and termination.
 //!
-//! Sans-I/O: [`NvmeTcpQueue::receive`] takes bytes from the socket; the bytes to send
-//! accumulate in [`NvmeTcpQueue::output`]; block operations come out of
+//! Sans-I/O: [`NvmeTcpQueue::receive`] takes bytes from the socket; what to send is a
+//! gather list ([`NvmeTcpQueue::output_chunks`]): PDU headers, digests and small answers
+//! staged in one buffer, and read data referred to in its command's slot buffer, so a
+//! transport sends it from there (`writev`, or straight into the user-space stack's send
+//! ring) without copying it into the queue first. Block operations come out of
 //! [`NvmeTcpQueue::next_io`] and go back in through [`NvmeTcpQueue::io_done`], their data
 //! in the command's slot buffer. Time is passed in.
 //!
@@ -24,7 +27,7 @@ use target_wire::nvme_tcp::{DataRepr, Fes, IcRepr, PduType, TERM_MAX_DATA, capsu
 use super::Fatal;
 use super::icreq::{self, ControllerParams, Negotiated};
 use super::reader::{Event, PduReader, ReaderConfig, Role};
-use super::writer::{self, OutPdu};
+use super::writer;
 pub use crate::OUTPUT_HIGH_WATER;
 use crate::nvme::admin::TransportLimits;
 use crate::nvme::controller::{
@@ -52,6 +55,22 @@ enum SlotState {
     InIo,
     /// An Asynchronous Event Request, answered only by an event.
     Held,
+    /// Answered, its read data still in the output (a [`Chunk::Slot`]): the buffer stays
+    /// untouched until the transport took it.
+    Sending,
+}
+
+/// A piece of the output, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// The next `len` bytes of the staging buffer.
+    Staged { len: usize },
+    /// `len` bytes of slot `slot`'s buffer from `start`.
+    Slot {
+        slot: usize,
+        start: usize,
+        len: usize,
+    },
 }
 
 pub use crate::block::{AlignedBuf, BUFFER_ALIGN};
@@ -106,7 +125,12 @@ pub struct NvmeTcpQueue {
     slots: Vec<Slot>,
     sink: Sink,
     ios: VecDeque<usize>,
+    /// Staged output bytes; the first `out_head` were sent already.
     out: Vec<u8>,
+    out_head: usize,
+    /// The output, in order, and its length in bytes.
+    chunks: VecDeque<Chunk>,
+    pending: usize,
     /// The queue ends once `out` is sent.
     closing: bool,
     /// The host sent an H2CTermReq.
@@ -150,6 +174,9 @@ impl NvmeTcpQueue {
             sink: Sink::Nowhere,
             ios: VecDeque::new(),
             out: Vec::new(),
+            out_head: 0,
+            chunks: VecDeque::new(),
+            pending: 0,
             closing: false,
             peer_terminated: false,
             started_ms: None,
@@ -157,14 +184,98 @@ impl NvmeTcpQueue {
         }
     }
 
-    /// Bytes waiting to be sent.
-    pub fn output(&self) -> &[u8] {
-        &self.out
+    /// Bytes waiting to be sent (all of [`Self::output_chunks`]).
+    pub fn output_len(&self) -> usize {
+        self.pending
     }
 
-    /// `n` bytes of [`Self::output`] were sent.
+    /// What waits to be sent, in order: staged headers and answers, and read data in
+    /// its command's buffer.
+    pub fn output_chunks(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = self.out_head;
+        self.chunks.iter().map(move |c| match *c {
+            Chunk::Staged { len } => {
+                let b = &self.out[at..at + len];
+                at += len;
+                b
+            }
+            Chunk::Slot { slot, start, len } => {
+                &self.slots[slot].buf.as_slice()[start..start + len]
+            }
+        })
+    }
+
+    /// The first piece of the output (empty when there is none).
+    pub fn output(&self) -> &[u8] {
+        self.output_chunks().next().unwrap_or(&[])
+    }
+
+    /// `n` bytes of the output were sent: a slot whose data went out in full is free.
     pub fn consume_output(&mut self, n: usize) {
-        self.out.drain(..n.min(self.out.len()));
+        let mut n = n.min(self.pending);
+        self.pending -= n;
+        while n > 0 {
+            let Some(c) = self.chunks.front_mut() else {
+                break;
+            };
+            match c {
+                Chunk::Staged { len } => {
+                    let k = n.min(*len);
+                    *len -= k;
+                    self.out_head += k;
+                    n -= k;
+                    if *len == 0 {
+                        self.chunks.pop_front();
+                    }
+                }
+                Chunk::Slot { slot, start, len } => {
+                    let k = n.min(*len);
+                    *start += k;
+                    *len -= k;
+                    n -= k;
+                    if *len == 0 {
+                        let i = *slot;
+                        self.chunks.pop_front();
+                        let s = &mut self.slots[i];
+                        s.state = SlotState::Free;
+                        s.io = None;
+                    }
+                }
+            }
+        }
+        if self.chunks.is_empty() {
+            self.out.clear();
+            self.out_head = 0;
+        } else if self.out_head >= 64 * 1024 && self.out_head * 2 >= self.out.len() {
+            // Staged chunks know lengths, not offsets: dropping what was sent moves nothing
+            // they refer to.
+            self.out.drain(..self.out_head);
+            self.out_head = 0;
+        }
+    }
+
+    /// All of the output, copied, as sent (for tests, fuzzing and callers that want one
+    /// buffer).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.pending);
+        for c in self.output_chunks() {
+            all.extend_from_slice(c);
+        }
+        self.consume_output(all.len());
+        all
+    }
+
+    /// Appends bytes to the output.
+    fn stage(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.out.extend_from_slice(bytes);
+        self.pending += bytes.len();
+        match self.chunks.back_mut() {
+            Some(Chunk::Staged { len }) => *len += bytes.len(),
+            _ => self.chunks.push_back(Chunk::Staged { len: bytes.len() }),
+        }
     }
 
     /// Whether the connection should be closed once the output is sent (after a
@@ -263,7 +374,7 @@ impl NvmeTcpQueue {
     /// of block operations in flight add at most a slot each.
     pub fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now_ms: u64) -> usize {
         let mut rest = input;
-        while !self.closing && self.out.len() < OUTPUT_HIGH_WATER {
+        while !self.closing && self.pending < OUTPUT_HIGH_WATER {
             match self.reader.next(&mut rest) {
                 Ok(None) => break,
                 Ok(Some(event)) => {
@@ -286,7 +397,7 @@ impl NvmeTcpQueue {
             let header = self.reader.offending_header();
             let len = header.len().min(TERM_MAX_DATA);
             let pdu = writer::c2h_term_req(fes, fei, &header[..len]);
-            self.out.extend_from_slice(pdu.header());
+            self.stage(pdu.header());
         }
         self.closing = true;
     }
@@ -342,7 +453,7 @@ impl NvmeTcpQueue {
     fn icreq(&mut self, header: &[u8]) -> Result<(), Fatal> {
         let req = IcRepr::parse(header).map_err(|_| Fatal::invalid_field(0))?;
         let (resp, n) = icreq::accept(&req, &self.params)?;
-        self.out.extend_from_slice(writer::ic_resp(&resp).header());
+        self.stage(writer::ic_resp(&resp).header());
         self.reader.initialized(ReaderConfig {
             role: Role::Controller,
             header_digest: n.header_digest,
@@ -365,10 +476,12 @@ impl NvmeTcpQueue {
         let sqe_bytes = *capsule_sqe(header).map_err(|_| Fatal::invalid_field(2))?;
         let sqe = Sqe::new_unchecked(&sqe_bytes[..]);
         let cid = sqe.cid();
+        // A slot still sending its read data is answered: its CID is the host's again
+        // once the answer arrives (after the data), so it conflicts with nothing.
         if self
             .slots
             .iter()
-            .any(|s| s.state != SlotState::Free && s.cid() == cid)
+            .any(|s| !matches!(s.state, SlotState::Free | SlotState::Sending) && s.cid() == cid)
         {
             return self.reject(cid, GenericStatus::CommandIdConflict);
         }
@@ -419,8 +532,7 @@ impl NvmeTcpQueue {
             let n = self.negotiated.expect("capsules come after ICReq");
             let ttag = u16::try_from(i).expect("slots fit a TTAG");
             let len = u32::try_from(s.expected).expect("bounded by MDTS");
-            self.out
-                .extend_from_slice(writer::r2t(cid, ttag, 0, len, &n).header());
+            self.stage(writer::r2t(cid, ttag, 0, len, &n).header());
         } else {
             s.state = SlotState::InIo;
             self.execute(i, registry, now_ms);
@@ -434,8 +546,7 @@ impl NvmeTcpQueue {
         let sqhd = self.controller.next_sqhd();
         let cqe = CqeRepr::new(cid, qid, sqhd, status).to_bytes();
         let n = self.negotiated.expect("capsules come after ICReq");
-        self.out
-            .extend_from_slice(writer::capsule_resp(&cqe, &n).header());
+        self.stage(writer::capsule_resp(&cqe, &n).header());
     }
 
     /// Answers a command with an error before it takes a slot; its in-capsule data (if
@@ -515,12 +626,13 @@ impl NvmeTcpQueue {
         }
     }
 
-    /// Sends the data (if any) and the response of slot `i`, and frees it.
+    /// Queues the data (if any) and the response of slot `i`. Read data stays in the
+    /// slot's buffer, referred to by the output; the slot is free once it was sent.
     fn respond(&mut self, i: usize, r: Response) {
         let n = self.negotiated.expect("commands come after ICReq");
         let qid = self.controller.qid().unwrap_or(0);
         let sqhd = self.controller.next_sqhd();
-        let s = &mut self.slots[i];
+        let s = &self.slots[i];
         let cid = s.cid();
         let sqe = Sqe::new_unchecked(&s.sqe[..]);
         // The host's buffer: the SGL length bounds what goes back.
@@ -528,38 +640,52 @@ impl NvmeTcpQueue {
             Ok(SglRepr::Transport { length }) => length as usize,
             _ => 0,
         };
-        let data: &[u8] = match &r.data {
-            ResponseData::None => &[],
-            ResponseData::Owned(v) => &v[..v.len().min(host_len)],
+        let (data, in_slot): (&[u8], bool) = match &r.data {
+            ResponseData::None => (&[], false),
+            ResponseData::Owned(v) => (&v[..v.len().min(host_len)], false),
             ResponseData::InBuffer(len) => {
                 let b = s.buf.as_slice();
-                &b[..(*len).min(host_len).min(b.len())]
+                (&b[..(*len).min(host_len).min(b.len())], true)
             }
         };
         let success = r.status.is_success();
         let success_flag =
             success && self.controller.sq_flow_control_disabled() && !data.is_empty();
+        let mut sending = false;
         if !data.is_empty() {
             let pdu = writer::c2h_data(cid, 0, data, true, success_flag, &n);
-            push_pdu(&mut self.out, &pdu, data);
+            let len = data.len();
+            if in_slot {
+                self.stage(pdu.header());
+                self.pending += len;
+                self.chunks.push_back(Chunk::Slot {
+                    slot: i,
+                    start: 0,
+                    len,
+                });
+                sending = true;
+            } else {
+                // Identify and log pages: built for this answer, small.
+                let owned = data.to_vec();
+                self.stage(pdu.header());
+                self.stage(&owned);
+            }
+            if let Some(d) = pdu.data_digest {
+                self.stage(&d);
+            }
         }
         if !success_flag {
             let mut cqe = CqeRepr::new(cid, qid, sqhd, r.status);
             cqe.dw0 = r.dw0;
             cqe.dw1 = r.dw1;
-            self.out
-                .extend_from_slice(writer::capsule_resp(&cqe.to_bytes(), &n).header());
+            self.stage(writer::capsule_resp(&cqe.to_bytes(), &n).header());
         }
         let s = &mut self.slots[i];
-        s.state = SlotState::Free;
-        s.io = None;
-    }
-}
-
-fn push_pdu(out: &mut Vec<u8>, pdu: &OutPdu, data: &[u8]) {
-    out.extend_from_slice(pdu.header());
-    out.extend_from_slice(data);
-    if let Some(d) = pdu.data_digest {
-        out.extend_from_slice(&d);
+        if sending {
+            s.state = SlotState::Sending;
+        } else {
+            s.state = SlotState::Free;
+            s.io = None;
+        }
     }
 }

@@ -75,14 +75,11 @@ impl<'r> Host<'r> {
                     let n = self.q.receive(rest, self.registry, 0);
                     rest = &rest[n..];
                     self.run_io();
-                    to_host.extend_from_slice(self.q.output());
-                    self.q.consume_output(to_host.len());
+                    to_host.extend(self.q.take_output());
                 }
             }
             self.run_io();
-            to_host.extend_from_slice(self.q.output());
-            let n = self.q.output().len();
-            self.q.consume_output(n);
+            to_host.extend(self.q.take_output());
             self.h.receive(&to_host)?;
             if to_controller.is_empty() && to_host.is_empty() {
                 return Ok(());
@@ -783,7 +780,7 @@ fn protocol_violations_end_the_connection_with_a_term_req() {
     let p = h2c_pdu(1, 77, 0, &[0u8; 512], false);
     h.q.receive(&p, &registry, 0);
     assert!(h.q.closing());
-    let out = h.q.output().to_vec();
+    let out = h.q.take_output();
     let t = TermReqRepr::parse(&out).unwrap();
     assert_eq!((t.fes, t.fei), (Fes::InvalidHeaderField, 10));
     assert_eq!(&out[24..48], &p[..24], "the offending header comes back");
@@ -838,27 +835,25 @@ fn a_host_that_stops_reading_stops_being_read() {
         taken += io.q.receive(&burst[taken..end], &registry, 0);
         io.run_io();
         assert!(
-            io.q.output().len() <= bound,
+            io.q.output_len() <= bound,
             "output grew to {} bytes",
-            io.q.output().len()
+            io.q.output_len()
         );
     }
     assert!(
         taken < 20 * 72,
         "took {taken} bytes while its answers were not read"
     );
-    assert!(io.q.output().len() >= OUTPUT_HIGH_WATER);
+    assert!(io.q.output_len() >= OUTPUT_HIGH_WATER);
     // Once the host reads, the rest is taken and answered.
     let mut answered = 0;
     while taken < burst.len() {
-        let n = io.q.output().len();
-        answered += n;
-        io.q.consume_output(n);
+        answered += io.q.take_output().len();
         let end = (taken + 1000).min(burst.len());
         taken += io.q.receive(&burst[taken..end], &registry, 0);
         io.run_io();
     }
-    answered += io.q.output().len();
+    answered += io.q.output_len();
     assert!(
         answered >= READS * MAX_TRANSFER,
         "{answered} bytes answered"
@@ -1019,4 +1014,53 @@ fn namespace_changes_reach_the_queues_and_raise_one_notice_per_log_read() {
     );
     assert!(!admin.q.tick(0, &registry), "and the admin queue");
     assert_eq!(admin.q.end_reason(), Some("its controller is gone"));
+}
+
+/// A read's data goes out from its command's own buffer (a piece of the gather list, not
+/// a copy), and taken a byte at a time it still makes whole PDUs the host reads.
+#[test]
+fn read_data_is_sent_from_the_command_buffer() {
+    let registry = registry();
+    let disk = disk();
+    let (_admin, cntlid) = admin_session(&registry, &disk, false);
+    let mut io = Host::new(&registry, &disk, false);
+    assert!(io.connect(1, cntlid, NQN).status.is_success());
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    assert!(status(&io.io(IoOpcode::Write, 8, 8, &data, false)).is_success());
+
+    let cid = io.h.submit(
+        commands::io(IoOpcode::Read, 1, 8, 8),
+        Vec::new(),
+        false,
+        4096,
+    );
+    let capsule = io.h.output().to_vec();
+    io.h.consume_output(capsule.len());
+    assert_eq!(io.q.receive(&capsule, &registry, 0), capsule.len());
+    let (slot, op) = io.q.next_io().expect("the read's block operation");
+    let buffer = io.q.buffer_mut(slot).as_ptr();
+    let outcome = run_block_op(&mut disk.lock().unwrap(), &op.op, io.q.buffer_mut(slot));
+    io.q.io_done(slot, outcome);
+
+    let pieces: Vec<&[u8]> = io.q.output_chunks().collect();
+    assert_eq!(pieces.len(), 3, "C2HData header, data, response");
+    assert_eq!(
+        pieces[1].as_ptr(),
+        buffer,
+        "the data is the command's buffer"
+    );
+    assert_eq!(pieces[1], &data[..]);
+    let total = io.q.output_len();
+    assert_eq!(total, pieces.iter().map(|p| p.len()).sum::<usize>());
+    let mut sent = Vec::new();
+    while io.q.output_len() > 0 {
+        sent.push(io.q.output()[0]);
+        io.q.consume_output(1);
+    }
+    assert_eq!(sent.len(), total);
+    io.h.receive(&sent).expect("whole PDUs");
+    let c = io.h.completion().expect("the read completes");
+    assert_eq!(c.cid, cid);
+    assert!(c.cqe.status.is_success());
+    assert_eq!(c.data, data);
 }

@@ -1,6 +1,7 @@
 //! A connection's protocol engine ([`Engine`]: NVMe/TCP or iSCSI, sans-I/O, from
 //! target-proto) and what every reactor of every transport shares ([`Shared`]).
 
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -94,12 +95,50 @@ impl Engine {
         }
     }
 
+    /// The first piece of what waits to be sent (empty when nothing does).
     pub fn output(&self) -> &[u8] {
         match self {
             Self::Nvme(q) => q.output(),
             Self::Iscsi(c) => c.output(),
             Self::NvmeRdma(_) => &[],
         }
+    }
+
+    /// How many bytes wait to be sent, in all pieces.
+    pub fn output_len(&self) -> usize {
+        match self {
+            Self::Nvme(q) => q.output_len(),
+            Self::Iscsi(c) => c.output().len(),
+            Self::NvmeRdma(_) => 0,
+        }
+    }
+
+    /// Fills `into` with the pieces waiting to be sent, in order (NVMe/TCP read data is
+    /// a piece of its command's buffer, sent from there); returns how many it filled.
+    /// Pieces that do not fit wait for the next call.
+    pub fn output_slices<'a>(&'a self, into: &mut [IoSlice<'a>]) -> usize {
+        let mut k = 0;
+        let mut put = |b: &'a [u8]| {
+            if k < into.len() && !b.is_empty() {
+                into[k] = IoSlice::new(b);
+                k += 1;
+            }
+            k < into.len()
+        };
+        match self {
+            Self::Nvme(q) => {
+                for b in q.output_chunks() {
+                    if !put(b) {
+                        break;
+                    }
+                }
+            }
+            Self::Iscsi(c) => {
+                put(c.output());
+            }
+            Self::NvmeRdma(_) => {}
+        }
+        k
     }
 
     pub fn consume_output(&mut self, n: usize) {

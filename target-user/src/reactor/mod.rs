@@ -37,7 +37,7 @@ pub trait Link {
     /// closed: its output is empty (a transport that holds more, like posted RDMA sends,
     /// says so).
     fn flushed(&self, c: &Conn<Self::Handle>) -> bool {
-        c.q.output().is_empty()
+        c.q.output_len() == 0
     }
 }
 

@@ -647,9 +647,9 @@ impl XdpReactor {
         let Some(c) = core.conns.live(i) else {
             return got > 0;
         };
-        let before = c.q.output().len();
+        let before = c.q.output_len();
         self.io.send(c);
-        let sent = before - c.q.output().len();
+        let sent = before - c.q.output_len();
         match self.io.stack.state(c.link) {
             ConnState::Closed => core.close(
                 &mut self.io,
@@ -657,10 +657,10 @@ impl XdpReactor {
                 "the connection was reset or timed out",
                 false,
             ),
-            ConnState::PeerClosed if c.q.output().is_empty() => {
+            ConnState::PeerClosed if c.q.output_len() == 0 => {
                 core.close(&mut self.io, i, "the host closed the connection", true);
             }
-            _ if c.q.closing() && c.q.output().is_empty() => core.close(
+            _ if c.q.closing() && c.q.output_len() == 0 => core.close(
                 &mut self.io,
                 i,
                 "the protocol ended it (disconnect, logout, keep-alive expiry or protocol error)",
