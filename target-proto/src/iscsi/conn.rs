@@ -1926,7 +1926,10 @@ impl IscsiConn {
         };
         let send = if s.read { data_in.min(edtl) } else { 0 };
         let collapse = status == scsi::status::GOOD && sense.is_empty() && send > 0;
-        let data = s.buf.as_slice()[..send].to_vec();
+        // The buffer is lent out while the PDUs are built (one copy, into the output, not
+        // two); the freed slot is not taken again before it is back.
+        let buf = std::mem::take(&mut self.slots[slot].buf);
+        let data = &buf.as_slice()[..send];
         // The task is over: its slot leaves the CmdSN window before the headers are built,
         // so the status carries the MaxCmdSN the freed slot allows (otherwise it lags a PDU
         // behind, and stays closed for an initiator that filled the window).
@@ -1966,6 +1969,7 @@ impl IscsiConn {
                 off += n;
             }
         }
+        self.slots[slot].buf = buf;
         if !collapse {
             self.respond_status(itt, status, sense, residual_flag, residual, data_sn);
         }
