@@ -6,14 +6,14 @@
 #                           prometheus; the metrics test checks the exposition with it), and
 #                           rdma-core's verbs and RDMA CM libraries with their headers (NVMe/RDMA
 #                           loads the libraries at run time; a test checks the layouts against
-#                           the headers)
+#                           the headers), and linux-perf (`cargo xtask bench --flamegraphs`)
 #   scripts/setup.sh --lab  also what `cargo xtask lab` needs: QEMU, debootstrap, busybox
 #                           for the guest image and its initrd
 # Idempotent: every step checks first and does nothing when it is already there.
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.13.0
-APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev iproute2 ethtool libiscsi-bin fonts-dejavu-core prometheus gcc libibverbs1 librdmacm1 ibverbs-providers libibverbs-dev librdmacm-dev)
+APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev iproute2 ethtool libiscsi-bin fonts-dejavu-core prometheus gcc libibverbs1 librdmacm1 ibverbs-providers libibverbs-dev librdmacm-dev linux-perf)
 if [ "${1:-}" = "--lab" ]; then
     APT_PACKAGES+=(qemu-system-x86 debootstrap busybox-static e2fsprogs kmod xz-utils zstd cpio)
 fi

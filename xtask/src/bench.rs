@@ -359,6 +359,67 @@ fn client_rx_on_client_core(pair: &VethPair) -> Result<()> {
     Ok(())
 }
 
+/// Profiles the target (`pid`) with `perf record` (DWARF call graphs, kernel and user
+/// space) while the client runs 4K randread QD32 over NVMe/TCP, and draws the flame graph
+/// into `svg` with inferno.
+fn flamegraph(
+    pair: &VethPair,
+    bin: &Path,
+    url: &str,
+    pid: u32,
+    seconds: u64,
+    svg: &Path,
+) -> Result<()> {
+    use inferno::collapse::Collapse;
+    let data = svg.with_extension("perf.data");
+    let mut client = pair
+        .client
+        .command("taskset")
+        .args(["-c", "1"])
+        .arg(bin)
+        .args(["perf", url, "--time", &(seconds + 1).to_string()])
+        .args(["--workload", "randread", "--bs", "4096", "--qd", "32"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("running the client")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let rec = Command::new("perf")
+        .args(["record", "-q", "-F", "997", "--call-graph", "dwarf,16384"])
+        .arg("-p")
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&data)
+        .args(["--", "sleep", &seconds.to_string()])
+        .output()
+        .context("perf record (apt install linux-perf)")?;
+    let done = client.wait()?;
+    if !rec.status.success() || !done.success() {
+        bail!(
+            "perf record: {}; client: {done}",
+            String::from_utf8_lossy(&rec.stderr)
+        );
+    }
+    let script = Command::new("perf")
+        .args(["script", "-i"])
+        .arg(&data)
+        .output()
+        .context("perf script")?;
+    if !script.status.success() {
+        bail!("perf script: {}", String::from_utf8_lossy(&script.stderr));
+    }
+    let mut folded = Vec::new();
+    inferno::collapse::perf::Folder::default().collapse(&script.stdout[..], &mut folded)?;
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = format!(
+        "xdp-target {}: 4K randread QD32, NVMe/TCP",
+        svg.file_stem().unwrap_or_default().to_string_lossy()
+    );
+    let out = std::fs::File::create(svg)?;
+    inferno::flamegraph::from_reader(&mut opts, &folded[..], out)?;
+    let _ = std::fs::remove_file(&data);
+    Ok(())
+}
+
 fn set_mtu(pair: &VethPair, mtu: u32) -> Result<()> {
     let m = mtu.to_string();
     for (ns, dev) in [
@@ -371,7 +432,13 @@ fn set_mtu(pair: &VethPair, mtu: u32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn run(root: &Path, seconds: u64, reps: u32, napi_thread: bool) -> Result<()> {
+pub(crate) fn run(
+    root: &Path,
+    seconds: u64,
+    reps: u32,
+    napi_thread: bool,
+    flamegraphs: bool,
+) -> Result<()> {
     let bin = super::release_binary(root)?;
     let pair = VethPair::create_named("xdpt-bench").context("creating the bench namespaces")?;
     // The user-space stack verifies checksums, and veth leaves the client's partial: the
@@ -486,6 +553,18 @@ pub(crate) fn run(root: &Path, seconds: u64, reps: u32, napi_thread: bool) -> Re
                         softirq_us: 0.0,
                     });
                 }
+                drop(served);
+            }
+        }
+    }
+    if flamegraphs {
+        for mtu in [1500u32, 9000] {
+            set_mtu(&pair, mtu)?;
+            for path in [Path_::Sockets, Path_::Xdp] {
+                let served = serve(&pair, &bin, &url, busy_poll.as_deref(), path, napi_thread)?;
+                let svg = root.join(format!("target/flame-{}-{mtu}.svg", path.name()));
+                flamegraph(&pair, &bin, &url, served.0.id(), seconds, &svg)?;
+                println!("flame graph: {}", svg.display());
                 drop(served);
             }
         }

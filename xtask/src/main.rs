@@ -71,6 +71,10 @@ enum Task {
         /// threaded NAPI, TSO off on the target's end for XDP) instead of veth's default.
         #[arg(long)]
         napi_thread: bool,
+        /// Also profile the target during 4K randread QD32 on both paths and MTUs with
+        /// `perf record` and draw flame graphs (target/flame-PATH-MTU.svg).
+        #[arg(long)]
+        flamegraphs: bool,
         /// Only draw the chart of an earlier run's JSON (e.g. target/bench.json) into
         /// target/bench.png.
         #[arg(long, value_name = "JSON")]
@@ -106,8 +110,9 @@ fn main() -> Result<()> {
             seconds,
             reps,
             napi_thread,
+            flamegraphs,
             chart_from: None,
-        } => bench::run(&root, seconds, reps, napi_thread),
+        } => bench::run(&root, seconds, reps, napi_thread, flamegraphs),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
         Task::FioEngine => {
             let so = fio_engine::build(&root)?;
