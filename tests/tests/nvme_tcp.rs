@@ -97,15 +97,7 @@ fn io_queue(addr: IpAddr, cntlid: u16, qid: u16, digests: bool) -> Client {
 /// ones in the capsule), reads it all back and checks each block's pattern.
 fn verify_whole_namespace(addr: IpAddr, digests: bool, size: u64, block: usize, pass: u8) {
     let (mut a, cntlid) = admin(addr, digests);
-    let ns = a
-        .admin(
-            AdminOpcode::Identify,
-            1,
-            u32::from(u8::from(Cns::Namespace)),
-            0,
-            4096,
-        )
-        .expect("id-ns");
+    let ns = a.identify(Cns::Namespace, 1).expect("id-ns");
     let id = IdentifyNamespace::new_checked(&ns.data[..]).expect("4096 bytes");
     assert_eq!(id.nsze(), size / block as u64);
     let mut qs = [
@@ -205,15 +197,7 @@ fn identify_and_discovery_describe_what_is_configured() {
     pair.client
         .run(move || {
             let (mut a, cntlid) = admin(addr, false);
-            let id = a
-                .admin(
-                    AdminOpcode::Identify,
-                    0,
-                    u32::from(u8::from(Cns::Controller)),
-                    0,
-                    4096,
-                )
-                .expect("id-ctrl");
+            let id = a.identify(Cns::Controller, 0).expect("id-ctrl");
             let c = IdentifyController::new_checked(&id.data[..]).expect("4096 bytes");
             assert_eq!(
                 (c.cntlid(), c.subnqn().expect("nqn"), c.sn().expect("sn")),
@@ -445,15 +429,7 @@ fn sources_off_the_allow_list_cannot_connect() {
             }
             // A source on the list is served.
             let (mut a, _) = admin(allowed, false);
-            let id = a
-                .admin(
-                    AdminOpcode::Identify,
-                    0,
-                    u32::from(u8::from(Cns::Controller)),
-                    0,
-                    4096,
-                )
-                .expect("id-ctrl");
+            let id = a.identify(Cns::Controller, 0).expect("id-ctrl");
             assert!(id.cqe.status.is_success());
         })
         .expect("namespace thread");
@@ -1410,15 +1386,7 @@ fn ctl_changes_namespaces_and_tells_connected_hosts() {
             assert!(c.cqe.status.is_success());
             let cntlid = c.cqe.dw0 as u16;
             admin.enable().expect("enable");
-            let id = admin
-                .admin(
-                    AdminOpcode::Identify,
-                    0,
-                    u32::from(u8::from(Cns::Controller)),
-                    0,
-                    4096,
-                )
-                .expect("Identify");
+            let id = admin.identify(Cns::Controller, 0).expect("Identify");
             let idc = IdentifyController::new_checked(&id.data[..]).expect("4 KiB");
             assert_eq!(
                 idc.oaes() & (1 << 8),
@@ -1470,13 +1438,7 @@ fn ctl_changes_namespaces_and_tells_connected_hosts() {
                 .expect("Changed Namespace List");
             assert_eq!(&log.data[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
             let list = admin
-                .admin(
-                    AdminOpcode::Identify,
-                    0,
-                    u32::from(u8::from(Cns::ActiveNamespaceList)),
-                    0,
-                    4096,
-                )
+                .identify(Cns::ActiveNamespaceList, 0)
                 .expect("active namespaces");
             assert_eq!(&list.data[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
             // The I/O queue connected before the namespace existed writes and reads it.
@@ -1513,13 +1475,7 @@ fn ctl_changes_namespaces_and_tells_connected_hosts() {
             let (mut admin, mut io) = (admin, io);
             assert_eq!(admin.wait().expect("resize notice").cqe.dw0, NOTICE);
             let id = admin
-                .admin(
-                    AdminOpcode::Identify,
-                    2,
-                    u32::from(u8::from(Cns::Namespace)),
-                    0,
-                    4096,
-                )
+                .identify(Cns::Namespace, 2)
                 .expect("Identify Namespace");
             let ns = IdentifyNamespace::new_checked(&id.data[..]).expect("4 KiB");
             assert_eq!(ns.nsze(), 8 * MIB / 512);
@@ -1736,15 +1692,7 @@ fn ctl_adds_and_removes_listeners_without_a_restart() {
         }
     };
     let identify = |a: &mut Client| {
-        let id = a
-            .admin(
-                AdminOpcode::Identify,
-                0,
-                u32::from(u8::from(Cns::Controller)),
-                0,
-                4096,
-            )
-            .expect("id-ctrl");
+        let id = a.identify(Cns::Controller, 0).expect("id-ctrl");
         assert!(id.cqe.status.is_success());
         let c = IdentifyController::new_checked(&id.data[..]).expect("4096 bytes");
         assert_eq!(c.subnqn().expect("nqn"), NQN);

@@ -1671,15 +1671,12 @@ wait_for() {
 # NVMe: namespace 2 added on the running target appears on the connected controller
 # (Namespace Attribute Changed AEN, Changed Namespace List, rescan), with its size.
 s_ns_appears() {
-    local dev bytes t0=$SECONDS
+    local dev t0=$SECONDS
     host_ctl add-namespace "$NQN" 2 --size 64MiB || return 1
     wait_for 'nsid_dev 2 >/dev/null' 30 || { dmesg | tail -n 5; echo "no namespace 2 after 30 s"; return 1; }
     dev=$(nsid_dev 2)
-    bytes=$(blockdev --getsize64 "$dev")
-    [ "$bytes" -eq 67108864 ] || { echo "$dev has $bytes bytes"; return 1; }
-    head -c 1048576 /dev/urandom > /tmp/ns2 || return 1
-    dd if=/tmp/ns2 of="$dev" bs=1M oflag=direct conv=fsync status=none || return 1
-    note "$dev appeared after $((SECONDS - t0)) s, $bytes bytes, 1 MiB written"
+    sized_and_written "$dev" 67108864 /tmp/ns2 || return 1
+    note "$dev appeared after $((SECONDS - t0)) s, 67108864 bytes, 1 MiB written"
 }
 
 # NVMe: growing namespace 2 reaches the kernel without a reconnect; the data stays.
@@ -1714,6 +1711,15 @@ lun_dev() {
     return 1
 }
 
+# Device $1 has $2 bytes; its first MiB is written with random bytes, kept in file $3.
+sized_and_written() {
+    local bytes
+    bytes=$(blockdev --getsize64 "$1")
+    [ "$bytes" -eq "$2" ] || { echo "$1 has $bytes bytes"; return 1; }
+    head -c 1048576 /dev/urandom > "$3" || return 1
+    dd if="$3" of="$1" bs=1M oflag=direct conv=fsync status=none
+}
+
 # The first MiB of device $1 is file $2 (the guest has no /dev/fd for <(...)).
 same_mib() {
     dd if="$1" of=/tmp/mib bs=1M count=1 iflag=direct status=none || return 1
@@ -1728,7 +1734,7 @@ LUNS_CHANGED="LUN assignments on this target have changed"
 # iSCSI: LUN 1 added on the running target: the next command gets REPORTED LUNS DATA HAS
 # CHANGED (the kernel logs it), and a rescan attaches the new disk.
 s_iscsi_lun_appears() {
-    local before dev bytes
+    local before dev
     before=$(dmesg_count "$LUNS_CHANGED")
     host_ctl add-namespace "$NQN" 2 --size 32MiB --no-nvme || return 1
     dd if="$LAB_DEV" of=/dev/null bs=4096 count=1 iflag=direct status=none || return 1
@@ -1737,11 +1743,8 @@ s_iscsi_lun_appears() {
     iscsiadm -m session -R >/dev/null || return 1
     wait_for 'lun_dev 1 >/dev/null' 30 || { echo "no disk for LUN 1 after the rescan"; return 1; }
     dev=$(lun_dev 1)
-    bytes=$(blockdev --getsize64 "$dev")
-    [ "$bytes" -eq 33554432 ] || { echo "$dev has $bytes bytes"; return 1; }
-    head -c 1048576 /dev/urandom > /tmp/lun1 || return 1
-    dd if=/tmp/lun1 of="$dev" bs=1M oflag=direct conv=fsync status=none || return 1
-    note "unit attention logged; rescan attached $dev, $bytes bytes, 1 MiB written"
+    sized_and_written "$dev" 33554432 /tmp/lun1 || return 1
+    note "unit attention logged; rescan attached $dev, 33554432 bytes, 1 MiB written"
 }
 
 # iSCSI: growing LUN 1 gives CAPACITY DATA HAS CHANGED; a rescan reads the new size.

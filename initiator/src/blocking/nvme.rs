@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use target_proto::nvme_tcp::host::{Completion, HostQueue, commands};
 use target_wire::nvme::fabrics::PropertySize;
-use target_wire::nvme::opcode::{AdminOpcode, IoOpcode};
+use target_wire::nvme::opcode::{AdminOpcode, Cns, IoOpcode};
 use target_wire::nvme::properties::CSTS;
 
 pub const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000e2e0";
@@ -156,6 +156,17 @@ impl Client {
             Vec::new(),
             false,
             read_len,
+        )
+    }
+
+    /// Identify (CNS `cns`, namespace `nsid`) with its 4 KiB of data back.
+    pub fn identify(&mut self, cns: Cns, nsid: u32) -> io::Result<Completion> {
+        self.admin(
+            AdminOpcode::Identify,
+            nsid,
+            u32::from(u8::from(cns)),
+            0,
+            4096,
         )
     }
 
