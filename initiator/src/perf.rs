@@ -93,6 +93,11 @@ pub struct PerfArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// NVMe only: besides the measured queues, hold this many idle connections to the
+    /// target for the run (each the admin queue of its own controller, Keep Alive off), to
+    /// see what connections that do nothing cost the ones that work.
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,8 @@ pub enum PerfError {
         "--digests is for nvme-tcp:// and iscsi://: NVMe/RDMA has no digests (RoCE and InfiniBand check every packet's CRC themselves)"
     )]
     RdmaDigests,
+    #[error("--idle-connections is for nvme-tcp:// and nvme-rdma:// (NVMe admin queues)")]
+    IdleIscsi,
     /// NVMe/RDMA cannot run on this machine (no rdma-core, no device).
     #[error("{0}")]
     RdmaUnavailable(String),
@@ -512,6 +519,19 @@ trait NvmeConn {
         sqsize: u16,
     ) -> Result<u16, PerfError> {
         let kato = if qid == 0 { ADMIN_KATO_MS } else { 0 };
+        self.connect_kato(qid, cntlid, nqn, host, sqsize, kato)
+    }
+
+    /// Fabrics Connect with a keep-alive timeout in milliseconds (admin queue; 0: none).
+    fn connect_kato(
+        &mut self,
+        qid: u16,
+        cntlid: u16,
+        nqn: &str,
+        host: &str,
+        sqsize: u16,
+        kato: u32,
+    ) -> Result<u16, PerfError> {
         let (sqe, data) = commands::connect(qid, cntlid, sqsize, kato, nqn, host)
             .ok_or_else(|| PerfError::Target(format!("NQN {nqn:?} or {host:?} is too long")))?;
         let c = self
@@ -1026,6 +1046,14 @@ fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setu
     )?;
     let (name, block, capacity) = (ctrl.nqn.clone(), ctrl.block, ctrl.capacity);
     let (qd, bs) = (args.qd, args.bs);
+    let idle = (0..args.idle_connections)
+        .map(|_| {
+            let mut q = t.open(url.addr, QueueSpec::ADMIN)?;
+            let depth = QueueSpec::ADMIN.depth - 1;
+            q.connect_kato(0, 0xffff, &ctrl.nqn, &ctrl.host, depth, 0)?;
+            Ok(q)
+        })
+        .collect::<Result<Vec<_>, PerfError>>()?;
     // Both closures run on the thread that calls `run`: the queues open before their
     // threads start, Keep Alive goes out while they run.
     let ctrl = Rc::new(RefCell::new(ctrl));
@@ -1038,7 +1066,11 @@ fn nvme_setup<T: NvmeTransport>(args: &PerfArgs, url: &Url, t: T) -> Result<Setu
             let c = for_queues.borrow().open_io_queue(&t, q + 1, qd, bs)?;
             Ok(Box::new(c) as Box<dyn IoQueue + Send>)
         }),
-        keep_alive: Some(Box::new(move || ctrl.borrow_mut().keep_alive())),
+        // The idle connections live as long as the closure, which lives for the run.
+        keep_alive: Some(Box::new(move || {
+            let _ = &idle;
+            ctrl.borrow_mut().keep_alive()
+        })),
     })
 }
 
@@ -1090,6 +1122,7 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
         )?,
         Proto::NvmeRdma if args.digests => return Err(PerfError::RdmaDigests),
         Proto::NvmeRdma => nvme_setup(args, &url, rdma::Rdma::new()?)?,
+        Proto::Iscsi if args.idle_connections > 0 => return Err(PerfError::IdleIscsi),
         Proto::Iscsi => iscsi_setup(args, &url)?,
     };
     let qd = match url.proto {

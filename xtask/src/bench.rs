@@ -30,6 +30,9 @@ struct BenchJob {
     args: &'static [&'static str],
     /// SPDK nvmf_tgt (v26.05, io_uring sockets, one target core) on this machine kind.
     spdk: &'static str,
+    /// Idle NVMe connections held beside the measured one (`perf --idle-connections`);
+    /// such a job runs over NVMe with one connection only.
+    idle: u32,
 }
 
 const JOBS: &[BenchJob] = &[
@@ -37,21 +40,31 @@ const JOBS: &[BenchJob] = &[
         name: "4K randread QD1",
         args: &["--workload", "randread", "--bs", "4096", "--qd", "1"],
         spdk: "13 us mean",
+        idle: 0,
     },
     BenchJob {
         name: "4K randread QD32",
         args: &["--workload", "randread", "--bs", "4096", "--qd", "32"],
         spdk: "575k IOPS",
+        idle: 0,
     },
     BenchJob {
         name: "4K randwrite QD32",
         args: &["--workload", "randwrite", "--bs", "4096", "--qd", "32"],
         spdk: "589k IOPS",
+        idle: 0,
     },
     BenchJob {
         name: "128K seqread QD8",
         args: &["--workload", "read", "--bs", "131072", "--qd", "8"],
         spdk: "2.4 GiB/s",
+        idle: 0,
+    },
+    BenchJob {
+        name: "4K rr QD32 +1000 idle",
+        args: &["--workload", "randread", "--bs", "4096", "--qd", "32"],
+        spdk: "",
+        idle: 1000,
     },
 ];
 
@@ -438,6 +451,8 @@ pub(crate) fn run(
     reps: u32,
     napi_thread: bool,
     flamegraphs: bool,
+    only: Option<&str>,
+    mtus: &[u32],
 ) -> Result<()> {
     let bin = super::release_binary(root)?;
     let pair = VethPair::create_named("xdpt-bench").context("creating the bench namespaces")?;
@@ -486,7 +501,7 @@ pub(crate) fn run(
     );
     let mut samples: Vec<Sample> = Vec::new();
     let mut idle = Vec::new();
-    for mtu in [1500u32, 9000] {
+    for &mtu in mtus {
         set_mtu(&pair, mtu)?;
         for rep in 0..reps {
             for path in [Path_::Sockets, Path_::Xdp] {
@@ -495,14 +510,23 @@ pub(crate) fn run(
                 if rep == 0 {
                     idle.push((mtu, path, idle_cpu(pid, 2.0)?));
                 }
-                for job in JOBS {
+                for job in JOBS
+                    .iter()
+                    .filter(|j| only.is_none_or(|o| o.split(',').any(|o| j.name.contains(o))))
+                {
                     for conns in [1u32, 2] {
                         for (proto, target) in [("nvme", &url), ("iscsi", &iscsi_url)] {
+                            if job.idle > 0 && (conns > 1 || proto != "nvme") {
+                                continue;
+                            }
                             let mut cmd: Vec<String> =
                                 vec![bin.display().to_string(), "perf".into(), target.clone()];
                             cmd.extend(["--time".into(), seconds.to_string(), "--json".into()]);
                             cmd.extend(["--queues".into(), conns.to_string()]);
                             cmd.extend(job.args.iter().map(|a| (*a).to_string()));
+                            if job.idle > 0 {
+                                cmd.extend(["--idle-connections".into(), job.idle.to_string()]);
+                            }
                             let j0 = cpu_jiffies()?;
                             let row = measured(&pair, pid, &cmd, perf_row).with_context(|| {
                                 format!(
@@ -527,7 +551,7 @@ pub(crate) fn run(
                         }
                     }
                 }
-                if fio.is_file() {
+                if fio.is_file() && only.is_none() {
                     let cmd = fio_cmd(&fio, "libiscsi", &iscsi_url, seconds);
                     let row = measured(&pair, pid, &cmd, fio_row)?;
                     samples.push(Sample {
@@ -540,7 +564,7 @@ pub(crate) fn run(
                         softirq_us: 0.0,
                     });
                 }
-                if let Some(engine) = &fio_xdpt {
+                if let Some(engine) = fio_xdpt.as_ref().filter(|_| only.is_none()) {
                     let cmd = fio_cmd(&fio, engine, &url, seconds);
                     let row = measured(&pair, pid, &cmd, fio_row)?;
                     samples.push(Sample {
@@ -558,7 +582,7 @@ pub(crate) fn run(
         }
     }
     if flamegraphs {
-        for mtu in [1500u32, 9000] {
+        for &mtu in mtus {
             set_mtu(&pair, mtu)?;
             for path in [Path_::Sockets, Path_::Xdp] {
                 let served = serve(&pair, &bin, &url, busy_poll.as_deref(), path, napi_thread)?;
@@ -656,6 +680,7 @@ pub(crate) fn run(
     }
     let spdk: Vec<String> = JOBS
         .iter()
+        .filter(|j| !j.spdk.is_empty())
         .map(|j| format!("{} {}", j.name, j.spdk))
         .collect();
     println!(

@@ -75,6 +75,13 @@ enum Task {
         /// `perf record` and draw flame graphs (target/flame-PATH-MTU.svg).
         #[arg(long)]
         flamegraphs: bool,
+        /// Only the perf jobs whose name contains one of these (comma-separated, e.g.
+        /// "randread QD32,idle"); no fio rows.
+        #[arg(long)]
+        only: Option<String>,
+        /// The MTUs to run at (repeat the option for several).
+        #[arg(long = "mtu", default_values_t = [1500u32, 9000])]
+        mtus: Vec<u32>,
         /// Only draw the chart of an earlier run's JSON (e.g. target/bench.json) into
         /// target/bench.png.
         #[arg(long, value_name = "JSON")]
@@ -111,8 +118,18 @@ fn main() -> Result<()> {
             reps,
             napi_thread,
             flamegraphs,
+            only,
+            mtus,
             chart_from: None,
-        } => bench::run(&root, seconds, reps, napi_thread, flamegraphs),
+        } => bench::run(
+            &root,
+            seconds,
+            reps,
+            napi_thread,
+            flamegraphs,
+            only.as_deref(),
+            &mtus,
+        ),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
         Task::FioEngine => {
             let so = fio_engine::build(&root)?;
