@@ -1,7 +1,9 @@
 //! One iSCSI connection: RFC 7143 at ErrorRecoveryLevel 0, one connection per session.
 //!
-//! Bytes in ([`IscsiConn::receive`]), bytes out ([`IscsiConn::output`]), block operations
-//! out ([`IscsiConn::next_io`]) and their outcomes in ([`IscsiConn::io_done`]), time in
+//! Bytes in ([`IscsiConn::receive`]), bytes out as a gather list
+//! ([`IscsiConn::output_chunks`]: staged PDUs, and Data-In data referred to in its task's
+//! buffer, sent from there without a copy into the output), block operations out
+//! ([`IscsiConn::next_io`]) and their outcomes in ([`IscsiConn::io_done`]), time in
 //! ([`IscsiConn::tick`]). The engine never reads a clock or a socket.
 //!
 //! - Login (section 6): the security stage (AuthMethod None or CHAP), the operational stage
@@ -40,6 +42,7 @@ use super::params::{self, Negotiated, Negotiation, TargetLimits, answer};
 use super::{PORTAL_GROUP, Registry, SessionRefused, TargetNode};
 use crate::OUTPUT_HIGH_WATER;
 use crate::block::{AlignedBuf, BlockIo, IoOutcome};
+use crate::output::{self, GatherOutput};
 use crate::scsi::{self, Asc, Nexus, ScsiTarget, Sense, Step, TaskManagement, key};
 
 /// Commands a session may have queued (the CmdSN window).
@@ -158,6 +161,10 @@ enum SlotState {
     /// Waiting on other sessions (PREEMPT AND ABORT, for the tasks it aborted there):
     /// stepped again on every tick and whenever the connection runs.
     Waiting,
+    /// The task is over (answered, out of the CmdSN window), but its Data-In data is still
+    /// in the output, lent from the buffer (see [`GatherOutput`]): the slot is not reused
+    /// and the buffer not touched until the transport took the last byte.
+    Sending,
 }
 
 /// An R2T in flight.
@@ -314,6 +321,12 @@ impl TaskSlot {
         Ok(())
     }
 
+    /// Whether the slot holds a live task (one that task management, ITT checks and
+    /// Data-Out can find); a slot still sending the data of a finished task does not.
+    fn holds_task(&self) -> bool {
+        !matches!(self.state, SlotState::Free | SlotState::Sending)
+    }
+
     fn data_complete(&self) -> bool {
         !self.unsolicited_open && self.r2ts.is_empty() && self.filled >= self.need
     }
@@ -396,8 +409,8 @@ pub struct IscsiConn {
     waiting: Vec<usize>,
     io: VecDeque<(usize, BlockIo)>,
     rx: Vec<u8>,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// What waits to be sent: staged PDUs, and Data-In data in its task's buffer.
+    out: GatherOutput,
     last_heard_ms: u64,
     ping: Option<(u32, u64)>,
     ping_ttt: u32,
@@ -450,8 +463,7 @@ impl IscsiConn {
             waiting: Vec::new(),
             io: VecDeque::new(),
             rx: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
+            out: GatherOutput::default(),
             last_heard_ms: 0,
             ping: None,
             ping_ttt: 1,
@@ -461,17 +473,35 @@ impl IscsiConn {
         }
     }
 
-    /// Bytes to send.
-    pub fn output(&self) -> &[u8] {
-        &self.out[self.out_pos..]
+    /// Bytes waiting to be sent (all of [`Self::output_chunks`]).
+    pub fn output_len(&self) -> usize {
+        self.out.len()
     }
 
+    /// What waits to be sent, in order: staged PDUs, and Data-In data in its task's
+    /// buffer.
+    pub fn output_chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.out.chunks(|i| self.slots[i].buf.as_slice())
+    }
+
+    /// The first piece of the output (empty when there is none).
+    pub fn output(&self) -> &[u8] {
+        self.output_chunks().next().unwrap_or(&[])
+    }
+
+    /// `n` bytes of the output were sent: a slot whose Data-In data went out in full is
+    /// free.
     pub fn consume_output(&mut self, n: usize) {
-        self.out_pos += n;
-        if self.out_pos >= self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        }
+        let slots = &mut self.slots;
+        self.out.consume(n, |i| release_sent(&mut slots[i]));
+    }
+
+    /// All of the output, copied, as sent (for tests, fuzzing and callers that want one
+    /// buffer).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let all = output::concat(self.output_chunks(), self.output_len());
+        self.consume_output(all.len());
+        all
     }
 
     /// The connection is ending: close it once [`Self::output`] is sent.
@@ -565,11 +595,15 @@ impl IscsiConn {
         self.ready.clear();
         self.waiting.clear();
         self.io.clear();
+        // Unsent output goes nowhere now; the slots it lent from are free again.
+        let slots = &mut self.slots;
+        self.out.clear(|i| release_sent(&mut slots[i]));
     }
 
     /// Feeds received bytes and returns how many were taken.
     ///
-    /// Back-pressure: a new PDU is started only while [`Self::output`] holds less than
+    /// Back-pressure: a new PDU is started only while the output (all of
+    /// [`Self::output_chunks`], lent Data-In data included) holds less than
     /// [`OUTPUT_HIGH_WATER`] bytes, so an initiator that stops reading while it sends
     /// READs (immediate ones bypass the CmdSN window) cannot grow the output without
     /// bound. The caller keeps the rest and offers it again once the output has drained.
@@ -584,7 +618,7 @@ impl IscsiConn {
         }
         let mut taken = 0;
         while self.phase != Phase::Closing {
-            if self.rx.is_empty() && self.output().len() >= OUTPUT_HIGH_WATER {
+            if self.rx.is_empty() && self.out.len() >= OUTPUT_HIGH_WATER {
                 break;
             }
             if !self.gather(input, &mut taken, BHS_LEN) {
@@ -1281,9 +1315,28 @@ impl IscsiConn {
 
     /// Appends a PDU; digests once the full feature phase starts (section 13.1).
     fn push_pdu(&mut self, bhs: &[u8; BHS_LEN], data: &[u8]) {
+        let (hd, dd) = self.digests();
+        self.out
+            .stage_with(|v| super::append_pdu(v, bhs, data, hd, dd));
+    }
+
+    /// Appends a PDU whose data segment is `len` bytes of slot `slot`'s buffer from
+    /// `start`, sent from there (header, digests and padding are staged around it);
+    /// `last`: the slot's last such PDU, after which it is released.
+    fn lend_pdu(&mut self, bhs: &[u8; BHS_LEN], slot: usize, start: usize, len: usize, last: bool) {
+        let (hd, dd) = self.digests();
+        self.out
+            .stage_with(|v| super::append_pdu_header(v, bhs, len, hd));
+        self.out.lend(slot, start, len, last);
+        let data = &self.slots[slot].buf.as_slice()[start..start + len];
+        self.out
+            .stage_with(|v| super::append_pdu_trailer(v, data, dd));
+    }
+
+    /// The digests the next PDU carries: none before the full feature phase (section 13.1).
+    fn digests(&self) -> (bool, bool) {
         let ffp = self.phase != Phase::Login;
-        let (hd, dd) = (ffp && self.neg.header_digest, ffp && self.neg.data_digest);
-        super::append_pdu(&mut self.out, bhs, data, hd, dd);
+        (ffp && self.neg.header_digest, ffp && self.neg.data_digest)
     }
 
     /// A target PDU header with the sequence numbers every response carries.
@@ -1486,7 +1539,7 @@ impl IscsiConn {
                 match self
                     .slots
                     .iter()
-                    .position(|s| s.state != SlotState::Free && s.itt == rt && !s.aborted)
+                    .position(|s| s.holds_task() && s.itt == rt && !s.aborted)
                 {
                     Some(i) => {
                         self.abort_slot(i);
@@ -1578,7 +1631,7 @@ impl IscsiConn {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state != SlotState::Free && !s.aborted && pred(s))
+            .filter(|(_, s)| s.holds_task() && !s.aborted && pred(s))
             .map(|(i, _)| i)
             .collect();
         for i in hits {
@@ -1605,7 +1658,12 @@ impl IscsiConn {
 
     fn free_slot(&mut self, i: usize) {
         let s = &mut self.slots[i];
-        if !s.immediate && s.state != SlotState::Free {
+        debug_assert_ne!(
+            s.state,
+            SlotState::Sending,
+            "its buffer is lent to the output"
+        );
+        if !s.immediate && s.holds_task() {
             self.queued = self.queued.saturating_sub(1);
         }
         s.state = SlotState::Free;
@@ -1643,11 +1701,7 @@ impl IscsiConn {
             self.respond_status(itt, scsi::status::BUSY, &[], 0, 0, 0);
             return;
         };
-        if self
-            .slots
-            .iter()
-            .any(|s| s.state != SlotState::Free && s.itt == itt)
-        {
+        if self.slots.iter().any(|s| s.holds_task() && s.itt == itt) {
             self.send_reject(bhs, reject::TASK_IN_PROGRESS);
             return;
         }
@@ -1795,7 +1849,7 @@ impl IscsiConn {
             if usize::try_from(ttt)
                 .ok()
                 .and_then(|i| self.slots.get(i))
-                .is_some_and(|s| s.state == SlotState::Free)
+                .is_some_and(|s| !s.holds_task())
             {
                 // Data for a command that already failed or was aborted.
                 return;
@@ -1926,13 +1980,15 @@ impl IscsiConn {
         };
         let send = if s.read { data_in.min(edtl) } else { 0 };
         let collapse = status == scsi::status::GOOD && sense.is_empty() && send > 0;
-        // The buffer is lent out while the PDUs are built (one copy, into the output, not
-        // two); the freed slot is not taken again before it is back.
-        let buf = std::mem::take(&mut self.slots[slot].buf);
-        let data = &buf.as_slice()[..send];
         // The task is over: its slot leaves the CmdSN window before the headers are built,
         // so the status carries the MaxCmdSN the freed slot allows (otherwise it lags a PDU
-        // behind, and stays closed for an initiator that filled the window).
+        // behind, and stays closed for an initiator that filled the window). The data is
+        // sent from the slot's buffer, which stays taken (Sending) until it went out.
+        //
+        // Only this task's own Data-In headers can show the initiator that window before
+        // its data was consumed (whatever was built earlier went out before them, whatever
+        // later comes after), so at most one Sending slot lies beyond the window the
+        // initiator knows: the IMMEDIATE_SLOTS past the window leave room for it.
         self.free_slot(slot);
         let mut data_sn = 0u32;
         if send > 0 {
@@ -1964,12 +2020,12 @@ impl IscsiConn {
                 v.set_u32(field::TTT, RESERVED_TAG);
                 v.set_u32(field::DATA_SN, data_sn);
                 v.set_u32(field::BUFFER_OFFSET, off as u32);
-                self.push_pdu(&h, &data[off..off + n]);
+                self.lend_pdu(&h, slot, off, n, last);
                 data_sn += 1;
                 off += n;
             }
+            self.slots[slot].state = SlotState::Sending;
         }
-        self.slots[slot].buf = buf;
         if !collapse {
             self.respond_status(itt, status, sense, residual_flag, residual, data_sn);
         }
@@ -2001,6 +2057,13 @@ impl IscsiConn {
 }
 
 pub use crate::scsi::{decode_lun, encode_lun};
+
+/// The output sent the last of a slot's Data-In data: the slot is free for the next task.
+fn release_sent(s: &mut TaskSlot) {
+    if s.state == SlotState::Sending {
+        s.state = SlotState::Free;
+    }
+}
 
 /// A WRITE (6/10/12/16) or WRITE AND VERIFY (10/12/16) CDB cut to `bytes`, when that is a
 /// whole number of the LUN's blocks; `None` when it is not, or for any other command.
