@@ -15,7 +15,10 @@
 //! - Data-Out (sections 4.2.5, 11.7): immediate data, unsolicited Data-Out up to
 //!   FirstBurstLength when InitialR2T=No, then R2Ts of at most MaxBurstLength, at most
 //!   MaxOutstandingR2T at once; DataSN is checked per sequence, and a wrong one is a
-//!   protocol error (ERL 0: Reject and the connection ends).
+//!   protocol error (ERL 0: Reject and the connection ends). A Data-Out's data goes from
+//!   the input straight into its task's buffer, placed from the header's checks and its
+//!   digest checked at the end; immediate data is gathered with its command PDU, whose
+//!   task exists only once CmdSN order lets the command run (it may be held until then).
 //! - Data-In (section 11.7): PDUs of at most the initiator's MaxRecvDataSegmentLength,
 //!   sequences of at most MaxBurstLength, status in the last PDU (phase collapse) unless
 //!   there is sense data; residual over/underflow against the Expected Data Transfer Length.
@@ -32,9 +35,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use target_wire::crc32c::crc32c_append;
 use target_wire::iscsi::{
-    BHS_LEN, Bhs, LoginRequestRepr, LoginResponseRepr, Opcode, PduLayout, TextError, field, flags,
-    login_status, reject, sn_le, sn_lt, stage, text_pairs, tmf,
+    BHS_LEN, Bhs, DIGEST_LEN, LoginRequestRepr, LoginResponseRepr, Opcode, PduLayout, TextError,
+    field, flags, login_status, padded, reject, sn_le, sn_lt, stage, text_pairs, tmf,
 };
 
 use super::chap::{CHALLENGE_LEN, Chap};
@@ -254,11 +258,60 @@ impl TaskSlot {
         &mut self,
         unsolicited: bool,
         offset: usize,
-        data: &[u8],
+        data: Incoming<'_>,
         data_sn: u32,
         final_bit: bool,
     ) -> Result<(), DataError> {
-        let end = offset.saturating_add(data.len());
+        let r2t = self.check_data(unsolicited, offset, data.len(), data_sn)?;
+        let end = offset + data.len();
+        match r2t {
+            None => {
+                self.unsolicited_sn += 1;
+                self.unsolicited_offset = end;
+                if final_bit {
+                    self.unsolicited_open = false;
+                }
+            }
+            Some(r) => {
+                let r2t = &mut self.r2ts[r];
+                r2t.next_data_sn += 1;
+                r2t.received += data.len();
+                if r2t.received >= r2t.len || final_bit {
+                    self.r2ts.remove(r);
+                }
+            }
+        }
+        // Place what falls inside the kept range.
+        if let Some((at, take)) = self.placement(offset, data.len()) {
+            match data {
+                Incoming::Bytes(d) => {
+                    self.buf.as_mut_slice()[at..at + take].copy_from_slice(&d[..take]);
+                }
+                Incoming::Placed(_) => {}
+                Incoming::Dropped(_) => {
+                    // `check_data` said no when the header came, and nothing that changes
+                    // its answer runs before the end of the PDU.
+                    debug_assert!(false, "accepted Data-Out whose data was dropped");
+                    return Err(DataError::Fatal("Data-Out data was not kept".into()));
+                }
+            }
+            self.filled += take;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Self::accept_data`] takes a Data-Out of `len` bytes at `offset` (and in
+    /// which R2T's range; `None` for unsolicited data), without changing anything: the
+    /// same answer for its header as for the whole PDU. Errors in the order that
+    /// `accept_data` reports them.
+    fn check_data(
+        &self,
+        unsolicited: bool,
+        offset: usize,
+        len: usize,
+        data_sn: u32,
+    ) -> Result<Option<usize>, DataError> {
+        let end = offset.saturating_add(len);
         if end > self.edtl {
             return Err(DataError::Fatal(
                 "Data-Out beyond the expected length".into(),
@@ -276,49 +329,39 @@ impl TaskSlot {
                     self.unsolicited_sn
                 )));
             }
-            self.unsolicited_sn += 1;
             if offset != self.unsolicited_offset {
                 return Err(DataError::Fatal(format!(
                     "unsolicited Data-Out at offset {offset}, expected {}",
                     self.unsolicited_offset
                 )));
             }
-            self.unsolicited_offset = end;
-            if final_bit {
-                self.unsolicited_open = false;
-            }
-        } else {
-            let r = self
-                .r2ts
-                .iter()
-                .position(|r| offset >= r.offset && end <= r.offset + r.len)
-                .ok_or_else(|| DataError::Fatal("Data-Out outside its R2T".into()))?;
-            let r2t = &mut self.r2ts[r];
-            if data_sn != r2t.next_data_sn {
-                return Err(DataError::Sequence(format!(
-                    "DataSN {data_sn}, expected {}",
-                    r2t.next_data_sn
-                )));
-            }
-            r2t.next_data_sn += 1;
-            if offset != r2t.offset + r2t.received {
-                return Err(DataError::Fatal(format!(
-                    "Data-Out at offset {offset}, expected {}",
-                    r2t.offset + r2t.received
-                )));
-            }
-            r2t.received += data.len();
-            if r2t.received >= r2t.len || final_bit {
-                self.r2ts.remove(r);
-            }
+            return Ok(None);
         }
-        // Place what falls inside the kept range.
-        if offset < self.need {
-            let take = (self.need - offset).min(data.len());
-            self.buf.as_mut_slice()[offset..offset + take].copy_from_slice(&data[..take]);
-            self.filled += take;
+        let r = self
+            .r2ts
+            .iter()
+            .position(|r| offset >= r.offset && end <= r.offset + r.len)
+            .ok_or_else(|| DataError::Fatal("Data-Out outside its R2T".into()))?;
+        let r2t = &self.r2ts[r];
+        if data_sn != r2t.next_data_sn {
+            return Err(DataError::Sequence(format!(
+                "DataSN {data_sn}, expected {}",
+                r2t.next_data_sn
+            )));
         }
-        Ok(())
+        if offset != r2t.offset + r2t.received {
+            return Err(DataError::Fatal(format!(
+                "Data-Out at offset {offset}, expected {}",
+                r2t.offset + r2t.received
+            )));
+        }
+        Ok(Some(r))
+    }
+
+    /// Where in the buffer accepted data of `len` bytes at `offset` goes: the part inside
+    /// the kept range [0, need), as (offset, bytes); `None` when none of it is kept.
+    fn placement(&self, offset: usize, len: usize) -> Option<(usize, usize)> {
+        (offset < self.need).then(|| (offset, (self.need - offset).min(len)))
     }
 
     /// Whether the slot holds a live task (one that task management, ITT checks and
@@ -332,12 +375,41 @@ impl TaskSlot {
     }
 }
 
+/// A Data-Out PDU's data as [`TaskSlot::accept_data`] gets it.
+#[derive(Clone, Copy)]
+enum Incoming<'a> {
+    /// In the PDU, to be placed.
+    Bytes(&'a [u8]),
+    /// `len` bytes streamed into the task's buffer already, where they belong.
+    Placed(usize),
+    /// `len` bytes read and dropped: the header showed they would not be accepted.
+    Dropped(usize),
+}
+
+impl Incoming<'_> {
+    fn len(&self) -> usize {
+        match *self {
+            Self::Bytes(d) => d.len(),
+            Self::Placed(n) | Self::Dropped(n) => n,
+        }
+    }
+}
+
 /// Why a Data-Out was not accepted.
 enum DataError {
     /// Out of sequence (DataSN): the command fails.
     Sequence(String),
     /// Outside what was asked for: a protocol error that ends the connection.
     Fatal(String),
+}
+
+/// A Data-Out PDU being received whose data segment goes straight to its task's buffer.
+struct Inbound {
+    /// Slot, buffer offset and bytes kept there; `None`: the data is read and dropped.
+    place: Option<(usize, usize, usize)>,
+    /// Data bytes read so far, and their CRC32C.
+    received: usize,
+    crc: u32,
 }
 
 /// A task management response waiting for aborted tasks' I/O to finish.
@@ -409,6 +481,8 @@ pub struct IscsiConn {
     waiting: Vec<usize>,
     io: VecDeque<(usize, BlockIo)>,
     rx: Vec<u8>,
+    /// The Data-Out whose data is streaming into its task's buffer (its header in `rx`).
+    inbound: Option<Inbound>,
     /// What waits to be sent: staged PDUs, and Data-In data in its task's buffer.
     out: GatherOutput,
     last_heard_ms: u64,
@@ -463,6 +537,7 @@ impl IscsiConn {
             waiting: Vec::new(),
             io: VecDeque::new(),
             rx: Vec::new(),
+            inbound: None,
             out: GatherOutput::default(),
             last_heard_ms: 0,
             ping: None,
@@ -625,6 +700,7 @@ impl IscsiConn {
                 break;
             }
             let bhs = Bhs::new_unchecked(&self.rx[..BHS_LEN]);
+            let op = bhs.opcode();
             // Digests start with the full feature phase (section 13.1): an operational
             // round that negotiated them does not put them on the login PDUs that follow
             // (push_pdu sends login responses without them for the same reason).
@@ -644,6 +720,12 @@ impl IscsiConn {
                 self.protocol_error(&hdr, reject::PROTOCOL_ERROR, why);
                 break;
             }
+            if ffp && op == Opcode::DataOut && layout.data > 0 {
+                if !self.stream_data_out(input, &mut taken, &layout) {
+                    break;
+                }
+                continue;
+            }
             if !self.gather(input, &mut taken, layout.total) {
                 break;
             }
@@ -659,6 +741,80 @@ impl IscsiConn {
             return input.len();
         }
         taken
+    }
+
+    /// A Data-Out PDU of the full feature phase, its data segment streamed straight into
+    /// its task's buffer rather than gathered into `rx` first: the header is gathered and
+    /// its digest checked, then where the data goes is worked out from it (nowhere when the
+    /// PDU will not be accepted), the data is placed as it arrives with its digest
+    /// computed on the way, and once the padding and the digest are in, the PDU is checked
+    /// and handled as a whole one is in [`Self::received_pdu`], with the same errors in
+    /// the same order. True once the PDU is done; false when the input ran out first.
+    ///
+    /// Writing into the buffer before the data digest is checked is safe: a bad digest
+    /// ends the connection (ERL 0) before the task can be stepped, and only the task's own
+    /// PDUs change what is placed where, none of which can arrive in between.
+    fn stream_data_out(&mut self, input: &[u8], taken: &mut usize, layout: &PduLayout) -> bool {
+        if !self.gather(input, taken, layout.header) {
+            return false;
+        }
+        if self.inbound.is_none() {
+            if !layout.header_digest_ok(&self.rx) {
+                // ERL 0: a header digest error ends the connection (section 7.8).
+                self.events
+                    .push(ConnEvent::ProtocolError("header digest error".into()));
+                self.phase = Phase::Closing;
+                return true;
+            }
+            let place = self.data_out_placement(&self.rx[..BHS_LEN], layout.data);
+            self.inbound = Some(Inbound {
+                place,
+                received: 0,
+                crc: 0,
+            });
+        }
+        let Some(s) = self.inbound.as_mut() else {
+            return false;
+        };
+        let n = (layout.data - s.received).min(input.len() - *taken);
+        let chunk = &input[*taken..*taken + n];
+        s.crc = crc32c_append(s.crc, chunk);
+        if let Some((slot, at, take)) = s.place
+            && s.received < take
+        {
+            let k = (take - s.received).min(n);
+            let dst = at + s.received;
+            self.slots[slot].buf.as_mut_slice()[dst..dst + k].copy_from_slice(&chunk[..k]);
+        }
+        s.received += n;
+        *taken += n;
+        if s.received < layout.data {
+            return false;
+        }
+        // The padding and the data digest follow the header in `rx`.
+        if !self.gather(input, taken, layout.total - layout.data) {
+            return false;
+        }
+        let Some(s) = self.inbound.take() else {
+            return false;
+        };
+        let pad = padded(layout.data) - layout.data;
+        let tail = &self.rx[layout.header..];
+        let digest_ok = !layout.data_digest
+            || crc32c_append(s.crc, &tail[..pad]).to_le_bytes()[..] == tail[pad..pad + DIGEST_LEN];
+        let mut hdr = [0u8; BHS_LEN];
+        hdr.copy_from_slice(&self.rx[..BHS_LEN]);
+        self.rx.clear();
+        if !digest_ok {
+            self.protocol_error(&hdr, reject::DATA_DIGEST_ERROR, "data digest error".into());
+            return true;
+        }
+        let data = match s.place {
+            Some(_) => Incoming::Placed(layout.data),
+            None => Incoming::Dropped(layout.data),
+        };
+        self.data_out(&hdr, data);
+        true
     }
 
     /// Moves bytes from `input[*taken..]` into `rx` until it holds `want`; false when the
@@ -708,7 +864,7 @@ impl IscsiConn {
         }
         // Responses acknowledge ExpStatSN; nothing is kept for retransmission at ERL 0.
         match op {
-            Opcode::DataOut => self.data_out(bhs, data),
+            Opcode::DataOut => self.data_out(bhs, Incoming::Bytes(data)),
             Opcode::LoginRequest => {
                 let mut hdr = [0; BHS_LEN];
                 hdr.copy_from_slice(bhs);
@@ -1819,16 +1975,9 @@ impl IscsiConn {
         }
     }
 
-    fn data_out(&mut self, bhs: &[u8], data: &[u8]) {
-        let h = Bhs::new_unchecked(bhs);
-        let itt = h.itt();
-        let ttt = h.u32_at(field::TTT);
-        let data_sn = h.u32_at(field::DATA_SN);
-        let offset = h.u32_at(field::BUFFER_OFFSET) as usize;
-        let final_bit = h.final_bit();
-        let mut hdr = [0u8; BHS_LEN];
-        hdr.copy_from_slice(bhs);
-        let slot = if ttt == RESERVED_TAG {
+    /// The slot collecting the data of a Data-Out with this ITT and TTT.
+    fn data_out_slot(&self, itt: u32, ttt: u32) -> Option<usize> {
+        if ttt == RESERVED_TAG {
             self.slots
                 .iter()
                 .position(|s| s.state == SlotState::Collecting && s.itt == itt)
@@ -1839,8 +1988,37 @@ impl IscsiConn {
                 .filter(|&i| {
                     self.slots[i].state == SlotState::Collecting && self.slots[i].itt == itt
                 })
-        };
-        let Some(slot) = slot else {
+        }
+    }
+
+    /// Where the `len` data bytes of the Data-Out with header `bhs` go when
+    /// [`Self::data_out`] will take them (slot, buffer offset, bytes kept), from the header
+    /// alone and changing nothing; `None` when they will be dropped or refused.
+    fn data_out_placement(&self, bhs: &[u8], len: usize) -> Option<(usize, usize, usize)> {
+        let h = Bhs::new_unchecked(bhs);
+        let ttt = h.u32_at(field::TTT);
+        let slot = self.data_out_slot(h.itt(), ttt)?;
+        let s = &self.slots[slot];
+        if s.task.as_ref().is_some_and(scsi::Task::aborted) {
+            return None;
+        }
+        let offset = h.u32_at(field::BUFFER_OFFSET) as usize;
+        s.check_data(ttt == RESERVED_TAG, offset, len, h.u32_at(field::DATA_SN))
+            .ok()?;
+        let (at, take) = s.placement(offset, len)?;
+        Some((slot, at, take))
+    }
+
+    fn data_out(&mut self, bhs: &[u8], data: Incoming<'_>) {
+        let h = Bhs::new_unchecked(bhs);
+        let itt = h.itt();
+        let ttt = h.u32_at(field::TTT);
+        let data_sn = h.u32_at(field::DATA_SN);
+        let offset = h.u32_at(field::BUFFER_OFFSET) as usize;
+        let final_bit = h.final_bit();
+        let mut hdr = [0u8; BHS_LEN];
+        hdr.copy_from_slice(bhs);
+        let Some(slot) = self.data_out_slot(itt, ttt) else {
             if ttt == RESERVED_TAG {
                 // Unsolicited data of a command that was ignored (outside the CmdSN
                 // window) or aborted: dropped with it.

@@ -1871,6 +1871,63 @@ fn a_data_sn_error_fails_the_command_and_keeps_the_connection() {
 }
 
 #[test]
+fn data_out_streams_into_the_task_buffer_and_its_digest_is_checked_at_the_end() {
+    let reg = registry();
+    let mut rig = Rig::new(&reg);
+    let mut o = opts();
+    o.header_digest = true;
+    o.data_digest = true;
+    login(&mut rig, o);
+    let dg = rig.digests;
+    // Byte by byte: the data segment arrives in pieces and is placed as it comes.
+    let bytewise = |rig: &mut Rig, p: &[u8]| {
+        for b in p {
+            assert_eq!(rig.conn.receive(std::slice::from_ref(b), rig.now), 1);
+        }
+        rig.run_io();
+        rig.output()
+    };
+    let data = pattern(2 * BS, 4);
+    let b = rig.command_bhs(5, flags::W, 2 * BS as u32, &write10(40, 2));
+    assert!(bytewise(&mut rig, &frame(b, &[], dg)).is_empty());
+    // Lengths that need padding: 510 bytes, then 514.
+    for (sn, range, fin) in [(0, 0..510, false), (1, 510..1024, true)] {
+        let mut b = bhs(Opcode::DataOut, false, if fin { flags::F } else { 0 }, 5);
+        set_u32(&mut b, field::TTT, TAG);
+        set_u32(&mut b, field::DATA_SN, sn);
+        set_u32(&mut b, field::BUFFER_OFFSET, range.start as u32);
+        let out = bytewise(&mut rig, &frame(b, &data[range], dg));
+        if fin {
+            assert_eq!(ops(&out), [Opcode::ScsiResponse]);
+            assert_eq!(out[0].code(), status::GOOD);
+        } else {
+            assert!(out.is_empty());
+        }
+    }
+    assert_eq!(rig.disk_at(40, 2 * BS), data);
+
+    // A byte of data changed on the way: Reject (data digest error) once the digest is in,
+    // the connection ends, and nothing reaches the disk.
+    let b = rig.command_bhs(6, flags::W, BS as u32, &write10(80, 1));
+    assert!(bytewise(&mut rig, &frame(b, &[], dg)).is_empty());
+    let mut b = bhs(Opcode::DataOut, false, flags::F, 6);
+    set_u32(&mut b, field::TTT, TAG);
+    let mut pdu = frame(b, &pattern(BS, 6), dg);
+    pdu[BHS_LEN + 4 + 100] ^= 1;
+    let (head, digest) = pdu.split_at(pdu.len() - 1);
+    assert!(
+        bytewise(&mut rig, head).is_empty(),
+        "nothing before the digest"
+    );
+    let out = bytewise(&mut rig, digest);
+    assert_eq!(ops(&out), [Opcode::Reject]);
+    assert_eq!(out[0].code(), reject::DATA_DIGEST_ERROR);
+    assert_eq!(out[0].data[..BHS_LEN], pdu[..BHS_LEN]);
+    assert!(rig.conn.closing());
+    assert_eq!(rig.disk_at(80, BS), [0; BS]);
+}
+
+#[test]
 fn data_out_beyond_the_expected_length_ends_the_connection() {
     let reg = registry();
     let mut rig = session(&reg, TargetLimits::default());
