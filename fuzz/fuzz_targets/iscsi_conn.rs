@@ -3,7 +3,9 @@
 //! with arbitrary outcomes for its block operations on a small memory disk, some of them
 //! held back and completed later, out of order, with ticks in between. Whatever arrives:
 //! no panic, every BlockIo stays inside the disk and the task's buffer, and the output is
-//! always whole PDUs with valid digests.
+//! always whole PDUs with valid digests. The output is taken in pieces of fuzz-chosen size,
+//! and some rounds only part of it (a full socket), so Data-In data stays lent from its
+//! task's buffer while more commands, aborts and ticks arrive.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -49,15 +51,32 @@ fn registry() -> Registry {
     )
 }
 
-/// Whole PDUs only, with valid digests.
-fn check(mut out: &[u8], (hd, dd): (bool, bool)) {
-    while !out.is_empty() {
-        let h = Bhs::new_checked(out).expect("whole PDUs only");
-        assert!(!h.opcode().from_initiator(), "target opcodes only");
+/// Takes the whole PDUs off the front of `sent` (the target's bytes so far), checking their
+/// opcodes and digests; a PDU not yet sent in full stays for the next call.
+fn check(sent: &mut Vec<u8>, (hd, dd): (bool, bool)) {
+    let mut at = 0;
+    while let Ok(h) = Bhs::new_checked(&sent[at..]) {
         let l = h.layout(hd, dd);
-        assert!(out.len() >= l.total, "whole PDUs only");
-        assert!(l.header_digest_ok(out) && l.data_digest_ok(&out[..l.total]));
-        out = &out[l.total..];
+        if sent.len() - at < l.total {
+            break;
+        }
+        assert!(!h.opcode().from_initiator(), "target opcodes only");
+        let p = &sent[at..at + l.total];
+        assert!(l.header_digest_ok(p) && l.data_digest_ok(p));
+        at += l.total;
+    }
+    sent.drain(..at);
+}
+
+/// Sends up to `budget` bytes of the target's output into `sent`, `piece` bytes at a time.
+fn send(conn: &mut IscsiConn, sent: &mut Vec<u8>, piece: usize, budget: usize) {
+    let mut left = budget;
+    while conn.output_len() > 0 && left > 0 {
+        let first = conn.output();
+        let k = first.len().min(piece).min(left);
+        sent.extend_from_slice(&first[..k]);
+        conn.consume_output(k);
+        left -= k;
     }
 }
 
@@ -138,14 +157,14 @@ fuzz_target!(|input: &[u8]| {
         let b = host.output().to_vec();
         host.consume_output(b.len());
         conn.receive(&b, now);
-        let out = conn.output().to_vec();
-        conn.consume_output(out.len());
+        let out = conn.take_output();
         host.receive(&out).expect("the login succeeds");
     }
     assert!(host.logged_in());
     let digests = host.digests();
     let mut disk = vec![0u8; DISK as usize];
     let mut held = Vec::new();
+    let mut sent = Vec::new();
     // Each piece: a length byte, then that many bytes for the target.
     while let [n, tail @ ..] = rest {
         let n = usize::from(*n).min(tail.len());
@@ -154,7 +173,7 @@ fuzz_target!(|input: &[u8]| {
         now += u64::from(seed & 0x3f) * 50;
         // The engine takes everything unless its output is full (back-pressure).
         let took = conn.receive(piece, now);
-        assert!(took == piece.len() || conn.output().len() >= target_proto::OUTPUT_HIGH_WATER);
+        assert!(took == piece.len() || conn.output_len() >= target_proto::OUTPUT_HIGH_WATER);
         while let Some((slot, io)) = conn.next_io() {
             execute(&mut disk, &io.op, conn.buffer_mut(slot));
             seed = seed.rotate_left(3) ^ 0x5b;
@@ -177,13 +196,23 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         let alive = conn.tick(now);
-        let out = conn.output().to_vec();
-        conn.consume_output(out.len());
-        check(&out, digests);
+        // In pieces of the length byte's size; while seed bit 6 is set, four of them at
+        // most.
+        let budget = if seed & 0x40 != 0 { 4 * n } else { usize::MAX };
+        send(&mut conn, &mut sent, n.max(1), budget);
+        check(&mut sent, digests);
         let _ = conn.take_events();
         if !alive || conn.closing() {
             break;
         }
     }
+    // Held I/O comes back, the rest goes out; then the connection ends.
+    while let Some((slot, outcome)) = held.pop() {
+        conn.io_done(slot, outcome);
+    }
+    send(&mut conn, &mut sent, 1 << 16, usize::MAX);
+    check(&mut sent, digests);
+    assert!(sent.is_empty(), "whole PDUs only");
     conn.teardown();
+    assert_eq!(conn.output_len(), 0);
 });

@@ -155,8 +155,7 @@ fuzz_target!(|input: &[u8]| {
             ("AuthMethod", "CHAP,None"),
         ];
         conn.receive(&first_login(opts & 2 != 0, opts & 16 != 0, &keys), now);
-        let out = conn.output().to_vec();
-        conn.consume_output(out.len());
+        let out = conn.take_output();
         checker.check(&out);
     }
     let chunk = usize::from(opts >> 5) + 1;
@@ -168,8 +167,7 @@ fuzz_target!(|input: &[u8]| {
             conn.io_done(slot, IoOutcome::Ok);
         }
         let _ = conn.tick(now);
-        let out = conn.output().to_vec();
-        conn.consume_output(out.len());
+        let out = conn.take_output();
         if was_closing {
             assert!(out.is_empty(), "nothing after closing");
         }

@@ -98,8 +98,7 @@ impl Side {
         while let Some((slot, _io)) = self.conn.next_io() {
             self.conn.io_done(slot, IoOutcome::Ok);
         }
-        let out = self.conn.output().to_vec();
-        self.conn.consume_output(out.len());
+        let out = self.conn.take_output();
         self.checker.check(&out);
         out
     }

@@ -4,7 +4,7 @@
 //!
 //! `block` holds what every engine asks of a backend; `nvme` the NVMe-oF controller,
 //! `nvme_tcp` and `nvme_rdma` its TCP framing and RDMA binding; `scsi` and `iscsi` the SCSI
-//! logical units and iSCSI.
+//! logical units and iSCSI; `output` the gather list NVMe/TCP and iSCSI send from.
 #![forbid(unsafe_code)]
 
 pub mod block;
@@ -12,6 +12,7 @@ pub mod iscsi;
 pub mod nvme;
 pub mod nvme_rdma;
 pub mod nvme_tcp;
+pub mod output;
 pub mod scsi;
 
 /// Bytes of output a connection's engine may hold before it stops taking input (see

@@ -1,7 +1,9 @@
 //! One iSCSI connection: RFC 7143 at ErrorRecoveryLevel 0, one connection per session.
 //!
-//! Bytes in ([`IscsiConn::receive`]), bytes out ([`IscsiConn::output`]), block operations
-//! out ([`IscsiConn::next_io`]) and their outcomes in ([`IscsiConn::io_done`]), time in
+//! Bytes in ([`IscsiConn::receive`]), bytes out as a gather list
+//! ([`IscsiConn::output_chunks`]: staged PDUs, and Data-In data referred to in its task's
+//! buffer, sent from there without a copy into the output), block operations out
+//! ([`IscsiConn::next_io`]) and their outcomes in ([`IscsiConn::io_done`]), time in
 //! ([`IscsiConn::tick`]). The engine never reads a clock or a socket.
 //!
 //! - Login (section 6): the security stage (AuthMethod None or CHAP), the operational stage
@@ -13,7 +15,10 @@
 //! - Data-Out (sections 4.2.5, 11.7): immediate data, unsolicited Data-Out up to
 //!   FirstBurstLength when InitialR2T=No, then R2Ts of at most MaxBurstLength, at most
 //!   MaxOutstandingR2T at once; DataSN is checked per sequence, and a wrong one is a
-//!   protocol error (ERL 0: Reject and the connection ends).
+//!   protocol error (ERL 0: Reject and the connection ends). A Data-Out's data goes from
+//!   the input straight into its task's buffer, placed from the header's checks and its
+//!   digest checked at the end; immediate data is gathered with its command PDU, whose
+//!   task exists only once CmdSN order lets the command run (it may be held until then).
 //! - Data-In (section 11.7): PDUs of at most the initiator's MaxRecvDataSegmentLength,
 //!   sequences of at most MaxBurstLength, status in the last PDU (phase collapse) unless
 //!   there is sense data; residual over/underflow against the Expected Data Transfer Length.
@@ -30,9 +35,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use target_wire::crc32c::crc32c_append;
 use target_wire::iscsi::{
-    BHS_LEN, Bhs, LoginRequestRepr, LoginResponseRepr, Opcode, PduLayout, TextError, field, flags,
-    login_status, reject, sn_le, sn_lt, stage, text_pairs, tmf,
+    BHS_LEN, Bhs, DIGEST_LEN, LoginRequestRepr, LoginResponseRepr, Opcode, PduLayout, TextError,
+    field, flags, login_status, padded, reject, sn_le, sn_lt, stage, text_pairs, tmf,
 };
 
 use super::chap::{CHALLENGE_LEN, Chap};
@@ -40,6 +46,7 @@ use super::params::{self, Negotiated, Negotiation, TargetLimits, answer};
 use super::{PORTAL_GROUP, Registry, SessionRefused, TargetNode};
 use crate::OUTPUT_HIGH_WATER;
 use crate::block::{AlignedBuf, BlockIo, IoOutcome};
+use crate::output::{self, GatherOutput};
 use crate::scsi::{self, Asc, Nexus, ScsiTarget, Sense, Step, TaskManagement, key};
 
 /// Commands a session may have queued (the CmdSN window).
@@ -158,6 +165,10 @@ enum SlotState {
     /// Waiting on other sessions (PREEMPT AND ABORT, for the tasks it aborted there):
     /// stepped again on every tick and whenever the connection runs.
     Waiting,
+    /// The task is over (answered, out of the CmdSN window), but its Data-In data is still
+    /// in the output, lent from the buffer (see [`GatherOutput`]): the slot is not reused
+    /// and the buffer not touched until the transport took the last byte.
+    Sending,
 }
 
 /// An R2T in flight.
@@ -247,11 +258,60 @@ impl TaskSlot {
         &mut self,
         unsolicited: bool,
         offset: usize,
-        data: &[u8],
+        data: Incoming<'_>,
         data_sn: u32,
         final_bit: bool,
     ) -> Result<(), DataError> {
-        let end = offset.saturating_add(data.len());
+        let r2t = self.check_data(unsolicited, offset, data.len(), data_sn)?;
+        let end = offset + data.len();
+        match r2t {
+            None => {
+                self.unsolicited_sn += 1;
+                self.unsolicited_offset = end;
+                if final_bit {
+                    self.unsolicited_open = false;
+                }
+            }
+            Some(r) => {
+                let r2t = &mut self.r2ts[r];
+                r2t.next_data_sn += 1;
+                r2t.received += data.len();
+                if r2t.received >= r2t.len || final_bit {
+                    self.r2ts.remove(r);
+                }
+            }
+        }
+        // Place what falls inside the kept range.
+        if let Some((at, take)) = self.placement(offset, data.len()) {
+            match data {
+                Incoming::Bytes(d) => {
+                    self.buf.as_mut_slice()[at..at + take].copy_from_slice(&d[..take]);
+                }
+                Incoming::Placed(_) => {}
+                Incoming::Dropped(_) => {
+                    // `check_data` said no when the header came, and nothing that changes
+                    // its answer runs before the end of the PDU.
+                    debug_assert!(false, "accepted Data-Out whose data was dropped");
+                    return Err(DataError::Fatal("Data-Out data was not kept".into()));
+                }
+            }
+            self.filled += take;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Self::accept_data`] takes a Data-Out of `len` bytes at `offset` (and in
+    /// which R2T's range; `None` for unsolicited data), without changing anything: the
+    /// same answer for its header as for the whole PDU. Errors in the order that
+    /// `accept_data` reports them.
+    fn check_data(
+        &self,
+        unsolicited: bool,
+        offset: usize,
+        len: usize,
+        data_sn: u32,
+    ) -> Result<Option<usize>, DataError> {
+        let end = offset.saturating_add(len);
         if end > self.edtl {
             return Err(DataError::Fatal(
                 "Data-Out beyond the expected length".into(),
@@ -269,53 +329,69 @@ impl TaskSlot {
                     self.unsolicited_sn
                 )));
             }
-            self.unsolicited_sn += 1;
             if offset != self.unsolicited_offset {
                 return Err(DataError::Fatal(format!(
                     "unsolicited Data-Out at offset {offset}, expected {}",
                     self.unsolicited_offset
                 )));
             }
-            self.unsolicited_offset = end;
-            if final_bit {
-                self.unsolicited_open = false;
-            }
-        } else {
-            let r = self
-                .r2ts
-                .iter()
-                .position(|r| offset >= r.offset && end <= r.offset + r.len)
-                .ok_or_else(|| DataError::Fatal("Data-Out outside its R2T".into()))?;
-            let r2t = &mut self.r2ts[r];
-            if data_sn != r2t.next_data_sn {
-                return Err(DataError::Sequence(format!(
-                    "DataSN {data_sn}, expected {}",
-                    r2t.next_data_sn
-                )));
-            }
-            r2t.next_data_sn += 1;
-            if offset != r2t.offset + r2t.received {
-                return Err(DataError::Fatal(format!(
-                    "Data-Out at offset {offset}, expected {}",
-                    r2t.offset + r2t.received
-                )));
-            }
-            r2t.received += data.len();
-            if r2t.received >= r2t.len || final_bit {
-                self.r2ts.remove(r);
-            }
+            return Ok(None);
         }
-        // Place what falls inside the kept range.
-        if offset < self.need {
-            let take = (self.need - offset).min(data.len());
-            self.buf.as_mut_slice()[offset..offset + take].copy_from_slice(&data[..take]);
-            self.filled += take;
+        let r = self
+            .r2ts
+            .iter()
+            .position(|r| offset >= r.offset && end <= r.offset + r.len)
+            .ok_or_else(|| DataError::Fatal("Data-Out outside its R2T".into()))?;
+        let r2t = &self.r2ts[r];
+        if data_sn != r2t.next_data_sn {
+            return Err(DataError::Sequence(format!(
+                "DataSN {data_sn}, expected {}",
+                r2t.next_data_sn
+            )));
         }
-        Ok(())
+        if offset != r2t.offset + r2t.received {
+            return Err(DataError::Fatal(format!(
+                "Data-Out at offset {offset}, expected {}",
+                r2t.offset + r2t.received
+            )));
+        }
+        Ok(Some(r))
+    }
+
+    /// Where in the buffer accepted data of `len` bytes at `offset` goes: the part inside
+    /// the kept range [0, need), as (offset, bytes); `None` when none of it is kept.
+    fn placement(&self, offset: usize, len: usize) -> Option<(usize, usize)> {
+        (offset < self.need).then(|| (offset, (self.need - offset).min(len)))
+    }
+
+    /// Whether the slot holds a live task (one that task management, ITT checks and
+    /// Data-Out can find); a slot still sending the data of a finished task does not.
+    fn holds_task(&self) -> bool {
+        !matches!(self.state, SlotState::Free | SlotState::Sending)
     }
 
     fn data_complete(&self) -> bool {
         !self.unsolicited_open && self.r2ts.is_empty() && self.filled >= self.need
+    }
+}
+
+/// A Data-Out PDU's data as [`TaskSlot::accept_data`] gets it.
+#[derive(Clone, Copy)]
+enum Incoming<'a> {
+    /// In the PDU, to be placed.
+    Bytes(&'a [u8]),
+    /// `len` bytes streamed into the task's buffer already, where they belong.
+    Placed(usize),
+    /// `len` bytes read and dropped: the header showed they would not be accepted.
+    Dropped(usize),
+}
+
+impl Incoming<'_> {
+    fn len(&self) -> usize {
+        match *self {
+            Self::Bytes(d) => d.len(),
+            Self::Placed(n) | Self::Dropped(n) => n,
+        }
     }
 }
 
@@ -325,6 +401,15 @@ enum DataError {
     Sequence(String),
     /// Outside what was asked for: a protocol error that ends the connection.
     Fatal(String),
+}
+
+/// A Data-Out PDU being received whose data segment goes straight to its task's buffer.
+struct Inbound {
+    /// Slot, buffer offset and bytes kept there; `None`: the data is read and dropped.
+    place: Option<(usize, usize, usize)>,
+    /// Data bytes read so far, and their CRC32C.
+    received: usize,
+    crc: u32,
 }
 
 /// A task management response waiting for aborted tasks' I/O to finish.
@@ -396,8 +481,10 @@ pub struct IscsiConn {
     waiting: Vec<usize>,
     io: VecDeque<(usize, BlockIo)>,
     rx: Vec<u8>,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// The Data-Out whose data is streaming into its task's buffer (its header in `rx`).
+    inbound: Option<Inbound>,
+    /// What waits to be sent: staged PDUs, and Data-In data in its task's buffer.
+    out: GatherOutput,
     last_heard_ms: u64,
     ping: Option<(u32, u64)>,
     ping_ttt: u32,
@@ -450,8 +537,8 @@ impl IscsiConn {
             waiting: Vec::new(),
             io: VecDeque::new(),
             rx: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
+            inbound: None,
+            out: GatherOutput::default(),
             last_heard_ms: 0,
             ping: None,
             ping_ttt: 1,
@@ -461,17 +548,35 @@ impl IscsiConn {
         }
     }
 
-    /// Bytes to send.
-    pub fn output(&self) -> &[u8] {
-        &self.out[self.out_pos..]
+    /// Bytes waiting to be sent (all of [`Self::output_chunks`]).
+    pub fn output_len(&self) -> usize {
+        self.out.len()
     }
 
+    /// What waits to be sent, in order: staged PDUs, and Data-In data in its task's
+    /// buffer.
+    pub fn output_chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.out.chunks(|i| self.slots[i].buf.as_slice())
+    }
+
+    /// The first piece of the output (empty when there is none).
+    pub fn output(&self) -> &[u8] {
+        self.output_chunks().next().unwrap_or(&[])
+    }
+
+    /// `n` bytes of the output were sent: a slot whose Data-In data went out in full is
+    /// free.
     pub fn consume_output(&mut self, n: usize) {
-        self.out_pos += n;
-        if self.out_pos >= self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        }
+        let slots = &mut self.slots;
+        self.out.consume(n, |i| release_sent(&mut slots[i]));
+    }
+
+    /// All of the output, copied, as sent (for tests, fuzzing and callers that want one
+    /// buffer).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let all = output::concat(self.output_chunks(), self.output_len());
+        self.consume_output(all.len());
+        all
     }
 
     /// The connection is ending: close it once [`Self::output`] is sent.
@@ -565,11 +670,15 @@ impl IscsiConn {
         self.ready.clear();
         self.waiting.clear();
         self.io.clear();
+        // Unsent output goes nowhere now; the slots it lent from are free again.
+        let slots = &mut self.slots;
+        self.out.clear(|i| release_sent(&mut slots[i]));
     }
 
     /// Feeds received bytes and returns how many were taken.
     ///
-    /// Back-pressure: a new PDU is started only while [`Self::output`] holds less than
+    /// Back-pressure: a new PDU is started only while the output (all of
+    /// [`Self::output_chunks`], lent Data-In data included) holds less than
     /// [`OUTPUT_HIGH_WATER`] bytes, so an initiator that stops reading while it sends
     /// READs (immediate ones bypass the CmdSN window) cannot grow the output without
     /// bound. The caller keeps the rest and offers it again once the output has drained.
@@ -584,13 +693,14 @@ impl IscsiConn {
         }
         let mut taken = 0;
         while self.phase != Phase::Closing {
-            if self.rx.is_empty() && self.output().len() >= OUTPUT_HIGH_WATER {
+            if self.rx.is_empty() && self.out.len() >= OUTPUT_HIGH_WATER {
                 break;
             }
             if !self.gather(input, &mut taken, BHS_LEN) {
                 break;
             }
             let bhs = Bhs::new_unchecked(&self.rx[..BHS_LEN]);
+            let op = bhs.opcode();
             // Digests start with the full feature phase (section 13.1): an operational
             // round that negotiated them does not put them on the login PDUs that follow
             // (push_pdu sends login responses without them for the same reason).
@@ -610,6 +720,12 @@ impl IscsiConn {
                 self.protocol_error(&hdr, reject::PROTOCOL_ERROR, why);
                 break;
             }
+            if ffp && op == Opcode::DataOut && layout.data > 0 {
+                if !self.stream_data_out(input, &mut taken, &layout) {
+                    break;
+                }
+                continue;
+            }
             if !self.gather(input, &mut taken, layout.total) {
                 break;
             }
@@ -625,6 +741,80 @@ impl IscsiConn {
             return input.len();
         }
         taken
+    }
+
+    /// A Data-Out PDU of the full feature phase, its data segment streamed straight into
+    /// its task's buffer rather than gathered into `rx` first: the header is gathered and
+    /// its digest checked, then where the data goes is worked out from it (nowhere when the
+    /// PDU will not be accepted), the data is placed as it arrives with its digest
+    /// computed on the way, and once the padding and the digest are in, the PDU is checked
+    /// and handled as a whole one is in [`Self::received_pdu`], with the same errors in
+    /// the same order. True once the PDU is done; false when the input ran out first.
+    ///
+    /// Writing into the buffer before the data digest is checked is safe: a bad digest
+    /// ends the connection (ERL 0) before the task can be stepped, and only the task's own
+    /// PDUs change what is placed where, none of which can arrive in between.
+    fn stream_data_out(&mut self, input: &[u8], taken: &mut usize, layout: &PduLayout) -> bool {
+        if !self.gather(input, taken, layout.header) {
+            return false;
+        }
+        if self.inbound.is_none() {
+            if !layout.header_digest_ok(&self.rx) {
+                // ERL 0: a header digest error ends the connection (section 7.8).
+                self.events
+                    .push(ConnEvent::ProtocolError("header digest error".into()));
+                self.phase = Phase::Closing;
+                return true;
+            }
+            let place = self.data_out_placement(&self.rx[..BHS_LEN], layout.data);
+            self.inbound = Some(Inbound {
+                place,
+                received: 0,
+                crc: 0,
+            });
+        }
+        let Some(s) = self.inbound.as_mut() else {
+            return false;
+        };
+        let n = (layout.data - s.received).min(input.len() - *taken);
+        let chunk = &input[*taken..*taken + n];
+        s.crc = crc32c_append(s.crc, chunk);
+        if let Some((slot, at, take)) = s.place
+            && s.received < take
+        {
+            let k = (take - s.received).min(n);
+            let dst = at + s.received;
+            self.slots[slot].buf.as_mut_slice()[dst..dst + k].copy_from_slice(&chunk[..k]);
+        }
+        s.received += n;
+        *taken += n;
+        if s.received < layout.data {
+            return false;
+        }
+        // The padding and the data digest follow the header in `rx`.
+        if !self.gather(input, taken, layout.total - layout.data) {
+            return false;
+        }
+        let Some(s) = self.inbound.take() else {
+            return false;
+        };
+        let pad = padded(layout.data) - layout.data;
+        let tail = &self.rx[layout.header..];
+        let digest_ok = !layout.data_digest
+            || crc32c_append(s.crc, &tail[..pad]).to_le_bytes()[..] == tail[pad..pad + DIGEST_LEN];
+        let mut hdr = [0u8; BHS_LEN];
+        hdr.copy_from_slice(&self.rx[..BHS_LEN]);
+        self.rx.clear();
+        if !digest_ok {
+            self.protocol_error(&hdr, reject::DATA_DIGEST_ERROR, "data digest error".into());
+            return true;
+        }
+        let data = match s.place {
+            Some(_) => Incoming::Placed(layout.data),
+            None => Incoming::Dropped(layout.data),
+        };
+        self.data_out(&hdr, data);
+        true
     }
 
     /// Moves bytes from `input[*taken..]` into `rx` until it holds `want`; false when the
@@ -674,7 +864,7 @@ impl IscsiConn {
         }
         // Responses acknowledge ExpStatSN; nothing is kept for retransmission at ERL 0.
         match op {
-            Opcode::DataOut => self.data_out(bhs, data),
+            Opcode::DataOut => self.data_out(bhs, Incoming::Bytes(data)),
             Opcode::LoginRequest => {
                 let mut hdr = [0; BHS_LEN];
                 hdr.copy_from_slice(bhs);
@@ -1281,9 +1471,28 @@ impl IscsiConn {
 
     /// Appends a PDU; digests once the full feature phase starts (section 13.1).
     fn push_pdu(&mut self, bhs: &[u8; BHS_LEN], data: &[u8]) {
+        let (hd, dd) = self.digests();
+        self.out
+            .stage_with(|v| super::append_pdu(v, bhs, data, hd, dd));
+    }
+
+    /// Appends a PDU whose data segment is `len` bytes of slot `slot`'s buffer from
+    /// `start`, sent from there (header, digests and padding are staged around it);
+    /// `last`: the slot's last such PDU, after which it is released.
+    fn lend_pdu(&mut self, bhs: &[u8; BHS_LEN], slot: usize, start: usize, len: usize, last: bool) {
+        let (hd, dd) = self.digests();
+        self.out
+            .stage_with(|v| super::append_pdu_header(v, bhs, len, hd));
+        self.out.lend(slot, start, len, last);
+        let data = &self.slots[slot].buf.as_slice()[start..start + len];
+        self.out
+            .stage_with(|v| super::append_pdu_trailer(v, data, dd));
+    }
+
+    /// The digests the next PDU carries: none before the full feature phase (section 13.1).
+    fn digests(&self) -> (bool, bool) {
         let ffp = self.phase != Phase::Login;
-        let (hd, dd) = (ffp && self.neg.header_digest, ffp && self.neg.data_digest);
-        super::append_pdu(&mut self.out, bhs, data, hd, dd);
+        (ffp && self.neg.header_digest, ffp && self.neg.data_digest)
     }
 
     /// A target PDU header with the sequence numbers every response carries.
@@ -1486,7 +1695,7 @@ impl IscsiConn {
                 match self
                     .slots
                     .iter()
-                    .position(|s| s.state != SlotState::Free && s.itt == rt && !s.aborted)
+                    .position(|s| s.holds_task() && s.itt == rt && !s.aborted)
                 {
                     Some(i) => {
                         self.abort_slot(i);
@@ -1578,7 +1787,7 @@ impl IscsiConn {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state != SlotState::Free && !s.aborted && pred(s))
+            .filter(|(_, s)| s.holds_task() && !s.aborted && pred(s))
             .map(|(i, _)| i)
             .collect();
         for i in hits {
@@ -1605,7 +1814,12 @@ impl IscsiConn {
 
     fn free_slot(&mut self, i: usize) {
         let s = &mut self.slots[i];
-        if !s.immediate && s.state != SlotState::Free {
+        debug_assert_ne!(
+            s.state,
+            SlotState::Sending,
+            "its buffer is lent to the output"
+        );
+        if !s.immediate && s.holds_task() {
             self.queued = self.queued.saturating_sub(1);
         }
         s.state = SlotState::Free;
@@ -1643,11 +1857,7 @@ impl IscsiConn {
             self.respond_status(itt, scsi::status::BUSY, &[], 0, 0, 0);
             return;
         };
-        if self
-            .slots
-            .iter()
-            .any(|s| s.state != SlotState::Free && s.itt == itt)
-        {
+        if self.slots.iter().any(|s| s.holds_task() && s.itt == itt) {
             self.send_reject(bhs, reject::TASK_IN_PROGRESS);
             return;
         }
@@ -1765,16 +1975,9 @@ impl IscsiConn {
         }
     }
 
-    fn data_out(&mut self, bhs: &[u8], data: &[u8]) {
-        let h = Bhs::new_unchecked(bhs);
-        let itt = h.itt();
-        let ttt = h.u32_at(field::TTT);
-        let data_sn = h.u32_at(field::DATA_SN);
-        let offset = h.u32_at(field::BUFFER_OFFSET) as usize;
-        let final_bit = h.final_bit();
-        let mut hdr = [0u8; BHS_LEN];
-        hdr.copy_from_slice(bhs);
-        let slot = if ttt == RESERVED_TAG {
+    /// The slot collecting the data of a Data-Out with this ITT and TTT.
+    fn data_out_slot(&self, itt: u32, ttt: u32) -> Option<usize> {
+        if ttt == RESERVED_TAG {
             self.slots
                 .iter()
                 .position(|s| s.state == SlotState::Collecting && s.itt == itt)
@@ -1785,8 +1988,37 @@ impl IscsiConn {
                 .filter(|&i| {
                     self.slots[i].state == SlotState::Collecting && self.slots[i].itt == itt
                 })
-        };
-        let Some(slot) = slot else {
+        }
+    }
+
+    /// Where the `len` data bytes of the Data-Out with header `bhs` go when
+    /// [`Self::data_out`] will take them (slot, buffer offset, bytes kept), from the header
+    /// alone and changing nothing; `None` when they will be dropped or refused.
+    fn data_out_placement(&self, bhs: &[u8], len: usize) -> Option<(usize, usize, usize)> {
+        let h = Bhs::new_unchecked(bhs);
+        let ttt = h.u32_at(field::TTT);
+        let slot = self.data_out_slot(h.itt(), ttt)?;
+        let s = &self.slots[slot];
+        if s.task.as_ref().is_some_and(scsi::Task::aborted) {
+            return None;
+        }
+        let offset = h.u32_at(field::BUFFER_OFFSET) as usize;
+        s.check_data(ttt == RESERVED_TAG, offset, len, h.u32_at(field::DATA_SN))
+            .ok()?;
+        let (at, take) = s.placement(offset, len)?;
+        Some((slot, at, take))
+    }
+
+    fn data_out(&mut self, bhs: &[u8], data: Incoming<'_>) {
+        let h = Bhs::new_unchecked(bhs);
+        let itt = h.itt();
+        let ttt = h.u32_at(field::TTT);
+        let data_sn = h.u32_at(field::DATA_SN);
+        let offset = h.u32_at(field::BUFFER_OFFSET) as usize;
+        let final_bit = h.final_bit();
+        let mut hdr = [0u8; BHS_LEN];
+        hdr.copy_from_slice(bhs);
+        let Some(slot) = self.data_out_slot(itt, ttt) else {
             if ttt == RESERVED_TAG {
                 // Unsolicited data of a command that was ignored (outside the CmdSN
                 // window) or aborted: dropped with it.
@@ -1795,7 +2027,7 @@ impl IscsiConn {
             if usize::try_from(ttt)
                 .ok()
                 .and_then(|i| self.slots.get(i))
-                .is_some_and(|s| s.state == SlotState::Free)
+                .is_some_and(|s| !s.holds_task())
             {
                 // Data for a command that already failed or was aborted.
                 return;
@@ -1926,13 +2158,15 @@ impl IscsiConn {
         };
         let send = if s.read { data_in.min(edtl) } else { 0 };
         let collapse = status == scsi::status::GOOD && sense.is_empty() && send > 0;
-        // The buffer is lent out while the PDUs are built (one copy, into the output, not
-        // two); the freed slot is not taken again before it is back.
-        let buf = std::mem::take(&mut self.slots[slot].buf);
-        let data = &buf.as_slice()[..send];
         // The task is over: its slot leaves the CmdSN window before the headers are built,
         // so the status carries the MaxCmdSN the freed slot allows (otherwise it lags a PDU
-        // behind, and stays closed for an initiator that filled the window).
+        // behind, and stays closed for an initiator that filled the window). The data is
+        // sent from the slot's buffer, which stays taken (Sending) until it went out.
+        //
+        // Only this task's own Data-In headers can show the initiator that window before
+        // its data was consumed (whatever was built earlier went out before them, whatever
+        // later comes after), so at most one Sending slot lies beyond the window the
+        // initiator knows: the IMMEDIATE_SLOTS past the window leave room for it.
         self.free_slot(slot);
         let mut data_sn = 0u32;
         if send > 0 {
@@ -1964,12 +2198,12 @@ impl IscsiConn {
                 v.set_u32(field::TTT, RESERVED_TAG);
                 v.set_u32(field::DATA_SN, data_sn);
                 v.set_u32(field::BUFFER_OFFSET, off as u32);
-                self.push_pdu(&h, &data[off..off + n]);
+                self.lend_pdu(&h, slot, off, n, last);
                 data_sn += 1;
                 off += n;
             }
+            self.slots[slot].state = SlotState::Sending;
         }
-        self.slots[slot].buf = buf;
         if !collapse {
             self.respond_status(itt, status, sense, residual_flag, residual, data_sn);
         }
@@ -2001,6 +2235,13 @@ impl IscsiConn {
 }
 
 pub use crate::scsi::{decode_lun, encode_lun};
+
+/// The output sent the last of a slot's Data-In data: the slot is free for the next task.
+fn release_sent(s: &mut TaskSlot) {
+    if s.state == SlotState::Sending {
+        s.state = SlotState::Free;
+    }
+}
 
 /// A WRITE (6/10/12/16) or WRITE AND VERIFY (10/12/16) CDB cut to `bytes`, when that is a
 /// whole number of the LUN's blocks; `None` when it is not, or for any other command.

@@ -60,21 +60,41 @@ pub(crate) fn append_pdu(
     header_digest: bool,
     data_digest: bool,
 ) {
-    use target_wire::iscsi::{Bhs, digest, padded};
+    append_pdu_header(out, bhs, data.len(), header_digest);
+    out.extend_from_slice(data);
+    append_pdu_trailer(out, data, data_digest);
+}
+
+/// The part of a PDU before its data segment: the BHS with DataSegmentLength `data_len`
+/// and the header digest if negotiated.
+pub(crate) fn append_pdu_header(
+    out: &mut Vec<u8>,
+    bhs: &[u8; target_wire::iscsi::BHS_LEN],
+    data_len: usize,
+    header_digest: bool,
+) {
+    use target_wire::iscsi::{Bhs, digest};
     let mut hdr = *bhs;
-    let _ = Bhs::new_unchecked(&mut hdr[..]).set_data_segment_len(data.len());
+    let _ = Bhs::new_unchecked(&mut hdr[..]).set_data_segment_len(data_len);
     out.extend_from_slice(&hdr);
     if header_digest {
         out.extend_from_slice(&digest(&hdr));
     }
-    if !data.is_empty() {
-        let start = out.len();
-        out.extend_from_slice(data);
-        out.extend_from_slice(&[0u8; 3][..padded(data.len()) - data.len()]);
-        if data_digest {
-            let d = digest(&out[start..]);
-            out.extend_from_slice(&d);
-        }
+}
+
+/// The part of a PDU after its data segment `data` (which is not appended): the padding to
+/// 4 bytes and the data digest over data and padding if negotiated. Nothing when there is
+/// no data.
+pub(crate) fn append_pdu_trailer(out: &mut Vec<u8>, data: &[u8], data_digest: bool) {
+    use target_wire::crc32c::{crc32c, crc32c_append};
+    use target_wire::iscsi::padded;
+    if data.is_empty() {
+        return;
+    }
+    let pad = &[0u8; 3][..padded(data.len()) - data.len()];
+    out.extend_from_slice(pad);
+    if data_digest {
+        out.extend_from_slice(&crc32c_append(crc32c(data), pad).to_le_bytes());
     }
 }
 

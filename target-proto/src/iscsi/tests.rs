@@ -1,7 +1,8 @@
 //! Engine tests of an iSCSI connection (RFC 7143 at ErrorRecoveryLevel 0): the sans-I/O
 //! initiator [`IscsiHost`] or hand-built PDUs on one side, [`IscsiConn`] on the other, bytes
-//! shuttled between `output()`/`consume_output()` and `receive()`, and a memory disk
-//! executing the block operations. Each test asserts the PDUs and fields the target sends.
+//! shuttled between `take_output()` (or `output()`/`consume_output()` piece by piece) and
+//! `receive()`, and a memory disk executing the block operations. Each test asserts the
+//! PDUs and fields the target sends.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
@@ -429,9 +430,7 @@ impl Rig {
     /// digests it answered on.
     fn output(&mut self) -> Vec<Pdu> {
         let mut bytes = std::mem::take(&mut self.stash);
-        bytes.extend_from_slice(self.conn.output());
-        let k = self.conn.output().len();
-        self.conn.consume_output(k);
+        bytes.extend_from_slice(&self.conn.take_output());
         let pdus = parse_pdus(&bytes, self.digests);
         for p in &pdus {
             if p.op() != Opcode::LoginResponse {
@@ -467,9 +466,8 @@ impl Rig {
                 let n = self.conn.receive(rest, self.now);
                 rest = &rest[n..];
                 self.run_io();
-                self.stash.extend_from_slice(self.conn.output());
-                let k = self.conn.output().len();
-                self.conn.consume_output(k);
+                let out = self.conn.take_output();
+                self.stash.extend_from_slice(&out);
             }
         }
         self.run_io();
@@ -530,8 +528,9 @@ impl Rig {
         host.consume_output(to_target.len());
         self.sent = parse_pdus(&to_target, self.digests);
         self.receive(&to_target);
-        let mut bytes = self.stash.clone();
-        bytes.extend_from_slice(self.conn.output());
+        let out = self.conn.take_output();
+        self.stash.extend_from_slice(&out);
+        let bytes = self.stash.clone();
         let pdus = self.output();
         (pdus, host.receive(&bytes))
     }
@@ -1027,7 +1026,7 @@ fn full_feature_phase_implies_a_resolved_target_and_completed_chap() {
                 conn.receive(&blocks[i], 1_000);
                 assert_eq!(conn.check_login_invariants(), Ok(()), "{seq:?}");
             }
-            let bytes = conn.output().to_vec();
+            let bytes = conn.take_output();
             let granted = parse_pdus(&bytes, (false, false)).iter().any(|p| {
                 let r = p.login();
                 r.status == login_status::SUCCESS && r.transit && r.nsg == ffp
@@ -1569,6 +1568,111 @@ fn read_data_in_splits_at_the_initiators_mrdsl_and_bursts_with_status_last() {
     }
 }
 
+/// Feeds the host's pending PDUs to the target.
+fn to_target(rig: &mut Rig, host: &mut IscsiHost) {
+    let b = host.output().to_vec();
+    host.consume_output(b.len());
+    assert_eq!(rig.conn.receive(&b, rig.now), b.len());
+}
+
+/// Sends the target's output byte by byte into `sent` until `keep` bytes are left.
+fn send_bytewise(rig: &mut Rig, sent: &mut Vec<u8>, keep: usize) {
+    while rig.conn.output_len() > keep {
+        sent.push(rig.conn.output()[0]);
+        rig.conn.consume_output(1);
+    }
+}
+
+/// Feeds the host's pending PDUs to the target and takes the block operation they start,
+/// run on the disk: its slot and where its buffer lies.
+fn start_read(rig: &mut Rig, host: &mut IscsiHost) -> (usize, *const u8) {
+    to_target(rig, host);
+    let (slot, io) = rig.conn.next_io().expect("the read's block operation");
+    let buffer = rig.conn.buffer_mut(slot).as_ptr();
+    let outcome = execute(&rig.disk, &io.op, rig.conn.buffer_mut(slot));
+    rig.conn.io_done(slot, outcome);
+    (slot, buffer)
+}
+
+#[test]
+fn read_data_in_is_sent_from_the_task_buffer() {
+    let reg = registry();
+    let mut rig = Rig::new(&reg);
+    // 600 blocks: two Data-In PDUs at the host's MaxRecvDataSegmentLength of 256 KiB.
+    let len = 600 * BS;
+    let data = pattern(len, 5);
+    rig.disk.lock().unwrap()[..len].copy_from_slice(&data);
+    let mut o = opts();
+    o.header_digest = true;
+    o.data_digest = true;
+    let (mut host, _) = login(&mut rig, o);
+
+    host.command(LUN0, &read10(0, 600), Vec::new(), len);
+    let (slot, buffer) = start_read(&mut rig, &mut host);
+    let pieces: Vec<&[u8]> = rig.conn.output_chunks().collect();
+    assert_eq!(
+        pieces.iter().map(|p| p.len()).collect::<Vec<_>>(),
+        [BHS_LEN + 4, 262_144, 4 + BHS_LEN + 4, len - 262_144, 4],
+        "header, data, digest and the next header, data, digest"
+    );
+    assert_eq!(pieces[1].as_ptr(), buffer, "the data is the task's buffer");
+    assert_eq!(pieces[3].as_ptr(), buffer.wrapping_add(262_144));
+    let total = rig.conn.output_len();
+    assert_eq!(total, pieces.iter().map(|p| p.len()).sum::<usize>());
+
+    // Sent byte by byte: until the last byte of its data is taken (before the data
+    // digest's 4), the slot is not reused (another read gets another slot); after it, it is.
+    let mut sent = Vec::new();
+    send_bytewise(&mut rig, &mut sent, 1 + 4);
+    host.command(LUN0, &read10(8, 1), Vec::new(), BS);
+    let (other, _) = start_read(&mut rig, &mut host);
+    assert_ne!(other, slot, "the slot is still sending");
+    send_bytewise(&mut rig, &mut sent, 0);
+    host.command(LUN0, &read10(16, 1), Vec::new(), BS);
+    let (again, again_buffer) = start_read(&mut rig, &mut host);
+    assert_eq!(
+        (again, again_buffer),
+        (slot, buffer),
+        "free once its data went out"
+    );
+    sent.extend(rig.conn.take_output());
+
+    let pdus = parse_pdus(&sent, rig.digests);
+    assert_eq!(ops(&pdus), [Opcode::DataIn; 4]);
+    host.receive(&sent).expect("whole PDUs, digests right");
+    let c = host.completion().expect("the first read completes");
+    assert_eq!((c.status, c.data == data), (status::GOOD, true));
+    let c = host.completion().expect("the second read completes");
+    assert_eq!(c.data, data[8 * BS..9 * BS]);
+    let c = host.completion().expect("the third read completes");
+    assert_eq!(c.data, data[16 * BS..17 * BS]);
+}
+
+#[test]
+fn data_in_not_a_multiple_of_4_is_padded_after_the_lent_data_and_its_digest_covers_the_pad() {
+    let reg = registry();
+    let mut rig = Rig::new(&reg);
+    let mut o = opts();
+    o.data_digest = true;
+    let (mut host, _) = login(&mut rig, o);
+    // INQUIRY, 37 bytes: three of padding, then the digest over data and padding.
+    host.command(LUN0, &[0x12, 0, 0, 0, 37, 0], Vec::new(), 37);
+    to_target(&mut rig, &mut host);
+    let pieces: Vec<Vec<u8>> = rig.conn.output_chunks().map(<[u8]>::to_vec).collect();
+    assert_eq!(pieces.len(), 3, "header, data, padding and digest");
+    assert_eq!(pieces[1].len(), 37);
+    let mut padded_data = pieces[1].clone();
+    padded_data.extend([0; 3]);
+    assert_eq!(pieces[2][..3], [0; 3]);
+    assert_eq!(pieces[2][3..], digest(&padded_data));
+    let mut sent = Vec::new();
+    send_bytewise(&mut rig, &mut sent, 0);
+    assert_eq!(ops(&parse_pdus(&sent, rig.digests)), [Opcode::DataIn]);
+    host.receive(&sent).expect("whole PDUs, digests right");
+    let c = host.completion().expect("INQUIRY completes");
+    assert_eq!((c.status, c.data), (status::GOOD, pieces[1].clone()));
+}
+
 #[test]
 fn failed_reads_answer_with_sense_and_no_data() {
     let reg = registry();
@@ -1764,6 +1868,63 @@ fn a_data_sn_error_fails_the_command_and_keeps_the_connection() {
     let out = rig.command(6, flags::F, 0, &TUR, &[]);
     assert_eq!(out[0].code(), status::GOOD);
     assert_eq!(rig.disk_at(40, 2 * BS), [0; 2 * BS]);
+}
+
+#[test]
+fn data_out_streams_into_the_task_buffer_and_its_digest_is_checked_at_the_end() {
+    let reg = registry();
+    let mut rig = Rig::new(&reg);
+    let mut o = opts();
+    o.header_digest = true;
+    o.data_digest = true;
+    login(&mut rig, o);
+    let dg = rig.digests;
+    // Byte by byte: the data segment arrives in pieces and is placed as it comes.
+    let bytewise = |rig: &mut Rig, p: &[u8]| {
+        for b in p {
+            assert_eq!(rig.conn.receive(std::slice::from_ref(b), rig.now), 1);
+        }
+        rig.run_io();
+        rig.output()
+    };
+    let data = pattern(2 * BS, 4);
+    let b = rig.command_bhs(5, flags::W, 2 * BS as u32, &write10(40, 2));
+    assert!(bytewise(&mut rig, &frame(b, &[], dg)).is_empty());
+    // Lengths that need padding: 510 bytes, then 514.
+    for (sn, range, fin) in [(0, 0..510, false), (1, 510..1024, true)] {
+        let mut b = bhs(Opcode::DataOut, false, if fin { flags::F } else { 0 }, 5);
+        set_u32(&mut b, field::TTT, TAG);
+        set_u32(&mut b, field::DATA_SN, sn);
+        set_u32(&mut b, field::BUFFER_OFFSET, range.start as u32);
+        let out = bytewise(&mut rig, &frame(b, &data[range], dg));
+        if fin {
+            assert_eq!(ops(&out), [Opcode::ScsiResponse]);
+            assert_eq!(out[0].code(), status::GOOD);
+        } else {
+            assert!(out.is_empty());
+        }
+    }
+    assert_eq!(rig.disk_at(40, 2 * BS), data);
+
+    // A byte of data changed on the way: Reject (data digest error) once the digest is in,
+    // the connection ends, and nothing reaches the disk.
+    let b = rig.command_bhs(6, flags::W, BS as u32, &write10(80, 1));
+    assert!(bytewise(&mut rig, &frame(b, &[], dg)).is_empty());
+    let mut b = bhs(Opcode::DataOut, false, flags::F, 6);
+    set_u32(&mut b, field::TTT, TAG);
+    let mut pdu = frame(b, &pattern(BS, 6), dg);
+    pdu[BHS_LEN + 4 + 100] ^= 1;
+    let (head, digest) = pdu.split_at(pdu.len() - 1);
+    assert!(
+        bytewise(&mut rig, head).is_empty(),
+        "nothing before the digest"
+    );
+    let out = bytewise(&mut rig, digest);
+    assert_eq!(ops(&out), [Opcode::Reject]);
+    assert_eq!(out[0].code(), reject::DATA_DIGEST_ERROR);
+    assert_eq!(out[0].data[..BHS_LEN], pdu[..BHS_LEN]);
+    assert!(rig.conn.closing());
+    assert_eq!(rig.disk_at(80, BS), [0; BS]);
 }
 
 #[test]
@@ -2037,6 +2198,41 @@ fn abort_task_of_an_unknown_or_finished_task() {
     assert_eq!(out[0].code(), tmf::TASK_DOES_NOT_EXIST);
     let out = rig.tmf(6, tmf::TASK_REASSIGN, 3, sn);
     assert_eq!(out[0].code(), tmf::REASSIGNMENT_NOT_SUPPORTED);
+}
+
+#[test]
+fn task_management_and_teardown_leave_data_in_the_output_alone() {
+    let reg = registry();
+    let mut rig = session(&reg, TargetLimits::default());
+    let data = pattern(8 * BS, 7);
+    rig.disk.lock().unwrap()[..8 * BS].copy_from_slice(&data);
+    // Two reads answered, their data in the output (lent from their slots), not yet sent.
+    for itt in [3, 4] {
+        let b = rig.command_bhs(itt, flags::F | flags::R, 8 * BS as u32, &read10(0, 8));
+        rig.receive(&frame(b, &[], rig.digests));
+    }
+    assert!(rig.conn.output_len() > 2 * 8 * BS);
+    // They are over: ABORT TASK does not find them, a LUN reset does not touch them.
+    let out = rig.tmf(5, tmf::ABORT_TASK, 3, 0);
+    assert_eq!(
+        ops(&out),
+        [Opcode::DataIn, Opcode::DataIn, Opcode::TaskMgmtResponse]
+    );
+    assert_eq!((out[0].data == data, out[1].data == data), (true, true));
+    assert_eq!(out[2].code(), tmf::TASK_DOES_NOT_EXIST);
+    let b = rig.command_bhs(6, flags::F | flags::R, 8 * BS as u32, &read10(0, 8));
+    rig.receive(&frame(b, &[], rig.digests));
+    let out = rig.tmf(7, tmf::LOGICAL_UNIT_RESET, 0, 0);
+    assert_eq!(ops(&out), [Opcode::DataIn, Opcode::TaskMgmtResponse]);
+    assert!(out[0].data == data);
+    assert_eq!(out[1].code(), tmf::FUNCTION_COMPLETE);
+    // The connection goes with data unsent: the output is dropped with it.
+    let b = rig.command_bhs(8, flags::F | flags::R, 8 * BS as u32, &read10(0, 8));
+    rig.receive(&frame(b, &[], rig.digests));
+    assert!(rig.conn.output_len() > 8 * BS);
+    rig.conn.teardown();
+    assert_eq!(rig.conn.output_len(), 0);
+    assert!(rig.conn.output_chunks().next().is_none());
 }
 
 #[test]
@@ -2402,9 +2598,9 @@ fn an_initiator_that_stops_reading_stops_being_read() {
         taken += rig.conn.receive(&burst[taken..end], rig.now);
         rig.run_io();
         assert!(
-            rig.conn.output().len() <= bound,
+            rig.conn.output_len() <= bound,
             "output grew to {} bytes",
-            rig.conn.output().len()
+            rig.conn.output_len()
         );
     }
     assert!(
@@ -2414,9 +2610,8 @@ fn an_initiator_that_stops_reading_stops_being_read() {
     assert!(!rig.conn.closing());
     // Once it reads, every READ is answered.
     let mut responses = 0;
-    while taken < burst.len() || !rig.conn.output().is_empty() {
-        let out = rig.conn.output().to_vec();
-        rig.conn.consume_output(out.len());
+    while taken < burst.len() || rig.conn.output_len() > 0 {
+        let out = rig.conn.take_output();
         responses += parse_pdus(&out, rig.digests)
             .iter()
             .filter(|p| {

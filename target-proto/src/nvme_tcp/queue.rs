@@ -35,6 +35,7 @@ use crate::nvme::controller::{
     ResponseData,
 };
 use crate::nvme::subsystem::Registry;
+use crate::output::{self, GatherOutput};
 
 /// In-capsule data the controller accepts: IOCCSZ is reported as (64 + this) / 16. Linux's
 /// host sends writes up to this size in the capsule, saving the R2T round trip.
@@ -55,22 +56,9 @@ enum SlotState {
     InIo,
     /// An Asynchronous Event Request, answered only by an event.
     Held,
-    /// Answered, its read data still in the output (a [`Chunk::Slot`]): the buffer stays
-    /// untouched until the transport took it.
+    /// Answered, its read data still in the output (lent to it, see [`GatherOutput`]):
+    /// the buffer stays untouched until the transport took it.
     Sending,
-}
-
-/// A piece of the output, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    /// The next `len` bytes of the staging buffer.
-    Staged { len: usize },
-    /// `len` bytes of slot `slot`'s buffer from `start`.
-    Slot {
-        slot: usize,
-        start: usize,
-        len: usize,
-    },
 }
 
 pub use crate::block::{AlignedBuf, BUFFER_ALIGN};
@@ -125,12 +113,8 @@ pub struct NvmeTcpQueue {
     slots: Vec<Slot>,
     sink: Sink,
     ios: VecDeque<usize>,
-    /// Staged output bytes; the first `out_head` were sent already.
-    out: Vec<u8>,
-    out_head: usize,
-    /// The output, in order, and its length in bytes.
-    chunks: VecDeque<Chunk>,
-    pending: usize,
+    /// What waits to be sent: staged bytes and read data in slot buffers.
+    out: GatherOutput,
     /// The queue ends once `out` is sent.
     closing: bool,
     /// The host sent an H2CTermReq.
@@ -173,10 +157,7 @@ impl NvmeTcpQueue {
             slots: (0..MAX_QUEUE_ENTRIES).map(|_| Slot::new()).collect(),
             sink: Sink::Nowhere,
             ios: VecDeque::new(),
-            out: Vec::new(),
-            out_head: 0,
-            chunks: VecDeque::new(),
-            pending: 0,
+            out: GatherOutput::default(),
             closing: false,
             peer_terminated: false,
             started_ms: None,
@@ -186,23 +167,13 @@ impl NvmeTcpQueue {
 
     /// Bytes waiting to be sent (all of [`Self::output_chunks`]).
     pub fn output_len(&self) -> usize {
-        self.pending
+        self.out.len()
     }
 
     /// What waits to be sent, in order: staged headers and answers, and read data in
     /// its command's buffer.
     pub fn output_chunks(&self) -> impl Iterator<Item = &[u8]> {
-        let mut at = self.out_head;
-        self.chunks.iter().map(move |c| match *c {
-            Chunk::Staged { len } => {
-                let b = &self.out[at..at + len];
-                at += len;
-                b
-            }
-            Chunk::Slot { slot, start, len } => {
-                &self.slots[slot].buf.as_slice()[start..start + len]
-            }
-        })
+        self.out.chunks(|i| self.slots[i].buf.as_slice())
     }
 
     /// The first piece of the output (empty when there is none).
@@ -212,70 +183,20 @@ impl NvmeTcpQueue {
 
     /// `n` bytes of the output were sent: a slot whose data went out in full is free.
     pub fn consume_output(&mut self, n: usize) {
-        let mut n = n.min(self.pending);
-        self.pending -= n;
-        while n > 0 {
-            let Some(c) = self.chunks.front_mut() else {
-                break;
-            };
-            match c {
-                Chunk::Staged { len } => {
-                    let k = n.min(*len);
-                    *len -= k;
-                    self.out_head += k;
-                    n -= k;
-                    if *len == 0 {
-                        self.chunks.pop_front();
-                    }
-                }
-                Chunk::Slot { slot, start, len } => {
-                    let k = n.min(*len);
-                    *start += k;
-                    *len -= k;
-                    n -= k;
-                    if *len == 0 {
-                        let i = *slot;
-                        self.chunks.pop_front();
-                        let s = &mut self.slots[i];
-                        s.state = SlotState::Free;
-                        s.io = None;
-                    }
-                }
-            }
-        }
-        if self.chunks.is_empty() {
-            self.out.clear();
-            self.out_head = 0;
-        } else if self.out_head >= 64 * 1024 && self.out_head * 2 >= self.out.len() {
-            // Staged chunks know lengths, not offsets: dropping what was sent moves nothing
-            // they refer to.
-            self.out.drain(..self.out_head);
-            self.out_head = 0;
-        }
+        let slots = &mut self.slots;
+        self.out.consume(n, |i| {
+            let s = &mut slots[i];
+            s.state = SlotState::Free;
+            s.io = None;
+        });
     }
 
     /// All of the output, copied, as sent (for tests, fuzzing and callers that want one
     /// buffer).
     pub fn take_output(&mut self) -> Vec<u8> {
-        let mut all = Vec::with_capacity(self.pending);
-        for c in self.output_chunks() {
-            all.extend_from_slice(c);
-        }
+        let all = output::concat(self.output_chunks(), self.output_len());
         self.consume_output(all.len());
         all
-    }
-
-    /// Appends bytes to the output.
-    fn stage(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        self.out.extend_from_slice(bytes);
-        self.pending += bytes.len();
-        match self.chunks.back_mut() {
-            Some(Chunk::Staged { len }) => *len += bytes.len(),
-            _ => self.chunks.push_back(Chunk::Staged { len: bytes.len() }),
-        }
     }
 
     /// Whether the connection should be closed once the output is sent (after a
@@ -374,7 +295,7 @@ impl NvmeTcpQueue {
     /// of block operations in flight add at most a slot each.
     pub fn receive(&mut self, input: &[u8], registry: &Mutex<Registry>, now_ms: u64) -> usize {
         let mut rest = input;
-        while !self.closing && self.pending < OUTPUT_HIGH_WATER {
+        while !self.closing && self.out.len() < OUTPUT_HIGH_WATER {
             match self.reader.next(&mut rest) {
                 Ok(None) => break,
                 Ok(Some(event)) => {
@@ -397,7 +318,7 @@ impl NvmeTcpQueue {
             let header = self.reader.offending_header();
             let len = header.len().min(TERM_MAX_DATA);
             let pdu = writer::c2h_term_req(fes, fei, &header[..len]);
-            self.stage(pdu.header());
+            self.out.stage(pdu.header());
         }
         self.closing = true;
     }
@@ -453,7 +374,7 @@ impl NvmeTcpQueue {
     fn icreq(&mut self, header: &[u8]) -> Result<(), Fatal> {
         let req = IcRepr::parse(header).map_err(|_| Fatal::invalid_field(0))?;
         let (resp, n) = icreq::accept(&req, &self.params)?;
-        self.stage(writer::ic_resp(&resp).header());
+        self.out.stage(writer::ic_resp(&resp).header());
         self.reader.initialized(ReaderConfig {
             role: Role::Controller,
             header_digest: n.header_digest,
@@ -532,7 +453,7 @@ impl NvmeTcpQueue {
             let n = self.negotiated.expect("capsules come after ICReq");
             let ttag = u16::try_from(i).expect("slots fit a TTAG");
             let len = u32::try_from(s.expected).expect("bounded by MDTS");
-            self.stage(writer::r2t(cid, ttag, 0, len, &n).header());
+            self.out.stage(writer::r2t(cid, ttag, 0, len, &n).header());
         } else {
             s.state = SlotState::InIo;
             self.execute(i, registry, now_ms);
@@ -546,7 +467,7 @@ impl NvmeTcpQueue {
         let sqhd = self.controller.next_sqhd();
         let cqe = CqeRepr::new(cid, qid, sqhd, status).to_bytes();
         let n = self.negotiated.expect("capsules come after ICReq");
-        self.stage(writer::capsule_resp(&cqe, &n).header());
+        self.out.stage(writer::capsule_resp(&cqe, &n).header());
     }
 
     /// Answers a command with an error before it takes a slot; its in-capsule data (if
@@ -655,30 +576,24 @@ impl NvmeTcpQueue {
         if !data.is_empty() {
             let pdu = writer::c2h_data(cid, 0, data, true, success_flag, &n);
             let len = data.len();
+            self.out.stage(pdu.header());
             if in_slot {
-                self.stage(pdu.header());
-                self.pending += len;
-                self.chunks.push_back(Chunk::Slot {
-                    slot: i,
-                    start: 0,
-                    len,
-                });
+                self.out.lend(i, 0, len, true);
                 sending = true;
             } else {
                 // Identify and log pages: built for this answer, small.
-                let owned = data.to_vec();
-                self.stage(pdu.header());
-                self.stage(&owned);
+                self.out.stage(data);
             }
             if let Some(d) = pdu.data_digest {
-                self.stage(&d);
+                self.out.stage(&d);
             }
         }
         if !success_flag {
             let mut cqe = CqeRepr::new(cid, qid, sqhd, r.status);
             cqe.dw0 = r.dw0;
             cqe.dw1 = r.dw1;
-            self.stage(writer::capsule_resp(&cqe.to_bytes(), &n).header());
+            self.out
+                .stage(writer::capsule_resp(&cqe.to_bytes(), &n).header());
         }
         let s = &mut self.slots[i];
         if sending {

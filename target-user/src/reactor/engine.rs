@@ -108,39 +108,23 @@ impl Engine {
     pub fn output_len(&self) -> usize {
         match self {
             Self::Nvme(q) => q.output_len(),
-            Self::Iscsi(c) => c.output().len(),
+            Self::Iscsi(c) => c.output_len(),
             Self::NvmeRdma(_) => 0,
         }
     }
 
-    /// Fills `into` with the pieces waiting to be sent, in order (NVMe/TCP read data is
-    /// a piece of its command's buffer, sent from there); returns how many it filled.
-    /// Pieces that do not fit wait for the next call.
+    /// Fills `into` with the pieces waiting to be sent, in order (NVMe/TCP C2HData and
+    /// iSCSI Data-In data are pieces of their command's buffer, sent from there); returns
+    /// how many it filled. Pieces that do not fit wait for the next call.
     pub fn output_slices<'a>(&'a self, into: &mut [IoSlice<'a>]) -> usize {
-        let mut k = 0;
-        let mut put = |b: &'a [u8]| {
-            if k < into.len() && !b.is_empty() {
-                into[k] = IoSlice::new(b);
-                k += 1;
-            }
-            k < into.len()
-        };
         match self {
-            Self::Nvme(q) => {
-                for b in q.output_chunks() {
-                    if !put(b) {
-                        break;
-                    }
-                }
-            }
-            Self::Iscsi(c) => {
-                put(c.output());
-            }
-            Self::NvmeRdma(_) => {}
+            Self::Nvme(q) => fill_slices(q.output_chunks(), into),
+            Self::Iscsi(c) => fill_slices(c.output_chunks(), into),
+            Self::NvmeRdma(_) => 0,
         }
-        k
     }
 
+    /// `n` bytes of the output were sent (from the first piece on).
     pub fn consume_output(&mut self, n: usize) {
         match self {
             Self::Nvme(q) => q.consume_output(n),
@@ -250,6 +234,16 @@ impl Engine {
             Self::NvmeRdma(q) => format!("NVMe/RDMA qid {}", q.negotiated().qid),
         }
     }
+}
+
+/// Puts the non-empty `chunks` into `into` while there is room; how many it put.
+fn fill_slices<'a>(chunks: impl Iterator<Item = &'a [u8]>, into: &mut [IoSlice<'a>]) -> usize {
+    let mut k = 0;
+    for b in chunks.filter(|b| !b.is_empty()).take(into.len()) {
+        into[k] = IoSlice::new(b);
+        k += 1;
+    }
+    k
 }
 
 /// Debug builds only (the end-to-end tests run them): panics when received bytes contain
