@@ -229,6 +229,13 @@ impl App {
             }
         });
         let _ = (stack.connections(), stack.poll_delay(self.now));
+        // Every connection named ready is one the stack holds for the user.
+        let mut ready = Vec::new();
+        stack.take_ready(&mut ready);
+        for id in ready {
+            let _ = stack.state(id);
+        }
+        let _ = stack.visited();
     }
 }
 

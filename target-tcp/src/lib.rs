@@ -12,9 +12,11 @@
 //! Why smoltcp: it is well kept, sans-I/O, and has window scaling, Reno (the
 //! `socket-tcp-reno` feature: without it smoltcp has no congestion control at all), RTO per
 //! RFC 6298, fast retransmit, out-of-order reassembly, zero-window probes, keep-alive and
-//! TIME_WAIT. What it lacks (no SACK; a linear scan of the sockets on every poll; random
-//! rather than RFC 6528 ISNs, which are at least as hard to predict) does not matter at the
-//! connection counts a storage target serves per queue.
+//! TIME_WAIT. What it lacked for a target that holds many idle connections, a visit to every
+//! socket on every poll, is patched (third_party/README.md): a poll here visits the
+//! connections a segment arrived for, that the user wrote to, read from or let go, and whose
+//! timer is due ([`Stack::take_ready`] tells the user which), and looks at every connection
+//! only every 100 ms for the stack's own timeouts. No SACK.
 //!
 //! The device works at the IP layer ([`phy::Medium::Ip`]): Ethernet framing, and learning
 //! the next hop's MAC from received frames, belong to the AF_XDP device in target-user,
@@ -24,12 +26,14 @@
 
 extern crate alloc;
 
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 
-use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketHandle, SocketSet};
+use smoltcp::iface::{
+    Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -140,7 +144,23 @@ struct Slot {
     /// The user let go of it (or it was refused or reset before being accepted): it is
     /// closing and is removed once smoltcp is done with it.
     released: bool,
+    /// Its (local, remote) endpoints, once known: its key in `Stack::by_tuple`.
+    tuple: Option<Tuple>,
+    /// When its next timer is due (its key in `Stack::timers`), if it has one.
+    deadline: Option<u64>,
+    /// In `Stack::touched`: it is visited on the next poll.
+    touched: bool,
+    /// In `Stack::ready`: the user is told it may have something to do.
+    ready: bool,
 }
+
+/// A connection's (local, remote) endpoints.
+type Tuple = (IpEndpoint, IpEndpoint);
+
+/// How often every connection is looked at for the timeouts the stack keeps itself
+/// (handshake, closing): between two sweeps a poll visits only the connections something
+/// happened to.
+const SWEEP_US: u64 = 100_000;
 
 /// The user-space TCP/IP stack of one queue.
 pub struct Stack {
@@ -152,8 +172,24 @@ pub struct Stack {
     conns: Vec<Option<Slot>>,
     free: Vec<usize>,
     accepted: VecDeque<Accepted>,
-    /// (local, remote) of every connection's socket, gathered before each poll (see [`Guard`]).
-    tuples: Vec<(IpEndpoint, IpEndpoint)>,
+    /// Connections by (local, remote): what [`Guard`] finds a received segment's connection
+    /// with.
+    by_tuple: BTreeMap<Tuple, usize>,
+    /// Connections something happened to (a segment arrived, the user sent, read or let go,
+    /// a timer is due) since the last egress: only these are visited, so a poll costs what
+    /// the active connections need however many are idle.
+    touched: Vec<usize>,
+    /// What [`Guard`] saw arrive for which connection, as received (may repeat).
+    arrived: Vec<usize>,
+    /// Connections whose timer is due at the time, by time.
+    timers: BTreeSet<(u64, usize)>,
+    /// Connections the user should look at (see [`Stack::take_ready`]).
+    ready: Vec<ConnId>,
+    /// Scratch: the sockets of one egress.
+    handles: Vec<SocketHandle>,
+    last_sweep_us: u64,
+    /// Sockets the last egress visited.
+    visited: usize,
     now_us: u64,
     /// Connections refused at `max_connections`, per port (one entry per configured port,
     /// so counting never allocates).
@@ -195,7 +231,14 @@ impl Stack {
             conns: Vec::new(),
             free: Vec::new(),
             accepted: VecDeque::new(),
-            tuples: Vec::new(),
+            by_tuple: BTreeMap::new(),
+            touched: Vec::new(),
+            arrived: Vec::new(),
+            timers: BTreeSet::new(),
+            ready: Vec::new(),
+            handles: Vec::new(),
+            last_sweep_us: now_us,
+            visited: 0,
             now_us,
             refused: Vec::new(),
             retired_retransmits: (0, 0),
@@ -289,10 +332,74 @@ impl Stack {
         }
     }
 
-    fn insert(&mut self, slot: Slot) {
+    /// Puts a new connection in a free slot; its index.
+    fn insert(&mut self, slot: Slot) -> usize {
         match self.free.pop() {
-            Some(k) => self.conns[k] = Some(slot),
-            None => self.conns.push(Some(slot)),
+            Some(k) => {
+                self.conns[k] = Some(slot);
+                k
+            }
+            None => {
+                self.conns.push(Some(slot));
+                self.conns.len() - 1
+            }
+        }
+    }
+
+    /// Frees connection `k`: its socket, its index entry and its timer.
+    fn remove_conn(&mut self, k: usize) {
+        let Some(slot) = self.conns.get_mut(k).and_then(Option::take) else {
+            return;
+        };
+        if let Some(t) = slot.tuple
+            && self.by_tuple.get(&t) == Some(&k)
+        {
+            self.by_tuple.remove(&t);
+        }
+        if let Some(d) = slot.deadline {
+            self.timers.remove(&(d, k));
+        }
+        self.remove_socket(slot.handle);
+        self.free.push(k);
+    }
+
+    /// Connection `k` is visited on the next poll (and egress).
+    fn touch(&mut self, k: usize) {
+        if let Some(Some(slot)) = self.conns.get_mut(k)
+            && !slot.touched
+        {
+            slot.touched = true;
+            self.touched.push(k);
+        }
+    }
+
+    /// The user is told to look at connection `k` (if it holds it).
+    fn make_ready(&mut self, k: usize) {
+        if let Some(Some(slot)) = self.conns.get_mut(k)
+            && slot.accepted
+            && !slot.released
+            && !slot.ready
+        {
+            slot.ready = true;
+            self.ready.push(ConnId(k));
+        }
+    }
+
+    /// Sockets the last [`Stack::poll`] visited to send (the connections something happened
+    /// to): what a poll costs grows with these, not with the connections held.
+    pub fn visited(&self) -> usize {
+        self.visited
+    }
+
+    /// Connections that may have something for their user since the last call: data or
+    /// room to send arrived, the peer closed or reset, a timer ended it. Only these need
+    /// [`Stack::recv`], [`Stack::send`] and [`Stack::state`] (and the ones just accepted).
+    pub fn take_ready(&mut self, into: &mut Vec<ConnId>) {
+        for id in self.ready.drain(..) {
+            if let Some(Some(slot)) = self.conns.get_mut(id.0) {
+                slot.ready = false;
+            }
+            into.push(id);
         }
     }
 
@@ -326,10 +433,7 @@ impl Stack {
         waiting.sort_unstable();
         let excess = waiting.len() - self.config.max_time_wait;
         for &(_, k) in &waiting[..excess] {
-            if let Some(slot) = self.conns[k].take() {
-                self.remove_socket(slot.handle);
-                self.free.push(k);
-            }
+            self.remove_conn(k);
         }
     }
 
@@ -371,12 +475,29 @@ impl Stack {
             return false;
         };
         slot.released = true;
-        self.sockets.get_mut::<tcp::Socket<'_>>(slot.handle).abort();
+        let h = slot.handle;
+        self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
+        if let Some(k) = self
+            .conns
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.handle == h))
+        {
+            self.touch(k);
+        }
         true
     }
 
-    /// Moves listeners that received a SYN to the connections, and frees what is finished.
+    /// Moves listeners that received a SYN to the connections, and looks at every
+    /// connection (timeouts, what is finished).
     fn housekeeping(&mut self) {
+        self.listeners_to_conns();
+        for k in 0..self.conns.len() {
+            self.tend(k);
+        }
+    }
+
+    /// Listeners that received a SYN become connections (or are refused at the limit).
+    fn listeners_to_conns(&mut self) {
         let mut i = 0;
         while i < self.listeners.len() {
             let h = self.listeners[i].1;
@@ -398,76 +519,89 @@ impl Stack {
                 // gets in, and established connections are never touched.
                 refuse = false;
             }
+            let s = self.sockets.get_mut::<tcp::Socket<'_>>(h);
             if refuse {
                 // Its SYN-ACK may be out already (or, refused during `poll_ingress`, never
                 // is): RST follows on the next poll either way.
-                self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
+                s.abort();
                 if let Some(r) = self.refused.iter_mut().find(|r| r.0 == port) {
                     r.1 += 1;
                 }
             }
-            self.insert(Slot {
+            let tuple = s.local_endpoint().zip(s.remote_endpoint());
+            let k = self.insert(Slot {
                 handle: h,
                 since_us: self.now_us,
                 accepted: false,
                 released: refuse,
+                tuple,
+                deadline: None,
+                touched: false,
+                ready: false,
             });
-        }
-        for k in 0..self.conns.len() {
-            let Some(slot) = &mut self.conns[k] else {
-                continue;
-            };
-            let s = self.sockets.get_mut::<tcp::Socket<'_>>(slot.handle);
-            let age = self.now_us.saturating_sub(slot.since_us);
-            match s.state() {
-                // Reset by its peer during the handshake, smoltcp made it a listener again,
-                // one more than the backlog: `replenish` already replaced it.
-                tcp::State::Listen if !slot.accepted => {
-                    let h = slot.handle;
-                    self.remove_socket(h);
-                    self.conns[k] = None;
-                    self.free.push(k);
-                }
-                tcp::State::SynReceived if age > self.config.handshake_timeout_us => {
-                    s.abort();
-                    slot.released = true;
-                }
-                // smoltcp forgets the endpoints once the RST of an abort is out (at once when
-                // there is none to send): only then may the socket go.
-                tcp::State::Closed if slot.released && s.remote_endpoint().is_none() => {
-                    let h = slot.handle;
-                    self.remove_socket(h);
-                    self.conns[k] = None;
-                    self.free.push(k);
-                }
-                // Still the user's, or its RST not out yet.
-                tcp::State::Closed => {}
-                // TIME-WAIT ends by itself.
-                tcp::State::TimeWait => {}
-                _ if slot.released => {
-                    // Nobody reads it any more: what arrives is dropped, so that a full
-                    // receive window does not keep the peer from sending the rest and its
-                    // FIN.
-                    while s.recv(|b| (b.len(), b.len())).is_ok_and(|n| n > 0) {}
-                    // A peer that acknowledged the FIN but never closes its side would keep
-                    // the socket in FIN-WAIT-2 for ever.
-                    if age > self.config.timeout_us {
-                        s.abort();
-                    }
-                }
-                _ => {}
+            if let Some(t) = tuple {
+                self.by_tuple.insert(t, k);
             }
+            self.touch(k);
+        }
+    }
+
+    /// Frees connection `k` when it is finished, ends it when it timed out.
+    fn tend(&mut self, k: usize) {
+        let Some(Some(slot)) = self.conns.get_mut(k) else {
+            return;
+        };
+        let s = self.sockets.get_mut::<tcp::Socket<'_>>(slot.handle);
+        let age = self.now_us.saturating_sub(slot.since_us);
+        match s.state() {
+            // Reset by its peer during the handshake, smoltcp made it a listener again,
+            // one more than the backlog: `replenish` already replaced it.
+            tcp::State::Listen if !slot.accepted => self.remove_conn(k),
+            tcp::State::SynReceived if age > self.config.handshake_timeout_us => {
+                s.abort();
+                slot.released = true;
+                self.touch(k);
+            }
+            // smoltcp forgets the endpoints once the RST of an abort is out (at once when
+            // there is none to send): only then may the socket go.
+            tcp::State::Closed if slot.released && s.remote_endpoint().is_none() => {
+                self.remove_conn(k);
+            }
+            // Still the user's, or its RST not out yet.
+            tcp::State::Closed => {}
+            // TIME-WAIT ends by itself.
+            tcp::State::TimeWait => {}
+            _ if slot.released => {
+                // Nobody reads it any more: what arrives is dropped, so that a full
+                // receive window does not keep the peer from sending the rest and its
+                // FIN.
+                while s.recv(|b| (b.len(), b.len())).is_ok_and(|n| n > 0) {}
+                // A peer that acknowledged the FIN but never closes its side would keep
+                // the socket in FIN-WAIT-2 for ever.
+                if age > self.config.timeout_us {
+                    s.abort();
+                    self.touch(k);
+                }
+            }
+            _ => {}
         }
     }
 
     /// Connections that completed their handshake since the last call go to `accepted`.
     fn collect_established(&mut self) {
         for k in 0..self.conns.len() {
-            let Some(slot) = &mut self.conns[k] else {
-                continue;
+            self.establish(k);
+        }
+    }
+
+    /// Connection `k` goes to `accepted` if it completed its handshake.
+    fn establish(&mut self, k: usize) {
+        {
+            let Some(Some(slot)) = self.conns.get_mut(k) else {
+                return;
             };
             if slot.released || slot.accepted {
-                continue;
+                return;
             }
             let s = self.sockets.get::<tcp::Socket<'_>>(slot.handle);
             match (s.state(), s.local_endpoint(), s.remote_endpoint()) {
@@ -509,23 +643,14 @@ impl Stack {
         egress: bool,
     ) -> bool {
         self.now_us = now_us;
-        self.tuples.clear();
-        for slot in self.conns.iter().flatten() {
-            let s = self.sockets.get::<tcp::Socket<'_>>(slot.handle);
-            if let (Some(local), Some(remote)) = (s.local_endpoint(), s.remote_endpoint()) {
-                self.tuples.push((local, remote));
-            }
-        }
-        let mut device = Guard {
-            inner: device,
-            tuples: &self.tuples,
-        };
         let now = instant(now_us);
-        let changed = if egress {
-            self.iface.poll(now, &mut device, &mut self.sockets)
-                == smoltcp::iface::PollResult::SocketStateChanged
-        } else {
-            let mut changed = false;
+        let mut changed = false;
+        {
+            let mut device = Guard {
+                inner: &mut *device,
+                by_tuple: &self.by_tuple,
+                arrived: &mut self.arrived,
+            };
             loop {
                 match self
                     .iface
@@ -536,21 +661,108 @@ impl Stack {
                     PollIngressSingleResult::SocketStateChanged => changed = true,
                 }
             }
-            changed
-        };
-        self.housekeeping();
-        self.trim_time_wait();
-        self.collect_established();
+        }
+        let mut arrived = core::mem::take(&mut self.arrived);
+        for &k in &arrived {
+            self.touch(k);
+            self.make_ready(k);
+        }
+        arrived.clear();
+        self.arrived = arrived;
+        self.listeners_to_conns();
+        if egress {
+            // Timers that are due: their sockets are visited like the touched ones.
+            while let Some(&(d, k)) = self.timers.first() {
+                if d > now_us {
+                    break;
+                }
+                self.timers.pop_first();
+                if let Some(Some(slot)) = self.conns.get_mut(k) {
+                    slot.deadline = None;
+                }
+                self.touch(k);
+                self.make_ready(k);
+            }
+            changed |= self.egress(now, device);
+        }
+        let mut touched = core::mem::take(&mut self.touched);
+        let mut time_wait = false;
+        for &k in &touched {
+            self.tend(k);
+            self.establish(k);
+            if let Some(Some(slot)) = self.conns.get(k) {
+                time_wait |= slot.released
+                    && self.sockets.get::<tcp::Socket<'_>>(slot.handle).state()
+                        == tcp::State::TimeWait;
+            }
+        }
+        if egress {
+            // Visited: their next timers.
+            for &k in &touched {
+                let Some(Some(slot)) = self.conns.get_mut(k) else {
+                    continue;
+                };
+                slot.touched = false;
+                let next = self
+                    .iface
+                    .socket_poll_at(now, &self.sockets, slot.handle)
+                    .map(|t| u64::try_from(t.total_micros()).unwrap_or(0));
+                if next != slot.deadline {
+                    if let Some(d) = slot.deadline {
+                        self.timers.remove(&(d, k));
+                    }
+                    if let Some(d) = next {
+                        self.timers.insert((d, k));
+                    }
+                    slot.deadline = next;
+                }
+            }
+            touched.clear();
+        }
+        // Entries of `touched` that another part of this poll added stay for the next.
+        touched.append(&mut self.touched);
+        self.touched = touched;
+        if time_wait {
+            self.trim_time_wait();
+        }
+        if now_us.saturating_sub(self.last_sweep_us) >= SWEEP_US {
+            self.last_sweep_us = now_us;
+            self.housekeeping();
+            self.trim_time_wait();
+            self.collect_established();
+        }
         self.replenish();
+        changed
+    }
+
+    /// Sends what the touched connections have to send (one segment per socket per round,
+    /// as smoltcp dispatches, until none has more or the device is full).
+    fn egress<D: phy::Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
+        self.handles.clear();
+        for &k in &self.touched {
+            if let Some(Some(slot)) = self.conns.get(k) {
+                self.handles.push(slot.handle);
+            }
+        }
+        self.visited = self.handles.len();
+        let mut changed = false;
+        while self
+            .iface
+            .poll_egress_sockets(now, device, &mut self.sockets, &self.handles)
+            == PollResult::SocketStateChanged
+        {
+            changed = true;
+        }
         changed
     }
 
     /// Microseconds until the stack's next timer (retransmission, delayed ACK, keep-alive),
     /// `None` when none is pending.
     pub fn poll_delay(&mut self, now_us: u64) -> Option<u64> {
-        self.iface
-            .poll_delay(instant(now_us), &self.sockets)
-            .map(|d| d.total_micros())
+        if !self.touched.is_empty() {
+            return Some(0);
+        }
+        self.timers.first().map(|&(d, _)| d.saturating_sub(now_us))
     }
 
     /// The next connection that completed its handshake.
@@ -572,7 +784,16 @@ impl Stack {
     /// receive buffer is a ring); `f` returns how many it took, and what it leaves stays
     /// in the buffer (so the window the peer sees closes: back-pressure). Returns how many
     /// bytes were taken.
-    pub fn recv(&mut self, id: ConnId, mut f: impl FnMut(&[u8]) -> usize) -> usize {
+    pub fn recv(&mut self, id: ConnId, f: impl FnMut(&[u8]) -> usize) -> usize {
+        let n = self.recv_inner(id, f);
+        if n > 0 {
+            // The window it opened may need announcing.
+            self.touch(id.0);
+        }
+        n
+    }
+
+    fn recv_inner(&mut self, id: ConnId, mut f: impl FnMut(&[u8]) -> usize) -> usize {
         let Some(s) = self.socket_mut(id) else {
             return 0;
         };
@@ -602,10 +823,14 @@ impl Stack {
     /// Queues as much of `data` as the send buffer takes; returns how much. The segments go
     /// out on the next [`Self::poll`].
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> usize {
-        match self.socket_mut(id) {
+        let n = match self.socket_mut(id) {
             Some(s) if s.may_send() => s.send_slice(data).unwrap_or(0),
             _ => 0,
+        };
+        if n > 0 {
+            self.touch(id.0);
         }
+        n
     }
 
     /// Bytes queued for sending and not yet acknowledged.
@@ -645,6 +870,7 @@ impl Stack {
         } else {
             s.abort();
         }
+        self.touch(id.0);
     }
 
     /// Whether a connection from `peer` to our `port` is handshaking or established (not
@@ -695,7 +921,9 @@ impl Stack {
 /// its SYN-ACK, so hiding them changes nothing else.
 struct Guard<'a, D: ?Sized> {
     inner: &'a mut D,
-    tuples: &'a [(IpEndpoint, IpEndpoint)],
+    by_tuple: &'a BTreeMap<Tuple, usize>,
+    /// The connections segments arrived for, in order (may repeat).
+    arrived: &'a mut Vec<usize>,
 }
 
 impl<D: phy::Device + ?Sized> phy::Device for Guard<'_, D> {
@@ -712,7 +940,8 @@ impl<D: phy::Device + ?Sized> phy::Device for Guard<'_, D> {
         let (rx, tx) = self.inner.receive(timestamp)?;
         let rx = GuardRx {
             inner: rx,
-            tuples: self.tuples,
+            by_tuple: self.by_tuple,
+            arrived: &mut *self.arrived,
         };
         Some((rx, tx))
     }
@@ -728,7 +957,8 @@ impl<D: phy::Device + ?Sized> phy::Device for Guard<'_, D> {
 
 struct GuardRx<'a, R> {
     inner: R,
-    tuples: &'a [(IpEndpoint, IpEndpoint)],
+    by_tuple: &'a BTreeMap<Tuple, usize>,
+    arrived: &'a mut Vec<usize>,
 }
 
 impl<R: phy::RxToken> phy::RxToken for GuardRx<'_, R> {
@@ -736,13 +966,19 @@ impl<R: phy::RxToken> phy::RxToken for GuardRx<'_, R> {
     where
         F: FnOnce(&[u8]) -> T,
     {
-        let tuples = self.tuples;
+        let (by_tuple, arrived) = (self.by_tuple, self.arrived);
         self.inner.consume(|packet| {
-            if stray_syn(packet, tuples) {
+            let Some((tuple, syn)) = segment_of(packet) else {
+                return f(packet);
+            };
+            match by_tuple.get(&tuple) {
                 // smoltcp skips empty frames.
-                f(&[])
-            } else {
-                f(packet)
+                Some(_) if syn => f(&[]),
+                Some(&k) => {
+                    arrived.push(k);
+                    f(packet)
+                }
+                None => f(packet),
             }
         })
     }
@@ -752,19 +988,15 @@ impl<R: phy::RxToken> phy::RxToken for GuardRx<'_, R> {
     }
 }
 
-/// Whether `packet` is a TCP segment without ACK or RST for one of `tuples` (local, remote).
-fn stray_syn(packet: &[u8], tuples: &[(IpEndpoint, IpEndpoint)]) -> bool {
-    if tuples.is_empty() {
-        return false;
-    }
+/// The (local, remote) endpoints of a TCP segment in `packet`, and whether it is one
+/// without ACK or RST (a SYN).
+fn segment_of(packet: &[u8]) -> Option<(Tuple, bool)> {
     let (src, dst, segment): (IpAddress, IpAddress, Option<&[u8]>) =
         match packet.first().map(|b| b >> 4) {
             Some(4) => {
-                let Ok(ip) = Ipv4Packet::new_checked(packet) else {
-                    return false;
-                };
+                let ip = Ipv4Packet::new_checked(packet).ok()?;
                 if ip.next_header() != IpProtocol::Tcp {
-                    return false;
+                    return None;
                 }
                 let range = usize::from(ip.header_len())..usize::from(ip.total_len());
                 (
@@ -774,11 +1006,9 @@ fn stray_syn(packet: &[u8], tuples: &[(IpEndpoint, IpEndpoint)]) -> bool {
                 )
             }
             Some(6) => {
-                let Ok(ip) = Ipv6Packet::new_checked(packet) else {
-                    return false;
-                };
+                let ip = Ipv6Packet::new_checked(packet).ok()?;
                 if ip.next_header() != IpProtocol::Tcp {
-                    return false;
+                    return None;
                 }
                 let range = IPV6_HEADER_LEN..IPV6_HEADER_LEN + usize::from(ip.payload_len());
                 (
@@ -787,17 +1017,12 @@ fn stray_syn(packet: &[u8], tuples: &[(IpEndpoint, IpEndpoint)]) -> bool {
                     packet.get(range),
                 )
             }
-            _ => return false,
+            _ => return None,
         };
-    let Some(Ok(tcp)) = segment.map(TcpPacket::new_checked) else {
-        return false;
-    };
-    if tcp.ack() || tcp.rst() {
-        return false;
-    }
+    let tcp = TcpPacket::new_checked(segment?).ok()?;
     let local = IpEndpoint::new(dst, tcp.dst_port());
     let remote = IpEndpoint::new(src, tcp.src_port());
-    tuples.contains(&(local, remote))
+    Some(((local, remote), !tcp.ack() && !tcp.rst()))
 }
 
 pub mod checksum;

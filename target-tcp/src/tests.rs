@@ -453,8 +453,44 @@ struct EchoConn {
     released: bool,
 }
 
+impl EchoConn {
+    /// Reads what arrived and sends back what fits.
+    fn echo(&mut self, stack: &mut Stack) {
+        let pending = &mut self.pending;
+        self.received += stack.recv(self.acc.id, |b| {
+            pending.extend_from_slice(b);
+            b.len()
+        });
+        if !self.pending.is_empty() {
+            let n = stack.send(self.acc.id, &self.pending);
+            self.pending.drain(..n);
+        }
+    }
+}
+
 impl Echo {
     fn serve(&mut self, stack: &mut Stack) {
+        self.serve_accepts(stack);
+        for c in self.conns.iter_mut().filter(|c| !c.released) {
+            c.echo(stack);
+        }
+    }
+
+    /// Like [`Self::serve`], but looks only at the connections just accepted and those
+    /// [`Stack::take_ready`] names, as the XDP reactor does.
+    fn serve_ready(&mut self, stack: &mut Stack) {
+        let first_new = self.conns.len();
+        self.serve_accepts(stack);
+        let mut ready = Vec::new();
+        stack.take_ready(&mut ready);
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            if !c.released && (i >= first_new || ready.contains(&c.acc.id)) {
+                c.echo(stack);
+            }
+        }
+    }
+
+    fn serve_accepts(&mut self, stack: &mut Stack) {
         while let Some(acc) = stack.accept() {
             assert!(
                 self.conns.iter().all(|c| c.released || c.acc.id != acc.id),
@@ -466,17 +502,6 @@ impl Echo {
                 received: 0,
                 released: false,
             });
-        }
-        for c in self.conns.iter_mut().filter(|c| !c.released) {
-            let pending = &mut c.pending;
-            c.received += stack.recv(c.acc.id, |b| {
-                pending.extend_from_slice(b);
-                b.len()
-            });
-            if !c.pending.is_empty() {
-                let n = stack.send(c.acc.id, &c.pending);
-                c.pending.drain(..n);
-            }
         }
     }
 
@@ -1410,6 +1435,49 @@ fn released_connection_whose_peer_never_closes_is_reset_after_timeout() {
 
 // ------------------------------------------------------------------------------------------
 // Many connections.
+
+/// A poll visits the connections something happened to, not all of them: served only
+/// through `take_ready`, 100 echo connections still finish, and once they are idle, data on
+/// one of them makes a poll visit that one alone.
+#[test]
+fn a_poll_visits_only_the_connections_something_happened_to() {
+    let mut net = Net::new(false, 1500, |c| {
+        c.backlog = 128;
+        c.rx_buffer = 16 * 1024;
+        c.tx_buffer = 16 * 1024;
+    });
+    let mut echo = Echo::default();
+    let mut peers: Vec<Peer> = (0..100)
+        .map(|i| Peer::new(&mut net, 20_000 + i, 40_000, 16 * 1024))
+        .collect();
+    net.run(30 * SECOND, |n| {
+        echo.serve_ready(&mut n.stack);
+        for p in &mut peers {
+            p.pump(n);
+        }
+        peers.iter().all(Peer::done)
+    });
+    assert_eq!(net.stack.connections(), 100);
+    // Let every ACK and timer settle.
+    net.run_for(SECOND, |n| echo.serve_ready(&mut n.stack));
+    let mut last = Peer::new(&mut net, 30_000, 0, 16 * 1024);
+    net.run(SECOND, |n| {
+        echo.serve_ready(&mut n.stack);
+        last.pump(n);
+        n.stack.connections() == 101
+    });
+    net.run_for(SECOND, |n| echo.serve_ready(&mut n.stack));
+    last.out = pattern(7, 1000);
+    let mut most = 0;
+    net.run(SECOND, |n| {
+        echo.serve_ready(&mut n.stack);
+        last.pump(n);
+        most = most.max(n.stack.visited());
+        last.done()
+    });
+    assert!(most >= 1, "the busy connection was visited");
+    assert!(most <= 2, "a poll visited {most} of 101 connections");
+}
 
 #[test]
 fn two_hundred_concurrent_connections() {

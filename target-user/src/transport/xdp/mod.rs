@@ -384,6 +384,7 @@ pub fn start(
                 metrics: shared.metrics.transport(Transport::Xdp),
             },
             refused_seen: vec![0; stack.refused().len()],
+            active: Active::default(),
             io: UserStack { xsk, stack },
             ports: ports.clone(),
             inbox: Arc::new(Inbox::new(None)),
@@ -450,6 +451,24 @@ struct XdpReactor {
     published: Arc<QueueCounters>,
     /// The stack's refusals per port already added to the metrics (`Stack::refused` order).
     refused_seen: Vec<u64>,
+    active: Active,
+}
+
+/// Which connections a loop looks at: those the stack says something happened to, those
+/// just accepted and those that left input unread, never every connection (a thousand
+/// idle connections would otherwise cost every loop a thousand visits).
+#[derive(Default)]
+struct Active {
+    /// The reactor's index of each stack connection id.
+    by_link: HashMap<ConnId, usize>,
+    /// From [`target_tcp::Stack::take_ready`].
+    ready: Vec<ConnId>,
+    /// This loop's visits.
+    visit: Vec<usize>,
+    /// Visited on the next loop too: just accepted, or input left in the stack because the
+    /// engine's output was full (it takes more once its output drains, which no segment
+    /// may announce).
+    again: Vec<usize>,
 }
 
 impl XdpReactor {
@@ -489,9 +508,7 @@ impl XdpReactor {
                 self.accept(a);
                 work = true;
             }
-            for i in 0..self.core.conns.len() {
-                work |= self.service(i);
-            }
+            work |= self.service_active();
             let progressed = self.core.reap(&mut self.io);
             work |= !progressed.is_empty();
             for i in progressed {
@@ -611,8 +628,39 @@ impl XdpReactor {
             }
         };
         self.core.metrics.of(proto).accepted();
-        self.core.conns.insert(a.id, a.remote, q);
+        let i = self.core.conns.insert(a.id, a.remote, q);
+        self.active.by_link.insert(a.id, i);
+        // Data may have come with the handshake's last ACK.
+        self.active.again.push(i);
         debug!(queue = self.queue, peer = %a.remote, ?proto, "connection accepted (AF_XDP)");
+    }
+
+    /// Services the connections something happened to (see [`Active`]); true if anything
+    /// moved.
+    fn service_active(&mut self) -> bool {
+        let a = &mut self.active;
+        self.io.stack.take_ready(&mut a.ready);
+        a.visit.append(&mut a.again);
+        for id in a.ready.drain(..) {
+            if let Some(&i) = a.by_link.get(&id) {
+                a.visit.push(i);
+            }
+        }
+        a.visit.sort_unstable();
+        a.visit.dedup();
+        let visit = std::mem::take(&mut self.active.visit);
+        let mut work = false;
+        for &i in &visit {
+            work |= self.service(i);
+            if let Some(c) = self.core.conns.live(i)
+                && self.io.stack.recv_queue(c.link) > 0
+            {
+                self.active.again.push(i);
+            }
+        }
+        self.active.visit = visit;
+        self.active.visit.clear();
+        work
     }
 
     /// [`Self::moves`] under a guard: a panic (a bug) ends connection `i` only.

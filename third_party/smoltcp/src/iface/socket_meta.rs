@@ -36,6 +36,9 @@ pub(crate) struct Meta {
     pub(crate) handle: SocketHandle,
     /// See [NeighborState](struct.NeighborState.html).
     neighbor_state: NeighborState,
+    /// xdp-target patch: the four-tuple this socket is indexed under in its set (TCP).
+    #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+    pub(crate) tcp_key: Option<super::socket_set::TcpKey>,
 }
 
 impl Meta {

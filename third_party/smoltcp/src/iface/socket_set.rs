@@ -43,7 +43,16 @@ impl fmt::Display for SocketHandle {
 #[derive(Debug)]
 pub struct SocketSet<'a> {
     sockets: ManagedSlice<'a, SocketStorage<'a>>,
+    /// xdp-target patch: TCP sockets by four-tuple, so that a segment finds its socket
+    /// without asking every socket in turn (see `InterfaceInner::process_tcp`). A hint:
+    /// an entry is checked against the socket before it is used.
+    #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+    tcp_index: alloc::collections::BTreeMap<TcpKey, SocketHandle>,
 }
+
+/// xdp-target patch: a TCP connection's (local, remote) endpoints.
+#[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+pub(crate) type TcpKey = (crate::wire::IpEndpoint, crate::wire::IpEndpoint);
 
 impl<'a> SocketSet<'a> {
     /// Create a socket set using the provided storage.
@@ -52,7 +61,11 @@ impl<'a> SocketSet<'a> {
         SocketsT: Into<ManagedSlice<'a, SocketStorage<'a>>>,
     {
         let sockets = sockets.into();
-        SocketSet { sockets }
+        SocketSet {
+            sockets,
+            #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+            tcp_index: alloc::collections::BTreeMap::new(),
+        }
     }
 
     /// Add a socket to the set, and return its handle.
@@ -124,7 +137,15 @@ impl<'a> SocketSet<'a> {
     pub fn remove(&mut self, handle: SocketHandle) -> Socket<'a> {
         net_trace!("[{}]: removing", handle.0);
         match self.sockets[handle.0].inner.take() {
-            Some(item) => item.socket,
+            Some(item) => {
+                #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+                if let Some(key) = item.meta.tcp_key {
+                    if self.tcp_index.get(&key) == Some(&handle) {
+                        self.tcp_index.remove(&key);
+                    }
+                }
+                item.socket
+            }
             None => panic!("handle does not refer to a valid socket"),
         }
     }
@@ -142,6 +163,44 @@ impl<'a> SocketSet<'a> {
     /// Iterate every socket in this set.
     pub(crate) fn items(&self) -> impl Iterator<Item = &Item<'a>> + '_ {
         self.sockets.iter().filter_map(|x| x.inner.as_ref())
+    }
+
+    /// xdp-target patch: the socket of `handle`, if there is one.
+    pub(crate) fn item(&self, handle: SocketHandle) -> Option<&Item<'a>> {
+        self.sockets.get(handle.0)?.inner.as_ref()
+    }
+
+    /// xdp-target patch: the socket of `handle`, if there is one.
+    pub(crate) fn item_mut(&mut self, handle: SocketHandle) -> Option<&mut Item<'a>> {
+        self.sockets.get_mut(handle.0)?.inner.as_mut()
+    }
+
+    /// xdp-target patch: the socket indexed under `key`, if any (it may no longer hold it).
+    #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+    pub(crate) fn tcp_indexed(&mut self, key: &TcpKey) -> Option<&mut Item<'a>> {
+        let handle = *self.tcp_index.get(key)?;
+        self.item_mut(handle)
+    }
+
+    /// xdp-target patch: indexes the socket of `handle` under `key` (and no longer under
+    /// the key it had).
+    #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+    pub(crate) fn tcp_index_insert(&mut self, key: TcpKey, handle: SocketHandle) {
+        let Some(item) = self.sockets.get_mut(handle.0).and_then(|s| s.inner.as_mut()) else {
+            return;
+        };
+        if let Some(old) = item.meta.tcp_key.replace(key) {
+            if old != key && self.tcp_index.get(&old) == Some(&handle) {
+                self.tcp_index.remove(&old);
+            }
+        }
+        self.tcp_index.insert(key, handle);
+    }
+
+    /// xdp-target patch: forgets `key` (its socket no longer holds it).
+    #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+    pub(crate) fn tcp_index_remove(&mut self, key: &TcpKey) {
+        self.tcp_index.remove(key);
     }
 
     /// Iterate every socket in this set.

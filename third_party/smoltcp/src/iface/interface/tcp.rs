@@ -29,15 +29,49 @@ impl InterfaceInner {
             &self.caps.checksum
         ));
 
-        for tcp_socket in sockets
-            .items_mut()
-            .filter_map(|i| Socket::downcast_mut(&mut i.socket))
-        {
-            if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
-                return tcp_socket
-                    .process(self, &ip_repr, &tcp_repr)
-                    .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+        // xdp-target patch: the socket indexed under the segment's four-tuple first (one
+        // lookup instead of asking every socket in turn); the scan below finds the others
+        // (SYNs for listeners, sockets not indexed yet) and indexes what it finds.
+        #[cfg(feature = "alloc")]
+        let key = (
+            IpEndpoint::new(dst_addr, tcp_repr.dst_port),
+            IpEndpoint::new(src_addr, tcp_repr.src_port),
+        );
+        #[cfg(feature = "alloc")]
+        if let Some(item) = sockets.tcp_indexed(&key) {
+            if let Some(tcp_socket) = Socket::downcast_mut(&mut item.socket) {
+                if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
+                    return tcp_socket
+                        .process(self, &ip_repr, &tcp_repr)
+                        .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+                }
             }
+            sockets.tcp_index_remove(&key);
+        }
+
+        let mut found = None;
+        for item in sockets.items_mut() {
+            let handle = item.meta.handle;
+            let Some(tcp_socket) = Socket::downcast_mut(&mut item.socket) else {
+                continue;
+            };
+            if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
+                let reply = tcp_socket.process(self, &ip_repr, &tcp_repr);
+                #[cfg(feature = "alloc")]
+                let holds = tcp_socket.local_endpoint() == Some(key.0)
+                    && tcp_socket.remote_endpoint() == Some(key.1);
+                #[cfg(not(feature = "alloc"))]
+                let holds = false;
+                found = Some((handle, holds, reply));
+                break;
+            }
+        }
+        if let Some((_handle, _holds, reply)) = found {
+            #[cfg(feature = "alloc")]
+            if _holds {
+                sockets.tcp_index_insert(key, _handle);
+            }
+            return reply.map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
         }
 
         if tcp_repr.control == TcpControl::Rst
