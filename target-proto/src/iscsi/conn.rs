@@ -14,10 +14,13 @@
 //!   free up, so the initiator never has more commands queued than there are slots.
 //! - Data-Out (sections 4.2.5, 11.7): immediate data, unsolicited Data-Out up to
 //!   FirstBurstLength when InitialR2T=No, then R2Ts of at most MaxBurstLength, at most
-//!   MaxOutstandingR2T at once; DataSN is checked per sequence, and a wrong one is a
-//!   protocol error (ERL 0: Reject and the connection ends). A Data-Out's data goes from
-//!   the input straight into its task's buffer, placed from the header's checks and its
-//!   digest checked at the end; immediate data is gathered with its command PDU, whose
+//!   MaxOutstandingR2T at once; DataSN is checked per sequence, and a wrong one fails
+//!   its command (CHECK CONDITION, ABORTED COMMAND / DATA PHASE ERROR: ERL 0 cannot
+//!   recover the sequence, but the connection stays up), while data outside what was
+//!   asked for (past the expected length, FirstBurstLength or its R2T, at the wrong
+//!   offset) is a protocol error: Reject, and the connection ends. A Data-Out's data goes
+//!   from the input straight into its task's buffer, placed from the header's checks and
+//!   its digest checked at the end; immediate data is gathered with its command PDU, whose
 //!   task exists only once CmdSN order lets the command run (it may be held until then).
 //! - Data-In (section 11.7): PDUs of at most the initiator's MaxRecvDataSegmentLength,
 //!   sequences of at most MaxBurstLength, status in the last PDU (phase collapse) unless
