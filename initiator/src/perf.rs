@@ -98,6 +98,11 @@ pub struct PerfArgs {
     /// see what connections that do nothing cost the ones that work.
     #[arg(long, default_value_t = 0)]
     pub idle_connections: u32,
+    /// Sequential workloads (read, write): stop once every queue has gone through its
+    /// region once, or at --time, whichever comes first (e.g. to write a whole namespace
+    /// before measuring reads of it).
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +117,8 @@ pub enum PerfError {
     RdmaDigests,
     #[error("--idle-connections is for nvme-tcp:// and nvme-rdma:// (NVMe admin queues)")]
     IdleIscsi,
+    #[error("--once is for the sequential workloads (read, write): random ones have no pass")]
+    OnceRandom,
     /// NVMe/RDMA cannot run on this machine (no rdma-core, no device).
     #[error("{0}")]
     RdmaUnavailable(String),
@@ -773,6 +780,8 @@ struct Job {
     region_blocks: u64,
     verify: bool,
     deadline: Instant,
+    /// I/Os to issue at most (one pass over the region for `--once`).
+    limit: u64,
 }
 
 #[derive(Default)]
@@ -804,10 +813,12 @@ fn run_queue(c: &mut dyn IoQueue, job: &Job, seed: u64) -> Result<Stats, PerfErr
     let mut inflight: HashMap<u32, InFlight> = HashMap::with_capacity(job.qd * 2);
     let mut busy: HashSet<u64> = HashSet::with_capacity(job.qd * 2);
     let mut seq = 0u64;
+    let mut issued = 0u64;
     let bytes = job.blocks_per_io as usize * job.block;
     loop {
         let now = Instant::now();
-        while inflight.len() < job.qd && now < job.deadline && c.can_submit() {
+        while inflight.len() < job.qd && now < job.deadline && issued < job.limit && c.can_submit()
+        {
             let write = match job.workload {
                 Workload::Read | Workload::Randread => false,
                 Workload::Write | Workload::Randwrite => true,
@@ -846,6 +857,7 @@ fn run_queue(c: &mut dyn IoQueue, job: &Job, seed: u64) -> Result<Stats, PerfErr
                 data,
                 if write { 0 } else { bytes },
             )?;
+            issued += 1;
             busy.insert(slot);
             inflight.insert(
                 cid,
@@ -1112,6 +1124,9 @@ fn iscsi_setup(args: &PerfArgs, url: &Url) -> Result<Setup, PerfError> {
 
 pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
     let url = parse_url(&args.target)?;
+    if args.once && !matches!(args.workload, Workload::Read | Workload::Write) {
+        return Err(PerfError::OnceRandom);
+    }
     let mut setup = match url.proto {
         Proto::NvmeTcp => nvme_setup(
             args,
@@ -1162,6 +1177,10 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
             region_blocks: region,
             verify: args.verify,
             deadline,
+            limit: match args.workload {
+                Workload::Read | Workload::Write if args.once => region / blocks_per_io,
+                _ => u64::MAX,
+            },
         };
         handles.push(std::thread::spawn(move || {
             run_queue(c.as_mut(), &job, 0x9e37_79b9_7f4a_7c15 ^ u64::from(q))
@@ -1169,13 +1188,20 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
     }
     // The controller counts only admin commands as the host being alive: without Keep
     // Alive, a run longer than KATO loses its controller and with it every queue.
+    // Queues that are done early (--once, an error) end the wait.
     if let Some(keep_alive) = setup.keep_alive.as_mut() {
-        let every = KEEP_ALIVE_EVERY;
-        let mut next = Instant::now() + every;
-        while next < deadline {
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            keep_alive()?;
-            next += every;
+        let mut next = Instant::now() + KEEP_ALIVE_EVERY;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || handles.iter().all(std::thread::JoinHandle::is_finished) {
+                break;
+            }
+            if now >= next {
+                keep_alive()?;
+                next += KEEP_ALIVE_EVERY;
+            }
+            let until = next.min(deadline).saturating_duration_since(now);
+            std::thread::sleep(until.min(Duration::from_millis(20)));
         }
     }
     let mut total = Stats::default();

@@ -542,6 +542,52 @@ fn perf_verify_finds_no_mismatch_with_several_queues_and_digests() {
 }
 
 #[test]
+fn perf_once_goes_through_each_queues_region_once_and_returns() {
+    require_netns!();
+    let pair = VethPair::create().expect("veth pair");
+    let cfg = config("perf-once", 16 * MIB, 512, "");
+    let t = serve(&pair, &cfg);
+    let url = format!("nvme-tcp://{}:4420", pair.target_addr);
+    let perf = |workload: &str| {
+        pair.client
+            .command(xdp_target_tests::target::bin())
+            .args([
+                "perf",
+                &url,
+                "--workload",
+                workload,
+                "--bs",
+                "65536",
+                "--qd",
+                "8",
+            ])
+            .args(["--queues", "3", "--once", "--time", "600", "--json"])
+            .output()
+            .expect("run perf")
+    };
+    let out = perf("write");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // 32768 blocks in three regions of whole 128-block I/Os: 85 I/Os each.
+    assert_eq!(v["writes"], 3 * 85, "{v}");
+    // Done after its pass, not at --time (600 s).
+    assert!(v["seconds"].as_f64().unwrap_or(600.0) < 300.0, "{v}");
+    let out = perf("randread");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--once is for the sequential workloads"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.stop().expect("stop").success());
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
 fn a_file_namespace_keeps_its_data_across_restarts() {
     require_netns!();
     let pair = VethPair::create().expect("veth pair");
