@@ -1,12 +1,17 @@
 //! Block backends: where a namespace's blocks live.
 //!
-//! Today: memory. It is split into 1 MiB chunks, each behind its own mutex, so concurrent
+//! Today: memory. It is split into 2 MiB chunks, each behind its own mutex, so concurrent
 //! reactors rarely contend and a block (512 B or 4 KiB, never straddling a chunk) is
 //! always written whole: a reader never sees half of a concurrent write. A chunk holds no
 //! memory until it is first written, and lets it go again when it is zeroed or deallocated
 //! whole, so a 1 GiB namespace costs memory only for what holds data, and zeroing or
 //! deallocating a large range costs a drop per chunk, not a memset on the reactor: only
-//! the partial chunks at a range's ends are zeroed byte by byte.
+//! the partial chunks at a range's ends are zeroed byte by byte. Each chunk is one 2 MiB
+//! page-aligned mapping the kernel is asked to back with a transparent huge page
+//! (`MADV_HUGEPAGE`): random 4K reads over a full namespace otherwise miss the TLB on
+//! every read, and a miss costs two page walks in a virtual machine (measured on this
+//! project's VM: the copy out of a chunk was 31% to 45% of the target core during 4K
+//! randread QD32 with 4 KiB pages).
 //!
 //! Memory has no write cache to flush: a completed write is as durable as this backend
 //! ever makes data (it is gone when the process ends), so no volatile write cache is
@@ -17,10 +22,80 @@ use std::sync::{Mutex, PoisonError, RwLock};
 
 use target_proto::nvme::controller::{BlockOp, IoOutcome};
 
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 2 << 20;
 
 /// A chunk's bytes; `None` reads as zeroes (never written, or zeroed whole since).
-type Chunk = Option<Box<[u8]>>;
+type Chunk = Option<Pages>;
+
+/// `CHUNK` zeroed bytes of an anonymous mapping aligned to `CHUNK`, with huge pages asked
+/// for (a hint: without THP the kernel backs it with small pages, which works alike).
+struct Pages(std::ptr::NonNull<u8>);
+
+// SAFETY: `Pages` owns its mapping alone, like a `Box<[u8]>`.
+unsafe impl Send for Pages {}
+// SAFETY: shared access only reads, through `Deref`.
+unsafe impl Sync for Pages {}
+
+impl Pages {
+    fn new() -> Self {
+        let len = 2 * CHUNK;
+        // SAFETY: a new private anonymous mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            // As `vec![0; CHUNK]` would on an allocation failure.
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(CHUNK, CHUNK).expect("a valid layout"),
+            );
+        }
+        let base = p as usize;
+        let start = base.next_multiple_of(CHUNK);
+        let (head, tail) = (start - base, base + len - (start + CHUNK));
+        // SAFETY: both ranges lie inside the mapping just made and outside [start,
+        // start + CHUNK), which is kept; munmap of a zero length is skipped.
+        unsafe {
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            if tail > 0 {
+                libc::munmap((start + CHUNK) as *mut libc::c_void, tail);
+            }
+            // A hint; failure (THP off) leaves small pages.
+            libc::madvise(start as *mut libc::c_void, CHUNK, libc::MADV_HUGEPAGE);
+        }
+        Self(std::ptr::NonNull::new(start as *mut u8).expect("mmap never maps page 0"))
+    }
+}
+
+impl std::ops::Deref for Pages {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the mapping is CHUNK readable bytes, owned by self, zeroed by the kernel.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), CHUNK) }
+    }
+}
+
+impl std::ops::DerefMut for Pages {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), CHUNK) }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.0.as_ptr().cast(), CHUNK) };
+    }
+}
 
 pub struct MemoryBackend {
     /// The chunk table grows (`xdp-target ctl resize`) under the write lock; operations
@@ -110,7 +185,7 @@ impl MemoryBackend {
             }
             BlockOp::Write { offset, len, .. } => {
                 let ok = self.for_each(*offset, *len, |chunk, w, r| {
-                    let c = chunk.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                    let c = chunk.get_or_insert_with(Pages::new);
                     c[w].copy_from_slice(&buf[r]);
                 });
                 if ok {
@@ -324,6 +399,20 @@ mod tests {
         };
         assert_eq!(m.execute(&zero, &mut []), IoOutcome::Ok);
         assert!((0..3).all(|i| !allocated(&m, i)));
+    }
+
+    #[test]
+    fn a_chunk_is_zeroed_writable_and_aligned_for_a_huge_page() {
+        let mut chunks: Vec<Pages> = (0..3).map(|_| Pages::new()).collect();
+        for c in &mut chunks {
+            assert_eq!(c.as_ptr() as usize % CHUNK, 0, "aligned to its size");
+            assert_eq!(c.len(), CHUNK);
+            assert!(c.iter().all(|&b| b == 0));
+            c[0] = 1;
+            c[CHUNK - 1] = 2;
+        }
+        // Each is a mapping of its own.
+        assert!(chunks.iter().all(|c| c[0] == 1 && c[CHUNK - 1] == 2));
     }
 
     #[test]
