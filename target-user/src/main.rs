@@ -7,6 +7,7 @@
 mod backend;
 mod config;
 mod control;
+mod mapping;
 mod metrics;
 mod reactor;
 mod serve;

@@ -22,78 +22,43 @@ use std::sync::{Mutex, PoisonError, RwLock};
 
 use target_proto::nvme::controller::{BlockOp, IoOutcome};
 
+use crate::mapping::Mapping;
+
 const CHUNK: usize = 2 << 20;
 
 /// A chunk's bytes; `None` reads as zeroes (never written, or zeroed whole since).
 type Chunk = Option<Pages>;
 
-/// `CHUNK` zeroed bytes of an anonymous mapping aligned to `CHUNK`, with huge pages asked
-/// for (a hint: without THP the kernel backs it with small pages, which works alike).
-struct Pages(std::ptr::NonNull<u8>);
-
-// SAFETY: `Pages` owns its mapping alone, like a `Box<[u8]>`.
-unsafe impl Send for Pages {}
-// SAFETY: shared access only reads, through `Deref`.
-unsafe impl Sync for Pages {}
+/// `CHUNK` zeroed bytes of a mapping aligned to `CHUNK`, with huge pages asked for.
+struct Pages(Mapping);
 
 impl Pages {
     fn new() -> Self {
-        let len = 2 * CHUNK;
-        // SAFETY: a new private anonymous mapping; no existing memory is touched.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        match Mapping::aligned(CHUNK, CHUNK) {
+            Ok(m) => {
+                m.want_huge_pages();
+                Self(m)
+            }
             // As `vec![0; CHUNK]` would on an allocation failure.
-            std::alloc::handle_alloc_error(
+            Err(_) => std::alloc::handle_alloc_error(
                 std::alloc::Layout::from_size_align(CHUNK, CHUNK).expect("a valid layout"),
-            );
+            ),
         }
-        let base = p as usize;
-        let start = base.next_multiple_of(CHUNK);
-        let (head, tail) = (start - base, base + len - (start + CHUNK));
-        // SAFETY: both ranges lie inside the mapping just made and outside [start,
-        // start + CHUNK), which is kept; munmap of a zero length is skipped.
-        unsafe {
-            if head > 0 {
-                libc::munmap(p, head);
-            }
-            if tail > 0 {
-                libc::munmap((start + CHUNK) as *mut libc::c_void, tail);
-            }
-            // A hint; failure (THP off) leaves small pages.
-            libc::madvise(start as *mut libc::c_void, CHUNK, libc::MADV_HUGEPAGE);
-        }
-        Self(std::ptr::NonNull::new(start as *mut u8).expect("mmap never maps page 0"))
     }
 }
 
 impl std::ops::Deref for Pages {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: the mapping is CHUNK readable bytes, owned by self, zeroed by the kernel.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), CHUNK) }
+        // SAFETY: the mapping's bytes, owned by self (zeroed by the kernel).
+        unsafe { std::slice::from_raw_parts(self.0.ptr().as_ptr(), self.0.len()) }
     }
 }
 
 impl std::ops::DerefMut for Pages {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), CHUNK) }
-    }
-}
-
-impl Drop for Pages {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.0.as_ptr().cast(), CHUNK) };
+        unsafe { std::slice::from_raw_parts_mut(self.0.ptr().as_ptr(), self.0.len()) }
     }
 }
 

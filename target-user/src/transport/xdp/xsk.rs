@@ -29,6 +29,8 @@ use target_tcp::phy::{self, DeviceCapabilities, Medium};
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
 
+use crate::mapping::Mapping;
+
 /// Bind flag: the socket carries multi-buffer packets (frames larger than a UMEM chunk).
 const XDP_USE_SG: u16 = 1 << 4;
 /// The most a gathered multi-buffer frame may hold: the largest IP packet and its
@@ -133,43 +135,6 @@ fn sys(what: &'static str) -> impl FnOnce(xdpilone::Errno) -> XskError {
     move |e| XskError::Sys {
         what,
         errno: e.get_raw(),
-    }
-}
-
-/// An anonymous, page-aligned mapping for the UMEM.
-struct Area {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize) -> Result<Self, XskError> {
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(XskError::Mmap(len, std::io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| {
-            XskError::Mmap(len, std::io::Error::other("mmap returned a null pointer"))
-        })?;
-        Ok(Self { ptr, len })
-    }
-}
-
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; the UMEM that the kernel shares
-        // it through is dropped before (field order in `Xsk`).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -305,7 +270,7 @@ pub struct Xsk {
     tx: TxSide,
     fq: DeviceQueue,
     _umem: Umem,
-    _area: Area,
+    _area: Mapping,
     fd: i32,
     mtu: usize,
     mode: BindMode,
@@ -329,7 +294,7 @@ impl Xsk {
         iface_mtu: usize,
     ) -> Result<Self, XskError> {
         let len = sizes.frames as usize * sizes.frame_size as usize;
-        let area = Area::new(len)?;
+        let area = Mapping::new(len, true).map_err(|e| XskError::Mmap(len, e))?;
         let plain = UmemConfig {
             fill_size: sizes.ring,
             complete_size: sizes.ring,
@@ -348,7 +313,7 @@ impl Xsk {
             tx_metadata_len: TX_METADATA_LEN as u32,
             ..plain.clone()
         };
-        let slice = NonNull::slice_from_raw_parts(area.ptr, len);
+        let slice = NonNull::slice_from_raw_parts(area.ptr(), len);
         // SAFETY: `area` is a page-aligned mapping of `len` bytes that outlives the UMEM
         // (both live in the returned `Xsk`, the UMEM dropped first).
         let register = |config| unsafe { Umem::new(config, slice) };
@@ -448,7 +413,7 @@ impl Xsk {
             },
             tx: TxSide {
                 tx,
-                base: area.ptr,
+                base: area.ptr(),
                 frame_size: sizes.frame_size,
                 free: free.to_vec(),
                 runs,
