@@ -1177,9 +1177,11 @@ pub fn run(args: &PerfArgs) -> Result<(), PerfError> {
             region_blocks: region,
             verify: args.verify,
             deadline,
-            limit: match args.workload {
-                Workload::Read | Workload::Write if args.once => region / blocks_per_io,
-                _ => u64::MAX,
+            // `run` refused --once for random workloads.
+            limit: if args.once {
+                region / blocks_per_io
+            } else {
+                u64::MAX
             },
         };
         handles.push(std::thread::spawn(move || {

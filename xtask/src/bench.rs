@@ -4,8 +4,8 @@
 //! the other, joined by a veth pair. At MTU 1500 and 9000, for several repetitions, the
 //! target is started over sockets, then over the XDP path (alternating, so drift in the
 //! machine hits both alike), its namespace is written whole once (reads then copy data,
-//! not zeroes of blocks never written), and every job runs with one and two connections over both
-//! protocols with the same client, `xdp-target perf` (the same namespace is NVMe namespace
+//! not zeroes of blocks never written), and every job runs with one and two connections
+//! over both protocols with the same client, `xdp-target perf` (the same namespace is NVMe namespace
 //! 1 and iSCSI LUN 0), then fio: its libiscsi engine and the project's NVMe/TCP engine
 //! (`cargo xtask fio-engine`). For each run the target's user and
 //! system CPU time (from /proc/PID/stat) and the two cores' softirq time (from /proc/stat:
