@@ -126,6 +126,8 @@ mod tests {
         Meta {
             handle: SocketHandle::default(),
             neighbor_state: NeighborState::Active,
+            #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+            tcp_key: None,
         }
     }
 

@@ -2108,6 +2108,9 @@ impl<'a> Socket<'a> {
             _ => self.remote_win_scale.unwrap_or(0),
         };
         let new_remote_win_len = (repr.window_len as usize) << (scale as usize);
+        // xdp-target patch 2: a window that shrinks (to zero above all) is a flow-control
+        // update, not a sign of loss; one that grows may still come with a duplicate ACK.
+        let is_window_shrink = new_remote_win_len < self.remote_win_len;
         self.remote_win_len = new_remote_win_len;
 
         self.congestion_controller
@@ -2138,15 +2141,17 @@ impl<'a> Socket<'a> {
                 // Increment duplicate ACK count, notify congestion controller and
                 // set for retransmit if we just received the third duplicate ACK
                 // xdp-target patch 2: an ACK that repeats the last one while data is
-                // outstanding counts as a duplicate even if it moves the window. Linux grows
+                // outstanding counts as a duplicate even if it grows the window. Linux grows
                 // its receive window with every segment, out-of-order ones included, so the
-                // duplicate ACKs it sends after a loss all carry a new window; with RFC 5681's
-                // "same window" condition they never reach three and fast retransmit never
-                // starts (see third_party/README.md).
+                // duplicate ACKs it sends after a loss all carry a larger window; with RFC
+                // 5681's "same window" condition they never reach three and fast retransmit
+                // never starts (see third_party/README.md). A shrinking window still resets
+                // the count: fast retransmit would send into a window the peer just closed.
                 Some(last_rx_ack)
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
-                        && ack_number < self.remote_last_seq =>
+                        && ack_number < self.remote_last_seq
+                        && !is_window_shrink =>
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
@@ -7183,8 +7188,8 @@ mod test {
 
         assert_eq!(s.local_rx_dup_acks, 2, "duplicate ACK counter is not set");
 
-        // This packet has a window update, hence should not be detected
-        // as a duplicate ACK and should reset the duplicate ACK count
+        // xdp-target patch 2: a duplicate ACK that grows the window (as Linux's do after
+        // a loss) is still counted.
         send!(
             s,
             TcpRepr {
@@ -7196,8 +7201,25 @@ mod test {
         );
 
         assert_eq!(
+            s.local_rx_dup_acks, 3,
+            "duplicate ACK growing the window is not counted"
+        );
+
+        // This packet shrinks the window, hence should not be detected
+        // as a duplicate ACK and should reset the duplicate ACK count
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 100,
+                ..SEND_TEMPL
+            }
+        );
+
+        assert_eq!(
             s.local_rx_dup_acks, 0,
-            "duplicate ACK counter is not reset when receiving a window update"
+            "duplicate ACK counter is not reset when the window shrinks"
         );
     }
 
@@ -9118,11 +9140,29 @@ mod test {
             (0, ())
         })
         .unwrap();
+        // xdp-target patch 4 (RFC 5961 3.2): an RST inside the window but not at RCV.NXT
+        // gets a challenge ACK and changes nothing; one at exactly RCV.NXT resets.
         send!(
             s,
             TcpRepr {
                 control: TcpControl::Rst,
                 seq_number: REMOTE_SEQ + 1 + 9,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 3),
+                window_len: 64,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 3,
                 ack_number: Some(LOCAL_SEQ + 1),
                 ..SEND_TEMPL
             }
@@ -9188,11 +9228,29 @@ mod test {
                 ..RECV_TEMPL
             })
         );
+        // xdp-target patch 4 (RFC 5961 3.2): an RST inside the window but not at RCV.NXT
+        // gets a challenge ACK and changes nothing; one at exactly RCV.NXT resets.
         send!(
             s,
             TcpRepr {
                 control: TcpControl::Rst,
                 seq_number: REMOTE_SEQ + 1 + 9,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 3),
+                window_len: 61,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 3,
                 ack_number: Some(LOCAL_SEQ + 1),
                 ..SEND_TEMPL
             }
