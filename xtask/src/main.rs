@@ -32,12 +32,16 @@ enum Task {
     /// their release plus their patch files, rustfmt and clippy -D warnings.
     Lint,
     /// Check that each crate in third_party/ is its crates.io release plus
-    /// third_party/patches/NAME-VERSION.patch (or, with --update, rewrite the patches).
+    /// third_party/patches/NAME-VERSION.patch (or, with --update, rewrite the patches;
+    /// with --tests, run the crates' own unit tests on our changes).
     Vendored {
         #[arg(long)]
         update: bool,
+        #[arg(long, conflicts_with = "update")]
+        tests: bool,
     },
-    /// What CI runs: lint, build, unit tests and the netns end-to-end tests (as root).
+    /// What CI runs: lint, build, unit tests (the vendored crates' own too) and the netns
+    /// end-to-end tests (as root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test-name filter.
         #[arg(last = true)]
@@ -105,7 +109,15 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf(&root),
         Task::Lint => lint::run(&root),
-        Task::Vendored { update } => vendored::run(&root, update),
+        Task::Vendored { tests: true, .. } => {
+            let (passed, failed) = vendored::unit_tests(&root)?;
+            println!("vendored crates' own tests: {passed} passed, {failed} failed");
+            if failed > 0 {
+                bail!("{failed} tests failed");
+            }
+            Ok(())
+        }
+        Task::Vendored { update, .. } => vendored::run(&root, update),
         Task::Test { cargo_args } => test(&root, &cargo_args),
         Task::Demo => demo(&root),
         Task::Lab { accel, path } => lab::run(&root, accel, path),
@@ -207,6 +219,11 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
         cmd.arg("--").args(cargo_args);
     }
     let (mut passed, mut failed) = run_counting_tests(&mut cmd)?;
+    if cargo_args.is_empty() {
+        let (p, f) = vendored::unit_tests(root)?;
+        passed += p;
+        failed += f;
+    }
     // The end-to-end suites again, served through AF_XDP and the user-space TCP/IP stack,
     // at MTU 1500 and with jumbo frames (multi-buffer AF_XDP, the frags program).
     if cargo_args.is_empty() {
@@ -247,7 +264,7 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
 }
 
 /// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
-fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+pub(crate) fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
     use std::io::BufRead;
     let mut child = cmd
         .stdout(std::process::Stdio::piped())

@@ -40,26 +40,11 @@ pub(crate) fn run(root: &Path, update: bool) -> Result<()> {
             continue;
         }
         let copy = work.join(format!("{name}-{version}"));
-        let _ = fs::remove_dir_all(&copy);
-        for part in PARTS {
-            let from = src.join(part);
-            if from.exists() {
-                copy_tree(&from, &copy.join(part))?;
-            }
-        }
-        if patch.exists() {
-            super::run(
-                Command::new("patch")
-                    .args(["-p1", "--batch", "--silent", "--forward", "-d"])
-                    .arg(&copy)
-                    .arg("-i")
-                    .arg(&patch),
-            )
-            .with_context(|| {
-                format!("{} no longer applies to {name} {version}", patch.display())
-            })?;
-        }
-        let differ = compare(&copy, &vendored)?;
+        let patches: Vec<PathBuf> = patch.exists().then(|| patch.clone()).into_iter().collect();
+        patched_copy(src, &copy, &patches).with_context(|| {
+            format!("{} no longer applies to {name} {version}", patch.display())
+        })?;
+        let differ = compare(&copy, &vendored, false)?;
         if !differ.is_empty() {
             bail!(
                 "third_party/{dir} is not {name} {version} plus {}: {} differ ({}); \
@@ -70,8 +55,114 @@ pub(crate) fn run(root: &Path, update: bool) -> Result<()> {
             );
         }
         eprintln!("vendored: third_party/{dir} = {name} {version} + its patch");
+        // The series written for upstream (one commit per change, without our marker
+        // comments) must say the same in code, or what we would offer is not what we run.
+        let series = upstream_series(root, dir)?;
+        if !series.is_empty() {
+            let copy = work.join(format!("{name}-{version}-upstream"));
+            patched_copy(src, &copy, &series).with_context(|| {
+                format!("third_party/upstream/{dir} no longer applies to {name} {version}")
+            })?;
+            let differ = compare(&copy, &vendored, true)?;
+            if !differ.is_empty() {
+                bail!(
+                    "third_party/upstream/{dir} applied to {name} {version} is not third_party/{dir} \
+                     but for comments: {} differ ({}); make the series again (third_party/upstream/README.md)",
+                    differ.len(),
+                    differ.join(", ")
+                );
+            }
+            eprintln!(
+                "vendored: third_party/upstream/{dir} ({} patches) = third_party/{dir} but for comments",
+                series.len()
+            );
+        }
     }
     Ok(())
+}
+
+/// The patch files of the series offered upstream for the crate in `third_party/DIR`, in
+/// order (none when there is no series).
+fn upstream_series(root: &Path, dir: &str) -> Result<Vec<PathBuf>> {
+    let at = root.join("third_party/upstream").join(dir);
+    if !at.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut series: Vec<PathBuf> = fs::read_dir(&at)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    series.retain(|p| p.extension().is_some_and(|e| e == "patch"));
+    series.sort();
+    Ok(series)
+}
+
+/// Copies the compared parts of the release in `src` to `copy` and applies `patches` to
+/// them in order with patch(1).
+fn patched_copy(src: &Path, copy: &Path, patches: &[PathBuf]) -> Result<()> {
+    let _ = fs::remove_dir_all(copy);
+    for part in PARTS {
+        let from = src.join(part);
+        if from.exists() {
+            copy_tree(&from, &copy.join(part))?;
+        }
+    }
+    for patch in patches {
+        super::run(
+            Command::new("patch")
+                .args(["-p1", "--batch", "--silent", "--forward", "-d"])
+                .arg(copy)
+                .arg("-i")
+                .arg(patch),
+        )
+        .with_context(|| format!("applying {}", patch.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs each vendored crate's own unit tests on our changes: the release's whole package
+/// (manifest with its dev-dependencies, which the vendored manifests drop) with `src/` and
+/// `build.rs` from `third_party/`. A change must keep upstream's tests passing, or change the
+/// tests that assert what it deliberately changes (smoltcp's found one that sent a fast
+/// retransmit into a zero window). Returns (passed, failed).
+pub(crate) fn unit_tests(root: &Path) -> Result<(u64, u64)> {
+    let work = root.join("target/vendored");
+    let pristine = fetch(&work)?;
+    let (mut passed, mut failed) = (0, 0);
+    for &(name, version, dir) in VENDORED {
+        let src = pristine
+            .get(name)
+            .with_context(|| format!("cargo did not fetch {name} {version}"))?;
+        let copy = work.join("tests").join(format!("{name}-{version}"));
+        let _ = fs::remove_dir_all(&copy);
+        copy_tree(src, &copy)?;
+        let vendored = root.join("third_party").join(dir);
+        for part in PARTS {
+            let at = copy.join(part);
+            if at.is_dir() {
+                fs::remove_dir_all(&at)?;
+            } else if at.exists() {
+                fs::remove_file(&at)?;
+            }
+            if vendored.join(part).exists() {
+                copy_tree(&vendored.join(part), &at)?;
+            }
+        }
+        // The copy lies inside this repository's workspace; an empty table makes it its own.
+        let manifest = copy.join("Cargo.toml");
+        let mut text = fs::read_to_string(&manifest)?;
+        text.push_str("\n[workspace]\n");
+        fs::write(&manifest, text)?;
+        eprintln!("vendored: {name} {version}'s own unit tests, with third_party/{dir}");
+        let (p, f) = super::run_counting_tests(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(&copy)
+                .env("CARGO_TARGET_DIR", work.join("tests-target"))
+                .args(["test", "--lib", "--no-fail-fast"]),
+        )?;
+        passed += p;
+        failed += f;
+    }
+    Ok((passed, failed))
 }
 
 /// The pristine sources of every vendored crate, fetched by cargo: name -> directory.
@@ -172,13 +263,19 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The compared parts' files that differ (or exist on one side only), relative paths.
-fn compare(expected: &Path, vendored: &Path) -> Result<Vec<String>> {
+/// The compared parts' files that differ (or exist on one side only), relative paths; with
+/// `code_only`, lines that are only a `//` comment are left out of the comparison.
+fn compare(expected: &Path, vendored: &Path, code_only: bool) -> Result<Vec<String>> {
     let mut a = BTreeMap::new();
     let mut b = BTreeMap::new();
     for part in PARTS {
         files(expected, &expected.join(part), &mut a)?;
         files(vendored, &vendored.join(part), &mut b)?;
+    }
+    if code_only {
+        for text in a.values_mut().chain(b.values_mut()) {
+            *text = without_comment_lines(text);
+        }
     }
     let mut differ: Vec<String> = a
         .iter()
@@ -199,4 +296,27 @@ fn files(base: &Path, at: &Path, out: &mut BTreeMap<String, Vec<u8>>) -> Result<
         }
     }
     Ok(())
+}
+
+/// `text` without the lines that hold only a `//` comment.
+fn without_comment_lines(text: &[u8]) -> Vec<u8> {
+    text.split_inclusive(|&b| b == b'\n')
+        .filter(|line| !line.trim_ascii_start().starts_with(b"//"))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_comment_lines;
+
+    #[test]
+    fn only_whole_comment_lines_are_left_out() {
+        let text = b"fn f() {\n    // a comment\n    let x = 1; // kept: code before it\n/// doc\n    x\n}";
+        assert_eq!(
+            without_comment_lines(text),
+            b"fn f() {\n    let x = 1; // kept: code before it\n    x\n}".to_vec()
+        );
+    }
 }
