@@ -223,10 +223,8 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
         let (p, f) = vendored::unit_tests(root)?;
         passed += p;
         failed += f;
-    }
-    // The end-to-end suites again, served through AF_XDP and the user-space TCP/IP stack,
-    // at MTU 1500 and with jumbo frames (multi-buffer AF_XDP, the frags program).
-    if cargo_args.is_empty() {
+        // The end-to-end suites again, served through AF_XDP and the user-space TCP/IP
+        // stack, at MTU 1500 and with jumbo frames (multi-buffer AF_XDP, the frags program).
         for mtu in ["1500", "9000"] {
             println!(
                 "xtask: the NVMe/TCP and iSCSI end-to-end suites again, over the XDP path, MTU {mtu}"

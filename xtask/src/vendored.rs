@@ -40,8 +40,12 @@ pub(crate) fn run(root: &Path, update: bool) -> Result<()> {
             continue;
         }
         let copy = work.join(format!("{name}-{version}"));
-        let patches: Vec<PathBuf> = patch.exists().then(|| patch.clone()).into_iter().collect();
-        patched_copy(src, &copy, &patches).with_context(|| {
+        let patches = if patch.exists() {
+            std::slice::from_ref(&patch)
+        } else {
+            &[]
+        };
+        patched_copy(src, &copy, patches).with_context(|| {
             format!("{} no longer applies to {name} {version}", patch.display())
         })?;
         let differ = compare(&copy, &vendored, false)?;
